@@ -1,6 +1,5 @@
 //! One-shot timers on a reactor, ordered by deadline.
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
