@@ -405,3 +405,66 @@ mod tests {
         assert!(p.alloc(8192).is_none(), "oversize request must fail");
     }
 }
+
+/// Byte-addressed access to a region used as a device's backing store (the malloc bdev).
+///
+/// Different reactors may access the same region at once. Each call touches only the range
+/// it is given; overlapping I/O issued concurrently by hosts has unspecified content, as NVMe
+/// allows, and the bdev serialises the read-modify-write operations (XOR) itself.
+impl DmaRegion {
+    fn in_bounds(&self, off: usize, len: usize) -> bool {
+        off.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// Copies `dst.len()` bytes at `off` into `dst`. False if out of bounds.
+    pub fn read_at(&self, off: usize, dst: &mut [u8]) -> bool {
+        if !self.in_bounds(off, dst.len()) {
+            return false;
+        }
+        // SAFETY: bounds checked above; `dst` is a distinct allocation (a pool buffer or heap).
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) };
+        true
+    }
+
+    /// Copies `src` to `off`. False if out of bounds.
+    pub fn write_at(&self, off: usize, src: &[u8]) -> bool {
+        if !self.in_bounds(off, src.len()) {
+            return false;
+        }
+        // SAFETY: bounds checked above; `src` does not alias the region.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(off), src.len()) };
+        true
+    }
+
+    /// Zeroes `len` bytes at `off`. False if out of bounds.
+    pub fn zero_at(&self, off: usize, len: usize) -> bool {
+        if !self.in_bounds(off, len) {
+            return false;
+        }
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::write_bytes(self.as_ptr().add(off), 0, len) };
+        true
+    }
+
+    /// Runs `f` over the bytes at `off..off+len` mutably (read-modify-write kernels). The
+    /// caller must hold whatever lock serialises writers of that range.
+    pub fn with_mut<R>(&self, off: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if !self.in_bounds(off, len) {
+            return None;
+        }
+        // SAFETY: bounds checked; the caller serialises read-modify-write on this range.
+        let s = unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(off), len) };
+        Some(f(s))
+    }
+
+    /// Runs `f` over the bytes at `off..off+len` (checksums, without copying them out).
+    pub fn with_ref<R>(&self, off: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        if !self.in_bounds(off, len) {
+            return None;
+        }
+        // SAFETY: bounds checked; concurrent writes to the range give unspecified (not unsafe
+        // for u8 data) results, as with a real device.
+        let s = unsafe { std::slice::from_raw_parts(self.as_ptr().add(off), len) };
+        Some(f(s))
+    }
+}

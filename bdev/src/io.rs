@@ -1,0 +1,353 @@
+//! I/O descriptors: what a bdev is asked to do, the buffers it moves data through, and the
+//! stack of completions that carry it back up through the layers that submitted it.
+//!
+//! A [`BdevIo`] is a recycled heap object (a per-thread free list), so submitting an I/O
+//! allocates nothing in steady state. Each layer that needs to see the completion pushes a
+//! [`Completion`] (an `Rc` to an [`IoSink`] plus a tag) before passing the I/O down; a bdev
+//! finishes an I/O with [`BdevIo::complete`], which pops the top completion and hands the I/O
+//! to it; that layer does its work and calls [`BdevIo::done`] to pass it further up.
+
+use smallvec::SmallVec;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
+use strata_reactor::dma::DmaBuf;
+
+/// The operations a bdev may support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum IoType {
+    Read = 0,
+    Write = 1,
+    WriteZeroes = 2,
+    Unmap = 3,
+    Flush = 4,
+    Reset = 5,
+    /// The device XORs the payload into what it stores: `new = old ^ buf`.
+    XorWrite = 6,
+    /// The device returns a CRC32C (little-endian u32) per chunk of `chunk_blocks` blocks.
+    Checksum = 7,
+}
+
+impl IoType {
+    pub const ALL: [IoType; 8] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::WriteZeroes,
+        IoType::Unmap,
+        IoType::Flush,
+        IoType::Reset,
+        IoType::XorWrite,
+        IoType::Checksum,
+    ];
+    pub const COUNT: usize = 8;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IoType::Read => "read",
+            IoType::Write => "write",
+            IoType::WriteZeroes => "write_zeroes",
+            IoType::Unmap => "unmap",
+            IoType::Flush => "flush",
+            IoType::Reset => "reset",
+            IoType::XorWrite => "xor_write",
+            IoType::Checksum => "checksum",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<IoType> {
+        IoType::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// Whether the I/O carries `num_blocks * block_size` bytes of data in its buffers.
+    pub fn carries_blocks(self) -> bool {
+        matches!(self, IoType::Read | IoType::Write | IoType::XorWrite)
+    }
+
+    /// Whether `num_blocks` must be non-zero.
+    pub fn needs_range(self) -> bool {
+        !matches!(self, IoType::Flush | IoType::Reset)
+    }
+}
+
+/// Outcome of an I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    Pending,
+    Success,
+    /// The device failed the I/O (media or transport error).
+    Failed,
+    /// LBA range beyond the end of the bdev, or zero-length where a range is required.
+    OutOfRange,
+    /// Malformed request: buffers too small, bad chunk size.
+    InvalidArgument,
+    /// Temporarily out of resources; the bdev layer queues and retries it.
+    NoMemory,
+    Aborted,
+    Unsupported,
+    /// The bdev was removed.
+    Removed,
+}
+
+impl IoStatus {
+    pub fn is_success(self) -> bool {
+        self == IoStatus::Success
+    }
+}
+
+/// Receiver of a completed I/O. Implemented by each layer that needs to see completions.
+pub trait IoSink {
+    fn io_done(self: Rc<Self>, io: BdevIo, tag: u64);
+}
+
+/// One entry of an I/O's completion stack.
+pub struct Completion {
+    pub sink: Rc<dyn IoSink>,
+    pub tag: u64,
+}
+
+pub struct IoInner {
+    pub io_type: IoType,
+    pub offset_blocks: u64,
+    pub num_blocks: u64,
+    pub status: IoStatus,
+    /// Scatter-gather list. For reads the bdev fills them; for writes it reads them.
+    pub bufs: SmallVec<[DmaBuf; 2]>,
+    /// For `Checksum`: blocks per checksum (1 = one per block).
+    pub chunk_blocks: u32,
+    /// Block size of the bdev the I/O was last submitted to (set by the channel).
+    pub block_size: u32,
+    /// Free for the submitter's bookkeeping.
+    pub user_tag: u64,
+    completions: SmallVec<[Completion; 4]>,
+}
+
+/// An I/O descriptor. `!Send`: it lives on the reactor that created it.
+pub struct BdevIo(Option<Box<IoInner>>);
+
+const FREE_LIST_MAX: usize = 4096;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<IoInner>>> = const { RefCell::new(Vec::new()) };
+    static DEFERRED: RefCell<VecDeque<BdevIo>> = RefCell::new(VecDeque::with_capacity(1024));
+}
+
+impl std::fmt::Debug for BdevIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BdevIo")
+            .field("type", &self.io_type)
+            .field("offset_blocks", &self.offset_blocks)
+            .field("num_blocks", &self.num_blocks)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl BdevIo {
+    pub fn new(io_type: IoType, offset_blocks: u64, num_blocks: u64) -> BdevIo {
+        let inner = FREE.with(|f| f.borrow_mut().pop());
+        let inner = match inner {
+            Some(mut b) => {
+                b.io_type = io_type;
+                b.offset_blocks = offset_blocks;
+                b.num_blocks = num_blocks;
+                b.status = IoStatus::Pending;
+                b.chunk_blocks = 1;
+                b.block_size = 0;
+                b.user_tag = 0;
+                b
+            }
+            None => Box::new(IoInner {
+                io_type,
+                offset_blocks,
+                num_blocks,
+                status: IoStatus::Pending,
+                bufs: SmallVec::new(),
+                chunk_blocks: 1,
+                block_size: 0,
+                user_tag: 0,
+                completions: SmallVec::new(),
+            }),
+        };
+        BdevIo(Some(inner))
+    }
+
+    pub fn read(offset_blocks: u64, num_blocks: u64, buf: DmaBuf) -> BdevIo {
+        let mut io = BdevIo::new(IoType::Read, offset_blocks, num_blocks);
+        io.bufs.push(buf);
+        io
+    }
+
+    pub fn write(offset_blocks: u64, num_blocks: u64, buf: DmaBuf) -> BdevIo {
+        let mut io = BdevIo::new(IoType::Write, offset_blocks, num_blocks);
+        io.bufs.push(buf);
+        io
+    }
+
+    pub fn push_completion(&mut self, sink: Rc<dyn IoSink>, tag: u64) {
+        self.completions.push(Completion { sink, tag });
+    }
+
+    /// Sets the status and hands the I/O to the layer above.
+    #[inline]
+    pub fn complete(mut self, status: IoStatus) {
+        self.status = status;
+        self.done();
+    }
+
+    /// Hands the I/O, status unchanged, to the next completion on its stack (or drops it).
+    #[inline]
+    pub fn done(mut self) {
+        if let Some(c) = self.completions.pop() {
+            c.sink.io_done(self, c.tag);
+        }
+    }
+
+    /// Completes from the reactor's deferred-completion poller instead of the current call
+    /// stack: for bdevs that finish synchronously, so a submitter that resubmits from its
+    /// completion does not recurse without bound.
+    pub fn complete_deferred(mut self, status: IoStatus) {
+        self.status = status;
+        DEFERRED.with(|d| d.borrow_mut().push_back(self));
+    }
+
+    /// Total bytes in the buffers.
+    pub fn data_len(&self) -> usize {
+        self.bufs.iter().map(|b| b.len()).sum()
+    }
+
+    /// Bytes the I/O transfers: `num_blocks * block_size`.
+    pub fn xfer_len(&self) -> usize {
+        (self.num_blocks as usize).saturating_mul(self.block_size as usize)
+    }
+
+    /// Copies `src` into the buffers from their start (reads).
+    pub fn copy_into_bufs(&mut self, src: &[u8]) {
+        let mut off = 0;
+        for b in self.bufs.iter_mut() {
+            if off >= src.len() {
+                break;
+            }
+            let n = b.len().min(src.len() - off);
+            b.as_mut_slice()[..n].copy_from_slice(&src[off..off + n]);
+            off += n;
+        }
+    }
+
+    /// Visits the first `len` bytes of the buffers as consecutive slices (writes).
+    pub fn for_each_segment(&self, len: usize, mut f: impl FnMut(usize, &[u8])) {
+        let mut off = 0;
+        for b in self.bufs.iter() {
+            if off >= len {
+                break;
+            }
+            let n = b.len().min(len - off);
+            f(off, &b.as_slice()[..n]);
+            off += n;
+        }
+    }
+
+    /// Visits the first `len` bytes of the buffers mutably.
+    pub fn for_each_segment_mut(&mut self, len: usize, mut f: impl FnMut(usize, &mut [u8])) {
+        let mut off = 0;
+        for b in self.bufs.iter_mut() {
+            if off >= len {
+                break;
+            }
+            let n = b.len().min(len - off);
+            f(off, &mut b.as_mut_slice()[..n]);
+            off += n;
+        }
+    }
+
+    /// Number of checksums a `Checksum` I/O returns.
+    pub fn checksum_count(&self) -> u64 {
+        self.num_blocks.div_ceil(self.chunk_blocks.max(1) as u64)
+    }
+
+    /// Checksums written by a completed `Checksum` I/O.
+    pub fn checksums(&self) -> Vec<u32> {
+        let n = self.checksum_count() as usize;
+        let mut raw = vec![0u8; n * 4];
+        self.for_each_segment(n * 4, |off, s| raw[off..off + s.len()].copy_from_slice(s));
+        raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    /// Stores checksum `i` of a `Checksum` I/O into its buffers.
+    pub fn put_checksum(&mut self, i: usize, crc: u32) {
+        let bytes = crc.to_le_bytes();
+        let mut pos = i * 4;
+        for b in self.bufs.iter_mut() {
+            if pos >= b.len() {
+                pos -= b.len();
+                continue;
+            }
+            // A u32 may straddle two buffers only if a buffer length is not a multiple of 4;
+            // the channel rejects such buffers for checksums.
+            let s = b.as_mut_slice();
+            if pos + 4 <= s.len() {
+                s[pos..pos + 4].copy_from_slice(&bytes);
+            }
+            return;
+        }
+    }
+}
+
+impl Deref for BdevIo {
+    type Target = IoInner;
+    #[inline]
+    fn deref(&self) -> &IoInner {
+        // The Option is only None inside Drop.
+        self.0.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for BdevIo {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut IoInner {
+        self.0.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for BdevIo {
+    fn drop(&mut self) {
+        if let Some(mut b) = self.0.take() {
+            b.bufs.clear();
+            b.completions.clear();
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_LIST_MAX {
+                    f.push(b);
+                }
+            });
+        }
+    }
+}
+
+/// Runs deferred completions queued on this thread. Returns whether any ran.
+pub(crate) fn run_deferred() -> bool {
+    let mut did = false;
+    // Bounded: completions queued while we run wait for the next turn.
+    let n = DEFERRED.with(|d| d.borrow().len());
+    for _ in 0..n {
+        let io = DEFERRED.with(|d| d.borrow_mut().pop_front());
+        match io {
+            Some(io) => {
+                io.done();
+                did = true;
+            }
+            None => break,
+        }
+    }
+    did
+}
+
+/// An [`IoSink`] made of a closure, for code off the hot path.
+pub struct FnSink<F: Fn(BdevIo, u64)>(pub F);
+
+impl<F: Fn(BdevIo, u64)> IoSink for FnSink<F> {
+    fn io_done(self: Rc<Self>, io: BdevIo, tag: u64) {
+        (self.0)(io, tag)
+    }
+}
