@@ -375,12 +375,13 @@ pub fn size_mib_to_num_blocks(total_size_mib: f64, block_size: u32) -> Result<u6
     }
     // In range and integral (checked above), so the conversion is exact.
     let bytes = bytes as u64;
-    if bytes % u64::from(block_size) != 0 {
+    let num_blocks = bytes / u64::from(block_size);
+    if num_blocks * u64::from(block_size) != bytes {
         return Err(ArgError(format!(
             "total size {total_size_mib} MiB ({bytes} bytes) is not a multiple of the block size {block_size}"
         )));
     }
-    Ok(bytes / u64::from(block_size))
+    Ok(num_blocks)
 }
 
 /// Params of `bdev_malloc_create` from rpc.py's arguments
@@ -436,9 +437,12 @@ mod tests {
         assert_eq!(size_mib_to_num_blocks(64.0, 4096), Ok(16_384));
         assert_eq!(size_mib_to_num_blocks(1.0, 1_048_576), Ok(1));
         assert_eq!(size_mib_to_num_blocks(0.5, 512), Ok(1024));
-        assert_eq!(size_mib_to_num_blocks(1.0, 520), Err(ArgError(
-            "total size 1 MiB (1048576 bytes) is not a multiple of the block size 520".into()
-        )));
+        assert_eq!(
+            size_mib_to_num_blocks(1.0, 520),
+            Err(ArgError(
+                "total size 1 MiB (1048576 bytes) is not a multiple of the block size 520".into()
+            ))
+        );
         // 1/1024 MiB = 1 KiB: a whole number of bytes, but not of 4 KiB blocks.
         assert!(size_mib_to_num_blocks(1.0 / 1024.0, 4096).is_err());
         assert!(size_mib_to_num_blocks(0.1, 512).is_err());
@@ -712,6 +716,9 @@ mod tests {
         let sock = SockPath::new();
         let err = RpcClient::connect(&sock.0, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, RpcClientError::Connect { .. }));
-        assert!(err.to_string().contains(&*sock.0.to_string_lossy()), "{err}");
+        assert!(
+            err.to_string().contains(&*sock.0.to_string_lossy()),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,445 @@
+//! JSON-RPC error paths and server robustness (bad input, huge input, slow and many clients).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use strata_tests::{RpcConn, Target};
+
+fn assert_alive(t: &Target) {
+    let v = t.rpc_ok("spdk_get_version", Value::Null);
+    assert!(v["version"].is_string(), "{v}");
+}
+
+/// Reads the next response on `c` and returns its error code (panics on a success response).
+fn next_error_code(c: &mut RpcConn) -> i64 {
+    let r = c
+        .read_value()
+        .unwrap_or_else(|e| panic!("reading error response: {e}"))
+        .expect("server closed the connection without an error response");
+    assert_eq!(r["jsonrpc"], "2.0", "{r}");
+    r["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected an error response, got {r}"))
+}
+
+/// After a parse error the server closes the connection: reads hit EOF (or a reset).
+fn assert_closed(c: &mut RpcConn) {
+    match c.read_value() {
+        Ok(None) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(Some(v)) => panic!("expected the connection to be closed, got {v}"),
+        Err(e) => panic!("expected the connection to be closed, got error {e}"),
+    }
+}
+
+#[test]
+fn unknown_method() {
+    let t = Target::start(&[]);
+    let (code, msg) = t.rpc_err("no_such_method", Value::Null);
+    assert_eq!(code, -32601, "{msg}");
+    let (code, msg) = t.rpc_err("bdev_frobnicate", json!({"name": "x"}));
+    assert_eq!(code, -32601, "{msg}");
+    assert_alive(&t);
+}
+
+#[test]
+fn unknown_method_keeps_connection_usable() {
+    let t = Target::start(&[]);
+    let mut c = t.connect();
+    assert_eq!(c.call("no_such_method", Value::Null).unwrap_err().0, -32601);
+    assert!(c.call("spdk_get_version", Value::Null).is_ok());
+}
+
+#[test]
+fn malformed_json_bad_token() {
+    let t = Target::start(&[]);
+    let mut c = t.connect();
+    c.send_raw(b"{bad json}").unwrap();
+    assert_eq!(next_error_code(&mut c), -32700);
+    assert_closed(&mut c);
+    assert_alive(&t);
+}
+
+#[test]
+fn malformed_json_garbage_then_eof() {
+    let t = Target::start(&[]);
+    let mut c = t.connect();
+    c.send_raw(br#"{"jsonrpc":"2.0","method":@#!%garbage"#)
+        .unwrap();
+    c.shutdown_write().unwrap();
+    assert_eq!(next_error_code(&mut c), -32700);
+    assert_closed(&mut c);
+    assert_alive(&t);
+}
+
+#[test]
+fn malformed_json_after_a_good_request() {
+    // The good request is answered first, then the parse error.
+    let t = Target::start(&[]);
+    let mut c = t.connect();
+    c.send_raw(br#"{"jsonrpc":"2.0","id":7,"method":"spdk_get_version"} ]]garbage"#)
+        .unwrap();
+    let first = c.read_value().unwrap().expect("first response");
+    assert_eq!(first["id"], 7, "{first}");
+    assert!(first["result"]["version"].is_string(), "{first}");
+    assert_eq!(next_error_code(&mut c), -32700);
+    assert_closed(&mut c);
+    assert_alive(&t);
+}
+
+#[test]
+fn truncated_request_then_eof_does_not_hurt() {
+    let t = Target::start(&[]);
+    {
+        let c = t.connect();
+        let mut s = c.stream;
+        s.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_ver"#)
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Whatever the server answers (a parse error or nothing), it must close.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert_alive(&t);
+}
+
+#[test]
+fn not_a_request_object() {
+    let t = Target::start(&[]);
+    for bad in [
+        &br#"42"#[..],
+        br#"{"jsonrpc":"2.0","id":1}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+    ] {
+        let mut c = t.connect();
+        c.send_raw(bad).unwrap();
+        c.send_raw(b"\n").unwrap();
+        let code = next_error_code(&mut c);
+        assert_eq!(code, -32600, "for {}", String::from_utf8_lossy(bad));
+    }
+    assert_alive(&t);
+}
+
+#[test]
+fn missing_param_names_it() {
+    let t = Target::start(&["--no-default"]);
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "X", "num_blocks": 100}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("block_size"), "message must name block_size: {msg:?}");
+
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "X", "block_size": 512}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("num_blocks"), "message must name num_blocks: {msg:?}");
+
+    let (code, msg) = t.rpc_err("bdev_malloc_delete", json!({}));
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("name"), "message must name name: {msg:?}");
+
+    let (code, msg) = t.rpc_err(
+        "bdev_uring_create",
+        json!({"name": "U"}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("filename"), "message must name filename: {msg:?}");
+
+    let (code, msg) = t.rpc_err("bdev_error_create", json!({}));
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("base_name"), "message must name base_name: {msg:?}");
+
+    // No params at all where some are required.
+    let (code, msg) = t.rpc_err("bdev_malloc_create", Value::Null);
+    assert_eq!(code, -32602, "{msg}");
+
+    assert!(t.bdevs().is_empty(), "a failed create left a bdev behind");
+}
+
+#[test]
+fn ill_typed_param_names_it() {
+    let t = Target::start(&["--no-default"]);
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "X", "num_blocks": 100, "block_size": "abc"}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("block_size"), "message must name block_size: {msg:?}");
+
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "X", "num_blocks": -5, "block_size": 512}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("num_blocks"), "message must name num_blocks: {msg:?}");
+
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": 17, "num_blocks": 100, "block_size": 512}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("name"), "message must name name: {msg:?}");
+
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "X", "num_blocks": 100, "block_size": 512, "uuid": "not-a-uuid"}),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("uuid"), "message must name uuid: {msg:?}");
+
+    // params must be an object (or absent)
+    let (code, msg) = t.rpc_err("bdev_malloc_create", json!("M"));
+    assert_eq!(code, -32602, "{msg}");
+
+    assert!(t.bdevs().is_empty(), "a failed create left a bdev behind");
+}
+
+#[test]
+fn block_size_not_power_of_two() {
+    let t = Target::start(&["--no-default"]);
+    for bs in [1000, 0, 513] {
+        let (code, msg) = t.rpc_err(
+            "bdev_malloc_create",
+            json!({"name": "X", "num_blocks": 100, "block_size": bs}),
+        );
+        assert_eq!(code, -32602, "block_size {bs}: {msg}");
+        assert!(
+            msg.contains("block_size"),
+            "message must name block_size: {msg:?}"
+        );
+    }
+    assert!(t.bdevs().is_empty());
+}
+
+#[test]
+fn duplicate_name_is_eexist() {
+    let t = Target::start(&[]);
+    let (code, msg) = t.rpc_err(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 8, "block_size": 512}),
+    );
+    assert_eq!(code, -17, "{msg}");
+    let (code, msg) = t.rpc_err(
+        "bdev_null_create",
+        json!({"name": "Malloc0", "num_blocks": 8, "block_size": 512}),
+    );
+    assert_eq!(code, -17, "{msg}");
+    // The original is untouched.
+    let b = t.bdev("Malloc0");
+    assert_eq!(b["num_blocks"], 65536, "{b}");
+    assert_eq!(b["block_size"], 4096, "{b}");
+    assert_eq!(t.bdevs().len(), 1);
+}
+
+#[test]
+fn delete_unknown_is_enodev() {
+    let t = Target::start(&[]);
+    for m in [
+        "bdev_malloc_delete",
+        "bdev_null_delete",
+        "bdev_uring_delete",
+        "bdev_aio_delete",
+        "bdev_error_delete",
+        "bdev_delay_delete",
+    ] {
+        let (code, msg) = t.rpc_err(m, json!({"name": "NoSuchBdev"}));
+        assert_eq!(code, -19, "{m}: {msg}");
+    }
+}
+
+#[test]
+fn oversized_request_is_rejected_and_server_survives() {
+    let t = Target::start(&["--no-default"]);
+    let big = "A".repeat(2 * 1024 * 1024);
+    let req = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "bdev_malloc_create",
+        "params": {"name": big, "num_blocks": 8, "block_size": 512},
+    });
+    let bytes = serde_json::to_vec(&req).unwrap();
+    let mut c = t.connect();
+    let start = Instant::now();
+    // The server may stop reading and close after 1 MiB: a failed write is acceptable.
+    let write_res = c.send_raw(&bytes);
+    let read_res = c.read_value();
+    match (&write_res, &read_res) {
+        (_, Ok(Some(v))) => {
+            assert_eq!(
+                v["error"]["code"], -32600,
+                "oversized request must get -32600, got {v}"
+            );
+        }
+        (_, Ok(None)) => {}
+        (_, Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        (_, Err(e)) => panic!("oversized request: write {write_res:?}, read error {e}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "oversized request took {:?}",
+        start.elapsed()
+    );
+    // After an error response the server closes that connection.
+    if let Ok(Some(_)) = read_res {
+        assert_closed(&mut c);
+    }
+    drop(c);
+    // Other clients keep working, and nothing was created.
+    assert_alive(&t);
+    assert!(t.bdevs().is_empty(), "oversized request created a bdev");
+    let mut c2 = t.connect();
+    for _ in 0..5 {
+        assert!(c2.call("spdk_get_version", Value::Null).is_ok());
+    }
+}
+
+#[test]
+fn large_but_legal_request_is_fine() {
+    // ~512 KiB of whitespace padding inside a request stays under the 1 MiB limit.
+    let t = Target::start(&[]);
+    let mut c = t.connect();
+    let pad = " ".repeat(512 * 1024);
+    let req = format!(r#"{{"jsonrpc":"2.0","id":5,{pad}"method":"spdk_get_version"}}"#);
+    c.send_raw(req.as_bytes()).unwrap();
+    let r = c.read_value().unwrap().expect("response");
+    assert_eq!(r["id"], 5, "{r}");
+    assert!(r["result"]["version"].is_string(), "{r}");
+}
+
+#[test]
+fn slow_drip_client_does_not_stall_others() {
+    let t = Target::start(&[]);
+    let mut drip = t.connect();
+    let req = br#"{"jsonrpc":"2.0","id":99,"method":"spdk_get_version"}"#;
+    let prefix_len = 15;
+    let sock = t.sock().to_path_buf();
+
+    // The drip client: one byte every 200 ms, in the background.
+    let mut drip_stream = drip.stream.try_clone().unwrap();
+    let dripper = std::thread::spawn(move || {
+        for b in &req[..prefix_len] {
+            drip_stream.write_all(&[*b]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    // Meanwhile another client must be served promptly.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = RpcConn::connect(&sock).unwrap();
+    for i in 0..8 {
+        let start = Instant::now();
+        let r = other.call("bdev_get_bdevs", Value::Null);
+        let took = start.elapsed();
+        assert!(r.is_ok(), "call {i}: {r:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "call {i} took {took:?} while a slow client was dripping"
+        );
+        // Fresh connections too.
+        let start = Instant::now();
+        assert!(RpcConn::connect(&sock)
+            .unwrap()
+            .call("spdk_get_version", Value::Null)
+            .is_ok());
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "new-connection call {i} took {took:?} while a slow client was dripping"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    dripper.join().unwrap();
+
+    // A client holding a partial request open still doesn't block anyone.
+    let start = Instant::now();
+    assert!(t.rpc("spdk_get_version", Value::Null).is_ok());
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    // Once the drip client finishes its request it gets its answer.
+    drip.send_raw(&req[prefix_len..]).unwrap();
+    let r = drip.read_value().unwrap().expect("drip response");
+    assert_eq!(r["id"], 99, "{r}");
+    assert!(r["result"]["version"].is_string(), "{r}");
+}
+
+#[test]
+fn idle_connections_do_not_stall_others() {
+    let t = Target::start(&[]);
+    // Several connections that never send anything.
+    let idle: Vec<RpcConn> = (0..10).map(|_| t.connect()).collect();
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert!(t.rpc("spdk_get_version", Value::Null).is_ok());
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "5 calls took {:?} with idle clients connected",
+        start.elapsed()
+    );
+    drop(idle);
+    assert!(t.rpc("spdk_get_version", Value::Null).is_ok());
+}
+
+#[test]
+fn twenty_concurrent_clients() {
+    let t = Target::start(&[]);
+    let sock = t.sock().to_path_buf();
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut c = RpcConn::connect(&sock).unwrap();
+                let mut done = 0;
+                for j in 0..20 {
+                    let name = format!("C{i}_{}", j / 4);
+                    match j % 4 {
+                        0 => {
+                            let r = c
+                                .call(
+                                    "bdev_malloc_create",
+                                    json!({"name": name, "num_blocks": 16, "block_size": 512}),
+                                )
+                                .unwrap_or_else(|e| panic!("client {i} call {j}: {e:?}"));
+                            assert_eq!(r, json!(name));
+                        }
+                        1 => {
+                            let r = c
+                                .call("bdev_get_bdevs", json!({"name": name}))
+                                .unwrap_or_else(|e| panic!("client {i} call {j}: {e:?}"));
+                            assert_eq!(r[0]["name"], json!(name));
+                            assert_eq!(r[0]["num_blocks"], 16);
+                        }
+                        2 => {
+                            let r = c
+                                .call("bdev_malloc_delete", json!({"name": name}))
+                                .unwrap_or_else(|e| panic!("client {i} call {j}: {e:?}"));
+                            assert_eq!(r, json!(true));
+                        }
+                        _ => {
+                            let r = c
+                                .call("spdk_get_version", Value::Null)
+                                .unwrap_or_else(|e| panic!("client {i} call {j}: {e:?}"));
+                            assert!(r["version"].is_string());
+                        }
+                    }
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let total: usize = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, 400);
+    let names: Vec<Value> = t.bdevs().iter().map(|b| b["name"].clone()).collect();
+    assert_eq!(names, vec![json!("Malloc0")]);
+}
