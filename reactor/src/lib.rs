@@ -115,3 +115,107 @@ pub fn sleep(d: Duration) -> Sleep {
 pub fn in_interrupt_mode() -> bool {
     with_current(|r| r.interrupt_mode()).unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn messages_tasks_and_wakers_across_threads() {
+        let set = ReactorSet::start(&[0, 1], Mode::Interrupt).unwrap();
+        // A task on reactor 0 waits on a oneshot completed from reactor 1.
+        let (tx, rx) = oneshot::channel::<u32>();
+        let s2 = set.clone();
+        let got = set
+            .block_on(0, move || async move {
+                s2.send(1, move || tx.send(41)).unwrap();
+                rx.await.unwrap() + 1
+            })
+            .unwrap();
+        assert_eq!(got, 42);
+        assert_eq!(set.call(1, || current_index()).unwrap(), Some(1));
+        assert_eq!(current_index(), None);
+        set.stop();
+    }
+
+    #[test]
+    fn timers_and_periodic_pollers() {
+        let set = ReactorSet::start(&[0], Mode::Interrupt).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r2 = runs.clone();
+        let elapsed = set
+            .block_on(0, move || async move {
+                let h = register_periodic_poller("tick", Duration::from_millis(5), move || {
+                    r2.fetch_add(1, Ordering::Relaxed);
+                    true
+                })
+                .unwrap();
+                let t = Instant::now();
+                sleep(Duration::from_millis(50)).await;
+                drop(h);
+                t.elapsed()
+            })
+            .unwrap();
+        assert!(elapsed >= Duration::from_millis(50));
+        let n = runs.load(Ordering::Relaxed);
+        assert!((3..=15).contains(&n), "periodic poller ran {n} times in 50 ms at 5 ms period");
+        // Unregistered: no further runs.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(runs.load(Ordering::Relaxed), n);
+        let infos = set.infos();
+        assert!(infos[0].pollers.iter().all(|p| p.name != "tick"));
+        set.stop();
+    }
+
+    #[test]
+    fn interrupt_mode_sleeps_and_wakes_on_message() {
+        let set = ReactorSet::start(&[0], Mode::Interrupt).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let before = set.infos()[0].wakeups;
+        // Idle: no wake-ups without work.
+        std::thread::sleep(Duration::from_millis(200));
+        let idle = set.infos()[0].wakeups;
+        assert!(idle - before <= 4, "idle reactor woke {} times", idle - before);
+        // A message from another thread wakes it promptly.
+        let t = Instant::now();
+        set.call(0, || ()).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100));
+        set.stop();
+    }
+
+    #[test]
+    fn fd_poller_wakes_sleeping_reactor() {
+        let set = ReactorSet::start(&[0], Mode::Interrupt).unwrap();
+        let efd = Arc::new(sys::EventFd::new().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (e2, h2) = (efd.clone(), hits.clone());
+        set.call(0, move || {
+            let e3 = e2.clone();
+            register_fd_poller("efd", e2.raw(), move || {
+                e3.drain();
+                h2.fetch_add(1, Ordering::Relaxed);
+                false
+            })
+            .unwrap()
+            .detach();
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let before = hits.load(Ordering::Relaxed);
+        efd.notify();
+        let t = Instant::now();
+        while hits.load(Ordering::Relaxed) == before && t.elapsed() < Duration::from_secs(2) {
+            std::thread::yield_now();
+        }
+        assert!(hits.load(Ordering::Relaxed) > before, "fd readiness did not wake the reactor");
+        set.stop();
+    }
+
+    #[test]
+    fn unavailable_core_is_an_error() {
+        assert!(matches!(ReactorSet::start(&[1000], Mode::Interrupt), Err(ReactorError::CoreUnavailable(..))));
+    }
+}

@@ -280,14 +280,20 @@ impl Target {
     /// Starts `strata-tgt` on a fresh socket in a new temporary directory. Unless `args` say
     /// otherwise, `-m 0x1 --interrupt-mode` are added so that tests do not burn CPU.
     pub fn start(args: &[&str]) -> Target {
-        let dir = tempfile::Builder::new().prefix("strata-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-e2e")
+            .tempdir()
+            .unwrap();
         let sock = dir.path().join("strata.sock");
         Target::start_in(dir, sock, args)
     }
 
     /// Like [`Target::start`] but on the given socket path.
     pub fn start_at(sock: &Path, args: &[&str]) -> Target {
-        let dir = tempfile::Builder::new().prefix("strata-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-e2e")
+            .tempdir()
+            .unwrap();
         Target::start_in(dir, sock.to_path_buf(), args)
     }
 
@@ -520,12 +526,27 @@ pub fn make_file(dir: &Path, name: &str, len: u64) -> PathBuf {
 /// product name, claimed.
 pub fn bdev_summary(b: &Value) -> (String, String, u64, u64, String, bool) {
     (
-        b["name"].as_str().unwrap_or_else(|| panic!("bdev without name: {b}")).to_string(),
-        b["uuid"].as_str().unwrap_or_else(|| panic!("bdev without uuid: {b}")).to_lowercase(),
-        b["block_size"].as_u64().unwrap_or_else(|| panic!("bdev without block_size: {b}")),
-        b["num_blocks"].as_u64().unwrap_or_else(|| panic!("bdev without num_blocks: {b}")),
-        b["product_name"].as_str().unwrap_or_else(|| panic!("bdev without product_name: {b}")).to_string(),
-        b["claimed"].as_bool().unwrap_or_else(|| panic!("bdev without claimed: {b}")),
+        b["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("bdev without name: {b}"))
+            .to_string(),
+        b["uuid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("bdev without uuid: {b}"))
+            .to_lowercase(),
+        b["block_size"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("bdev without block_size: {b}")),
+        b["num_blocks"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("bdev without num_blocks: {b}")),
+        b["product_name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("bdev without product_name: {b}"))
+            .to_string(),
+        b["claimed"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("bdev without claimed: {b}")),
     )
 }
 

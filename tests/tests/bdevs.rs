@@ -69,8 +69,14 @@ fn malloc_auto_names_are_unique() {
         "bdev_malloc_create",
         json!({"num_blocks": 64, "block_size": 512}),
     );
-    let a = a.as_str().unwrap_or_else(|| panic!("name: {a}")).to_string();
-    let b = b.as_str().unwrap_or_else(|| panic!("name: {b}")).to_string();
+    let a = a
+        .as_str()
+        .unwrap_or_else(|| panic!("name: {a}"))
+        .to_string();
+    let b = b
+        .as_str()
+        .unwrap_or_else(|| panic!("name: {b}"))
+        .to_string();
     for n in [&a, &b] {
         assert!(n.starts_with("Malloc"), "auto name {n:?}");
         assert!(
@@ -280,7 +286,10 @@ fn error_bdev_explicit_uuid() {
         json!({"base_name": "Malloc0", "uuid": uuid}),
     );
     assert_eq!(
-        t.bdev("EE_Malloc0")["uuid"].as_str().unwrap().to_lowercase(),
+        t.bdev("EE_Malloc0")["uuid"]
+            .as_str()
+            .unwrap()
+            .to_lowercase(),
         uuid
     );
 }

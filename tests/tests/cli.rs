@@ -86,7 +86,10 @@ fn call_with_raw_params() {
     assert_eq!(v[0]["name"], "M1");
 
     // `call` without params.
-    let v = json_out(&t.cli(&["call", "spdk_get_version"]), "call spdk_get_version");
+    let v = json_out(
+        &t.cli(&["call", "spdk_get_version"]),
+        "call spdk_get_version",
+    );
     assert!(v["version"].as_str().unwrap().contains("strata"), "{v}");
 
     // `call` creating something.
@@ -185,14 +188,27 @@ fn null_uring_aio_via_cli() {
 #[test]
 fn error_and_delay_via_cli() {
     let t = Target::start(&["--no-default"]);
-    ok(&t.cli(&["bdev_malloc_create", "-b", "B1", "8", "512"]), "b1");
-    ok(&t.cli(&["bdev_malloc_create", "-b", "B2", "8", "512"]), "b2");
+    ok(
+        &t.cli(&["bdev_malloc_create", "-b", "B1", "8", "512"]),
+        "b1",
+    );
+    ok(
+        &t.cli(&["bdev_malloc_create", "-b", "B2", "8", "512"]),
+        "b2",
+    );
 
     let s = ok(&t.cli(&["bdev_error_create", "B1"]), "error create");
     assert!(s.contains("EE_B1"), "{s:?}");
     assert_eq!(t.bdev("B1")["claimed"], true);
     ok(
-        &t.cli(&["bdev_error_inject_error", "EE_B1", "write", "failure", "-n", "2"]),
+        &t.cli(&[
+            "bdev_error_inject_error",
+            "EE_B1",
+            "write",
+            "failure",
+            "-n",
+            "2",
+        ]),
         "inject",
     );
 
@@ -238,7 +254,10 @@ fn info_methods_via_cli() {
     let methods = v.as_array().unwrap();
     assert!(methods.contains(&json!("bdev_malloc_create")), "{v}");
 
-    let v = json_out(&t.cli(&["framework_get_reactors"]), "framework_get_reactors");
+    let v = json_out(
+        &t.cli(&["framework_get_reactors"]),
+        "framework_get_reactors",
+    );
     assert_eq!(v["reactors"].as_array().map(Vec::len), Some(1), "{v}");
 
     let v = json_out(&t.cli(&["bdev_get_iostat", "-b", "Malloc0"]), "iostat");

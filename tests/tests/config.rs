@@ -98,10 +98,7 @@ fn save_config_round_trip() {
     b.rpc_ok("framework_wait_init", Value::Null);
     let after = summaries(&b);
     assert_eq!(before, after, "bdevs differ after reload");
-    assert_eq!(
-        b.bdev("MU")["uuid"].as_str().unwrap().to_lowercase(),
-        uuid
-    );
+    assert_eq!(b.bdev("MU")["uuid"].as_str().unwrap().to_lowercase(), uuid);
 
     // Saving again yields the same set of entries.
     let cfg2 = b.rpc_ok("save_config", Value::Null);
@@ -117,7 +114,11 @@ fn save_config_round_trip() {
         v.sort();
         v
     };
-    assert_eq!(entries(&cfg), entries(&cfg2), "save_config differs after reload");
+    assert_eq!(
+        entries(&cfg),
+        entries(&cfg2),
+        "save_config differs after reload"
+    );
 }
 
 #[test]
@@ -230,7 +231,11 @@ fn unknown_bdev_method_in_config_fails() {
 fn malformed_config_fails() {
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("broken.json");
-    std::fs::write(&path, br#"{"subsystems": [ {"subsystem": "bdev", "config": [ "#).unwrap();
+    std::fs::write(
+        &path,
+        br#"{"subsystems": [ {"subsystem": "bdev", "config": [ "#,
+    )
+    .unwrap();
     let stderr = expect_rejected(&path);
     let lower = stderr.to_lowercase();
     assert!(

@@ -33,13 +33,19 @@ fn rpc_get_methods_lists_every_documented_method() {
         .as_array()
         .unwrap_or_else(|| panic!("rpc_get_methods: not an array: {v}"))
         .iter()
-        .map(|m| m.as_str().unwrap_or_else(|| panic!("non-string method {m}")))
+        .map(|m| {
+            m.as_str()
+                .unwrap_or_else(|| panic!("non-string method {m}"))
+        })
         .collect();
     let missing: Vec<&String> = documented
         .iter()
         .filter(|m| !listed.contains(&m.as_str()))
         .collect();
-    assert!(missing.is_empty(), "missing from rpc_get_methods: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "missing from rpc_get_methods: {missing:?}"
+    );
     // `current: true` is accepted too.
     let v2 = t.rpc_ok("rpc_get_methods", json!({"current": true}));
     assert!(v2.is_array(), "rpc_get_methods current=true: {v2}");

@@ -131,29 +131,38 @@ fn missing_param_names_it() {
         json!({"name": "X", "num_blocks": 100}),
     );
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("block_size"), "message must name block_size: {msg:?}");
+    assert!(
+        msg.contains("block_size"),
+        "message must name block_size: {msg:?}"
+    );
 
     let (code, msg) = t.rpc_err(
         "bdev_malloc_create",
         json!({"name": "X", "block_size": 512}),
     );
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("num_blocks"), "message must name num_blocks: {msg:?}");
+    assert!(
+        msg.contains("num_blocks"),
+        "message must name num_blocks: {msg:?}"
+    );
 
     let (code, msg) = t.rpc_err("bdev_malloc_delete", json!({}));
     assert_eq!(code, -32602, "{msg}");
     assert!(msg.contains("name"), "message must name name: {msg:?}");
 
-    let (code, msg) = t.rpc_err(
-        "bdev_uring_create",
-        json!({"name": "U"}),
-    );
+    let (code, msg) = t.rpc_err("bdev_uring_create", json!({"name": "U"}));
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("filename"), "message must name filename: {msg:?}");
+    assert!(
+        msg.contains("filename"),
+        "message must name filename: {msg:?}"
+    );
 
     let (code, msg) = t.rpc_err("bdev_error_create", json!({}));
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("base_name"), "message must name base_name: {msg:?}");
+    assert!(
+        msg.contains("base_name"),
+        "message must name base_name: {msg:?}"
+    );
 
     // No params at all where some are required.
     let (code, msg) = t.rpc_err("bdev_malloc_create", Value::Null);
@@ -170,14 +179,20 @@ fn ill_typed_param_names_it() {
         json!({"name": "X", "num_blocks": 100, "block_size": "abc"}),
     );
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("block_size"), "message must name block_size: {msg:?}");
+    assert!(
+        msg.contains("block_size"),
+        "message must name block_size: {msg:?}"
+    );
 
     let (code, msg) = t.rpc_err(
         "bdev_malloc_create",
         json!({"name": "X", "num_blocks": -5, "block_size": 512}),
     );
     assert_eq!(code, -32602, "{msg}");
-    assert!(msg.contains("num_blocks"), "message must name num_blocks: {msg:?}");
+    assert!(
+        msg.contains("num_blocks"),
+        "message must name num_blocks: {msg:?}"
+    );
 
     let (code, msg) = t.rpc_err(
         "bdev_malloc_create",

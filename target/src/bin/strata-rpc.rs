@@ -226,7 +226,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("not a number of seconds: {s:?}"))?;
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("the timeout must be positive, got {s}"));
+        return Err(format!(
+            "the timeout must be a positive number of seconds, got {s}"
+        ));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid timeout {s}: {e}"))
 }

@@ -1,0 +1,139 @@
+//! The daemon's life: start reactors and buffer pools, load the configuration (or the
+//! embedded default), serve JSON-RPC, and on SIGINT/SIGTERM drain in-flight I/O and close
+//! every bdev before exiting.
+
+use crate::rpc::server::{lock_socket, RpcServer, ServerError};
+use crate::rpc::{AppContext, MethodTable};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use strata_bdev::modules::malloc;
+use strata_bdev::registry;
+use strata_reactor::{dma, Mode, ReactorSet};
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub core_mask: String,
+    pub rpc_socket: PathBuf,
+    pub json_config: Option<PathBuf>,
+    pub interrupt_mode: bool,
+    /// Skip the embedded default (Malloc0) when no config is given.
+    pub no_default: bool,
+    pub iobuf: dma::IobufOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Reactor(#[from] strata_reactor::ReactorError),
+    #[error(transparent)]
+    Rpc(#[from] ServerError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("embedded default: {0}")]
+    Default(strata_bdev::BdevError),
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Name and geometry of the embedded default volume.
+pub const DEFAULT_BDEV: &str = "Malloc0";
+const DEFAULT_BLOCK_SIZE: u32 = 4096;
+const DEFAULT_SIZE: u64 = 256 << 20;
+
+/// How long shutdown waits for in-flight I/O.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the target until a signal (or `spdk_kill_instance`) stops it.
+pub fn run(opts: AppOptions) -> Result<(), AppError> {
+    let cores = strata_reactor::parse_core_mask(&opts.core_mask)?;
+    // The socket lock first: a second instance must fail before touching anything.
+    let lock = lock_socket(&opts.rpc_socket)?;
+    dma::init_iobuf(opts.iobuf)?;
+    let mode = if opts.interrupt_mode { Mode::Interrupt } else { Mode::Poll };
+    let reactors = ReactorSet::start(&cores, mode)?;
+    reactors.install_global();
+
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded::<&'static str>();
+    let methods = MethodTable::new(AppContext { reactors: reactors.clone(), shutdown: shutdown_tx.clone() });
+
+    let setup = (|| -> Result<(), AppError> {
+        match &opts.json_config {
+            Some(path) => {
+                crate::config::load(path, &methods)?;
+            }
+            None if !opts.no_default => {
+                malloc::create(malloc::MallocOptions {
+                    name: DEFAULT_BDEV.into(),
+                    num_blocks: DEFAULT_SIZE / DEFAULT_BLOCK_SIZE as u64,
+                    block_size: DEFAULT_BLOCK_SIZE,
+                    uuid: None,
+                })
+                .map_err(AppError::Default)?;
+            }
+            None => {}
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        close_bdevs();
+        reactors.stop();
+        return Err(e);
+    }
+
+    let server = RpcServer::start(&opts.rpc_socket, lock, methods)?;
+    watch_signals(shutdown_tx)?;
+    tracing::info!("strata-tgt ready");
+
+    let why = shutdown_rx.recv().unwrap_or("channel closed");
+    tracing::info!(reason = why, "shutting down");
+    server.stop();
+    drain_io();
+    close_bdevs();
+    reactors.stop();
+    tracing::info!("strata-tgt stopped");
+    Ok(())
+}
+
+fn watch_signals(tx: crossbeam_channel::Sender<&'static str>) -> Result<(), AppError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(AppError::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let _ = tx.send(if s == SIGINT { "SIGINT" } else { "SIGTERM" });
+            }
+        })
+        .map_err(AppError::Signals)?;
+    Ok(())
+}
+
+/// Waits until no bdev has I/O in flight (or the timeout passes).
+fn drain_io() {
+    let start = Instant::now();
+    loop {
+        let busy: Vec<(String, u64)> = registry::list()
+            .iter()
+            .map(|h| (h.bdev.name().to_string(), h.stats.snapshot().outstanding))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        if start.elapsed() > DRAIN_TIMEOUT {
+            tracing::warn!(?busy, "I/O still in flight after the drain timeout");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Unregisters every bdev, virtual bdevs (registered later) first.
+fn close_bdevs() {
+    for h in registry::list().iter().rev() {
+        // A base's removal may already have removed the virtual bdevs above it.
+        if registry::get(h.bdev.name()).is_some() {
+            let _ = registry::unregister(h.bdev.name());
+        }
+    }
+}

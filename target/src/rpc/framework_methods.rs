@@ -1,0 +1,63 @@
+//! Framework methods: version, reactors, configuration, shutdown.
+
+use super::params::Params;
+use super::{MethodTable, RpcError};
+use serde_json::{json, Value};
+use strata_reactor::clock;
+
+pub fn register(t: &mut MethodTable) {
+    t.add("spdk_get_version", |_, p| {
+        Params::new("spdk_get_version", p, &[], &[])?;
+        let v = env!("CARGO_PKG_VERSION");
+        let mut parts = v.split('.').map(|x| x.parse::<u64>().unwrap_or(0));
+        Ok(json!({
+            "version": format!("strata v{v}"),
+            "fields": {
+                "major": parts.next().unwrap_or(0),
+                "minor": parts.next().unwrap_or(0),
+                "patch": parts.next().unwrap_or(0),
+                "suffix": "",
+            }
+        }))
+    });
+    t.add("framework_get_reactors", |ctx, p| {
+        Params::new("framework_get_reactors", p, &[], &[])?;
+        let reactors: Vec<Value> = ctx
+            .reactors
+            .infos()
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "lcore": r.lcore,
+                    "busy": r.busy,
+                    "idle": r.idle,
+                    "in_interrupt": r.in_interrupt,
+                    "wakeups": r.wakeups,
+                    "tasks": r.tasks,
+                    "lw_threads": [{ "name": format!("reactor_{}", r.lcore), "id": r.index + 1 }],
+                    "pollers": r.pollers,
+                })
+            })
+            .collect();
+        Ok(json!({ "tick_rate": clock::tick_rate(), "pid": std::process::id(), "reactors": reactors }))
+    });
+    t.add("framework_wait_init", |_, p| {
+        Params::new("framework_wait_init", p, &[], &[])?;
+        Ok(Value::Bool(true))
+    });
+    t.add("save_config", |_, p| {
+        Params::new("save_config", p, &[], &[])?;
+        Ok(crate::config::save())
+    });
+    t.add("spdk_kill_instance", |ctx, p| {
+        let p = Params::new("spdk_kill_instance", p, &["sig_name"], &[])?;
+        let sig = p.str("sig_name")?;
+        let sig: &'static str = match sig.as_str() {
+            "SIGINT" | "INT" => "SIGINT",
+            "SIGTERM" | "TERM" => "SIGTERM",
+            other => return Err(RpcError::invalid_params(format!("invalid parameter 'sig_name': {other} (use SIGINT or SIGTERM)"))),
+        };
+        let _ = ctx.shutdown.send(sig);
+        Ok(Value::Bool(true))
+    });
+}

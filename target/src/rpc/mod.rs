@@ -1,0 +1,71 @@
+//! JSON-RPC: the server ([`server`]), parameter decoding ([`params`]), errors ([`error`])
+//! and the method table, filled by one module per area ([`bdev_methods`],
+//! [`framework_methods`]).
+
+pub mod bdev_methods;
+pub mod error;
+pub mod framework_methods;
+pub mod params;
+pub mod server;
+
+pub use error::RpcError;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use strata_reactor::ReactorSet;
+
+/// What method handlers may reach of the running application.
+pub struct AppContext {
+    pub reactors: ReactorSet,
+    /// Sending on it asks the daemon to shut down (`spdk_kill_instance`).
+    pub shutdown: crossbeam_channel::Sender<&'static str>,
+}
+
+type Handler = Box<dyn Fn(&AppContext, Option<Value>) -> Result<Value, RpcError> + Send + Sync>;
+
+/// Methods by name.
+pub struct MethodTable {
+    ctx: AppContext,
+    methods: BTreeMap<&'static str, Handler>,
+}
+
+impl MethodTable {
+    /// The table with every method strata serves.
+    pub fn new(ctx: AppContext) -> Arc<Self> {
+        let mut t = MethodTable { ctx, methods: BTreeMap::new() };
+        framework_methods::register(&mut t);
+        bdev_methods::register(&mut t);
+        Arc::new(t)
+    }
+
+    pub fn add(
+        &mut self,
+        name: &'static str,
+        f: impl Fn(&AppContext, Option<Value>) -> Result<Value, RpcError> + Send + Sync + 'static,
+    ) {
+        self.methods.insert(name, Box::new(f));
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.methods.keys().copied().collect();
+        v.push("rpc_get_methods");
+        v.sort_unstable();
+        v
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        name == "rpc_get_methods" || self.methods.contains_key(name)
+    }
+
+    pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        if method == "rpc_get_methods" {
+            params::Params::new("rpc_get_methods", params, &["current", "include_aliases"], &[])?;
+            return Ok(Value::from(self.names()));
+        }
+        match self.methods.get(method) {
+            Some(h) => h(&self.ctx, params),
+            None => Err(RpcError::method_not_found(method)),
+        }
+    }
+}
