@@ -7,7 +7,7 @@ use crate::bdev::{Bdev, BdevChannel};
 use crate::error::BdevError;
 use crate::io::{BdevIo, IoSink, IoStatus, IoType};
 use crate::registry::BdevDesc;
-use crate::stats::IoStats;
+use crate::stats::{IoStats, StatSlot};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
@@ -20,6 +20,7 @@ struct ChannelCore {
     bdev: Arc<dyn Bdev>,
     inner: Rc<dyn BdevChannel>,
     stats: Arc<IoStats>,
+    slot: StatSlot,
     removed: Arc<AtomicBool>,
     num_blocks: u64,
     block_size: u32,
@@ -38,7 +39,9 @@ pub struct IoChannel {
 
 impl std::fmt::Debug for IoChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoChannel").field("bdev", &self.core.bdev.name()).finish()
+        f.debug_struct("IoChannel")
+            .field("bdev", &self.core.bdev.name())
+            .finish()
     }
 }
 
@@ -61,10 +64,13 @@ impl BdevDesc {
     /// This reactor's channel to the bdev (created on first use, then shared).
     pub fn channel(&self) -> Result<IoChannel, BdevError> {
         if strata_reactor::current_index().is_none() {
-            return Err(BdevError::Reactor(strata_reactor::ReactorError::NotOnReactor));
+            return Err(BdevError::Reactor(
+                strata_reactor::ReactorError::NotOnReactor,
+            ));
         }
         ensure_deferred_poller()?;
-        if let Some(core) = CHANNELS.with(|c| c.borrow().get(&self.bdev_id).and_then(Weak::upgrade)) {
+        if let Some(core) = CHANNELS.with(|c| c.borrow().get(&self.bdev_id).and_then(Weak::upgrade))
+        {
             return Ok(IoChannel { core });
         }
         let inner = self.bdev.clone().create_channel()?;
@@ -79,6 +85,7 @@ impl BdevDesc {
             bdev,
             inner,
             stats: self.stats.clone(),
+            slot: StatSlot::current(),
             removed: self.removed.clone(),
             supported,
             outstanding: Cell::new(0),
@@ -169,7 +176,7 @@ impl ChannelCore {
         };
         io.push_completion(me, clock::ticks());
         self.outstanding.set(self.outstanding.get() + 1);
-        self.stats.submitted();
+        self.stats.submitted(self.slot);
         self.inner.submit(io);
     }
 
@@ -205,11 +212,11 @@ impl ChannelCore {
 
 impl IoSink for ChannelCore {
     #[inline]
-    fn io_done(self: Rc<Self>, io: BdevIo, start: u64) {
+    fn io_done(self: Rc<Self>, mut io: BdevIo, start: u64) {
         self.outstanding.set(self.outstanding.get() - 1);
         if io.status == IoStatus::NoMemory {
             // Balances the submit count; it is counted again when resubmitted.
-            self.stats.requeued();
+            self.stats.requeued(self.slot);
             self.nomem.borrow_mut().push_back(io);
             if self.outstanding.get() == 0 {
                 self.arm_retry();
@@ -221,8 +228,21 @@ impl IoSink for ChannelCore {
             IoType::Flush | IoType::Reset | IoType::Checksum => 0,
             _ => io.num_blocks * self.block_size as u64,
         };
-        let ops_bytes = if io.io_type == IoType::Checksum { io.num_blocks * self.block_size as u64 } else { bytes };
-        self.stats.completed(io.io_type, ops_bytes, clock::ticks().saturating_sub(start), ok);
+        let ops_bytes = if io.io_type == IoType::Checksum {
+            io.num_blocks * self.block_size as u64
+        } else {
+            bytes
+        };
+        let now = clock::ticks();
+        self.stats.completed(
+            self.slot,
+            io.io_type,
+            ops_bytes,
+            now.saturating_sub(start),
+            ok,
+        );
+        io.submit_ticks = start;
+        io.complete_ticks = now;
         io.done();
         if !self.nomem.borrow().is_empty() {
             self.retry_nomem();

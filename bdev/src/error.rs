@@ -16,7 +16,10 @@ pub enum BdevError {
     #[error("out of memory: {0}")]
     NoMemory(String),
     #[error("I/O error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("io_uring is unavailable: {0} (kernel too old, or disabled by /proc/sys/kernel/io_uring_disabled)")]
     UringUnavailable(std::io::Error),
     #[error("{0}")]

@@ -120,6 +120,11 @@ pub struct IoInner {
     pub block_size: u32,
     /// Free for the submitter's bookkeeping.
     pub user_tag: u64,
+    /// Tick at which the outermost bdev layer that has completed the I/O accepted it, and
+    /// the tick at which it completed it: a submitter measures latency from these without
+    /// reading the clock again.
+    pub submit_ticks: u64,
+    pub complete_ticks: u64,
     completions: SmallVec<[Completion; 4]>,
 }
 
@@ -129,6 +134,8 @@ pub struct BdevIo(Option<Box<IoInner>>);
 const FREE_LIST_MAX: usize = 4096;
 
 thread_local! {
+    // Boxes on purpose: recycling the heap objects is what makes I/O allocation-free.
+    #[allow(clippy::vec_box)]
     static FREE: RefCell<Vec<Box<IoInner>>> = const { RefCell::new(Vec::new()) };
     static DEFERRED: RefCell<VecDeque<BdevIo>> = RefCell::new(VecDeque::with_capacity(1024));
 }
@@ -156,6 +163,8 @@ impl BdevIo {
                 b.chunk_blocks = 1;
                 b.block_size = 0;
                 b.user_tag = 0;
+                b.submit_ticks = 0;
+                b.complete_ticks = 0;
                 b
             }
             None => Box::new(IoInner {
@@ -167,6 +176,8 @@ impl BdevIo {
                 chunk_blocks: 1,
                 block_size: 0,
                 user_tag: 0,
+                submit_ticks: 0,
+                complete_ticks: 0,
                 completions: SmallVec::new(),
             }),
         };
@@ -271,7 +282,9 @@ impl BdevIo {
         let n = self.checksum_count() as usize;
         let mut raw = vec![0u8; n * 4];
         self.for_each_segment(n * 4, |off, s| raw[off..off + s.len()].copy_from_slice(s));
-        raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        raw.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     /// Stores checksum `i` of a `Checksum` I/O into its buffers.

@@ -35,7 +35,9 @@ struct Registry {
     entries: Vec<Entry>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { entries: Vec::new() });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    entries: Vec::new(),
+});
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A registered bdev as seen by management code.
@@ -49,7 +51,9 @@ pub struct BdevHandle {
 
 impl std::fmt::Debug for BdevHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BdevHandle").field("name", &self.bdev.name()).finish()
+        f.debug_struct("BdevHandle")
+            .field("name", &self.bdev.name())
+            .finish()
     }
 }
 
@@ -60,7 +64,10 @@ pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
         return Err(BdevError::Exists(bdev.name().to_string()));
     }
     if bdev.block_size() == 0 || bdev.num_blocks() == 0 {
-        return Err(BdevError::Invalid(format!("bdev '{}' has no blocks", bdev.name())));
+        return Err(BdevError::Invalid(format!(
+            "bdev '{}' has no blocks",
+            bdev.name()
+        )));
     }
     tracing::info!(
         bdev = bdev.name(),
@@ -111,7 +118,12 @@ pub fn get(name: &str) -> Option<BdevHandle> {
 }
 
 fn handle(e: &Entry) -> BdevHandle {
-    BdevHandle { id: e.id, bdev: e.bdev.clone(), stats: e.stats.clone(), claimed_by: e.claim.clone() }
+    BdevHandle {
+        id: e.id,
+        bdev: e.bdev.clone(),
+        stats: e.stats.clone(),
+        claimed_by: e.claim.clone(),
+    }
 }
 
 /// All bdevs, in registration order (bases before the virtual bdevs built on them).
@@ -140,12 +152,17 @@ pub struct BdevDesc {
 
 impl std::fmt::Debug for BdevDesc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BdevDesc").field("bdev", &self.bdev.name()).finish()
+        f.debug_struct("BdevDesc")
+            .field("bdev", &self.bdev.name())
+            .finish()
     }
 }
 
 /// Opens a bdev; `on_event` is called (from any thread) when it is removed.
-pub fn open(name: &str, on_event: impl Fn(BdevEvent) + Send + Sync + 'static) -> Result<BdevDesc, BdevError> {
+pub fn open(
+    name: &str,
+    on_event: impl Fn(BdevEvent) + Send + Sync + 'static,
+) -> Result<BdevDesc, BdevError> {
     let mut r = REGISTRY.lock();
     let e = r
         .entries
@@ -186,7 +203,10 @@ impl BdevDesc {
             .find(|e| e.id == self.bdev_id)
             .ok_or_else(|| BdevError::NotFound(self.bdev.name().to_string()))?;
         if let Some(by) = &e.claim {
-            return Err(BdevError::Claimed { name: self.bdev.name().to_string(), by: by.clone() });
+            return Err(BdevError::Claimed {
+                name: self.bdev.name().to_string(),
+                by: by.clone(),
+            });
         }
         e.claim = Some(owner.to_string());
         self.claimed.store(true, Ordering::Release);

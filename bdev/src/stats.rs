@@ -37,7 +37,9 @@ pub struct IoStats {
 impl Default for IoStats {
     fn default() -> Self {
         // The last slot is shared by non-reactor threads and updated with atomic adds.
-        Self { slots: (0..=MAX_REACTORS).map(|_| CachePadded::default()).collect() }
+        Self {
+            slots: (0..=MAX_REACTORS).map(|_| CachePadded::default()).collect(),
+        }
     }
 }
 
@@ -65,24 +67,40 @@ pub struct IoStatsSnapshot {
     pub outstanding: u64,
 }
 
+/// Which slot of an [`IoStats`] a thread writes: a channel takes it once, at creation.
+#[derive(Debug, Clone, Copy)]
+pub struct StatSlot(usize);
+
+impl StatSlot {
+    /// The calling thread's slot: its reactor index, or the shared slot off reactors.
+    pub fn current() -> Self {
+        match strata_reactor::current_index() {
+            Some(i) if i < MAX_REACTORS => StatSlot(i),
+            _ => StatSlot(MAX_REACTORS),
+        }
+    }
+}
+
 impl IoStats {
     #[inline]
-    fn slot(&self) -> (&Slot, bool) {
-        match strata_reactor::current_index() {
-            Some(i) if i < MAX_REACTORS => (&self.slots[i].0, true),
-            _ => (&self.slots[MAX_REACTORS].0, false),
-        }
+    fn slot_at(&self, at: StatSlot) -> (&Slot, bool) {
+        (&self.slots[at.0].0, at.0 < MAX_REACTORS)
     }
 
     #[inline]
-    pub fn submitted(&self) {
-        let (s, ex) = self.slot();
+    fn slot(&self) -> (&Slot, bool) {
+        self.slot_at(StatSlot::current())
+    }
+
+    #[inline]
+    pub fn submitted(&self, at: StatSlot) {
+        let (s, ex) = self.slot_at(at);
         bump(&s.submitted, 1, ex);
     }
 
     #[inline]
-    pub fn completed(&self, t: IoType, bytes: u64, latency_ticks: u64, ok: bool) {
-        let (s, ex) = self.slot();
+    pub fn completed(&self, at: StatSlot, t: IoType, bytes: u64, latency_ticks: u64, ok: bool) {
+        let (s, ex) = self.slot_at(at);
         bump(&s.completed, 1, ex);
         if ok {
             let c = &s.by_type[t as usize];
@@ -96,8 +114,8 @@ impl IoStats {
 
     /// An I/O the bdev returned with `NoMemory`, to be resubmitted.
     #[inline]
-    pub fn requeued(&self) {
-        let (s, ex) = self.slot();
+    pub fn requeued(&self, at: StatSlot) {
+        let (s, ex) = self.slot_at(at);
         bump(&s.completed, 1, ex);
     }
 

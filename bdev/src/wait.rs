@@ -62,7 +62,11 @@ pub async fn alloc_bufs(len: usize) -> Result<smallvec::SmallVec<[DmaBuf; 2]>, I
     let mut left = len;
     while left > 0 {
         let n = left.min(max);
-        out.push(dma::alloc_wait(n).await.map_err(|_| IoStatus::InvalidArgument)?);
+        out.push(
+            dma::alloc_wait(n)
+                .await
+                .map_err(|_| IoStatus::InvalidArgument)?,
+        );
         left -= n;
     }
     Ok(out)
@@ -77,7 +81,11 @@ fn status(io: &BdevIo) -> Result<(), IoStatus> {
 }
 
 /// Reads blocks into a new byte vector.
-pub async fn read_vec(ch: &IoChannel, offset_blocks: u64, num_blocks: u64) -> Result<Vec<u8>, IoStatus> {
+pub async fn read_vec(
+    ch: &IoChannel,
+    offset_blocks: u64,
+    num_blocks: u64,
+) -> Result<Vec<u8>, IoStatus> {
     let len = (num_blocks * ch.block_size() as u64) as usize;
     let mut io = BdevIo::new(IoType::Read, offset_blocks, num_blocks);
     io.bufs = alloc_bufs(len).await?;
@@ -88,9 +96,14 @@ pub async fn read_vec(ch: &IoChannel, offset_blocks: u64, num_blocks: u64) -> Re
     Ok(out)
 }
 
-async fn data_io(ch: &IoChannel, t: IoType, offset_blocks: u64, data: &[u8]) -> Result<(), IoStatus> {
+async fn data_io(
+    ch: &IoChannel,
+    t: IoType,
+    offset_blocks: u64,
+    data: &[u8],
+) -> Result<(), IoStatus> {
     let bs = ch.block_size() as usize;
-    if data.is_empty() || data.len() % bs != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(bs) {
         return Err(IoStatus::InvalidArgument);
     }
     let mut io = BdevIo::new(t, offset_blocks, (data.len() / bs) as u64);
@@ -108,12 +121,21 @@ pub async fn write_slice(ch: &IoChannel, offset_blocks: u64, data: &[u8]) -> Res
 }
 
 /// XORs whole blocks from a byte slice into the bdev.
-pub async fn xor_write_slice(ch: &IoChannel, offset_blocks: u64, data: &[u8]) -> Result<(), IoStatus> {
+pub async fn xor_write_slice(
+    ch: &IoChannel,
+    offset_blocks: u64,
+    data: &[u8],
+) -> Result<(), IoStatus> {
     data_io(ch, IoType::XorWrite, offset_blocks, data).await
 }
 
 /// An I/O without data (write_zeroes, unmap, flush, reset).
-pub async fn no_data(ch: &IoChannel, t: IoType, offset_blocks: u64, num_blocks: u64) -> Result<(), IoStatus> {
+pub async fn no_data(
+    ch: &IoChannel,
+    t: IoType,
+    offset_blocks: u64,
+    num_blocks: u64,
+) -> Result<(), IoStatus> {
     status(&submit_wait(ch, BdevIo::new(t, offset_blocks, num_blocks)).await)
 }
 

@@ -27,7 +27,13 @@ where
 }
 
 fn mk_malloc(name: &str, blocks: u64, bs: u32) {
-    malloc::create(malloc::MallocOptions { name: name.into(), num_blocks: blocks, block_size: bs, uuid: None }).unwrap();
+    malloc::create(malloc::MallocOptions {
+        name: name.into(),
+        num_blocks: blocks,
+        block_size: bs,
+        uuid: None,
+    })
+    .unwrap();
 }
 
 #[test]
@@ -37,11 +43,23 @@ fn out_of_range_io_fails_and_touches_nothing() {
         let d = registry::open("range0", |_| {}).unwrap();
         let ch = d.channel().unwrap();
         write_slice(&ch, 0, &vec![7u8; 64 * 512]).await.unwrap();
-        assert_eq!(write_slice(&ch, 63, &[1u8; 1024]).await, Err(IoStatus::OutOfRange));
-        assert_eq!(write_slice(&ch, 64, &[1u8; 512]).await, Err(IoStatus::OutOfRange));
+        assert_eq!(
+            write_slice(&ch, 63, &[1u8; 1024]).await,
+            Err(IoStatus::OutOfRange)
+        );
+        assert_eq!(
+            write_slice(&ch, 64, &[1u8; 512]).await,
+            Err(IoStatus::OutOfRange)
+        );
         assert_eq!(read_vec(&ch, u64::MAX, 1).await, Err(IoStatus::OutOfRange));
-        assert_eq!(no_data(&ch, IoType::Unmap, 60, 5).await, Err(IoStatus::OutOfRange));
-        assert_eq!(no_data(&ch, IoType::WriteZeroes, 0, 0).await, Err(IoStatus::OutOfRange));
+        assert_eq!(
+            no_data(&ch, IoType::Unmap, 60, 5).await,
+            Err(IoStatus::OutOfRange)
+        );
+        assert_eq!(
+            no_data(&ch, IoType::WriteZeroes, 0, 0).await,
+            Err(IoStatus::OutOfRange)
+        );
         // A buffer smaller than the transfer is refused, not overrun.
         let mut io = BdevIo::new(IoType::Write, 0, 2);
         io.bufs.push(strata_reactor::dma::alloc(512).unwrap());
@@ -62,14 +80,21 @@ fn claims_and_hot_remove_cascade() {
     assert_eq!(strata_bdev::Bdev::name(ee.as_ref()), "EE_claim0");
     assert!(registry::get("claim0").unwrap().claimed_by.is_some());
     // Claimed: a second virtual bdev cannot take it.
-    assert!(matches!(error::create("claim0", None), Err(strata_bdev::BdevError::Exists(_))));
+    assert!(matches!(
+        error::create("claim0", None),
+        Err(strata_bdev::BdevError::Exists(_))
+    ));
     let r = delay::create(delay::DelayOptions {
         name: "dly_claim0".into(),
         base_bdev_name: "claim0".into(),
         latencies_us: [0; 4],
         uuid: None,
     });
-    assert!(matches!(r, Err(strata_bdev::BdevError::Claimed { .. })), "{:?}", r.err());
+    assert!(
+        matches!(r, Err(strata_bdev::BdevError::Claimed { .. })),
+        "{:?}",
+        r.err()
+    );
     // Removing the base removes the virtual bdev built on it.
     registry::unregister("claim0").unwrap();
     assert!(registry::get("EE_claim0").is_none());
@@ -96,30 +121,78 @@ fn error_injection_failure_corrupt_and_nomem_retry() {
         let data = vec![0x5au8; 4096];
         write_slice(&ch, 0, &data).await.unwrap();
 
-        error::inject("EE_inj0", error::Target::One(IoType::Read), error::ErrorKind::Failure, 2, 0, 0).unwrap();
+        error::inject(
+            "EE_inj0",
+            error::Target::One(IoType::Read),
+            error::ErrorKind::Failure,
+            2,
+            0,
+            0,
+        )
+        .unwrap();
         assert_eq!(read_vec(&ch, 0, 8).await, Err(IoStatus::Failed));
         assert_eq!(read_vec(&ch, 0, 8).await, Err(IoStatus::Failed));
-        assert_eq!(read_vec(&ch, 0, 8).await.unwrap(), data, "injection count exhausted");
+        assert_eq!(
+            read_vec(&ch, 0, 8).await.unwrap(),
+            data,
+            "injection count exhausted"
+        );
 
-        error::inject("EE_inj0", error::Target::One(IoType::Read), error::ErrorKind::CorruptData, 1, 3, 0xff).unwrap();
+        error::inject(
+            "EE_inj0",
+            error::Target::One(IoType::Read),
+            error::ErrorKind::CorruptData,
+            1,
+            3,
+            0xff,
+        )
+        .unwrap();
         let bad = read_vec(&ch, 0, 8).await.unwrap();
         assert_eq!(bad[3], 0x5a ^ 0xff);
-        assert_eq!(read_vec(&ch, 0, 8).await.unwrap(), data, "stored data was not corrupted by a read");
+        assert_eq!(
+            read_vec(&ch, 0, 8).await.unwrap(),
+            data,
+            "stored data was not corrupted by a read"
+        );
 
         // NOMEM: the layer queues the I/O and retries it; the caller sees success.
-        error::inject("EE_inj0", error::Target::One(IoType::Write), error::ErrorKind::NoMemory, 3, 0, 0).unwrap();
+        error::inject(
+            "EE_inj0",
+            error::Target::One(IoType::Write),
+            error::ErrorKind::NoMemory,
+            3,
+            0,
+            0,
+        )
+        .unwrap();
         write_slice(&ch, 8, &[9u8; 512]).await.unwrap();
         assert_eq!(read_vec(&ch, 8, 1).await.unwrap(), vec![9u8; 512]);
 
         // Pending: held until cleared.
-        error::inject("EE_inj0", error::Target::One(IoType::Flush), error::ErrorKind::Pending, 1, 0, 0).unwrap();
+        error::inject(
+            "EE_inj0",
+            error::Target::One(IoType::Flush),
+            error::ErrorKind::Pending,
+            1,
+            0,
+            0,
+        )
+        .unwrap();
         let h = strata_reactor::spawn_local({
             let ch = ch.clone();
             async move { no_data(&ch, IoType::Flush, 0, 0).await }
         });
         strata_reactor::sleep(Duration::from_millis(20)).await;
         assert!(!h.is_finished(), "pending I/O completed");
-        error::inject("EE_inj0", error::Target::Clear, error::ErrorKind::Failure, 1, 0, 0).unwrap();
+        error::inject(
+            "EE_inj0",
+            error::Target::Clear,
+            error::ErrorKind::Failure,
+            1,
+            0,
+            0,
+        )
+        .unwrap();
         // The next submission on the channel releases held I/O.
         read_vec(&ch, 0, 1).await.unwrap();
         assert_eq!(h.await, Ok(()));
@@ -145,10 +218,16 @@ fn delay_bdev_adds_latency() {
         assert_eq!(read_vec(&ch, 0, 1).await.unwrap(), vec![1u8; 512]);
         t.elapsed()
     });
-    assert!(elapsed >= Duration::from_millis(20), "read took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(20),
+        "read took {elapsed:?}"
+    );
     delay::update_latency("dly0", delay::LatencyKind::AvgRead, 0).unwrap();
     assert!(delay::update_latency("dly0", delay::LatencyKind::P99Write, 1).is_ok());
-    assert!(delay::update_latency("dly0", delay::LatencyKind::AvgWrite, 5).is_err(), "avg above p99");
+    assert!(
+        delay::update_latency("dly0", delay::LatencyKind::AvgWrite, 5).is_err(),
+        "avg above p99"
+    );
     registry::unregister("dlyb").unwrap();
     assert!(registry::get("dly0").is_none());
 }
@@ -169,15 +248,24 @@ pub async fn model_check(name: String, seed: u64, ops: usize) {
         no_data(&ch, IoType::WriteZeroes, b, n).await.unwrap();
     }
     let mut rng = SmallRng::seed_from_u64(seed);
-    type Pending = (u64, u64, strata_reactor::JoinHandle<Result<Option<Vec<u8>>, IoStatus>>, Option<Vec<u8>>);
+    type Pending = (
+        u64,
+        u64,
+        strata_reactor::JoinHandle<Result<Option<Vec<u8>>, IoStatus>>,
+        Option<Vec<u8>>,
+    );
     let mut inflight: Vec<Pending> = Vec::new();
     for _ in 0..ops {
         let n = rng.gen_range(1..=16u64.min(blocks));
         let off = rng.gen_range(0..=blocks - n);
-        let overlaps = inflight.iter().any(|(o, l, _, _)| off < o + l && *o < off + n);
+        let overlaps = inflight
+            .iter()
+            .any(|(o, l, _, _)| off < o + l && *o < off + n);
         if overlaps || inflight.len() >= 16 {
             let (o, l, h, expect) = inflight.remove(0);
-            let got = h.await.unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
+            let got = h
+                .await
+                .unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
             if let (Some(g), Some(e)) = (got, expect) {
                 assert_eq!(g, e, "data mismatch at blocks {o}+{l}");
             }
@@ -188,25 +276,52 @@ pub async fn model_check(name: String, seed: u64, ops: usize) {
         let (h, expect) = match rng.gen_range(0..6) {
             0 => {
                 let exp = model[range].to_vec();
-                (strata_reactor::spawn_local(async move { read_vec(&ch2, off, n).await.map(Some) }), Some(exp))
+                (
+                    strata_reactor::spawn_local(
+                        async move { read_vec(&ch2, off, n).await.map(Some) },
+                    ),
+                    Some(exp),
+                )
             }
             1 => {
                 let data: Vec<u8> = (0..range.len()).map(|_| rng.gen()).collect();
                 model[range].copy_from_slice(&data);
-                (strata_reactor::spawn_local(async move { write_slice(&ch2, off, &data).await.map(|_| None) }), None)
+                (
+                    strata_reactor::spawn_local(async move {
+                        write_slice(&ch2, off, &data).await.map(|_| None)
+                    }),
+                    None,
+                )
             }
             2 => {
                 model[range].fill(0);
-                (strata_reactor::spawn_local(async move { no_data(&ch2, IoType::WriteZeroes, off, n).await.map(|_| None) }), None)
+                (
+                    strata_reactor::spawn_local(async move {
+                        no_data(&ch2, IoType::WriteZeroes, off, n)
+                            .await
+                            .map(|_| None)
+                    }),
+                    None,
+                )
             }
             3 => {
                 model[range].fill(0);
-                (strata_reactor::spawn_local(async move { no_data(&ch2, IoType::Unmap, off, n).await.map(|_| None) }), None)
+                (
+                    strata_reactor::spawn_local(async move {
+                        no_data(&ch2, IoType::Unmap, off, n).await.map(|_| None)
+                    }),
+                    None,
+                )
             }
             4 => {
                 let data: Vec<u8> = (0..range.len()).map(|_| rng.gen()).collect();
                 kernels::xor_into(&mut model[range], &data);
-                (strata_reactor::spawn_local(async move { xor_write_slice(&ch2, off, &data).await.map(|_| None) }), None)
+                (
+                    strata_reactor::spawn_local(async move {
+                        xor_write_slice(&ch2, off, &data).await.map(|_| None)
+                    }),
+                    None,
+                )
             }
             _ => {
                 let chunk = rng.gen_range(1..=4u32);
@@ -227,7 +342,9 @@ pub async fn model_check(name: String, seed: u64, ops: usize) {
         inflight.push((off, n, h, expect));
     }
     for (o, l, h, expect) in inflight {
-        let got = h.await.unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
+        let got = h
+            .await
+            .unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
         if let (Some(g), Some(e)) = (got, expect) {
             assert_eq!(g, e, "data mismatch at blocks {o}+{l}");
         }
@@ -251,7 +368,15 @@ fn malloc_random_ops_match_model() {
 fn model_through_error_bdev_with_nomem() {
     mk_malloc("modelee", 128, 512);
     error::create("modelee", None).unwrap();
-    error::inject("EE_modelee", error::Target::All, error::ErrorKind::NoMemory, 200, 0, 0).unwrap();
+    error::inject(
+        "EE_modelee",
+        error::Target::All,
+        error::ErrorKind::NoMemory,
+        200,
+        0,
+        0,
+    )
+    .unwrap();
     on_reactor(|| model_check("EE_modelee".into(), 3, 2000));
     registry::unregister("modelee").unwrap();
 }

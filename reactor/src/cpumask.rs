@@ -22,7 +22,10 @@ pub fn parse_core_mask(s: &str) -> Result<Vec<usize>, ReactorError> {
             }
         }
     } else {
-        let hex = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+        let hex = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
         let v = u128::from_str_radix(hex, 16).map_err(|_| bad())?;
         cores.extend((0..128).filter(|i| v & (1u128 << i) != 0));
     }

@@ -42,14 +42,25 @@ impl DmaRegion {
         let huge_len = len.div_ceil(HUGEPAGE) * HUGEPAGE;
         if let Some(ptr) = map(huge_len, true) {
             log_backing(true);
-            return Ok(Self { ptr, len: huge_len, hugepages: true });
+            return Ok(Self {
+                ptr,
+                len: huge_len,
+                hugepages: true,
+            });
         }
         let len = len.div_ceil(BUF_ALIGN) * BUF_ALIGN;
         let ptr = map(len, false).ok_or_else(|| {
-            ReactorError::Dma(format!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error()))
+            ReactorError::Dma(format!(
+                "mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            ))
         })?;
         log_backing(false);
-        Ok(Self { ptr, len, hugepages: false })
+        Ok(Self {
+            ptr,
+            len,
+            hugepages: false,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -74,7 +85,9 @@ fn log_backing(huge: bool) {
         if huge {
             tracing::info!("DMA memory: 2 MiB hugepages");
         } else {
-            tracing::info!("DMA memory: ordinary pages (no hugepages reserved; see scripts/setup.sh)");
+            tracing::info!(
+                "DMA memory: ordinary pages (no hugepages reserved; see scripts/setup.sh)"
+            );
         }
     }
 }
@@ -86,7 +99,14 @@ fn map(len: usize, huge: bool) -> Option<NonNull<u8>> {
     }
     // SAFETY: anonymous mapping with no address hint; the result is checked for MAP_FAILED.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
     };
     if p == libc::MAP_FAILED {
         return None;
@@ -151,12 +171,22 @@ thread_local! {
 
 impl DmaPool {
     /// Creates a pool that lives for the rest of the process.
-    pub fn new(name: &'static str, buf_size: usize, count: usize) -> Result<&'static Self, ReactorError> {
+    pub fn new(
+        name: &'static str,
+        buf_size: usize,
+        count: usize,
+    ) -> Result<&'static Self, ReactorError> {
         let id = POOL_IDS.fetch_add(1, Ordering::Relaxed);
         if id >= MAX_POOLS {
-            return Err(ReactorError::Dma(format!("at most {MAX_POOLS} buffer pools")));
+            return Err(ReactorError::Dma(format!(
+                "at most {MAX_POOLS} buffer pools"
+            )));
         }
-        if buf_size == 0 || buf_size % BUF_ALIGN != 0 || count == 0 || count > u32::MAX as usize {
+        if buf_size == 0
+            || !buf_size.is_multiple_of(BUF_ALIGN)
+            || count == 0
+            || count > u32::MAX as usize
+        {
             return Err(ReactorError::Dma(format!(
                 "pool {name}: buffer size must be a non-zero multiple of {BUF_ALIGN} (got {buf_size}), count non-zero"
             )));
@@ -214,8 +244,15 @@ impl DmaPool {
         })?;
         self.in_use.fetch_add(1, Ordering::Relaxed);
         // SAFETY: idx < count, so the offset stays inside the region.
-        let ptr = unsafe { NonNull::new_unchecked(self.region.as_ptr().add(idx as usize * self.buf_size)) };
-        Some(DmaBuf { pool: self, idx, ptr, len })
+        let ptr = unsafe {
+            NonNull::new_unchecked(self.region.as_ptr().add(idx as usize * self.buf_size))
+        };
+        Some(DmaBuf {
+            pool: self,
+            idx,
+            ptr,
+            len,
+        })
     }
 
     fn release(&'static self, idx: u32) {
@@ -258,7 +295,11 @@ unsafe impl Send for DmaBuf {}
 
 impl std::fmt::Debug for DmaBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DmaBuf").field("pool", &self.pool.name).field("idx", &self.idx).field("len", &self.len).finish()
+        f.debug_struct("DmaBuf")
+            .field("pool", &self.pool.name)
+            .field("idx", &self.idx)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -314,7 +355,12 @@ pub struct IobufOptions {
 
 impl Default for IobufOptions {
     fn default() -> Self {
-        Self { small_size: 8 << 10, small_count: 8192, large_size: 128 << 10, large_count: 1024 }
+        Self {
+            small_size: 8 << 10,
+            small_count: 8192,
+            large_size: 128 << 10,
+            large_count: 1024,
+        }
     }
 }
 
@@ -328,11 +374,15 @@ static IOBUF: OnceLock<Result<Iobuf, String>> = OnceLock::new();
 /// Creates the global pools; later calls (and the first `alloc`) keep the first settings.
 pub fn init_iobuf(opts: IobufOptions) -> Result<(), ReactorError> {
     let r = IOBUF.get_or_init(|| {
-        let small = DmaPool::new("small", opts.small_size, opts.small_count).map_err(|e| e.to_string())?;
-        let large = DmaPool::new("large", opts.large_size, opts.large_count).map_err(|e| e.to_string())?;
+        let small =
+            DmaPool::new("small", opts.small_size, opts.small_count).map_err(|e| e.to_string())?;
+        let large =
+            DmaPool::new("large", opts.large_size, opts.large_count).map_err(|e| e.to_string())?;
         Ok(Iobuf { small, large })
     });
-    r.as_ref().map(|_| ()).map_err(|e| ReactorError::Dma(e.clone()))
+    r.as_ref()
+        .map(|_| ())
+        .map_err(|e| ReactorError::Dma(e.clone()))
 }
 
 fn iobuf() -> Option<&'static Iobuf> {
@@ -367,7 +417,9 @@ pub fn pools() -> Vec<&'static DmaPool> {
 /// than any pool buffer.
 pub async fn alloc_wait(len: usize) -> Result<DmaBuf, ReactorError> {
     if len > max_buf_size() {
-        return Err(ReactorError::Dma(format!("buffer of {len} bytes exceeds the largest pool buffer")));
+        return Err(ReactorError::Dma(format!(
+            "buffer of {len} bytes exceeds the largest pool buffer"
+        )));
     }
     loop {
         if let Some(b) = alloc(len) {
@@ -380,29 +432,6 @@ pub async fn alloc_wait(len: usize) -> Result<DmaBuf, ReactorError> {
         })
         .await;
         crate::sleep(std::time::Duration::from_millis(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_exhaustion_and_reuse() {
-        let p = DmaPool::new("t", 4096, 8).unwrap();
-        let mut held: Vec<DmaBuf> = (0..8).map(|_| p.alloc(4096).unwrap()).collect();
-        assert!(p.alloc(4096).is_none(), "pool of 8 handed out a 9th buffer");
-        assert_eq!(p.in_use(), 8);
-        // Buffers are distinct and aligned.
-        let mut addrs: Vec<usize> = held.iter().map(|b| b.as_ptr() as usize).collect();
-        addrs.sort();
-        addrs.dedup();
-        assert_eq!(addrs.len(), 8);
-        assert!(addrs.iter().all(|a| a % BUF_ALIGN == 0));
-        held[0].as_mut_slice().fill(0xab);
-        held.pop();
-        assert!(p.alloc(4096).is_some());
-        assert!(p.alloc(8192).is_none(), "oversize request must fail");
     }
 }
 
@@ -422,7 +451,9 @@ impl DmaRegion {
             return false;
         }
         // SAFETY: bounds checked above; `dst` is a distinct allocation (a pool buffer or heap).
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        };
         true
     }
 
@@ -466,5 +497,28 @@ impl DmaRegion {
         // for u8 data) results, as with a real device.
         let s = unsafe { std::slice::from_raw_parts(self.as_ptr().add(off), len) };
         Some(f(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_exhaustion_and_reuse() {
+        let p = DmaPool::new("t", 4096, 8).unwrap();
+        let mut held: Vec<DmaBuf> = (0..8).map(|_| p.alloc(4096).unwrap()).collect();
+        assert!(p.alloc(4096).is_none(), "pool of 8 handed out a 9th buffer");
+        assert_eq!(p.in_use(), 8);
+        // Buffers are distinct and aligned.
+        let mut addrs: Vec<usize> = held.iter().map(|b| b.as_ptr() as usize).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 8);
+        assert!(addrs.iter().all(|a| a % BUF_ALIGN == 0));
+        held[0].as_mut_slice().fill(0xab);
+        held.pop();
+        assert!(p.alloc(4096).is_some());
+        assert!(p.alloc(8192).is_none(), "oversize request must fail");
     }
 }

@@ -54,9 +54,17 @@ impl Executor {
                 s.len() - 1
             }
         };
-        let flag = Arc::new(TaskWaker { shared: shared.clone(), id, queued: AtomicBool::new(false) });
+        let flag = Arc::new(TaskWaker {
+            shared: shared.clone(),
+            id,
+            queued: AtomicBool::new(false),
+        });
         let waker = Waker::from(flag.clone());
-        self.slots.borrow_mut()[id] = Some(TaskSlot { fut: Some(fut), waker, flag: flag.clone() });
+        self.slots.borrow_mut()[id] = Some(TaskSlot {
+            fut: Some(fut),
+            waker,
+            flag: flag.clone(),
+        });
         self.live.set(self.live.get() + 1);
         flag.wake_by_ref();
     }
@@ -67,10 +75,14 @@ impl Executor {
 
     /// Polls one ready task. Returns false when the ready queue was empty.
     pub fn run_one(&self, shared: &ReactorShared) -> bool {
-        let Some(id) = shared.ready.pop() else { return false };
+        let Some(id) = shared.ready.pop() else {
+            return false;
+        };
         let (mut fut, waker) = {
             let mut slots = self.slots.borrow_mut();
-            let Some(Some(slot)) = slots.get_mut(id) else { return true };
+            let Some(Some(slot)) = slots.get_mut(id) else {
+                return true;
+            };
             // Clear before polling so a wake during the poll queues the task again.
             slot.flag.queued.store(false, Ordering::Release);
             match slot.fut.take() {
@@ -105,7 +117,9 @@ pub struct JoinHandle<T> {
 
 impl<T> std::fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinHandle").field("done", &self.state.borrow().result.is_some()).finish()
+        f.debug_struct("JoinHandle")
+            .field("done", &self.state.borrow().result.is_some())
+            .finish()
     }
 }
 
@@ -134,7 +148,10 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let state = Rc::new(RefCell::new(JoinState { result: None, waker: None }));
+    let state = Rc::new(RefCell::new(JoinState {
+        result: None,
+        waker: None,
+    }));
     let st = state.clone();
     let task = Box::pin(async move {
         let v = fut.await;

@@ -78,7 +78,8 @@ impl ReactorSet {
             shared.push(Arc::new(ReactorShared::new(i, c, mode == Mode::Interrupt)?));
         }
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = crossbeam::channel::bounded::<Result<(), ReactorError>>(cores.len());
+        let (ready_tx, ready_rx) =
+            crossbeam::channel::bounded::<Result<(), ReactorError>>(cores.len());
         for s in &shared {
             let s = s.clone();
             let tx = ready_tx.clone();
@@ -110,7 +111,11 @@ impl ReactorSet {
             "reactors started"
         );
         Ok(Self {
-            inner: Arc::new(SetInner { shared, threads: parking::Mutex::new(threads), mode }),
+            inner: Arc::new(SetInner {
+                shared,
+                threads: parking::Mutex::new(threads),
+                mode,
+            }),
         })
     }
 
@@ -136,11 +141,18 @@ impl ReactorSet {
     }
 
     fn shared(&self, index: usize) -> Result<&Arc<ReactorShared>, ReactorError> {
-        self.inner.shared.get(index).ok_or(ReactorError::NoSuchReactor(index))
+        self.inner
+            .shared
+            .get(index)
+            .ok_or(ReactorError::NoSuchReactor(index))
     }
 
     /// Runs `f` on reactor `index` (fire and forget).
-    pub fn send(&self, index: usize, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
+    pub fn send(
+        &self,
+        index: usize,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), ReactorError> {
         let s = self.shared(index)?;
         if s.stop.load(Ordering::Acquire) {
             return Err(ReactorError::Stopped);

@@ -77,7 +77,8 @@ pub fn register_poller(
     name: &str,
     f: impl FnMut() -> bool + 'static,
 ) -> Result<PollerHandle, ReactorError> {
-    with_current(|r| r.register_poller(name, None, None, Box::new(f))).ok_or(ReactorError::NotOnReactor)?
+    with_current(|r| r.register_poller(name, None, None, Box::new(f)))
+        .ok_or(ReactorError::NotOnReactor)?
 }
 
 /// Registers a poller called every `period`.
@@ -136,7 +137,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(got, 42);
-        assert_eq!(set.call(1, || current_index()).unwrap(), Some(1));
+        assert_eq!(set.call(1, current_index).unwrap(), Some(1));
         assert_eq!(current_index(), None);
         set.stop();
     }
@@ -161,7 +162,10 @@ mod tests {
             .unwrap();
         assert!(elapsed >= Duration::from_millis(50));
         let n = runs.load(Ordering::Relaxed);
-        assert!((3..=15).contains(&n), "periodic poller ran {n} times in 50 ms at 5 ms period");
+        assert!(
+            (3..=15).contains(&n),
+            "periodic poller ran {n} times in 50 ms at 5 ms period"
+        );
         // Unregistered: no further runs.
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(runs.load(Ordering::Relaxed), n);
@@ -178,7 +182,11 @@ mod tests {
         // Idle: no wake-ups without work.
         std::thread::sleep(Duration::from_millis(200));
         let idle = set.infos()[0].wakeups;
-        assert!(idle - before <= 4, "idle reactor woke {} times", idle - before);
+        assert!(
+            idle - before <= 4,
+            "idle reactor woke {} times",
+            idle - before
+        );
         // A message from another thread wakes it promptly.
         let t = Instant::now();
         set.call(0, || ()).unwrap();
@@ -210,12 +218,18 @@ mod tests {
         while hits.load(Ordering::Relaxed) == before && t.elapsed() < Duration::from_secs(2) {
             std::thread::yield_now();
         }
-        assert!(hits.load(Ordering::Relaxed) > before, "fd readiness did not wake the reactor");
+        assert!(
+            hits.load(Ordering::Relaxed) > before,
+            "fd readiness did not wake the reactor"
+        );
         set.stop();
     }
 
     #[test]
     fn unavailable_core_is_an_error() {
-        assert!(matches!(ReactorSet::start(&[1000], Mode::Interrupt), Err(ReactorError::CoreUnavailable(..))));
+        assert!(matches!(
+            ReactorSet::start(&[1000], Mode::Interrupt),
+            Err(ReactorError::CoreUnavailable(..))
+        ));
     }
 }

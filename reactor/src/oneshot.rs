@@ -37,7 +37,11 @@ impl<T> std::fmt::Debug for Receiver<T> {
 pub struct Canceled;
 
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Arc::new(Mutex::new(Slot { value: None, waker: None, sender_gone: false }));
+    let slot = Arc::new(Mutex::new(Slot {
+        value: None,
+        waker: None,
+        sender_gone: false,
+    }));
     (Sender { slot: slot.clone() }, Receiver { slot })
 }
 

@@ -32,7 +32,11 @@ impl PollerEntry {
     pub fn info(&self) -> PollerInfo {
         PollerInfo {
             name: self.name.clone(),
-            state: if self.alive.get() { "running" } else { "unregistered" },
+            state: if self.alive.get() {
+                "running"
+            } else {
+                "unregistered"
+            },
             run_count: self.run_count.get(),
             busy_count: self.busy_count.get(),
             period_ticks: self.period_ticks,

@@ -37,12 +37,19 @@ pub struct ReactorShared {
 
 impl std::fmt::Debug for ReactorShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReactorShared").field("index", &self.index).field("core", &self.core).finish()
+        f.debug_struct("ReactorShared")
+            .field("index", &self.index)
+            .field("core", &self.core)
+            .finish()
     }
 }
 
 impl ReactorShared {
-    pub(crate) fn new(index: usize, core: usize, interrupt_mode: bool) -> Result<Self, ReactorError> {
+    pub(crate) fn new(
+        index: usize,
+        core: usize,
+        interrupt_mode: bool,
+    ) -> Result<Self, ReactorError> {
         Ok(Self {
             index,
             core,
@@ -85,7 +92,9 @@ pub struct Reactor {
 
 impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reactor").field("shared", &self.shared).finish()
+        f.debug_struct("Reactor")
+            .field("shared", &self.shared)
+            .finish()
     }
 }
 
@@ -110,7 +119,9 @@ pub fn current_index() -> Option<usize> {
 impl Reactor {
     pub(crate) fn new(shared: Arc<ReactorShared>) -> Result<Self, ReactorError> {
         let epoll = Epoll::new().map_err(ReactorError::Os)?;
-        epoll.add(shared.wake.raw(), WAKE_TOKEN).map_err(ReactorError::Os)?;
+        epoll
+            .add(shared.wake.raw(), WAKE_TOKEN)
+            .map_err(ReactorError::Os)?;
         Ok(Self {
             shared,
             pollers: RefCell::new(Vec::new()),
@@ -147,7 +158,9 @@ impl Reactor {
             self.epoll.add(fd, tok).map_err(ReactorError::Os)?;
         }
         let e = new_entry(name, period_ticks, fd, f, clock::ticks());
-        let h = PollerHandle { entry: Rc::downgrade(&e) };
+        let h = PollerHandle {
+            entry: Rc::downgrade(&e),
+        };
         self.pollers.borrow_mut().push(e);
         Ok(h)
     }
@@ -166,7 +179,12 @@ impl Reactor {
     }
 
     pub fn poller_infos(&self) -> Vec<PollerInfo> {
-        self.pollers.borrow().iter().filter(|p| p.alive.get()).map(|p| p.info()).collect()
+        self.pollers
+            .borrow()
+            .iter()
+            .filter(|p| p.alive.get())
+            .map(|p| p.info())
+            .collect()
     }
 
     pub fn live_tasks(&self) -> usize {

@@ -49,12 +49,19 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     // The socket lock first: a second instance must fail before touching anything.
     let lock = lock_socket(&opts.rpc_socket)?;
     dma::init_iobuf(opts.iobuf)?;
-    let mode = if opts.interrupt_mode { Mode::Interrupt } else { Mode::Poll };
+    let mode = if opts.interrupt_mode {
+        Mode::Interrupt
+    } else {
+        Mode::Poll
+    };
     let reactors = ReactorSet::start(&cores, mode)?;
     reactors.install_global();
 
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded::<&'static str>();
-    let methods = MethodTable::new(AppContext { reactors: reactors.clone(), shutdown: shutdown_tx.clone() });
+    let methods = MethodTable::new(AppContext {
+        reactors: reactors.clone(),
+        shutdown: shutdown_tx.clone(),
+    });
 
     let setup = (|| -> Result<(), AppError> {
         match &opts.json_config {
@@ -96,7 +103,8 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
 
 fn watch_signals(tx: crossbeam_channel::Sender<&'static str>) -> Result<(), AppError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(AppError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(AppError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -10,18 +10,41 @@ use strata_bdev::registry;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config {path}: not valid JSON: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("config {path}: {what}")]
     Shape { path: String, what: String },
-    #[error("config {path}: subsystem '{subsystem}' entry {index} ({method}): {message} (code {code})")]
-    Method { path: String, subsystem: String, index: usize, method: String, code: i64, message: String },
+    #[error(
+        "config {path}: subsystem '{subsystem}' entry {index} ({method}): {message} (code {code})"
+    )]
+    Method {
+        path: String,
+        subsystem: String,
+        index: usize,
+        method: String,
+        code: i64,
+        message: String,
+    },
 }
 
 /// SPDK methods whose settings have no counterpart in strata: accepted and logged.
 fn ignored(method: &str) -> bool {
-    const PREFIXES: &[&str] = &["iobuf_", "sock_", "accel_", "vmd_", "keyring_", "scheduler_", "fsdev_"];
+    const PREFIXES: &[&str] = &[
+        "iobuf_",
+        "sock_",
+        "accel_",
+        "vmd_",
+        "keyring_",
+        "scheduler_",
+        "fsdev_",
+    ];
     const METHODS: &[&str] = &[
         "framework_set_scheduler",
         "bdev_set_options",
@@ -41,20 +64,36 @@ fn ignored(method: &str) -> bool {
 /// Applies a config file. Returns how many method calls ran.
 pub fn load(path: &Path, methods: &MethodTable) -> Result<usize, ConfigError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-    let v: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: p.clone(), source })?;
-    let shape = |what: &str| ConfigError::Shape { path: p.clone(), what: what.to_string() };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        path: p.clone(),
+        source,
+    })?;
+    let shape = |what: &str| ConfigError::Shape {
+        path: p.clone(),
+        what: what.to_string(),
+    };
     let subsystems = v
         .get("subsystems")
         .and_then(Value::as_array)
         .ok_or_else(|| shape("expected an object with a \"subsystems\" array"))?;
     let mut ran = 0;
     for s in subsystems {
-        let name = s.get("subsystem").and_then(Value::as_str).ok_or_else(|| shape("a subsystem without a name"))?;
+        let name = s
+            .get("subsystem")
+            .and_then(Value::as_str)
+            .ok_or_else(|| shape("a subsystem without a name"))?;
         let entries = match s.get("config") {
             None | Some(Value::Null) => continue,
             Some(Value::Array(a)) => a,
-            Some(_) => return Err(shape(&format!("subsystem '{name}': config must be an array"))),
+            Some(_) => {
+                return Err(shape(&format!(
+                    "subsystem '{name}': config must be an array"
+                )))
+            }
         };
         for (i, e) in entries.iter().enumerate() {
             let method = e
@@ -62,18 +101,24 @@ pub fn load(path: &Path, methods: &MethodTable) -> Result<usize, ConfigError> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| shape(&format!("subsystem '{name}' entry {i}: no method")))?;
             if !methods.contains(method) && ignored(method) {
-                tracing::info!(subsystem = name, method, "config: SPDK setting with no strata counterpart, ignored");
+                tracing::info!(
+                    subsystem = name,
+                    method,
+                    "config: SPDK setting with no strata counterpart, ignored"
+                );
                 continue;
             }
             let params = e.get("params").cloned();
-            methods.call(method, params).map_err(|err| ConfigError::Method {
-                path: p.clone(),
-                subsystem: name.to_string(),
-                index: i,
-                method: method.to_string(),
-                code: err.code,
-                message: err.message,
-            })?;
+            methods
+                .call(method, params)
+                .map_err(|err| ConfigError::Method {
+                    path: p.clone(),
+                    subsystem: name.to_string(),
+                    index: i,
+                    method: method.to_string(),
+                    code: err.code,
+                    message: err.message,
+                })?;
             ran += 1;
         }
     }

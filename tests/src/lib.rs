@@ -397,10 +397,8 @@ impl Target {
     pub fn rpc_ok(&self, method: &str, params: Value) -> Value {
         match self.rpc(method, params.clone()) {
             Ok(v) => v,
-            Err((code, msg)) => panic!(
-                "{method} {params} failed: {code} {msg}\n--- target stderr ---\n{}",
-                self.stderr()
-            ),
+            // (the target's stderr is printed when the Target is dropped during the panic)
+            Err((code, msg)) => panic!("{method} {params} failed: {code} {msg}"),
         }
     }
 

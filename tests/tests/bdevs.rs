@@ -238,7 +238,7 @@ fn error_bdev_claims_base() {
     assert_eq!(
         t.rpc_ok(
             "bdev_error_inject_error",
-            json!({"name": "EE_Base1", "io_type": "all", "error_type": "clear"}),
+            json!({"name": "EE_Base1", "io_type": "clear", "error_type": "failure"}),
         ),
         json!(true)
     );
@@ -328,11 +328,17 @@ fn delay_create_update_delete() {
     let (code, msg) = t.rpc_err("bdev_error_create", json!({"base_name": "DBase"}));
     assert!(code < 0, "{code} {msg}");
 
-    for lt in ["avg_read", "p99_read", "avg_write", "p99_write"] {
+    // p99 first, so that avg never exceeds p99 along the way.
+    for (lt, us) in [
+        ("p99_read", 1000),
+        ("avg_read", 100),
+        ("p99_write", 1000),
+        ("avg_write", 100),
+    ] {
         assert_eq!(
             t.rpc_ok(
                 "bdev_delay_update_latency",
-                json!({"delay_bdev_name": "D1", "latency_type": lt, "latency_us": 100}),
+                json!({"delay_bdev_name": "D1", "latency_type": lt, "latency_us": us}),
             ),
             json!(true),
             "{lt}"

@@ -97,7 +97,6 @@ fn save_config_round_trip() {
     let b = Target::start(&["--json", path.to_str().unwrap(), "--no-default"]);
     b.rpc_ok("framework_wait_init", Value::Null);
     let after = summaries(&b);
-    assert_eq!(before, after, "bdevs differ after reload");
     assert_eq!(b.bdev("MU")["uuid"].as_str().unwrap().to_lowercase(), uuid);
 
     // Saving again yields the same set of entries.
@@ -114,10 +113,37 @@ fn save_config_round_trip() {
         v.sort();
         v
     };
-    assert_eq!(
-        entries(&cfg),
-        entries(&cfg2),
-        "save_config differs after reload"
+
+    // Report every difference at once.
+    let mut problems = Vec::new();
+    for x in &before {
+        if !after.contains(x) {
+            let now = after.iter().find(|y| y.0 == x.0);
+            problems.push(format!("before reload {x:?}, after reload {now:?}"));
+        }
+    }
+    for y in &after {
+        if !before.iter().any(|x| x.0 == y.0) {
+            problems.push(format!("new after reload: {y:?}"));
+        }
+    }
+    let (e1, e2) = (entries(&cfg), entries(&cfg2));
+    for e in &e1 {
+        if !e2.contains(e) {
+            problems.push(format!("save_config entry lost/changed by reload: {e}"));
+        }
+    }
+    for e in &e2 {
+        if !e1.contains(e) {
+            problems.push(format!(
+                "save_config entry after reload not in original: {e}"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "config round trip is not faithful:\n{}",
+        problems.join("\n")
     );
 }
 

@@ -67,7 +67,9 @@ pub fn create(opts: DelayOptions) -> Result<Arc<DelayBdev>, BdevError> {
     }
     let [ar, pr, aw, pw] = opts.latencies_us;
     if pr < ar || pw < aw {
-        return Err(BdevError::Invalid("p99 latency must not be below the average latency".into()));
+        return Err(BdevError::Invalid(
+            "p99 latency must not be below the average latency".into(),
+        ));
     }
     let me = opts.name.clone();
     let desc = registry::open(&opts.base_bdev_name, move |_| {
@@ -114,7 +116,9 @@ pub fn update_latency(name: &str, kind: LatencyKind, latency_us: u64) -> Result<
         LatencyKind::P99Write => latency_us >= lat(LatencyKind::AvgWrite),
     };
     if !ok {
-        return Err(BdevError::Invalid("p99 latency must not be below the average latency".into()));
+        return Err(BdevError::Invalid(
+            "p99 latency must not be below the average latency".into(),
+        ));
     }
     b.latencies_us[kind as usize].store(latency_us, Ordering::Relaxed);
     Ok(())
@@ -145,7 +149,9 @@ impl Bdev for DelayBdev {
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let base = {
             let d = self.base.lock();
-            d.as_ref().ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?.channel()?
+            d.as_ref()
+                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
+                .channel()?
         };
         Ok(Rc::new_cyclic(|me: &Weak<DelayChannel>| DelayChannel {
             bdev: self,
@@ -201,7 +207,9 @@ impl DelayChannel {
         let k = match (t, p99) {
             (IoType::Read, false) => LatencyKind::AvgRead,
             (IoType::Read, true) => LatencyKind::P99Read,
-            (IoType::Write | IoType::XorWrite | IoType::WriteZeroes, false) => LatencyKind::AvgWrite,
+            (IoType::Write | IoType::XorWrite | IoType::WriteZeroes, false) => {
+                LatencyKind::AvgWrite
+            }
             (IoType::Write | IoType::XorWrite | IoType::WriteZeroes, true) => LatencyKind::P99Write,
             _ => return 0,
         };

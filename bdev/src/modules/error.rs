@@ -134,7 +134,9 @@ pub fn inject(
         .cloned()
         .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
     if kind == ErrorKind::CorruptData && corrupt_value == 0 {
-        return Err(BdevError::Invalid("corrupt_value must be non-zero for corrupt_data".into()));
+        return Err(BdevError::Invalid(
+            "corrupt_value must be non-zero for corrupt_data".into(),
+        ));
     }
     let mut inj = b.injections.lock();
     let types: Vec<IoType> = match target {
@@ -144,7 +146,12 @@ pub fn inject(
     for t in types {
         inj[t as usize] = match target {
             Target::Clear => None,
-            _ => Some(Injection { kind, remaining: num.max(1), corrupt_offset, corrupt_value }),
+            _ => Some(Injection {
+                kind,
+                remaining: num.max(1),
+                corrupt_offset,
+                corrupt_value,
+            }),
         };
     }
     let armed = inj.iter().filter(|i| i.is_some()).count() as u64;
@@ -203,15 +210,19 @@ impl Bdev for ErrorBdev {
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let base = {
             let d = self.base.lock();
-            d.as_ref().ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?.channel()?
+            d.as_ref()
+                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
+                .channel()?
         };
         let gen = self.clear_gen.load(Ordering::Acquire);
-        Ok(Rc::new_cyclic(|me: &std::rc::Weak<ErrorChannel>| ErrorChannel {
-            bdev: self,
-            base,
-            pending: RefCell::new(VecDeque::new()),
-            seen_gen: std::cell::Cell::new(gen),
-            me: me.clone(),
+        Ok(Rc::new_cyclic(|me: &std::rc::Weak<ErrorChannel>| {
+            ErrorChannel {
+                bdev: self,
+                base,
+                pending: RefCell::new(VecDeque::new()),
+                seen_gen: std::cell::Cell::new(gen),
+                me: me.clone(),
+            }
         }))
     }
     fn driver_specific(&self) -> serde_json::Value {
@@ -278,7 +289,10 @@ impl BdevChannel for ErrorChannel {
             ErrorKind::CorruptData => {
                 if io.io_type == IoType::Read {
                     if let Some(me) = self.me.upgrade() {
-                        io.push_completion(me, (inj.corrupt_offset << 8) | inj.corrupt_value as u64);
+                        io.push_completion(
+                            me,
+                            (inj.corrupt_offset << 8) | inj.corrupt_value as u64,
+                        );
                     }
                 } else if io.io_type.carries_blocks() {
                     corrupt(&mut io, inj.corrupt_offset, inj.corrupt_value);

@@ -139,7 +139,10 @@ impl MallocBdev {
                 let _guards: Vec<_> = idx.iter().map(|&i| self.xor_locks[i].lock()).collect();
                 let mut ok = true;
                 io.for_each_segment(len, |o, s| {
-                    ok &= self.mem.with_mut(off + o, s.len(), |d| kernels::xor_into(d, s)).is_some();
+                    ok &= self
+                        .mem
+                        .with_mut(off + o, s.len(), |d| kernels::xor_into(d, s))
+                        .is_some();
                 });
                 ok
             }

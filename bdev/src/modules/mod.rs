@@ -28,7 +28,10 @@ pub fn validate_block_size(bs: u32) -> Result<(), BdevError> {
 pub(crate) fn delete_of_module(name: &str, module: &str) -> Result<(), BdevError> {
     let h = registry::get(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
     if h.bdev.module() != module {
-        return Err(BdevError::NotFound(format!("{name} (it is a {} bdev, not {module})", h.bdev.module())));
+        return Err(BdevError::NotFound(format!(
+            "{name} (it is a {} bdev, not {module})",
+            h.bdev.module()
+        )));
     }
     registry::unregister(name)
 }

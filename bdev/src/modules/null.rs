@@ -28,8 +28,15 @@ pub struct NullBdev {
 
 pub fn create(opts: NullOptions) -> Result<Arc<NullBdev>, BdevError> {
     validate_block_size(opts.block_size)?;
-    if opts.num_blocks == 0 || opts.num_blocks.checked_mul(opts.block_size as u64).is_none() {
-        return Err(BdevError::Invalid("num_blocks must be > 0 and the size must fit in 64 bits".into()));
+    if opts.num_blocks == 0
+        || opts
+            .num_blocks
+            .checked_mul(opts.block_size as u64)
+            .is_none()
+    {
+        return Err(BdevError::Invalid(
+            "num_blocks must be > 0 and the size must fit in 64 bits".into(),
+        ));
     }
     let b = Arc::new(NullBdev {
         name: opts.name,

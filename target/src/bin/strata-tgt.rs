@@ -16,7 +16,11 @@ struct Cli {
     #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
     cpumask: String,
     /// JSON-RPC Unix socket.
-    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/strata.sock")]
+    #[arg(
+        short = 'r',
+        long = "rpc-socket",
+        default_value = "/var/tmp/strata.sock"
+    )]
     rpc_socket: PathBuf,
     /// SPDK-format JSON configuration to load at start (replaces the embedded default).
     #[arg(short = 'c', long = "json")]
@@ -47,7 +51,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     let opts = AppOptions {
         core_mask: cli.cpumask,
         rpc_socket: cli.rpc_socket,

@@ -11,7 +11,11 @@ fn ok() -> Result<Value, RpcError> {
     Ok(Value::Bool(true))
 }
 
-fn delete_method(t: &mut MethodTable, method: &'static str, f: fn(&str) -> Result<(), strata_bdev::BdevError>) {
+fn delete_method(
+    t: &mut MethodTable,
+    method: &'static str,
+    f: fn(&str) -> Result<(), strata_bdev::BdevError>,
+) {
     t.add(method, move |_, p| {
         let p = Params::new(method, p, &["name"], &[])?;
         f(&p.str("name")?)?;
@@ -33,28 +37,61 @@ const MALLOC_IGNORED: &[&str] = &[
 
 pub fn register(t: &mut MethodTable) {
     t.add("bdev_malloc_create", |_, p| {
-        let p = Params::new("bdev_malloc_create", p, &["name", "num_blocks", "block_size", "uuid"], MALLOC_IGNORED)?;
-        let block_size = p.block_size("block_size")?.ok_or_else(|| missing("bdev_malloc_create", "block_size"))?;
+        let p = Params::new(
+            "bdev_malloc_create",
+            p,
+            &["name", "num_blocks", "block_size", "uuid"],
+            MALLOC_IGNORED,
+        )?;
+        let block_size = p
+            .block_size("block_size")?
+            .ok_or_else(|| missing("bdev_malloc_create", "block_size"))?;
         let num_blocks = positive(&p, "bdev_malloc_create", "num_blocks")?;
-        let name = p.opt_str("name")?.unwrap_or_else(|| registry::unused_name("Malloc"));
-        let b = malloc::create(malloc::MallocOptions { name, num_blocks, block_size, uuid: p.opt_uuid("uuid")? })?;
-        Ok(Value::String(strata_bdev::Bdev::name(b.as_ref()).to_string()))
+        let name = p
+            .opt_str("name")?
+            .unwrap_or_else(|| registry::unused_name("Malloc"));
+        let b = malloc::create(malloc::MallocOptions {
+            name,
+            num_blocks,
+            block_size,
+            uuid: p.opt_uuid("uuid")?,
+        })?;
+        Ok(Value::String(
+            strata_bdev::Bdev::name(b.as_ref()).to_string(),
+        ))
     });
     delete_method(t, "bdev_malloc_delete", malloc::delete);
 
     t.add("bdev_null_create", |_, p| {
-        let p = Params::new("bdev_null_create", p, &["name", "num_blocks", "block_size", "uuid"], MALLOC_IGNORED)?;
+        let p = Params::new(
+            "bdev_null_create",
+            p,
+            &["name", "num_blocks", "block_size", "uuid"],
+            MALLOC_IGNORED,
+        )?;
         let name = p.str("name")?;
-        let block_size = p.block_size("block_size")?.ok_or_else(|| missing("bdev_null_create", "block_size"))?;
+        let block_size = p
+            .block_size("block_size")?
+            .ok_or_else(|| missing("bdev_null_create", "block_size"))?;
         let num_blocks = positive(&p, "bdev_null_create", "num_blocks")?;
-        null::create(null::NullOptions { name: name.clone(), num_blocks, block_size, uuid: p.opt_uuid("uuid")? })?;
+        null::create(null::NullOptions {
+            name: name.clone(),
+            num_blocks,
+            block_size,
+            uuid: p.opt_uuid("uuid")?,
+        })?;
         Ok(Value::String(name))
     });
     delete_method(t, "bdev_null_delete", null::delete);
 
     for (method, module) in [("bdev_uring_create", "uring"), ("bdev_aio_create", "aio")] {
         t.add(method, move |_, p| {
-            let p = Params::new(method, p, &["filename", "name", "block_size", "uuid"], &["readonly", "fallocate"])?;
+            let p = Params::new(
+                method,
+                p,
+                &["filename", "name", "block_size", "uuid"],
+                &["readonly", "fallocate"],
+            )?;
             let name = p.str("name")?;
             uring::create(uring::UringOptions {
                 name: name.clone(),
@@ -72,7 +109,9 @@ pub fn register(t: &mut MethodTable) {
     t.add("bdev_error_create", |_, p| {
         let p = Params::new("bdev_error_create", p, &["base_name", "uuid"], &[])?;
         let b = error::create(&p.str("base_name")?, p.opt_uuid("uuid")?)?;
-        Ok(Value::String(strata_bdev::Bdev::name(b.as_ref()).to_string()))
+        Ok(Value::String(
+            strata_bdev::Bdev::name(b.as_ref()).to_string(),
+        ))
     });
     delete_method(t, "bdev_error_delete", error::delete);
     t.add("bdev_error_inject_error", |_, p| {
@@ -188,7 +227,9 @@ fn missing(m: &str, k: &str) -> RpcError {
 
 fn positive(p: &Params, m: &str, k: &str) -> Result<u64, RpcError> {
     match p.u64(k)? {
-        0 => Err(RpcError::invalid_params(format!("{m}: invalid parameter '{k}': must be > 0"))),
+        0 => Err(RpcError::invalid_params(format!(
+            "{m}: invalid parameter '{k}': must be > 0"
+        ))),
         v => Ok(v),
     }
 }
@@ -204,7 +245,17 @@ pub fn bdev_json(h: &BdevHandle) -> Value {
     for t in IoType::ALL {
         io.insert(t.name().to_string(), Value::Bool(b.supports(t)));
     }
-    for spdk_only in ["compare", "compare_and_write", "abort", "nvme_admin", "nvme_io", "copy", "zcopy", "seek_hole", "seek_data"] {
+    for spdk_only in [
+        "compare",
+        "compare_and_write",
+        "abort",
+        "nvme_admin",
+        "nvme_io",
+        "copy",
+        "zcopy",
+        "seek_hole",
+        "seek_data",
+    ] {
         io.insert(spdk_only.to_string(), Value::Bool(false));
     }
     let mut v = json!({

@@ -18,7 +18,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn parse(msg: impl Into<String>) -> Self {
         Self::new(PARSE_ERROR, msg)

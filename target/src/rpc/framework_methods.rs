@@ -55,7 +55,11 @@ pub fn register(t: &mut MethodTable) {
         let sig: &'static str = match sig.as_str() {
             "SIGINT" | "INT" => "SIGINT",
             "SIGTERM" | "TERM" => "SIGTERM",
-            other => return Err(RpcError::invalid_params(format!("invalid parameter 'sig_name': {other} (use SIGINT or SIGTERM)"))),
+            other => {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid parameter 'sig_name': {other} (use SIGINT or SIGTERM)"
+                )))
+            }
         };
         let _ = ctx.shutdown.send(sig);
         Ok(Value::Bool(true))

@@ -33,7 +33,10 @@ pub struct MethodTable {
 impl MethodTable {
     /// The table with every method strata serves.
     pub fn new(ctx: AppContext) -> Arc<Self> {
-        let mut t = MethodTable { ctx, methods: BTreeMap::new() };
+        let mut t = MethodTable {
+            ctx,
+            methods: BTreeMap::new(),
+        };
         framework_methods::register(&mut t);
         bdev_methods::register(&mut t);
         Arc::new(t)
@@ -60,7 +63,12 @@ impl MethodTable {
 
     pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
         if method == "rpc_get_methods" {
-            params::Params::new("rpc_get_methods", params, &["current", "include_aliases"], &[])?;
+            params::Params::new(
+                "rpc_get_methods",
+                params,
+                &["current", "include_aliases"],
+                &[],
+            )?;
             return Ok(Value::from(self.names()));
         }
         match self.methods.get(method) {

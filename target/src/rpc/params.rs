@@ -21,22 +21,34 @@ impl Params {
         let obj = match params {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m,
-            Some(_) => return Err(RpcError::invalid_params(format!("{method}: params must be an object"))),
+            Some(_) => {
+                return Err(RpcError::invalid_params(format!(
+                    "{method}: params must be an object"
+                )))
+            }
         };
         for k in obj.keys() {
             if !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()) {
-                return Err(RpcError::invalid_params(format!("{method}: unknown parameter '{k}'")));
+                return Err(RpcError::invalid_params(format!(
+                    "{method}: unknown parameter '{k}'"
+                )));
             }
         }
         Ok(Self { method, obj })
     }
 
     fn bad(&self, key: &str, what: &str) -> RpcError {
-        RpcError::invalid_params(format!("{}: invalid parameter '{key}': {what}", self.method))
+        RpcError::invalid_params(format!(
+            "{}: invalid parameter '{key}': {what}",
+            self.method
+        ))
     }
 
     fn missing(&self, key: &str) -> RpcError {
-        RpcError::invalid_params(format!("{}: missing required parameter '{key}'", self.method))
+        RpcError::invalid_params(format!(
+            "{}: missing required parameter '{key}'",
+            self.method
+        ))
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<String>, RpcError> {
@@ -55,7 +67,10 @@ impl Params {
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, RpcError> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.bad(key, "expected a non-negative integer")),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "expected a non-negative integer")),
         }
     }
 
@@ -66,7 +81,9 @@ impl Params {
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>, RpcError> {
         match self.opt_u64(key)? {
             None => Ok(None),
-            Some(v) => u32::try_from(v).map(Some).map_err(|_| self.bad(key, "too large")),
+            Some(v) => u32::try_from(v)
+                .map(Some)
+                .map_err(|_| self.bad(key, "too large")),
         }
     }
 
@@ -85,7 +102,9 @@ impl Params {
     pub fn opt_uuid(&self, key: &str) -> Result<Option<Uuid>, RpcError> {
         match self.opt_str(key)? {
             None => Ok(None),
-            Some(s) => Uuid::parse_str(&s).map(Some).map_err(|_| self.bad(key, "not a UUID")),
+            Some(s) => Uuid::parse_str(&s)
+                .map(Some)
+                .map_err(|_| self.bad(key, "not a UUID")),
         }
     }
 

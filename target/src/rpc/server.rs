@@ -32,7 +32,10 @@ pub enum ServerError {
     #[error("RPC socket {0} is in use by another strata-tgt (lock {1} is held); stop it or choose another path with -r")]
     InUse(PathBuf, PathBuf),
     #[error("RPC socket {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The running server. Dropping it does not stop it; call [`RpcServer::stop`].
@@ -46,15 +49,25 @@ pub struct RpcServer {
 
 impl std::fmt::Debug for RpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcServer").field("path", &self.path).finish()
+        f.debug_struct("RpcServer")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 /// Takes the socket's lock file, proving no other instance serves `path`.
 pub fn lock_socket(path: &Path) -> Result<(File, PathBuf), ServerError> {
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let io = |source| ServerError::Io { path: lock_path.clone(), source };
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
+    let io = |source| ServerError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
     if !crate::sys::try_lock_exclusive(&f).map_err(io)? {
         return Err(ServerError::InUse(path.to_path_buf(), lock_path));
     }
@@ -64,8 +77,15 @@ pub fn lock_socket(path: &Path) -> Result<(File, PathBuf), ServerError> {
 impl RpcServer {
     /// Binds `path` (replacing a stale socket file) and starts accepting. `lock` comes from
     /// [`lock_socket`].
-    pub fn start(path: &Path, lock: (File, PathBuf), methods: Arc<MethodTable>) -> Result<Self, ServerError> {
-        let io = |source| ServerError::Io { path: path.to_path_buf(), source };
+    pub fn start(
+        path: &Path,
+        lock: (File, PathBuf),
+        methods: Arc<MethodTable>,
+    ) -> Result<Self, ServerError> {
+        let io = |source| ServerError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         match std::fs::remove_file(path) {
             Ok(()) => tracing::info!(path = %path.display(), "removed stale RPC socket"),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -81,7 +101,13 @@ impl RpcServer {
             .spawn(move || accept_loop(listener, methods, st))
             .map_err(io)?;
         tracing::info!(path = %path.display(), "JSON-RPC server listening");
-        Ok(Self { path: path.to_path_buf(), lock_path: lock.1, stop, accept: Some(accept), _lock: lock.0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            lock_path: lock.1,
+            stop,
+            accept: Some(accept),
+            _lock: lock.0,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -110,16 +136,21 @@ fn accept_loop(listener: UnixListener, methods: Arc<MethodTable>, stop: Arc<Atom
                 }
                 live.fetch_add(1, Ordering::AcqRel);
                 let (m, s, l) = (methods.clone(), stop.clone(), live.clone());
-                let spawned = std::thread::Builder::new().name("rpc_conn".into()).spawn(move || {
-                    serve_connection(stream, &m, &s);
-                    l.fetch_sub(1, Ordering::AcqRel);
-                });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("rpc_conn".into())
+                        .spawn(move || {
+                            serve_connection(stream, &m, &s);
+                            l.fetch_sub(1, Ordering::AcqRel);
+                        });
                 if spawned.is_err() {
                     live.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!("RPC: could not start a connection thread");
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "RPC accept failed");
                 std::thread::sleep(Duration::from_millis(20));
@@ -128,14 +159,12 @@ fn accept_loop(listener: UnixListener, methods: Arc<MethodTable>, stop: Arc<Atom
     }
 }
 
-/// Why a connection stops.
-enum Next {
-    Continue,
-    Close,
-}
-
 fn serve_connection(mut stream: UnixStream, methods: &MethodTable, stop: &AtomicBool) {
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(Duration::from_millis(200))).is_err() {
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .is_err()
+    {
         return;
     }
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
@@ -158,13 +187,19 @@ fn serve_connection(mut stream: UnixStream, methods: &MethodTable, stop: &Atomic
                 Parsed::Incomplete => break,
                 Parsed::Invalid(msg) => {
                     tracing::warn!(error = %msg, "RPC: malformed JSON, closing connection");
-                    let _ = write_json(&mut stream, &error_response(Value::Null, &RpcError::parse(msg)));
+                    let _ = write_json(
+                        &mut stream,
+                        &error_response(Value::Null, &RpcError::parse(msg)),
+                    );
                     return;
                 }
             }
         }
         if buf.len() > MAX_REQUEST {
-            tracing::warn!(bytes = buf.len(), "RPC: request larger than 1 MiB, closing connection");
+            tracing::warn!(
+                bytes = buf.len(),
+                "RPC: request larger than 1 MiB, closing connection"
+            );
             let e = RpcError::invalid_request(format!("request larger than {MAX_REQUEST} bytes"));
             let _ = write_json(&mut stream, &error_response(Value::Null, &e));
             return;
@@ -189,7 +224,11 @@ fn serve_connection(mut stream: UnixStream, methods: &MethodTable, stop: &Atomic
                 return;
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return,
         }
     }
@@ -239,9 +278,15 @@ pub fn handle_value(v: Value, methods: &MethodTable) -> Option<Value> {
     match v {
         Value::Array(reqs) => {
             if reqs.is_empty() {
-                return Some(error_response(Value::Null, &RpcError::invalid_request("empty batch")));
+                return Some(error_response(
+                    Value::Null,
+                    &RpcError::invalid_request("empty batch"),
+                ));
             }
-            let out: Vec<Value> = reqs.into_iter().filter_map(|r| handle_one(r, methods)).collect();
+            let out: Vec<Value> = reqs
+                .into_iter()
+                .filter_map(|r| handle_one(r, methods))
+                .collect();
             (!out.is_empty()).then_some(Value::Array(out))
         }
         other => handle_one(other, methods),
@@ -250,23 +295,43 @@ pub fn handle_value(v: Value, methods: &MethodTable) -> Option<Value> {
 
 fn handle_one(v: Value, methods: &MethodTable) -> Option<Value> {
     let Value::Object(mut obj) = v else {
-        return Some(error_response(Value::Null, &RpcError::invalid_request("request must be an object")));
+        return Some(error_response(
+            Value::Null,
+            &RpcError::invalid_request("request must be an object"),
+        ));
     };
     let id = obj.remove("id");
     let id_json = id.clone().unwrap_or(Value::Null);
     if !matches!(id_json, Value::Null | Value::String(_) | Value::Number(_)) {
-        return Some(error_response(Value::Null, &RpcError::invalid_request("id must be a string or number")));
+        return Some(error_response(
+            Value::Null,
+            &RpcError::invalid_request("id must be a string or number"),
+        ));
     }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Some(error_response(id_json, &RpcError::invalid_request("jsonrpc must be \"2.0\"")));
+        return Some(error_response(
+            id_json,
+            &RpcError::invalid_request("jsonrpc must be \"2.0\""),
+        ));
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
-        _ => return Some(error_response(id_json, &RpcError::invalid_request("missing method"))),
+        _ => {
+            return Some(error_response(
+                id_json,
+                &RpcError::invalid_request("missing method"),
+            ))
+        }
     };
     let params = obj.remove("params");
-    if !matches!(params, None | Some(Value::Object(_)) | Some(Value::Array(_)) | Some(Value::Null)) {
-        return Some(error_response(id_json, &RpcError::invalid_request("params must be an object or array")));
+    if !matches!(
+        params,
+        None | Some(Value::Object(_)) | Some(Value::Array(_)) | Some(Value::Null)
+    ) {
+        return Some(error_response(
+            id_json,
+            &RpcError::invalid_request("params must be an object or array"),
+        ));
     }
     let result = {
         let _g = EXEC.lock().unwrap_or_else(|p| p.into_inner());

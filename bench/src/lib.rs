@@ -1,0 +1,4 @@
+//! strata's benchmarks: `strata-bdevperf` (an in-process load generator over the bdev layer,
+//! like SPDK's bdevperf) and criterion micro-benchmarks in `benches/`.
+
+pub mod bdevperf;

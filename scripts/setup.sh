@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what strata needs on a fresh Debian 12 machine (run as root). Idempotent.
+#   scripts/setup.sh                 build prerequisites
+#   scripts/setup.sh --hugepages N   also reserve N 2 MiB hugepages (optional: strata runs
+#                                    on ordinary pages without them)
+set -euo pipefail
+hugepages=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hugepages) hugepages="${2:?--hugepages needs a count}"; shift 2 ;;
+    *) echo "usage: $0 [--hugepages N]" >&2; exit 2 ;;
+  esac
+done
+
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "setup: missing ${need[*]}; run as root or install them" >&2
+    exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+if [ -n "$hugepages" ]; then
+  echo "$hugepages" > /proc/sys/vm/nr_hugepages
+  echo "setup: hugepages reserved: $(cat /proc/sys/vm/nr_hugepages)"
+fi
