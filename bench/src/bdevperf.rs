@@ -204,7 +204,7 @@ pub async fn run_job(spec: JobSpec) -> Result<JobResult, String> {
         next_seq: Cell::new(0),
         rng: RefCell::new(SmallRng::seed_from_u64(spec.seed)),
         hist: RefCell::new(
-            Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?,
+            Histogram::new_with_bounds(1, 60_000_000_000, 2).map_err(|e| e.to_string())?,
         ),
         ios: Cell::new(0),
         errors: Cell::new(0),
