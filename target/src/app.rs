@@ -19,7 +19,14 @@ pub struct AppOptions {
     /// Skip the embedded default (Malloc0) when no config is given.
     pub no_default: bool,
     pub iobuf: dma::IobufOptions,
+    /// Address and ports of the embedded default's NVMe/TCP and discovery listeners.
+    pub nvmf_addr: String,
+    pub nvmf_port: u16,
+    pub discovery_port: u16,
 }
+
+/// NQN of the embedded default subsystem.
+pub const DEFAULT_NQN: &str = "nqn.2026-11.io.strata:default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -31,6 +38,8 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
     #[error("embedded default: {0}")]
     Default(strata_bdev::BdevError),
+    #[error("embedded default export: {0}")]
+    DefaultExport(String),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -68,15 +77,7 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
             Some(path) => {
                 crate::config::load(path, &methods)?;
             }
-            None if !opts.no_default => {
-                malloc::create(malloc::MallocOptions {
-                    name: DEFAULT_BDEV.into(),
-                    num_blocks: DEFAULT_SIZE / DEFAULT_BLOCK_SIZE as u64,
-                    block_size: DEFAULT_BLOCK_SIZE,
-                    uuid: None,
-                })
-                .map_err(AppError::Default)?;
-            }
+            None if !opts.no_default => embedded_default(&opts, &methods)?,
             None => {}
         }
         Ok(())
@@ -94,11 +95,63 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     let why = shutdown_rx.recv().unwrap_or("channel closed");
     tracing::info!(reason = why, "shutting down");
     server.stop();
+    close_connections(&reactors);
     drain_io();
     close_bdevs();
     reactors.stop();
     tracing::info!("strata-tgt stopped");
     Ok(())
+}
+
+/// The embedded default: Malloc0 exported over NVMe/TCP, allow any host, with discovery.
+fn embedded_default(opts: &AppOptions, methods: &MethodTable) -> Result<(), AppError> {
+    malloc::create(malloc::MallocOptions {
+        name: DEFAULT_BDEV.into(),
+        num_blocks: DEFAULT_SIZE / DEFAULT_BLOCK_SIZE as u64,
+        block_size: DEFAULT_BLOCK_SIZE,
+        uuid: None,
+    })
+    .map_err(AppError::Default)?;
+    let addr = |port: u16| serde_json::json!({ "trtype": "TCP", "adrfam": "IPv4", "traddr": opts.nvmf_addr, "trsvcid": port.to_string() });
+    let calls = [
+        (
+            "nvmf_create_transport",
+            serde_json::json!({ "trtype": "TCP" }),
+        ),
+        (
+            "nvmf_create_subsystem",
+            serde_json::json!({ "nqn": DEFAULT_NQN, "serial_number": "STRATA0000000000001", "model_number": "strata default volume", "allow_any_host": true }),
+        ),
+        (
+            "nvmf_subsystem_add_ns",
+            serde_json::json!({ "nqn": DEFAULT_NQN, "namespace": { "bdev_name": DEFAULT_BDEV, "nsid": 1 } }),
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            serde_json::json!({ "nqn": DEFAULT_NQN, "listen_address": addr(opts.nvmf_port) }),
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            serde_json::json!({ "nqn": strata_nvmf::spec::fabrics::DISCOVERY_NQN, "listen_address": addr(opts.discovery_port) }),
+        ),
+    ];
+    for (m, p) in calls {
+        methods
+            .call(m, Some(p))
+            .map_err(|e| AppError::DefaultExport(format!("{m}: {}", e.message)))?;
+    }
+    Ok(())
+}
+
+/// Disconnects every host (their in-flight I/O still completes before bdevs close).
+fn close_connections(reactors: &ReactorSet) {
+    for r in 0..reactors.len() {
+        let _ = reactors.call_timeout(r, Duration::from_secs(2), || {
+            for c in strata_nvmf::target::transport::SockGroup::connections() {
+                c.close("target shutting down");
+            }
+        });
+    }
 }
 
 fn watch_signals(tx: crossbeam_channel::Sender<&'static str>) -> Result<(), AppError> {

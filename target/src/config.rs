@@ -55,6 +55,7 @@ fn ignored(method: &str) -> bool {
         "nvmf_set_config",
         "nvmf_set_max_subsystems",
         "nvmf_set_crdt",
+        "nvmf_set_pci_config",
         "iscsi_set_options",
         "vhost_set_options",
     ];
@@ -134,5 +135,9 @@ pub fn save() -> Value {
         .map(|c| json!({ "method": c.method, "params": c.params }))
         .collect();
     bdev.push(json!({ "method": "bdev_wait_for_examine" }));
-    json!({ "subsystems": [ { "subsystem": "bdev", "config": bdev } ] })
+    let nvmf = crate::rpc::nvmf_methods::save();
+    json!({ "subsystems": [
+        { "subsystem": "bdev", "config": bdev },
+        { "subsystem": "nvmf", "config": nvmf },
+    ] })
 }

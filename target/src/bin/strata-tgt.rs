@@ -34,6 +34,15 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace (or a tracing filter such as strata_bdev=debug).
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
+    /// Address the embedded default's NVMe/TCP listeners bind.
+    #[arg(long = "nvmf-addr", default_value = "127.0.0.1")]
+    nvmf_addr: String,
+    /// Port of the embedded default's NVMe/TCP listener.
+    #[arg(long = "nvmf-port", default_value_t = 4420)]
+    nvmf_port: u16,
+    /// Port of the embedded default's discovery listener.
+    #[arg(long = "discovery-port", default_value_t = 8009)]
+    discovery_port: u16,
     /// Number of 8 KiB I/O buffers.
     #[arg(long = "iobuf-small-count", default_value_t = IobufOptions::default().small_count)]
     iobuf_small_count: usize,
@@ -63,6 +72,9 @@ fn main() -> std::process::ExitCode {
         json_config: cli.json,
         interrupt_mode: cli.interrupt_mode,
         no_default: cli.no_default,
+        nvmf_addr: cli.nvmf_addr,
+        nvmf_port: cli.nvmf_port,
+        discovery_port: cli.discovery_port,
         iobuf: IobufOptions {
             small_count: cli.iobuf_small_count,
             large_count: cli.iobuf_large_count,

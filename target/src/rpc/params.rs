@@ -108,6 +108,15 @@ impl Params {
         }
     }
 
+    /// A nested object parameter.
+    pub fn object(&self, key: &str) -> Result<Option<Map<String, Value>>, RpcError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(_) => Err(self.bad(key, "expected an object")),
+        }
+    }
+
     /// A block size: a power of two from 512 to 65536.
     pub fn block_size(&self, key: &str) -> Result<Option<u32>, RpcError> {
         match self.opt_u32(key)? {

@@ -1,0 +1,237 @@
+//! NVM subsystems: NQN, identity strings, namespaces (claimed bdevs), the hosts allowed to
+//! connect, the listeners it is reachable on, and the controllers connected to it.
+//!
+//! Namespace changes bump a generation number (I/O queues refresh their per-reactor channel
+//! cache when it moves) and are announced to every controller (changed-namespace log and an
+//! asynchronous event).
+
+use super::controller::Controller;
+use super::TargetError;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use strata_bdev::{registry, BdevDesc};
+use uuid::Uuid;
+
+/// A transport address a subsystem is reachable on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ListenAddress {
+    pub trtype: String,
+    pub adrfam: String,
+    pub traddr: String,
+    pub trsvcid: String,
+}
+
+/// One namespace: a claimed bdev plus its identifiers.
+pub struct Namespace {
+    pub nsid: u32,
+    pub desc: Arc<BdevDesc>,
+    pub uuid: Uuid,
+    pub nguid: Option<[u8; 16]>,
+    pub eui64: Option<[u8; 8]>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("nsid", &self.nsid)
+            .field("bdev", &self.desc.name())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubsystemKind {
+    Nvme,
+    Discovery,
+}
+
+pub struct SubsystemState {
+    pub serial_number: String,
+    pub model_number: String,
+    pub allow_any_host: bool,
+    pub hosts: Vec<String>,
+    pub listeners: Vec<ListenAddress>,
+    pub namespaces: BTreeMap<u32, Arc<Namespace>>,
+    pub max_namespaces: u32,
+    pub controllers: Vec<Weak<Controller>>,
+}
+
+pub struct Subsystem {
+    pub nqn: String,
+    pub kind: SubsystemKind,
+    pub state: Mutex<SubsystemState>,
+    /// Bumped on every namespace change.
+    pub ns_generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Subsystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subsystem").field("nqn", &self.nqn).finish()
+    }
+}
+
+/// Checks the NQN format: `nqn.yyyy-mm.reverse.domain:anything`, or the UUID form, ≤ 223 bytes.
+pub fn validate_nqn(nqn: &str) -> Result<(), TargetError> {
+    let bad = |why: &str| Err(TargetError::Invalid(format!("invalid NQN '{nqn}': {why}")));
+    if nqn.len() > 223 {
+        return bad("longer than 223 bytes");
+    }
+    if !nqn.is_ascii() || nqn.chars().any(|c| c.is_control() || c == ' ') {
+        return bad("must be printable ASCII without spaces");
+    }
+    if let Some(u) = nqn.strip_prefix("nqn.2014-08.org.nvmexpress:uuid:") {
+        return if Uuid::parse_str(u).is_ok() {
+            Ok(())
+        } else {
+            bad("bad UUID")
+        };
+    }
+    let Some(rest) = nqn.strip_prefix("nqn.") else {
+        return bad("must start with 'nqn.'");
+    };
+    let date_ok = rest.len() > 8
+        && rest.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && rest.as_bytes()[4] == b'-'
+        && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
+        && rest.as_bytes()[7] == b'.';
+    if !date_ok {
+        return bad("expected nqn.yyyy-mm.<reverse domain>[:<name>]");
+    }
+    Ok(())
+}
+
+impl Subsystem {
+    pub fn new(
+        nqn: &str,
+        kind: SubsystemKind,
+        serial: &str,
+        model: &str,
+        allow_any_host: bool,
+        max_ns: u32,
+    ) -> Arc<Self> {
+        Arc::new(Subsystem {
+            nqn: nqn.to_string(),
+            kind,
+            state: Mutex::new(SubsystemState {
+                serial_number: serial.to_string(),
+                model_number: model.to_string(),
+                allow_any_host,
+                hosts: Vec::new(),
+                listeners: Vec::new(),
+                namespaces: BTreeMap::new(),
+                max_namespaces: max_ns,
+                controllers: Vec::new(),
+            }),
+            ns_generation: AtomicU64::new(0),
+        })
+    }
+
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        let s = self.state.lock();
+        s.allow_any_host || s.hosts.iter().any(|h| h == hostnqn)
+    }
+
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        self.state.lock().namespaces.get(&nsid).cloned()
+    }
+
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.state.lock().namespaces.values().cloned().collect()
+    }
+
+    /// Adds `bdev_name` as a namespace (nsid 0: the lowest free one). Claims the bdev.
+    pub fn add_namespace(
+        self: &Arc<Self>,
+        bdev_name: &str,
+        nsid: u32,
+        uuid: Option<Uuid>,
+        nguid: Option<[u8; 16]>,
+        eui64: Option<[u8; 8]>,
+    ) -> Result<u32, TargetError> {
+        if self.kind == SubsystemKind::Discovery {
+            return Err(TargetError::Invalid(
+                "the discovery subsystem has no namespaces".into(),
+            ));
+        }
+        let nsid = {
+            let s = self.state.lock();
+            let nsid = if nsid == 0 {
+                (1..=s.max_namespaces)
+                    .find(|n| !s.namespaces.contains_key(n))
+                    .ok_or_else(|| {
+                        TargetError::Invalid(format!(
+                            "{} already has {} namespaces",
+                            self.nqn, s.max_namespaces
+                        ))
+                    })?
+            } else {
+                nsid
+            };
+            if nsid == 0 || nsid > s.max_namespaces || nsid == u32::MAX {
+                return Err(TargetError::Invalid(format!(
+                    "nsid {nsid} out of range 1..={}",
+                    s.max_namespaces
+                )));
+            }
+            if s.namespaces.contains_key(&nsid) {
+                return Err(TargetError::Exists(format!("nsid {nsid} in {}", self.nqn)));
+            }
+            nsid
+        };
+        let me = Arc::downgrade(self);
+        let desc = registry::open(bdev_name, move |_| {
+            // The bdev is going away: take the namespace out (hot remove).
+            if let Some(s) = me.upgrade() {
+                let _ = s.remove_namespace(nsid);
+            }
+        })?;
+        desc.claim(&format!("NVMe-oF target {}", self.nqn))?;
+        let uuid = uuid.unwrap_or_else(|| desc.bdev().uuid());
+        let ns = Arc::new(Namespace {
+            nsid,
+            desc: Arc::new(desc),
+            uuid,
+            nguid,
+            eui64,
+        });
+        {
+            let mut s = self.state.lock();
+            if s.namespaces.contains_key(&nsid) {
+                return Err(TargetError::Exists(format!("nsid {nsid} in {}", self.nqn)));
+            }
+            s.namespaces.insert(nsid, ns);
+        }
+        tracing::info!(nqn = %self.nqn, nsid, bdev = bdev_name, "namespace added");
+        self.namespaces_changed(nsid);
+        Ok(nsid)
+    }
+
+    pub fn remove_namespace(&self, nsid: u32) -> Result<(), TargetError> {
+        let ns = self.state.lock().namespaces.remove(&nsid);
+        let ns = ns.ok_or_else(|| TargetError::NotFound(format!("nsid {nsid} in {}", self.nqn)))?;
+        ns.desc.release_claim();
+        tracing::info!(nqn = %self.nqn, nsid, "namespace removed");
+        self.namespaces_changed(nsid);
+        Ok(())
+    }
+
+    fn namespaces_changed(&self, nsid: u32) {
+        self.ns_generation.fetch_add(1, Ordering::AcqRel);
+        let ctrls: Vec<Arc<Controller>> = {
+            let mut s = self.state.lock();
+            s.controllers.retain(|c| c.strong_count() > 0);
+            s.controllers.iter().filter_map(Weak::upgrade).collect()
+        };
+        for c in ctrls {
+            c.namespace_changed(nsid);
+        }
+    }
+
+    pub fn controllers(&self) -> Vec<Arc<Controller>> {
+        let mut s = self.state.lock();
+        s.controllers.retain(|c| c.strong_count() > 0);
+        s.controllers.iter().filter_map(Weak::upgrade).collect()
+    }
+}

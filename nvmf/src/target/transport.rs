@@ -1,0 +1,248 @@
+//! The TCP transport: listening sockets (accepted on reactor 0, handed round-robin to the
+//! reactors) and, on each reactor, a socket group — an epoll set over that reactor's
+//! connections, polled without blocking in poll mode and slept on in interrupt mode.
+
+use super::conn::Connection;
+use super::Target;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_reactor::sys::Epoll;
+
+/// A reactor's connections.
+pub struct SockGroup {
+    epoll: Epoll,
+    conns: RefCell<HashMap<u64, Rc<Connection>>>,
+    writers: RefCell<Vec<u64>>,
+    events: RefCell<Vec<(u64, u32)>>,
+    next_token: Cell<u64>,
+}
+
+thread_local! {
+    static GROUP: RefCell<Option<Rc<SockGroup>>> = const { RefCell::new(None) };
+}
+
+const IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+
+impl SockGroup {
+    /// This reactor's group, created (with its pollers) on first use.
+    pub fn current() -> Option<Rc<SockGroup>> {
+        if let Some(g) = GROUP.with(|g| g.borrow().clone()) {
+            return Some(g);
+        }
+        let epoll = Epoll::new().ok()?;
+        let fd = epoll.raw();
+        let g = Rc::new(SockGroup {
+            epoll,
+            conns: RefCell::new(HashMap::new()),
+            writers: RefCell::new(Vec::new()),
+            events: RefCell::new(Vec::with_capacity(64)),
+            next_token: Cell::new(1),
+        });
+        let g2 = g.clone();
+        strata_reactor::register_fd_poller("nvmf_tcp_group", fd, move || g2.poll())
+            .ok()?
+            .detach();
+        let g3 = Rc::downgrade(&g);
+        strata_reactor::register_periodic_poller(
+            "nvmf_tcp_tick",
+            Duration::from_millis(200),
+            move || {
+                if let Some(g) = g3.upgrade() {
+                    let conns: Vec<Rc<Connection>> = g.conns.borrow().values().cloned().collect();
+                    for c in conns {
+                        c.tick();
+                    }
+                }
+                false
+            },
+        )
+        .ok()?
+        .detach();
+        GROUP.with(|gr| *gr.borrow_mut() = Some(g.clone()));
+        Some(g)
+    }
+
+    /// A connection of this reactor by token.
+    pub fn connection(token: u64) -> Option<Rc<Connection>> {
+        GROUP.with(|g| {
+            g.borrow()
+                .as_ref()
+                .and_then(|g| g.conns.borrow().get(&token).cloned())
+        })
+    }
+
+    /// All connections of this reactor.
+    pub fn connections() -> Vec<Rc<Connection>> {
+        GROUP.with(|g| {
+            g.borrow()
+                .as_ref()
+                .map(|g| g.conns.borrow().values().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn add(self: &Rc<Self>, stream: TcpStream, target: &'static Target) {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let fd = stream.as_raw_fd();
+        let conn = match Connection::new(stream, token, Rc::downgrade(self), target) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up an accepted connection");
+                return;
+            }
+        };
+        if let Err(e) = self.epoll.add_events(fd, token, IN) {
+            tracing::warn!(error = %e, "epoll add failed");
+            return;
+        }
+        tracing::info!(peer = %conn.peer, local = %conn.local, reactor = strata_reactor::current_index(), "NVMe/TCP connection accepted");
+        self.conns.borrow_mut().insert(token, conn);
+    }
+
+    pub(crate) fn remove(&self, token: u64) {
+        if let Some(c) = self.conns.borrow_mut().remove(&token) {
+            let _ = self.epoll.delete(c.stream.as_raw_fd());
+        }
+        self.writers.borrow_mut().retain(|t| *t != token);
+    }
+
+    /// Asks for (or drops) writability events for a connection with queued output.
+    pub(crate) fn want_write(&self, token: u64, stream: &TcpStream, want: bool) {
+        let mut w = self.writers.borrow_mut();
+        let has = w.contains(&token);
+        if want && !has {
+            w.push(token);
+            let _ = self.epoll.modify(stream.as_raw_fd(), token, IN | OUT);
+        } else if !want && has {
+            w.retain(|t| *t != token);
+            let _ = self.epoll.modify(stream.as_raw_fd(), token, IN);
+        }
+    }
+
+    fn poll(&self) -> bool {
+        let n = {
+            let mut ev = self.events.borrow_mut();
+            self.epoll
+                .wait_events(Some(Duration::ZERO), &mut ev)
+                .unwrap_or(0)
+        };
+        if n == 0 {
+            return false;
+        }
+        for i in 0..n {
+            let (token, e) = self.events.borrow()[i];
+            let conn = self.conns.borrow().get(&token).cloned();
+            if let Some(c) = conn {
+                let readable = e & (IN | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) != 0;
+                c.on_event(readable, e & OUT != 0);
+            }
+        }
+        true
+    }
+}
+
+/// A listening socket; dropping the handle stops accepting.
+pub struct Listener {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let addr = self.addr;
+        if let Some(f) = strata_reactor::framework() {
+            let _ = f.send(0, move || {
+                ACCEPTORS.with(|a| a.borrow_mut().remove(&addr));
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// Accept pollers of reactor 0, by listening address.
+    static ACCEPTORS: RefCell<HashMap<SocketAddr, strata_reactor::PollerHandle>> = RefCell::new(HashMap::new());
+}
+
+/// Binds `addr` now (so errors reach the caller) and accepts on reactor 0.
+pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<Listener> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    let bound = l.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let f = strata_reactor::framework()
+        .ok_or_else(|| std::io::Error::other("reactors are not running"))?;
+    let reactors = f.len();
+    let next = Arc::new(AtomicUsize::new(0));
+    f.send(0, move || {
+        let fd = l.as_raw_fd();
+        let h = strata_reactor::register_fd_poller(
+            &format!("nvmf_tcp_accept_{bound}"),
+            fd,
+            move || {
+                if st.load(Ordering::Acquire) {
+                    return false;
+                }
+                let mut did = false;
+                loop {
+                    match l.accept() {
+                        Ok((stream, _)) => {
+                            did = true;
+                            let idx = next.fetch_add(1, Ordering::Relaxed) % reactors;
+                            hand_over(idx, stream, target);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            break;
+                        }
+                    }
+                }
+                did
+            },
+        );
+        match h {
+            Ok(h) => ACCEPTORS.with(|a| {
+                a.borrow_mut().insert(bound, h);
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot register the accept poller"),
+        }
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tracing::info!(%bound, "NVMe/TCP listening");
+    Ok(Listener { addr: bound, stop })
+}
+
+fn hand_over(idx: usize, stream: TcpStream, target: &'static Target) {
+    let here = strata_reactor::current_index();
+    if here == Some(idx) {
+        if let Some(g) = SockGroup::current() {
+            g.add(stream, target);
+        }
+        return;
+    }
+    if let Some(f) = strata_reactor::framework() {
+        let _ = f.send(idx, move || {
+            if let Some(g) = SockGroup::current() {
+                g.add(stream, target);
+            }
+        });
+    }
+}
