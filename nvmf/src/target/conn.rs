@@ -171,6 +171,8 @@ struct State {
     ns_gen: u64,
     held_aers: Vec<u16>,
     in_capsule: u32,
+    /// The socket returned less than asked on the last read.
+    drained: bool,
 }
 
 /// A queue pair. Lives on one reactor; `!Send`.
@@ -229,6 +231,7 @@ impl Connection {
                 ns_gen: u64::MAX,
                 held_aers: Vec::new(),
                 in_capsule: 0,
+                drained: false,
             }),
             me: me.clone(),
             group,
@@ -258,6 +261,7 @@ impl Connection {
             return;
         }
         if readable {
+            self.st.borrow_mut().drained = false;
             match self.receive() {
                 Ok(()) => {}
                 Err(Fatal::Closed) => {
@@ -302,6 +306,7 @@ impl Connection {
             }
         }
         self.retry_need_buffer();
+        self.flush();
     }
 
     pub fn close(&self, why: &str) {
@@ -350,11 +355,17 @@ impl Connection {
             s.se -= s.sp;
             s.sp = 0;
         }
+        if s.drained {
+            // The last read came back short: the socket is empty until epoll says otherwise.
+            return Ok(false);
+        }
         let se = s.se;
+        let space = s.staging.len() - se;
         match (&self.stream).read(&mut s.staging[se..]) {
             Ok(0) => Err(Fatal::Closed),
             Ok(n) => {
                 s.se += n;
+                s.drained = n < space;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
@@ -450,7 +461,7 @@ impl Connection {
                     }
                     let want = layout.data_len - got;
                     if pad > 0 || want > 0 {
-                        if pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp {
+                        if pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp && !s.drained {
                             // Straight into the data buffer.
                             let r = {
                                 let state: &mut State = &mut s;
@@ -461,7 +472,10 @@ impl Connection {
                             };
                             match r {
                                 Ok(0) => return Err(Fatal::Closed),
-                                Ok(n) => got += n,
+                                Ok(n) => {
+                                    got += n;
+                                    s.drained = n < want;
+                                }
                                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                                     s.rx = Rx::Data {
                                         hdr,
@@ -1590,6 +1604,9 @@ impl IoSink for Connection {
             drop(s);
             self.finish(slot, final_status, 0);
         }
-        self.flush();
+        // One vectored write per reactor turn for all responses ready by then.
+        if let Some(g) = self.group.upgrade() {
+            g.mark_dirty(self.token);
+        }
     }
 }

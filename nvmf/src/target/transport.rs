@@ -20,6 +20,8 @@ pub struct SockGroup {
     conns: RefCell<HashMap<u64, Rc<Connection>>>,
     writers: RefCell<Vec<u64>>,
     events: RefCell<Vec<(u64, u32)>>,
+    /// Connections with responses queued since the last flush.
+    dirty: RefCell<Vec<u64>>,
     next_token: Cell<u64>,
 }
 
@@ -43,6 +45,7 @@ impl SockGroup {
             conns: RefCell::new(HashMap::new()),
             writers: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::with_capacity(64)),
+            dirty: RefCell::new(Vec::with_capacity(64)),
             next_token: Cell::new(1),
         });
         let g2 = g.clone();
@@ -127,7 +130,28 @@ impl SockGroup {
         }
     }
 
+    /// Queues a connection for the next flush (once per turn, after completions ran).
+    pub(crate) fn mark_dirty(&self, token: u64) {
+        let mut d = self.dirty.borrow_mut();
+        if !d.contains(&token) {
+            d.push(token);
+        }
+    }
+
+    fn flush_dirty(&self) -> bool {
+        let tokens: smallvec::SmallVec<[u64; 16]> = self.dirty.borrow_mut().drain(..).collect();
+        let did = !tokens.is_empty();
+        for t in tokens {
+            let c = self.conns.borrow().get(&t).cloned();
+            if let Some(c) = c {
+                c.flush();
+            }
+        }
+        did
+    }
+
     fn poll(&self) -> bool {
+        let flushed = self.flush_dirty();
         let n = {
             let mut ev = self.events.borrow_mut();
             self.epoll
@@ -135,7 +159,7 @@ impl SockGroup {
                 .unwrap_or(0)
         };
         if n == 0 {
-            return false;
+            return flushed;
         }
         for i in 0..n {
             let (token, e) = self.events.borrow()[i];
@@ -145,6 +169,7 @@ impl SockGroup {
                 c.on_event(readable, e & OUT != 0);
             }
         }
+        self.flush_dirty();
         true
     }
 }
