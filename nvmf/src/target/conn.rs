@@ -803,10 +803,11 @@ impl Connection {
     fn on_connect(&self, sqe: Sqe, data: Option<DmaBuf>) {
         let invalid = |ipo: u32, iattr: u32, why: &str| {
             tracing::warn!(peer = %self.peer, why, "Connect refused");
+            // Result: IPO (offset of the bad field) in bits 15:0, IATTR (1: in the data) in 23:16.
             self.respond_now(
                 sqe.cid,
                 status::CONNECT_INVALID_PARAMETERS,
-                (ipo << 16) | iattr,
+                ipo | (iattr << 16),
             );
         };
         if self.st.borrow().ctrl.is_some() {
@@ -846,7 +847,7 @@ impl Connection {
         }
         if !subsys.host_allowed(&hostnqn) {
             tracing::warn!(peer = %self.peer, host = %hostnqn, nqn = %subnqn, "Connect refused: host not allowed");
-            self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, (512 << 16) | 1);
+            self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
             return;
         }
         let opts = self.target.options();
