@@ -5,5 +5,7 @@
 //! the target side (subsystems, controllers, queue pairs on reactors, discovery); [`host`]
 //! the initiator used by tests, strata-perf and remote bdevs.
 
+pub mod host;
 pub mod spec;
+pub mod target;
 pub mod tcp;

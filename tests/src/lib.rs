@@ -316,6 +316,22 @@ impl Target {
     /// Spawns with exactly these arguments (which must make it listen on `sock`), then waits
     /// until the socket accepts connections.
     pub fn spawn_exact(dir: tempfile::TempDir, sock: PathBuf, args: &[String]) -> Target {
+        // The embedded default listens on NVMe/TCP ports; tests run in parallel, so each
+        // target gets free ones unless the test chose them.
+        let mut args = args.to_vec();
+        if !args
+            .iter()
+            .any(|a| a == "--nvmf-port" || a == "--discovery-port")
+        {
+            let p = free_ports(2);
+            args.extend([
+                "--nvmf-port".into(),
+                p[0].to_string(),
+                "--discovery-port".into(),
+                p[1].to_string(),
+            ]);
+        }
+        let args = &args[..];
         let stderr_path = dir.path().join("strata-tgt.stderr");
         let stdout_path = dir.path().join("strata-tgt.stdout");
         let stderr = File::create(&stderr_path).unwrap();
@@ -556,4 +572,26 @@ pub fn is_uuid(s: &str) -> bool {
             .iter()
             .zip(&parts)
             .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// `n` distinct TCP ports of 127.0.0.1 that were free a moment ago (bound all at once, then
+/// released), for targets' NVMe/TCP listeners.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// One TCP port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` is accepted within 2 s.
+pub fn tcp_connects(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }

@@ -279,7 +279,12 @@ fn error_bdev_on_missing_base() {
 
 #[test]
 fn error_bdev_explicit_uuid() {
-    let t = Target::start(&[]);
+    // The embedded default exports (claims) Malloc0: build an unclaimed one instead.
+    let t = Target::start(&["--no-default"]);
+    t.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}),
+    );
     let uuid = "11111111-2222-4333-8444-555555555555";
     t.rpc_ok(
         "bdev_error_create",
@@ -376,7 +381,12 @@ fn delay_on_missing_base() {
 
 #[test]
 fn stacked_error_on_delay() {
-    let t = Target::start(&[]);
+    // The embedded default exports (claims) Malloc0: build an unclaimed one instead.
+    let t = Target::start(&["--no-default"]);
+    t.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}),
+    );
     t.rpc_ok("bdev_delay_create", delay_params("Malloc0", "Dm"));
     assert_eq!(
         t.rpc_ok("bdev_error_create", json!({"base_name": "Dm"})),

@@ -62,7 +62,8 @@ fn default_malloc0() {
     assert_eq!(m["block_size"], 4096, "{m}");
     assert_eq!(m["num_blocks"], 65536, "{m}");
     assert_eq!(m["product_name"], "Malloc disk", "{m}");
-    assert_eq!(m["claimed"], false, "{m}");
+    // Exported as namespace 1 of the default subsystem, so the NVMe-oF target claims it.
+    assert_eq!(m["claimed"], true, "{m}");
     let uuid = m["uuid"].as_str().unwrap_or_else(|| panic!("uuid: {m}"));
     assert!(is_uuid(uuid), "not a uuid: {uuid:?}");
     assert_eq!(m["supported_io_types"]["read"], true, "{m}");

@@ -118,4 +118,6 @@ pub const SUBTYPE_NVME: u8 = 2;
 pub const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
 
 /// Async event: notice, namespace attribute changed, log page 04h.
-pub const AER_NS_CHANGED: u32 = 0x02 | (0x00 << 8) | ((lid::CHANGED_NS_LIST as u32) << 16);
+/// Type 02h (notice) in bits 2:0, info 00h (namespace attribute changed) in 15:8, log page
+/// in 23:16.
+pub const AER_NS_CHANGED: u32 = 0x02 | ((lid::CHANGED_NS_LIST as u32) << 16);

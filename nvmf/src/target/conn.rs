@@ -54,6 +54,8 @@ enum Sink {
     Term(Vec<u8>),
 }
 
+// Rx lives inside the connection state, moved only between PDUs: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Rx {
     Header,
     Data {
@@ -1255,20 +1257,18 @@ impl Connection {
             }
             io::FLUSH => ios.push(BdevIo::new(IoType::Flush, 0, 0)),
             io::WRITE_ZEROES => ios.push(BdevIo::new(IoType::WriteZeroes, sqe.slba(), sqe.nlb())),
-            io::DATASET_MANAGEMENT => {
-                // Only deallocate (AD, CDW11 bit 2) does anything; other attributes are hints.
-                if sqe.cdw11 & 4 != 0 {
-                    if let Some(b) = &r.buf {
-                        for range in b.as_slice().chunks_exact(16) {
-                            let nlb =
-                                u32::from_le_bytes([range[4], range[5], range[6], range[7]]) as u64;
-                            let slba = u64::from_le_bytes([
-                                range[8], range[9], range[10], range[11], range[12], range[13],
-                                range[14], range[15],
-                            ]);
-                            if nlb > 0 {
-                                ios.push(BdevIo::new(IoType::Unmap, slba, nlb));
-                            }
+            // Only deallocate (AD, CDW11 bit 2) does anything; other attributes are hints.
+            io::DATASET_MANAGEMENT if sqe.cdw11 & 4 != 0 => {
+                if let Some(b) = &r.buf {
+                    for range in b.as_slice().chunks_exact(16) {
+                        let nlb =
+                            u32::from_le_bytes([range[4], range[5], range[6], range[7]]) as u64;
+                        let slba = u64::from_le_bytes([
+                            range[8], range[9], range[10], range[11], range[12], range[13],
+                            range[14], range[15],
+                        ]);
+                        if nlb > 0 {
+                            ios.push(BdevIo::new(IoType::Unmap, slba, nlb));
                         }
                     }
                 }

@@ -426,7 +426,7 @@ impl Controller {
         let numd = (((sqe.cdw11 & 0xffff) << 16) | (sqe.cdw10 >> 16)) as u64 + 1;
         let len = (numd * 4) as usize;
         let offset = sqe.cdw12 as u64 | ((sqe.cdw13 as u64) << 32);
-        if len > 1 << 20 || offset % 4 != 0 {
+        if len > 1 << 20 || !offset.is_multiple_of(4) {
             return AdminOutcome::err(status::INVALID_FIELD);
         }
         let page: Vec<u8> = match lid {

@@ -168,7 +168,7 @@ impl Target {
                 "max_io_size must be a power of two from 4096 to {max_buf} (the largest I/O buffer)"
             )));
         }
-        if opts.in_capsule_data_size > 8192 || opts.in_capsule_data_size % 16 != 0 {
+        if opts.in_capsule_data_size > 8192 || !opts.in_capsule_data_size.is_multiple_of(16) {
             return Err(TargetError::Invalid(
                 "in_capsule_data_size must be a multiple of 16, at most 8192".into(),
             ));

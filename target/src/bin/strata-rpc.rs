@@ -212,12 +212,183 @@ enum Method {
     /// Wait for bdev examination to finish.
     #[command(name = "bdev_wait_for_examine")]
     BdevWaitForExamine,
+    /// Create the NVMe-oF transport (TCP only).
+    #[command(name = "nvmf_create_transport")]
+    NvmfCreateTransport {
+        /// Transport type: TCP.
+        #[arg(short = 't', long)]
+        trtype: String,
+        /// Max number of outstanding I/Os per queue.
+        #[arg(short = 'q', long)]
+        max_queue_depth: Option<u32>,
+        /// Max number of I/O queue pairs per controller.
+        #[arg(short = 'm', long)]
+        max_io_qpairs_per_ctrlr: Option<u32>,
+        /// Max in-capsule data size in bytes.
+        #[arg(short = 'c', long)]
+        in_capsule_data_size: Option<u32>,
+        /// Max I/O size in bytes.
+        #[arg(short = 'i', long)]
+        max_io_size: Option<u32>,
+        /// I/O unit size in bytes.
+        #[arg(short = 'u', long)]
+        io_unit_size: Option<u32>,
+        /// Max admin queue depth.
+        #[arg(short = 'a', long)]
+        max_aq_depth: Option<u32>,
+        /// Number of pooled data buffers.
+        #[arg(short = 'n', long)]
+        num_shared_buffers: Option<u32>,
+        /// Per-poll-group buffer cache size.
+        #[arg(short = 'b', long)]
+        buf_cache_size: Option<u32>,
+        /// Disable the C2H success optimization (sends c2h_success=false).
+        #[arg(short = 'o', long = "c2h-success")]
+        disable_c2h_success: bool,
+    },
+    /// List the NVMe-oF transports.
+    #[command(name = "nvmf_get_transports")]
+    NvmfGetTransports {
+        /// Only this transport type.
+        #[arg(short = 't', long)]
+        trtype: Option<String>,
+    },
+    /// Create an NVM subsystem.
+    #[command(name = "nvmf_create_subsystem")]
+    NvmfCreateSubsystem {
+        /// Subsystem NQN.
+        nqn: String,
+        /// Serial number (≤ 20 ASCII characters).
+        #[arg(short = 's', long)]
+        serial_number: Option<String>,
+        /// Model number (≤ 40 ASCII characters).
+        #[arg(short = 'd', long)]
+        model_number: Option<String>,
+        /// Allow any host to connect.
+        #[arg(short = 'a', long)]
+        allow_any_host: bool,
+        /// Max number of namespaces (0: default).
+        #[arg(short = 'm', long)]
+        max_namespaces: Option<u32>,
+    },
+    /// Delete an NVM subsystem (its namespaces, listeners and connections go with it).
+    #[command(name = "nvmf_delete_subsystem")]
+    NvmfDeleteSubsystem { nqn: String },
+    /// Make a subsystem reachable on a transport address.
+    #[command(name = "nvmf_subsystem_add_listener")]
+    NvmfSubsystemAddListener {
+        nqn: String,
+        #[command(flatten)]
+        addr: ListenAddressArgs,
+    },
+    /// Stop a subsystem listening on a transport address.
+    #[command(name = "nvmf_subsystem_remove_listener")]
+    NvmfSubsystemRemoveListener {
+        nqn: String,
+        #[command(flatten)]
+        addr: ListenAddressArgs,
+    },
+    /// Add a bdev as a namespace of a subsystem (claims the bdev); prints the nsid.
+    #[command(name = "nvmf_subsystem_add_ns")]
+    NvmfSubsystemAddNs {
+        nqn: String,
+        bdev_name: String,
+        /// Namespace ID (default: the lowest free one).
+        #[arg(short = 'n', long)]
+        nsid: Option<u32>,
+        /// Namespace UUID (default: the bdev's).
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+        /// Namespace NGUID (32 hex digits).
+        #[arg(short = 'g', long)]
+        nguid: Option<String>,
+        /// Namespace EUI-64 (16 hex digits).
+        #[arg(short = 'e', long)]
+        eui64: Option<String>,
+    },
+    /// Remove a namespace from a subsystem (releases the bdev).
+    #[command(name = "nvmf_subsystem_remove_ns")]
+    NvmfSubsystemRemoveNs { nqn: String, nsid: u32 },
+    /// Allow a host NQN to connect to a subsystem.
+    #[command(name = "nvmf_subsystem_add_host")]
+    NvmfSubsystemAddHost { nqn: String, host: String },
+    /// Remove a host NQN from a subsystem's allowed hosts.
+    #[command(name = "nvmf_subsystem_remove_host")]
+    NvmfSubsystemRemoveHost { nqn: String, host: String },
+    /// Allow (-e) or restrict (-d) any host to connect to a subsystem.
+    #[command(name = "nvmf_subsystem_allow_any_host")]
+    NvmfSubsystemAllowAnyHost {
+        nqn: String,
+        /// Allow any host.
+        #[arg(
+            short = 'e',
+            long,
+            conflicts_with = "disable",
+            required_unless_present = "disable"
+        )]
+        enable: bool,
+        /// Only allow the hosts added with nvmf_subsystem_add_host.
+        #[arg(short = 'd', long)]
+        disable: bool,
+    },
+    /// List subsystems (all, or the one named).
+    #[command(name = "nvmf_get_subsystems")]
+    NvmfGetSubsystems { nqn: Option<String> },
+    /// Controllers connected to a subsystem.
+    #[command(name = "nvmf_subsystem_get_controllers")]
+    NvmfSubsystemGetControllers { nqn: String },
+    /// Queue pairs connected to a subsystem.
+    #[command(name = "nvmf_subsystem_get_qpairs")]
+    NvmfSubsystemGetQpairs { nqn: String },
+    /// NVMe-oF statistics, one poll group per reactor.
+    #[command(name = "nvmf_get_stats")]
+    NvmfGetStats,
     /// Shut the target down.
     #[command(name = "spdk_kill_instance")]
     SpdkKillInstance {
         /// SIGINT or SIGTERM.
         sig_name: String,
     },
+}
+
+/// The transport address of `nvmf_subsystem_add_listener` / `nvmf_subsystem_remove_listener`.
+#[derive(Debug, clap::Args)]
+struct ListenAddressArgs {
+    /// Transport type: TCP.
+    #[arg(short = 't', long)]
+    trtype: String,
+    /// Transport address: an IP address.
+    #[arg(short = 'a', long)]
+    traddr: String,
+    /// Transport service ID: a port.
+    #[arg(short = 's', long)]
+    trsvcid: String,
+    /// Address family: ipv4 or ipv6 (sent as IPv4 / IPv6).
+    #[arg(short = 'f', long, default_value = "ipv4")]
+    adrfam: String,
+}
+
+impl ListenAddressArgs {
+    fn to_json(&self) -> Value {
+        json!({
+            "trtype": self.trtype,
+            "adrfam": adrfam(&self.adrfam),
+            "traddr": self.traddr,
+            "trsvcid": self.trsvcid,
+        })
+    }
+}
+
+/// SPDK's spelling of an address family given in any case (`ipv4` → `IPv4`).
+fn adrfam(s: &str) -> String {
+    match s.to_ascii_lowercase().as_str() {
+        "ipv4" => "IPv4".into(),
+        "ipv6" => "IPv6".into(),
+        "ib" => "IB".into(),
+        "fc" => "FC".into(),
+        "intra_host" => "INTRA_HOST".into(),
+        _ => s.to_string(),
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -405,6 +576,121 @@ fn to_request(method: Method) -> Result<(String, Option<Value>), ArgError> {
         Method::SaveConfig => ("save_config", None),
         Method::FrameworkWaitInit => ("framework_wait_init", None),
         Method::BdevWaitForExamine => ("bdev_wait_for_examine", None),
+        Method::NvmfCreateTransport {
+            trtype,
+            max_queue_depth,
+            max_io_qpairs_per_ctrlr,
+            in_capsule_data_size,
+            max_io_size,
+            io_unit_size,
+            max_aq_depth,
+            num_shared_buffers,
+            buf_cache_size,
+            disable_c2h_success,
+        } => (
+            "nvmf_create_transport",
+            Params::new()
+                .set("trtype", trtype)
+                .opt("max_queue_depth", max_queue_depth)
+                .opt("max_io_qpairs_per_ctrlr", max_io_qpairs_per_ctrlr)
+                .opt("in_capsule_data_size", in_capsule_data_size)
+                .opt("max_io_size", max_io_size)
+                .opt("io_unit_size", io_unit_size)
+                .opt("max_aq_depth", max_aq_depth)
+                .opt("num_shared_buffers", num_shared_buffers)
+                .opt("buf_cache_size", buf_cache_size)
+                .opt("c2h_success", disable_c2h_success.then_some(false))
+                .build(),
+        ),
+        Method::NvmfGetTransports { trtype } => (
+            "nvmf_get_transports",
+            Params::new().opt("trtype", trtype).build(),
+        ),
+        Method::NvmfCreateSubsystem {
+            nqn,
+            serial_number,
+            model_number,
+            allow_any_host,
+            max_namespaces,
+        } => (
+            "nvmf_create_subsystem",
+            Params::new()
+                .set("nqn", nqn)
+                .opt("serial_number", serial_number)
+                .opt("model_number", model_number)
+                .opt("allow_any_host", allow_any_host.then_some(true))
+                .opt("max_namespaces", max_namespaces)
+                .build(),
+        ),
+        Method::NvmfDeleteSubsystem { nqn } => ("nvmf_delete_subsystem", with_nqn(nqn)),
+        Method::NvmfSubsystemAddListener { nqn, addr } => (
+            "nvmf_subsystem_add_listener",
+            Params::new()
+                .set("nqn", nqn)
+                .set("listen_address", addr.to_json())
+                .build(),
+        ),
+        Method::NvmfSubsystemRemoveListener { nqn, addr } => (
+            "nvmf_subsystem_remove_listener",
+            Params::new()
+                .set("nqn", nqn)
+                .set("listen_address", addr.to_json())
+                .build(),
+        ),
+        Method::NvmfSubsystemAddNs {
+            nqn,
+            bdev_name,
+            nsid,
+            uuid,
+            nguid,
+            eui64,
+        } => (
+            "nvmf_subsystem_add_ns",
+            Params::new()
+                .set("nqn", nqn)
+                .set(
+                    "namespace",
+                    Params::new()
+                        .set("bdev_name", bdev_name)
+                        .opt("nsid", nsid)
+                        .opt("uuid", uuid)
+                        .opt("nguid", nguid)
+                        .opt("eui64", eui64)
+                        .0,
+                )
+                .build(),
+        ),
+        Method::NvmfSubsystemRemoveNs { nqn, nsid } => (
+            "nvmf_subsystem_remove_ns",
+            Params::new().set("nqn", nqn).set("nsid", nsid).build(),
+        ),
+        Method::NvmfSubsystemAddHost { nqn, host } => (
+            "nvmf_subsystem_add_host",
+            Params::new().set("nqn", nqn).set("host", host).build(),
+        ),
+        Method::NvmfSubsystemRemoveHost { nqn, host } => (
+            "nvmf_subsystem_remove_host",
+            Params::new().set("nqn", nqn).set("host", host).build(),
+        ),
+        Method::NvmfSubsystemAllowAnyHost {
+            nqn,
+            enable,
+            disable: _,
+        } => (
+            "nvmf_subsystem_allow_any_host",
+            Params::new()
+                .set("nqn", nqn)
+                .set("allow_any_host", enable)
+                .build(),
+        ),
+        Method::NvmfGetSubsystems { nqn } => {
+            ("nvmf_get_subsystems", Params::new().opt("nqn", nqn).build())
+        }
+        Method::NvmfSubsystemGetControllers { nqn } => {
+            ("nvmf_subsystem_get_controllers", with_nqn(nqn))
+        }
+        Method::NvmfSubsystemGetQpairs { nqn } => ("nvmf_subsystem_get_qpairs", with_nqn(nqn)),
+        Method::NvmfGetStats => ("nvmf_get_stats", None),
         Method::SpdkKillInstance { sig_name } => (
             "spdk_kill_instance",
             Params::new().set("sig_name", sig_name).build(),
@@ -415,6 +701,10 @@ fn to_request(method: Method) -> Result<(String, Option<Value>), ArgError> {
 
 fn named(name: String) -> Option<Value> {
     Params::new().set("name", name).build()
+}
+
+fn with_nqn(nqn: String) -> Option<Value> {
+    Params::new().set("nqn", nqn).build()
 }
 
 /// Raw params of `call`: must be a JSON object or array.
@@ -686,6 +976,219 @@ mod tests {
         ] {
             assert_eq!(ok(&[m]), (m.to_string(), None));
         }
+    }
+
+    #[test]
+    fn nvmf_transport() {
+        assert_eq!(
+            ok(&["nvmf_create_transport", "-t", "TCP"]),
+            (
+                "nvmf_create_transport".into(),
+                Some(json!({"trtype": "TCP"}))
+            )
+        );
+        assert_eq!(
+            ok(&[
+                "nvmf_create_transport",
+                "-t",
+                "tcp",
+                "-q",
+                "64",
+                "-m",
+                "4",
+                "-c",
+                "8192",
+                "-i",
+                "65536",
+                "-u",
+                "8192",
+                "-a",
+                "32",
+                "-n",
+                "1023",
+                "-b",
+                "16",
+                "-o"
+            ])
+            .1,
+            Some(json!({
+                "trtype": "tcp", "max_queue_depth": 64, "max_io_qpairs_per_ctrlr": 4,
+                "in_capsule_data_size": 8192, "max_io_size": 65536, "io_unit_size": 8192,
+                "max_aq_depth": 32, "num_shared_buffers": 1023, "buf_cache_size": 16,
+                "c2h_success": false
+            }))
+        );
+        assert_eq!(
+            ok(&[
+                "nvmf_create_transport",
+                "--trtype=TCP",
+                "--max-queue-depth=8",
+                "--max-io-size=4096"
+            ])
+            .1,
+            Some(json!({"trtype": "TCP", "max_queue_depth": 8, "max_io_size": 4096}))
+        );
+        assert!(req(&["nvmf_create_transport"]).is_err());
+        assert!(req(&["nvmf_create_transport", "-t", "TCP", "-q", "x"]).is_err());
+        assert_eq!(
+            ok(&["nvmf_get_transports"]),
+            ("nvmf_get_transports".into(), None)
+        );
+        assert_eq!(
+            ok(&["nvmf_get_transports", "--trtype", "TCP"]).1,
+            Some(json!({"trtype": "TCP"}))
+        );
+    }
+
+    #[test]
+    fn nvmf_subsystems() {
+        let nqn = "nqn.2016-06.io.spdk:cnode1";
+        assert_eq!(
+            ok(&["nvmf_create_subsystem", nqn]),
+            ("nvmf_create_subsystem".into(), Some(json!({"nqn": nqn})))
+        );
+        assert_eq!(
+            ok(&[
+                "nvmf_create_subsystem",
+                nqn,
+                "-s",
+                "SPDK001",
+                "-d",
+                "Model X",
+                "-a",
+                "-m",
+                "8"
+            ])
+            .1,
+            Some(json!({
+                "nqn": nqn, "serial_number": "SPDK001", "model_number": "Model X",
+                "allow_any_host": true, "max_namespaces": 8
+            }))
+        );
+        assert_eq!(
+            ok(&["nvmf_delete_subsystem", nqn]),
+            ("nvmf_delete_subsystem".into(), Some(json!({"nqn": nqn})))
+        );
+        assert_eq!(
+            ok(&["nvmf_get_subsystems"]),
+            ("nvmf_get_subsystems".into(), None)
+        );
+        assert_eq!(
+            ok(&["nvmf_get_subsystems", nqn]).1,
+            Some(json!({"nqn": nqn}))
+        );
+        for m in [
+            "nvmf_subsystem_get_controllers",
+            "nvmf_subsystem_get_qpairs",
+        ] {
+            assert_eq!(ok(&[m, nqn]), (m.to_string(), Some(json!({"nqn": nqn}))));
+            assert!(req(&[m]).is_err());
+        }
+        assert_eq!(ok(&["nvmf_get_stats"]), ("nvmf_get_stats".into(), None));
+    }
+
+    #[test]
+    fn nvmf_listeners() {
+        let nqn = "nqn.2016-06.io.spdk:cnode1";
+        for m in [
+            "nvmf_subsystem_add_listener",
+            "nvmf_subsystem_remove_listener",
+        ] {
+            assert_eq!(
+                ok(&[m, nqn, "-t", "tcp", "-a", "127.0.0.1", "-s", "4420"]),
+                (
+                    m.to_string(),
+                    Some(json!({"nqn": nqn, "listen_address": {
+                        "trtype": "tcp", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"
+                    }}))
+                )
+            );
+            assert_eq!(
+                ok(&[m, nqn, "-t", "TCP", "-a", "::1", "-s", "4421", "-f", "ipv6"]).1,
+                Some(json!({"nqn": nqn, "listen_address": {
+                    "trtype": "TCP", "adrfam": "IPv6", "traddr": "::1", "trsvcid": "4421"
+                }}))
+            );
+            assert_eq!(
+                ok(&[
+                    m,
+                    nqn,
+                    "--trtype=TCP",
+                    "--traddr=10.0.0.1",
+                    "--trsvcid=4422",
+                    "--adrfam=IPv4"
+                ])
+                .1,
+                Some(json!({"nqn": nqn, "listen_address": {
+                    "trtype": "TCP", "adrfam": "IPv4", "traddr": "10.0.0.1", "trsvcid": "4422"
+                }}))
+            );
+            assert!(req(&[m, nqn, "-a", "127.0.0.1", "-s", "4420"]).is_err());
+            assert!(req(&[m, "-t", "TCP", "-a", "127.0.0.1", "-s", "4420"]).is_err());
+        }
+    }
+
+    #[test]
+    fn nvmf_namespaces_and_hosts() {
+        let nqn = "nqn.2016-06.io.spdk:cnode1";
+        assert_eq!(
+            ok(&["nvmf_subsystem_add_ns", nqn, "Malloc0"]),
+            (
+                "nvmf_subsystem_add_ns".into(),
+                Some(json!({"nqn": nqn, "namespace": {"bdev_name": "Malloc0"}}))
+            )
+        );
+        assert_eq!(
+            ok(&[
+                "nvmf_subsystem_add_ns",
+                nqn,
+                "Malloc1",
+                "-n",
+                "7",
+                "-u",
+                "6a1c9e2b-7d3f-4b8a-9c0d-1e2f3a4b5c6d",
+                "-g",
+                "00112233445566778899AABBCCDDEEFF",
+                "-e",
+                "0011223344556677"
+            ])
+            .1,
+            Some(json!({"nqn": nqn, "namespace": {
+                "bdev_name": "Malloc1", "nsid": 7,
+                "uuid": "6a1c9e2b-7d3f-4b8a-9c0d-1e2f3a4b5c6d",
+                "nguid": "00112233445566778899AABBCCDDEEFF", "eui64": "0011223344556677"
+            }}))
+        );
+        assert!(req(&["nvmf_subsystem_add_ns", nqn]).is_err());
+        assert_eq!(
+            ok(&["nvmf_subsystem_remove_ns", nqn, "3"]),
+            (
+                "nvmf_subsystem_remove_ns".into(),
+                Some(json!({"nqn": nqn, "nsid": 3}))
+            )
+        );
+        assert!(req(&["nvmf_subsystem_remove_ns", nqn, "x"]).is_err());
+        let host = "nqn.2014-08.org.nvmexpress:uuid:0b7e5d4c-3a29-4f18-9e07-d6c5b4a39281";
+        for m in ["nvmf_subsystem_add_host", "nvmf_subsystem_remove_host"] {
+            assert_eq!(
+                ok(&[m, nqn, host]),
+                (m.to_string(), Some(json!({"nqn": nqn, "host": host})))
+            );
+            assert!(req(&[m, nqn]).is_err());
+        }
+        assert_eq!(
+            ok(&["nvmf_subsystem_allow_any_host", nqn, "-e"]),
+            (
+                "nvmf_subsystem_allow_any_host".into(),
+                Some(json!({"nqn": nqn, "allow_any_host": true}))
+            )
+        );
+        assert_eq!(
+            ok(&["nvmf_subsystem_allow_any_host", nqn, "--disable"]).1,
+            Some(json!({"nqn": nqn, "allow_any_host": false}))
+        );
+        assert!(req(&["nvmf_subsystem_allow_any_host", nqn]).is_err());
+        assert!(req(&["nvmf_subsystem_allow_any_host", nqn, "-e", "-d"]).is_err());
     }
 
     #[test]
