@@ -11,6 +11,8 @@
 # Exit status: 0 ready; 3 (after printing "SKIPPED: <reason>") when QEMU cannot run here at
 # all; anything else is a real failure.
 set -euo pipefail
+# modprobe, busybox and friends live in sbin, which is not on every PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 skip() {
   echo "SKIPPED: $*"
@@ -31,6 +33,8 @@ if command -v dpkg-query >/dev/null; then
   for p in "${packages[@]}"; do
     installed "$p" || missing+=("$p")
   done
+elif ! command -v qemu-system-x86_64 >/dev/null; then
+  skip "QEMU is not installed and this is not a Debian system this script can install it on"
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -49,10 +53,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   if [ "$can_install" = 0 ]; then
     if ! command -v qemu-system-x86_64 >/dev/null; then
-      [ -s "$log" ] && tail -n 20 "$log" >&2
+      if [ -s "$log" ]; then tail -n 20 "$log" >&2; fi
       skip "QEMU is not installed and packages cannot be installed (need root and apt access): ${missing[*]}"
     fi
-    [ -s "$log" ] && tail -n 20 "$log" >&2
+    if [ -s "$log" ]; then tail -n 20 "$log" >&2; fi
     echo "install.sh: could not install ${missing[*]}" >&2
     exit 1
   fi
@@ -80,6 +84,6 @@ fi
 if [ ! -s /etc/nvme/hostid ] && [ "$(id -u)" = 0 ]; then
   # nvme-cli >= 2 reads the host ID from here; derive it from the NQN's UUID when possible.
   uuid="$(sed -n 's/.*uuid:\([0-9a-fA-F-]\{36\}\).*/\1/p' /etc/nvme/hostnqn)"
-  [ -n "$uuid" ] && echo "$uuid" >/etc/nvme/hostid
+  if [ -n "$uuid" ]; then echo "$uuid" >/etc/nvme/hostid; fi
 fi
 exit 0

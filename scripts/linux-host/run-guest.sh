@@ -23,8 +23,11 @@
 # (timeout) or 125 (anything else).
 #
 # Environment: LINUX_HOST_CACHE (initramfs cache directory, default <repo>/build/linux-host),
-# LINUX_HOST_MEM (guest memory, default 1024M), LINUX_HOST_CPUS (default 2).
+# LINUX_HOST_MEM (guest memory, default 1024M), LINUX_HOST_CPUS (default 2),
+# LINUX_HOST_NETDEV_OPTS (appended to QEMU's -netdev user,..., e.g. ",hostfwd=tcp:127.0.0.1:14420-:4420").
 set -euo pipefail
+# modprobe, busybox and friends live in sbin, which is not on every PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(cd "$script_dir/../.." && pwd)"
@@ -78,6 +81,7 @@ build_tmp=""
 initramfs=""
 own_share=0
 share_created=""
+# shellcheck disable=SC2317  # invoked by the trap
 cleanup() {
   # timeout(1) passes the TERM on to QEMU.
   if [ -n "$qemu_pid" ]; then kill "$qemu_pid" 2>/dev/null || true; wait "$qemu_pid" 2>/dev/null || true; fi
@@ -234,7 +238,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev "local,id=share,path=$share,security_model=none" \
   -device virtio-9p-pci,fsdev=share,mount_tag=share \
-  -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+  -netdev "user,id=n0${LINUX_HOST_NETDEV_OPTS:-}" -device virtio-net-pci,netdev=n0 \
   </dev/null >"$share/qemu.log" 2>&1 &
 qemu_pid=$!
 
