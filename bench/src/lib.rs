@@ -2,3 +2,4 @@
 //! like SPDK's bdevperf) and criterion micro-benchmarks in `benches/`.
 
 pub mod bdevperf;
+pub mod perf;

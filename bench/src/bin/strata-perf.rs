@@ -1,0 +1,367 @@
+//! `strata-perf`: an NVMe/TCP load generator with latency percentiles — SPDK's
+//! `spdk_nvme_perf` for strata, built on the host library (`strata_nvmf::host`).
+//!
+//! ```text
+//! strata-perf -q 32 -o 4096 -w randread -t 10 -c 0x2 \
+//!     -r 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2026-11.io.strata:default' \
+//!     [-r ...] [-M 70] [-P 2] [--hdgst] [--ddgst] [--json]
+//! ```
+//!
+//! One controller per `-r`; one job per (namespace, core), each with `-P` queue pairs of its
+//! own on its core's reactor. The main thread keeps the admin queues alive while jobs run.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use clap::Parser;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use strata_bench::perf::{start_job, NsTarget, PerfResult, PerfSpec, TargetSpec, Workload};
+use strata_nvmf::host::{Controller, ControllerOptions};
+use strata_reactor::{dma, Mode, ReactorSet};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata-perf",
+    version,
+    about = "NVMe/TCP load generator (like SPDK's spdk_nvme_perf)"
+)]
+struct Cli {
+    /// Queue depth per namespace per core.
+    #[arg(short = 'q', default_value_t = 32)]
+    queue_depth: usize,
+    /// I/O size in bytes.
+    #[arg(short = 'o', default_value_t = 4096)]
+    io_size: usize,
+    /// read, write, randread, randwrite, rw, randrw.
+    #[arg(short = 'w', default_value = "randread")]
+    workload: String,
+    /// Read percentage for rw/randrw.
+    #[arg(short = 'M', default_value_t = 50)]
+    read_pct: u32,
+    /// Seconds to run.
+    #[arg(short = 't', default_value_t = 10)]
+    seconds: u64,
+    /// Core mask: one reactor per core, each driving its own queue pairs.
+    #[arg(short = 'c', default_value = "0x1")]
+    cpumask: String,
+    /// Target: 'trtype:TCP adrfam:IPv4 traddr:A trsvcid:P subnqn:N [ns:ID] [hostnqn:H]'.
+    #[arg(short = 'r', required = true)]
+    targets: Vec<String>,
+    /// Queue pairs per namespace per core (the queue depth is spread over them).
+    #[arg(short = 'P', default_value_t = 1)]
+    qpairs: usize,
+    /// Header digests.
+    #[arg(long)]
+    hdgst: bool,
+    /// Data digests.
+    #[arg(long)]
+    ddgst: bool,
+    /// Keep-alive timeout in milliseconds (0: none).
+    #[arg(short = 'k', long = "keepalive", default_value_t = 10_000)]
+    kato_ms: u32,
+    /// Reactors sleep when idle (gentler on shared machines, slower).
+    #[arg(long = "interrupt-mode")]
+    interrupt_mode: bool,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
+        Err(e) => {
+            eprintln!("strata-perf: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+struct Job {
+    target: usize,
+    ns: NsTarget,
+    reactor: usize,
+    first_queue: usize,
+}
+
+/// Runs the benchmark; Ok(false) when I/O errors occurred.
+fn run(cli: Cli) -> Result<bool, String> {
+    let workload = Workload::from_name(&cli.workload)
+        .ok_or_else(|| format!("unknown workload '{}'", cli.workload))?;
+    if cli.read_pct > 100 {
+        return Err("-M must be 0..100".into());
+    }
+    if cli.qpairs == 0 || cli.queue_depth == 0 {
+        return Err("-q and -P must be at least 1".into());
+    }
+    let targets: Vec<TargetSpec> = cli
+        .targets
+        .iter()
+        .map(|s| TargetSpec::parse(s).map_err(|e| format!("-r '{s}': {e}")))
+        .collect::<Result<_, _>>()?;
+    let cores = strata_reactor::parse_core_mask(&cli.cpumask).map_err(|e| e.to_string())?;
+    let per_qp = cli.queue_depth.div_ceil(cli.qpairs);
+    let per_qp = u16::try_from(per_qp).map_err(|_| "queue depth too large")?;
+    let quiet = cli.json;
+    if !quiet {
+        println!("Initializing NVMe Controllers");
+    }
+    let mut ctrls = Vec::new();
+    let mut jobs = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let opts = ControllerOptions {
+            io_queues: 0,
+            queue_depth: per_qp,
+            hdgst: cli.hdgst,
+            ddgst: cli.ddgst,
+            kato_ms: cli.kato_ms,
+            hostnqn: t.hostnqn.clone(),
+            ..Default::default()
+        };
+        let mut c = Controller::connect(t.addr, &t.subnqn, opts)
+            .map_err(|e| format!("connect to {} ({}): {e}", t.addr, t.subnqn))?;
+        if !quiet {
+            println!(
+                "Attached to NVMe over Fabrics controller at {}:{}: {}",
+                t.traddr, t.trsvcid, t.subnqn
+            );
+        }
+        let nss: Vec<NsTarget> = c
+            .namespaces()
+            .iter()
+            .filter(|n| t.nsid.is_none_or(|id| id == n.nsid))
+            .map(|n| NsTarget {
+                name: format!(
+                    "TCP (addr:{} subnqn:{}) NSID {}",
+                    t.traddr, t.subnqn, n.nsid
+                ),
+                nsid: n.nsid,
+                block_size: n.block_size,
+                nsze: n.nsze,
+            })
+            .collect();
+        if nss.is_empty() {
+            return Err(format!("{}: no matching active namespace", t.subnqn));
+        }
+        let needed = nss.len() * cores.len() * cli.qpairs;
+        let needed16 = u16::try_from(needed).map_err(|_| "too many queue pairs")?;
+        let got = c
+            .connect_io_queues(needed16)
+            .map_err(|e| format!("{}: connecting I/O queues: {e}", t.subnqn))?;
+        if got < needed {
+            return Err(format!(
+                "{}: controller granted {got} I/O queues, {needed} needed",
+                t.subnqn
+            ));
+        }
+        if (c.io_depth() as usize) * cli.qpairs < cli.queue_depth {
+            return Err(format!(
+                "{}: I/O queues hold {} commands (CAP.MQES), -q {} with -P {} needs {per_qp}",
+                t.subnqn,
+                c.io_depth(),
+                cli.queue_depth,
+                cli.qpairs
+            ));
+        }
+        let mut q = 0;
+        for ns in nss {
+            for (r, core) in cores.iter().enumerate() {
+                if !quiet {
+                    println!("Associating {} with lcore {core}", ns.name);
+                }
+                jobs.push(Job {
+                    target: ti,
+                    ns: ns.clone(),
+                    reactor: r,
+                    first_queue: q,
+                });
+                q += cli.qpairs;
+            }
+        }
+        ctrls.push(c);
+    }
+    // Buffer pools sized for the jobs (one buffer per I/O in flight), not the target's defaults.
+    let bufs = (cli.queue_depth * jobs.len() + 64).max(256);
+    dma::init_iobuf(dma::IobufOptions {
+        small_size: 8 << 10,
+        small_count: if cli.io_size <= 8 << 10 { bufs } else { 64 },
+        large_size: 128 << 10,
+        large_count: if cli.io_size > 8 << 10 { bufs } else { 16 },
+    })
+    .map_err(|e| e.to_string())?;
+    let mode = if cli.interrupt_mode {
+        Mode::Interrupt
+    } else {
+        Mode::Poll
+    };
+    let reactors = ReactorSet::start(&cores, mode).map_err(|e| e.to_string())?;
+    if !quiet {
+        println!(
+            "Initialization complete. Launching workers: {} for {} s, queue depth {}, I/O size {}{}",
+            cli.workload,
+            cli.seconds,
+            cli.queue_depth,
+            cli.io_size,
+            if matches!(workload, Workload::Rw | Workload::RandRw) {
+                format!(", {}% reads", cli.read_pct)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let spec = PerfSpec {
+        queue_depth: cli.queue_depth,
+        io_size: cli.io_size,
+        workload,
+        read_pct: cli.read_pct,
+        duration: Duration::from_secs(cli.seconds),
+    };
+    let (tx, rx) = mpsc::channel();
+    for (seed, j) in jobs.iter().enumerate() {
+        let mut qps = Vec::new();
+        for i in j.first_queue..j.first_queue + cli.qpairs {
+            qps.push(
+                ctrls[j.target]
+                    .take_io_queue(i)
+                    .ok_or("I/O queue missing")?,
+            );
+        }
+        let (ns, spec, tx, core) = (j.ns.clone(), spec.clone(), tx.clone(), cores[j.reactor]);
+        reactors
+            .send(j.reactor, move || {
+                start_job(qps, ns, spec, seed as u64 + 1, core, tx)
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    drop(tx);
+    let mut results: Vec<PerfResult> = Vec::new();
+    let deadline = Instant::now() + spec.duration + Duration::from_secs(60);
+    let mut failure = None;
+    while results.len() < jobs.len() {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                failure = Some("a job ended without a result".into());
+                break;
+            }
+        }
+        // Keep-alive for every controller while the jobs run.
+        for c in &mut ctrls {
+            if let Err(e) = c.poll_admin() {
+                failure.get_or_insert(format!("admin queue of {}: {e}", c.subnqn()));
+            }
+        }
+        if Instant::now() > deadline {
+            failure = Some("jobs did not finish in time".into());
+            break;
+        }
+    }
+    reactors.stop();
+    for c in ctrls {
+        let _ = c.disconnect();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    results.sort_by(|a, b| (a.name.as_str(), a.core).cmp(&(b.name.as_str(), b.core)));
+    for r in &results {
+        if let Some(f) = &r.failure {
+            eprintln!("strata-perf: {} on core {}: {f}", r.name, r.core);
+        }
+    }
+    report(&results, cli.json);
+    Ok(results.iter().all(|r| r.errors == 0 && r.failure.is_none()))
+}
+
+fn report(results: &[PerfResult], json: bool) {
+    let Some(first) = results.first() else {
+        return;
+    };
+    let mut total_hist = first.histogram.clone();
+    for r in &results[1..] {
+        let _ = total_hist.add(&r.histogram);
+    }
+    let ios: u64 = results.iter().map(|r| r.ios).sum();
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    let secs = results
+        .iter()
+        .map(|r| r.seconds)
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    let us = |v: u64| v as f64 / 1000.0;
+    if json {
+        let jobs: Vec<_> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "device": r.name, "core": r.core, "iops": r.iops(), "mib_s": r.mib_s(),
+                    "avg_us": r.lat_avg_us, "min_us": r.lat_min_us, "max_us": r.lat_max_us,
+                    "p50_us": r.lat_p50_us, "p99_us": r.lat_p99_us, "p999_us": r.lat_p999_us,
+                    "errors": r.errors, "failure": r.failure,
+                })
+            })
+            .collect();
+        let total = serde_json::json!({
+            "iops": ios as f64 / secs, "mib_s": bytes as f64 / secs / 1048576.0,
+            "avg_us": total_hist.mean() / 1000.0,
+            "min_us": us(total_hist.min()), "max_us": us(total_hist.max()),
+            "p50_us": us(total_hist.value_at_quantile(0.5)),
+            "p99_us": us(total_hist.value_at_quantile(0.99)),
+            "p999_us": us(total_hist.value_at_quantile(0.999)),
+            "errors": errors,
+        });
+        println!("{}", serde_json::json!({ "jobs": jobs, "total": total }));
+        return;
+    }
+    let w = results
+        .iter()
+        .map(|r| r.name.len() + 15)
+        .max()
+        .unwrap_or(20)
+        .max(20);
+    let line = "=".repeat(w + 2 + 11 * 8);
+    println!("{line}");
+    println!("{:>width$}", "Latency(us)", width = w + 2 + 11 * 8 - 30);
+    println!(
+        "{:<w$}: {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "Device Information", "IOPS", "MiB/s", "Average", "min", "max", "p50", "p99", "p99.9"
+    );
+    for r in results {
+        println!(
+            "{:<w$}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            format!("{} from core {:>2}", r.name, r.core),
+            r.iops(),
+            r.mib_s(),
+            r.lat_avg_us,
+            r.lat_min_us,
+            r.lat_max_us,
+            r.lat_p50_us,
+            r.lat_p99_us,
+            r.lat_p999_us
+        );
+    }
+    println!("{line}");
+    println!(
+        "{:<w$}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+        "Total",
+        ios as f64 / secs,
+        bytes as f64 / secs / 1048576.0,
+        total_hist.mean() / 1000.0,
+        us(total_hist.min()),
+        us(total_hist.max()),
+        us(total_hist.value_at_quantile(0.5)),
+        us(total_hist.value_at_quantile(0.99)),
+        us(total_hist.value_at_quantile(0.999)),
+    );
+    if errors > 0 {
+        println!("errors: {errors}");
+    }
+}
