@@ -24,7 +24,10 @@ fn fabrics_sqe(fctype: u8) -> Sqe {
 pub fn connect(qid: u16, sqsize: u16, kato_ms: u32) -> Sqe {
     let mut s = fabrics_sqe(fabrics::FCTYPE_CONNECT);
     s.cdw10 = (qid as u32) << 16;
-    s.cdw11 = sqsize as u32;
+    // CATTR bit 2: SQ flow control disabled. The host bounds outstanding commands by its
+    // queue depth, never by SQ head pointers, and the controller may then answer a read with
+    // one C2HData PDU carrying the SUCCESS flag instead of C2HData + CapsuleResp.
+    s.cdw11 = sqsize as u32 | (0x04 << 16);
     s.cdw12 = kato_ms;
     s
 }
