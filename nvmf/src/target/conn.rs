@@ -175,6 +175,9 @@ struct State {
     in_capsule: u32,
     /// The socket returned less than asked on the last read.
     drained: bool,
+    /// Transport settings, copied at creation (the hot path takes no lock).
+    max_io_size: u32,
+    c2h_success: bool,
 }
 
 /// A queue pair. Lives on one reactor; `!Send`.
@@ -205,7 +208,8 @@ impl Connection {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
-        let depth = target.options().max_queue_depth.max(ADMIN_DEPTH) as usize;
+        let opts = target.options();
+        let depth = opts.max_queue_depth.max(ADMIN_DEPTH) as usize;
         Ok(Rc::new_cyclic(|me| Connection {
             stream,
             token,
@@ -234,6 +238,8 @@ impl Connection {
                 held_aers: Vec::new(),
                 in_capsule: 0,
                 drained: false,
+                max_io_size: opts.max_io_size,
+                c2h_success: opts.c2h_success,
             }),
             me: me.clone(),
             group,
@@ -741,14 +747,20 @@ impl Connection {
     }
 
     fn on_command(&self, sqe: Sqe, data: Option<DmaBuf>) {
-        let (qid, ctrl) = {
-            let s = self.st.borrow();
-            (s.qid, s.ctrl.clone())
-        };
         if sqe.opcode == admin::FABRICS {
             self.on_fabrics(sqe, data);
             return;
         }
+        let (qid, connected) = {
+            let s = self.st.borrow();
+            (s.qid, s.ctrl.is_some())
+        };
+        if connected && qid != Some(0) {
+            // Hot path: no reference counting, no lock.
+            self.on_io(sqe, data);
+            return;
+        }
+        let ctrl = self.st.borrow().ctrl.clone();
         let Some(ctrl) = ctrl else {
             tracing::warn!(peer = %self.peer, opcode = sqe.opcode, "command before Connect");
             self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
@@ -1016,8 +1028,7 @@ impl Connection {
     // ---- I/O commands ------------------------------------------------------------------
 
     fn channel(&self, s: &mut State, nsid: u32) -> Option<(IoChannel, u32)> {
-        let subsys = s.subsys.clone()?;
-        let gen = subsys.ns_generation.load(Ordering::Acquire);
+        let gen = s.subsys.as_ref()?.ns_generation.load(Ordering::Acquire);
         if gen != s.ns_gen {
             s.ns_cache.clear();
             s.ns_gen = gen;
@@ -1025,7 +1036,7 @@ impl Connection {
         if let Some(c) = s.ns_cache.iter().find(|c| c.nsid == nsid) {
             return Some((c.ch.clone(), c.block_size));
         }
-        let ns = subsys.namespace(nsid)?;
+        let ns = s.subsys.as_ref()?.namespace(nsid)?;
         let ch = ns.desc.channel().ok()?;
         let bs = ch.block_size();
         s.ns_cache.push(NsChannel {
@@ -1065,7 +1076,7 @@ impl Connection {
             return;
         };
         drop(s);
-        let max_io = self.target.options().max_io_size as u64;
+        let max_io = self.st.borrow().max_io_size as u64;
         let len = match sqe.opcode {
             io::READ | io::WRITE | io::VENDOR_XOR_WRITE | io::COMPARE => sqe.nlb() * bs as u64,
             io::VENDOR_CHECKSUM => 4 * sqe.nlb().div_ceil(sqe.cdw13.max(1) as u64),
@@ -1538,7 +1549,7 @@ impl IoSink for Connection {
             r.buf = bio.bufs.pop();
             r.state = ReqState::Sending;
             let (hd, dd) = s.digests.unwrap_or((false, false));
-            let success = s.sqflow_disabled && self.target.options().c2h_success;
+            let success = s.sqflow_disabled && s.c2h_success;
             let ddgst = if dd {
                 s.reqs[slot as usize]
                     .buf
