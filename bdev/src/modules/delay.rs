@@ -7,7 +7,8 @@ use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::channel::IoChannel;
 use crate::error::BdevError;
 use crate::io::{BdevIo, IoSink, IoType};
-use crate::registry::{self, BdevDesc};
+use crate::modules::base::ClaimedBase;
+use crate::registry;
 use parking_lot::Mutex;
 use serde_json::json;
 use std::cell::{Cell, RefCell};
@@ -51,11 +52,7 @@ pub struct DelayOptions {
 pub struct DelayBdev {
     name: String,
     uuid: Uuid,
-    base_name: String,
-    block_size: u32,
-    num_blocks: u64,
-    supported: [bool; IoType::COUNT],
-    base: Mutex<Option<BdevDesc>>,
+    base: ClaimedBase,
     latencies_us: [AtomicU64; 4],
 }
 
@@ -71,24 +68,10 @@ pub fn create(opts: DelayOptions) -> Result<Arc<DelayBdev>, BdevError> {
             "p99 latency must not be below the average latency".into(),
         ));
     }
-    let me = opts.name.clone();
-    let desc = registry::open(&opts.base_bdev_name, move |_| {
-        let _ = registry::unregister(&me);
-    })?;
-    desc.claim(&opts.name)?;
-    let base = desc.bdev().clone();
-    let mut supported = [false; IoType::COUNT];
-    for t in IoType::ALL {
-        supported[t as usize] = base.supports(t);
-    }
     let b = Arc::new(DelayBdev {
+        base: ClaimedBase::open(&opts.base_bdev_name, &opts.name)?,
         name: opts.name,
         uuid: opts.uuid.unwrap_or_else(Uuid::new_v4),
-        base_name: opts.base_bdev_name,
-        block_size: base.block_size(),
-        num_blocks: base.num_blocks(),
-        supported,
-        base: Mutex::new(Some(desc)),
         latencies_us: opts.latencies_us.map(AtomicU64::new),
     });
     registry::register(b.clone())?;
@@ -138,21 +121,16 @@ impl Bdev for DelayBdev {
         self.uuid
     }
     fn block_size(&self) -> u32 {
-        self.block_size
+        self.base.block_size
     }
     fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.base.num_blocks
     }
     fn supports(&self, t: IoType) -> bool {
-        self.supported[t as usize]
+        self.base.supports(t)
     }
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
-        let base = {
-            let d = self.base.lock();
-            d.as_ref()
-                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
-                .channel()?
-        };
+        let base = self.base.channel()?;
         Ok(Rc::new_cyclic(|me: &Weak<DelayChannel>| DelayChannel {
             bdev: self,
             base,
@@ -165,7 +143,7 @@ impl Bdev for DelayBdev {
     fn driver_specific(&self) -> serde_json::Value {
         let l = |i: usize| self.latencies_us[i].load(Ordering::Relaxed);
         json!({ "delay": {
-            "base_bdev_name": self.base_name,
+            "base_bdev_name": self.base.name,
             "avg_read_latency": l(0), "p99_read_latency": l(1),
             "avg_write_latency": l(2), "p99_write_latency": l(3),
         }})
@@ -176,7 +154,7 @@ impl Bdev for DelayBdev {
             method: "bdev_delay_create",
             params: json!({
                 "name": self.name,
-                "base_bdev_name": self.base_name,
+                "base_bdev_name": self.base.name,
                 "avg_read_latency": l(0), "p99_read_latency": l(1),
                 "avg_write_latency": l(2), "p99_write_latency": l(3),
                 "uuid": self.uuid.to_string(),
@@ -184,7 +162,7 @@ impl Bdev for DelayBdev {
         })
     }
     fn on_unregister(&self) {
-        self.base.lock().take();
+        self.base.release();
         DELAY_BDEVS.lock().retain(|b| b.name != self.name);
     }
 }

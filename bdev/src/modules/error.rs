@@ -8,7 +8,8 @@ use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::channel::IoChannel;
 use crate::error::BdevError;
 use crate::io::{BdevIo, IoSink, IoStatus, IoType};
-use crate::registry::{self, BdevDesc};
+use crate::modules::base::ClaimedBase;
+use crate::registry;
 use parking_lot::Mutex;
 use serde_json::json;
 use std::cell::RefCell;
@@ -68,11 +69,7 @@ struct Injection {
 pub struct ErrorBdev {
     name: String,
     uuid: Uuid,
-    base_name: String,
-    block_size: u32,
-    num_blocks: u64,
-    supported: [bool; IoType::COUNT],
-    base: Mutex<Option<BdevDesc>>,
+    base: ClaimedBase,
     injections: Mutex<[Option<Injection>; IoType::COUNT]>,
     /// Number of armed injections: the fast path reads only this.
     armed: AtomicU64,
@@ -86,25 +83,10 @@ pub fn create(base_name: &str, uuid: Option<Uuid>) -> Result<Arc<ErrorBdev>, Bde
     if registry::get(&name).is_some() {
         return Err(BdevError::Exists(name));
     }
-    let ee = name.clone();
-    let desc = registry::open(base_name, move |_| {
-        // The base went away: so do we.
-        let _ = registry::unregister(&ee);
-    })?;
-    desc.claim(&name)?;
-    let base = desc.bdev().clone();
-    let mut supported = [false; IoType::COUNT];
-    for t in IoType::ALL {
-        supported[t as usize] = base.supports(t);
-    }
     let b = Arc::new(ErrorBdev {
+        base: ClaimedBase::open(base_name, &name)?,
         name,
         uuid: uuid.unwrap_or_else(Uuid::new_v4),
-        base_name: base_name.to_string(),
-        block_size: base.block_size(),
-        num_blocks: base.num_blocks(),
-        supported,
-        base: Mutex::new(Some(desc)),
         injections: Mutex::new([None; IoType::COUNT]),
         armed: AtomicU64::new(0),
         clear_gen: AtomicU64::new(0),
@@ -199,21 +181,16 @@ impl Bdev for ErrorBdev {
         self.uuid
     }
     fn block_size(&self) -> u32 {
-        self.block_size
+        self.base.block_size
     }
     fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.base.num_blocks
     }
     fn supports(&self, t: IoType) -> bool {
-        self.supported[t as usize]
+        self.base.supports(t)
     }
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
-        let base = {
-            let d = self.base.lock();
-            d.as_ref()
-                .ok_or_else(|| BdevError::NotFound(self.base_name.clone()))?
-                .channel()?
-        };
+        let base = self.base.channel()?;
         let gen = self.clear_gen.load(Ordering::Acquire);
         Ok(Rc::new_cyclic(|me: &std::rc::Weak<ErrorChannel>| {
             ErrorChannel {
@@ -226,16 +203,16 @@ impl Bdev for ErrorBdev {
         }))
     }
     fn driver_specific(&self) -> serde_json::Value {
-        json!({ "error": { "base_bdev": self.base_name } })
+        json!({ "error": { "base_bdev": self.base.name } })
     }
     fn config(&self) -> Option<ConfigEntry> {
         Some(ConfigEntry {
             method: "bdev_error_create",
-            params: json!({ "base_name": self.base_name, "uuid": self.uuid.to_string() }),
+            params: json!({ "base_name": self.base.name, "uuid": self.uuid.to_string() }),
         })
     }
     fn on_unregister(&self) {
-        self.base.lock().take();
+        self.base.release();
         ERROR_BDEVS.lock().retain(|b| b.name != self.name);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Base bdevs: [`malloc`] (RAM), [`null`] (discards), [`uring`] (files and block devices
 //! through io_uring; also serves SPDK's `aio`). Virtual bdevs for fault injection:
-//! [`error`] and [`delay`].
+//! [`error`] and [`delay`], built on [`base::ClaimedBase`] (an opened, claimed base bdev).
 
+pub mod base;
 pub mod delay;
 pub mod error;
 pub mod malloc;

@@ -1,0 +1,66 @@
+//! `ClaimedBase`: a base bdev that a virtual bdev has opened and claimed — the plumbing every
+//! virtual bdev (error, delay, and later RAID members and mirror legs) shares: open + claim,
+//! unregister the owner when the base goes away, per-reactor channels, release on delete.
+
+use crate::channel::IoChannel;
+use crate::error::BdevError;
+use crate::io::IoType;
+use crate::registry::{self, BdevDesc};
+use parking_lot::Mutex;
+
+pub struct ClaimedBase {
+    pub name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    supported: [bool; IoType::COUNT],
+    desc: Mutex<Option<BdevDesc>>,
+}
+
+impl std::fmt::Debug for ClaimedBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedBase")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ClaimedBase {
+    /// Opens and claims `base` for the virtual bdev `owner`. If the base is removed later,
+    /// `owner` is unregistered too (hot-remove cascades up the stack).
+    pub fn open(base: &str, owner: &str) -> Result<Self, BdevError> {
+        let o = owner.to_string();
+        let desc = registry::open(base, move |_| {
+            let _ = registry::unregister(&o);
+        })?;
+        desc.claim(owner)?;
+        let b = desc.bdev().clone();
+        let mut supported = [false; IoType::COUNT];
+        for t in IoType::ALL {
+            supported[t as usize] = b.supports(t);
+        }
+        Ok(ClaimedBase {
+            name: base.to_string(),
+            block_size: b.block_size(),
+            num_blocks: b.num_blocks(),
+            supported,
+            desc: Mutex::new(Some(desc)),
+        })
+    }
+
+    pub fn supports(&self, t: IoType) -> bool {
+        self.supported[t as usize]
+    }
+
+    /// This reactor's channel to the base.
+    pub fn channel(&self) -> Result<IoChannel, BdevError> {
+        let d = self.desc.lock();
+        d.as_ref()
+            .ok_or_else(|| BdevError::NotFound(self.name.clone()))?
+            .channel()
+    }
+
+    /// Closes the descriptor and releases the claim (the owner is being unregistered).
+    pub fn release(&self) {
+        self.desc.lock().take();
+    }
+}
