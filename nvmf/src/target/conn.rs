@@ -34,7 +34,9 @@ const STAGING: usize = 64 << 10;
 const DIRECT_READ_MIN: usize = 4096;
 /// In-capsule data the admin queue accepts (the transport spec's minimum).
 const ADMIN_IN_CAPSULE: u32 = 8192;
-const MAX_TX_IOV: usize = 64;
+/// iovecs per writev: a batch of 4 KiB read responses is 3 each (header, data, response),
+/// so QD-sized batches go out in one call (Linux allows 1024).
+const MAX_TX_IOV: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
