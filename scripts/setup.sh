@@ -15,6 +15,11 @@ done
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# ISA-L (XOR, P+Q, CRC32C, GF(2^8) kernels), linked by isal/build.rs through pkg-config.
+if ! { command -v pkg-config >/dev/null && pkg-config --exists libisal; } &&
+   ! dpkg -s libisal-dev >/dev/null 2>&1; then
+  need+=(libisal-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
