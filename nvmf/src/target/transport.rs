@@ -218,6 +218,10 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
     let next = Arc::new(AtomicUsize::new(0));
     f.send(0, move || {
         let fd = l.as_raw_fd();
+        // In poll mode every poller runs every turn; new connections are rare, so try
+        // accept() at most once a millisecond instead of a failing syscall per turn.
+        let min_gap = strata_reactor::clock::duration_to_ticks(Duration::from_millis(1));
+        let mut last = 0u64;
         let h = strata_reactor::register_fd_poller(
             &format!("nvmf_tcp_accept_{bound}"),
             fd,
@@ -225,6 +229,11 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
                 if st.load(Ordering::Acquire) {
                     return false;
                 }
+                let now = strata_reactor::clock::ticks();
+                if now.saturating_sub(last) < min_gap {
+                    return false;
+                }
+                last = now;
                 let mut did = false;
                 loop {
                     match l.accept() {
