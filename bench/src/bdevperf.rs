@@ -153,7 +153,7 @@ impl IoSink for Job {
             self.lat_ticks_sum.set(self.lat_ticks_sum.get() + ticks);
             // Percentiles from every 8th I/O: millions of samples either way, and an HDR
             // record per I/O is a tenth of the cost of a null-bdev I/O.
-            if n % HIST_SAMPLE == 0 {
+            if n.is_multiple_of(HIST_SAMPLE) {
                 let ns = (ticks as f64 * self.ns_per_tick) as u64;
                 let _ = self.hist.borrow_mut().record(ns.max(1));
             }
