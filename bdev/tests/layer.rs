@@ -5,26 +5,13 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use strata_bdev::modules::{delay, error, malloc};
 use strata_bdev::wait::{checksums, no_data, read_vec, write_slice, xor_write_slice};
 use strata_bdev::{kernels, registry, BdevIo, IoStatus, IoType};
-use strata_reactor::{Mode, ReactorSet};
 
-fn reactors() -> &'static ReactorSet {
-    static SET: OnceLock<ReactorSet> = OnceLock::new();
-    SET.get_or_init(|| ReactorSet::start(&[0], Mode::Interrupt).unwrap())
-}
-
-fn on_reactor<F, Fut, R>(f: F) -> R
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-    R: Send + 'static,
-{
-    reactors().block_on(0, f).unwrap()
-}
+mod common;
+use common::on_reactor;
 
 fn mk_malloc(name: &str, blocks: u64, bs: u32) {
     malloc::create(malloc::MallocOptions {

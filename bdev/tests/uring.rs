@@ -10,25 +10,14 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use strata_bdev::modules::uring::{self, UringBdev, UringOptions};
 use strata_bdev::wait::{checksums, no_data, read_vec, write_slice, xor_write_slice};
 use strata_bdev::{kernels, registry, Bdev, BdevError, BdevIo, FnSink, IoStatus, IoType};
 use strata_reactor::{Mode, ReactorSet};
 
-fn reactors() -> &'static ReactorSet {
-    static SET: OnceLock<ReactorSet> = OnceLock::new();
-    SET.get_or_init(|| ReactorSet::start(&[0], Mode::Interrupt).unwrap())
-}
-
-fn on_reactor<F, Fut, R>(f: F) -> R
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-    R: Send + 'static,
-{
-    reactors().block_on(0, f).unwrap()
-}
+mod common;
+use common::on_reactor;
 
 /// A temporary file of `len` bytes filled with `fill`.
 fn temp_file(len: usize, fill: u8) -> tempfile::NamedTempFile {

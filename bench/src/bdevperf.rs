@@ -174,25 +174,28 @@ impl IoSink for Job {
     }
 }
 
+/// Blocks per I/O of `io_size` on a device of `block_size`, or why that size cannot be used
+/// (shared by strata-bdevperf and strata-perf).
+pub fn blocks_per_io(io_size: usize, block_size: usize, device: &str) -> Result<u64, String> {
+    if io_size == 0 || block_size == 0 || !io_size.is_multiple_of(block_size) {
+        return Err(format!(
+            "I/O size {io_size} is not a multiple of {device}'s block size {block_size}"
+        ));
+    }
+    if io_size > dma::max_buf_size() {
+        return Err(format!(
+            "I/O size {io_size} exceeds the largest buffer ({})",
+            dma::max_buf_size()
+        ));
+    }
+    Ok((io_size / block_size) as u64)
+}
+
 /// Runs one job on the current reactor.
 pub async fn run_job(spec: JobSpec) -> Result<JobResult, String> {
     let desc = registry::open(&spec.bdev, |_| {}).map_err(|e| e.to_string())?;
     let ch = desc.channel().map_err(|e| e.to_string())?;
-    let bs = ch.block_size() as usize;
-    if spec.io_size == 0 || !spec.io_size.is_multiple_of(bs) {
-        return Err(format!(
-            "I/O size {} is not a multiple of {}'s block size {bs}",
-            spec.io_size, spec.bdev
-        ));
-    }
-    if spec.io_size > dma::max_buf_size() {
-        return Err(format!(
-            "I/O size {} exceeds the largest buffer ({})",
-            spec.io_size,
-            dma::max_buf_size()
-        ));
-    }
-    let blocks_per_io = (spec.io_size / bs) as u64;
+    let blocks_per_io = blocks_per_io(spec.io_size, ch.block_size() as usize, &spec.bdev)?;
     let span_ios = ch.num_blocks() / blocks_per_io;
     if span_ios == 0 {
         return Err(format!("{} is smaller than one I/O", spec.bdev));

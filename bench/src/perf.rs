@@ -322,20 +322,7 @@ fn try_start_job(
     if qps.is_empty() {
         return Err("no queue pairs".into());
     }
-    if spec.io_size == 0 || !spec.io_size.is_multiple_of(bs) {
-        return Err(format!(
-            "I/O size {} is not a multiple of {}'s block size {bs}",
-            spec.io_size, ns.name
-        ));
-    }
-    if spec.io_size > dma::max_buf_size() {
-        return Err(format!(
-            "I/O size {} exceeds the largest buffer ({})",
-            spec.io_size,
-            dma::max_buf_size()
-        ));
-    }
-    let blocks_per_io = (spec.io_size / bs) as u32;
+    let blocks_per_io = crate::bdevperf::blocks_per_io(spec.io_size, bs, &ns.name)? as u32;
     let span_ios = ns.nsze / blocks_per_io as u64;
     if span_ios == 0 {
         return Err(format!("{} is smaller than one I/O", ns.name));

@@ -22,6 +22,9 @@ use crate::spec::fabrics::{self, prop, CSTS_CFS, CSTS_RDY};
 use crate::spec::identify::{IdentifyController, IdentifyNamespace};
 use crate::spec::Sqe;
 
+/// A block-data command: its builder `(nsid, lba, nlb) -> Sqe` and its data direction.
+type BlockOp = (fn(u32, u64, u32) -> Sqe, fn(IoBuf) -> DataDir);
+
 /// Cookie of the controller's own Keep Alive commands.
 const KA_COOKIE: u64 = u64::MAX - 1;
 /// In-capsule data limit of the admin queue (NVMe/TCP: 8 KiB).
@@ -413,6 +416,21 @@ impl Controller {
         Ok((len / bs) as u32)
     }
 
+    /// Submits a block-data command over `buf`: `op` is the command builder
+    /// (`make(nsid, lba, nlb)`) and the data direction (`DataDir::ToController` / `FromController`).
+    fn submit_blocks(
+        &mut self,
+        q: usize,
+        nsid: u32,
+        lba: u64,
+        buf: IoBuf,
+        cookie: u64,
+        op: BlockOp,
+    ) -> Result<u16, HostError> {
+        let nlb = self.blocks(nsid, buf.len())?;
+        self.submit_io(q, (op.0)(nsid, lba, nlb), (op.1)(buf), cookie)
+    }
+
     /// Reads `buf.len()` bytes at `lba` into `buf`.
     pub fn read(
         &mut self,
@@ -422,12 +440,13 @@ impl Controller {
         buf: IoBuf,
         cookie: u64,
     ) -> Result<u16, HostError> {
-        let nlb = self.blocks(nsid, buf.len())?;
-        self.submit_io(
+        self.submit_blocks(
             q,
-            cmd::read(nsid, lba, nlb),
-            DataDir::FromController(buf),
+            nsid,
+            lba,
+            buf,
             cookie,
+            (cmd::read, DataDir::FromController),
         )
     }
 
@@ -439,12 +458,13 @@ impl Controller {
         buf: IoBuf,
         cookie: u64,
     ) -> Result<u16, HostError> {
-        let nlb = self.blocks(nsid, buf.len())?;
-        self.submit_io(
+        self.submit_blocks(
             q,
-            cmd::write(nsid, lba, nlb),
-            DataDir::ToController(buf),
+            nsid,
+            lba,
+            buf,
             cookie,
+            (cmd::write, DataDir::ToController),
         )
     }
 
@@ -456,12 +476,13 @@ impl Controller {
         buf: IoBuf,
         cookie: u64,
     ) -> Result<u16, HostError> {
-        let nlb = self.blocks(nsid, buf.len())?;
-        self.submit_io(
+        self.submit_blocks(
             q,
-            cmd::compare(nsid, lba, nlb),
-            DataDir::ToController(buf),
+            nsid,
+            lba,
+            buf,
             cookie,
+            (cmd::compare, DataDir::ToController),
         )
     }
 
@@ -474,12 +495,13 @@ impl Controller {
         buf: IoBuf,
         cookie: u64,
     ) -> Result<u16, HostError> {
-        let nlb = self.blocks(nsid, buf.len())?;
-        self.submit_io(
+        self.submit_blocks(
             q,
-            cmd::xor_write(nsid, lba, nlb),
-            DataDir::ToController(buf),
+            nsid,
+            lba,
+            buf,
             cookie,
+            (cmd::xor_write, DataDir::ToController),
         )
     }
 
