@@ -403,7 +403,8 @@ pub fn max_buf_size() -> usize {
 pub fn alloc(len: usize) -> Option<DmaBuf> {
     let b = iobuf()?;
     if len <= b.small.buf_size {
-        b.small.alloc(len)
+        // A small request may use a large buffer rather than fail while large ones are free.
+        b.small.alloc(len).or_else(|| b.large.alloc(len))
     } else {
         b.large.alloc(len)
     }

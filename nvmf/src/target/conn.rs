@@ -56,17 +56,23 @@ enum Sink {
     Term(Vec<u8>),
 }
 
-// Rx lives inside the connection state, moved only between PDUs: its size does not matter.
+/// A PDU whose header is in and whose payload is still arriving.
+struct DataRx {
+    hdr: [u8; 132],
+    layout: PduLayout,
+    /// Padding bytes between header and data still to skip.
+    pad: usize,
+    sink: Sink,
+    /// Payload bytes received so far.
+    got: usize,
+}
+
+// Stored in place in the connection state (no allocation per PDU), so the size gap between
+// the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Rx {
     Header,
-    Data {
-        hdr: [u8; 132],
-        layout: PduLayout,
-        pad: usize,
-        sink: Sink,
-        got: usize,
-    },
+    Data(DataRx),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +183,8 @@ struct State {
     in_capsule: u32,
     /// The socket returned less than asked on the last read.
     drained: bool,
+    /// Receive paused: a payload waits for a DMA buffer (retried by `tick`).
+    stalled: bool,
     /// Transport settings, copied at creation (the hot path takes no lock).
     max_io_size: u32,
     c2h_success: bool,
@@ -240,6 +248,7 @@ impl Connection {
                 held_aers: Vec::new(),
                 in_capsule: 0,
                 drained: false,
+                stalled: false,
                 max_io_size: opts.max_io_size,
                 c2h_success: opts.c2h_success,
             }),
@@ -316,6 +325,10 @@ impl Connection {
             }
         }
         self.retry_need_buffer();
+        let stalled = std::mem::take(&mut self.st.borrow_mut().stalled);
+        if stalled {
+            self.on_event(true, false);
+        }
         self.flush();
     }
 
@@ -438,44 +451,49 @@ impl Connection {
                         self.dispatch(&hdr, layout, None)?;
                         continue;
                     }
-                    let sink = self.data_sink(&mut s, &hdr, &layout)?;
+                    let Some(sink) = self.data_sink(&mut s, &hdr, &layout)? else {
+                        // No DMA buffer for the payload right now: leave the PDU unparsed
+                        // (backpressure) and retry from the periodic tick.
+                        s.sp -= hb;
+                        s.stalled = true;
+                        return Ok(());
+                    };
                     let pad = layout.data_off - hb;
-                    s.rx = Rx::Data {
+                    s.rx = Rx::Data(DataRx {
                         hdr,
                         layout,
                         pad,
                         sink,
                         got: 0,
-                    };
+                    });
                 }
-                Rx::Data {
-                    hdr,
-                    layout,
-                    mut pad,
-                    mut sink,
-                    mut got,
-                } => {
+                Rx::Data(mut d) => {
                     // Skip padding between header and data.
-                    let skip = pad.min(avail);
+                    let skip = d.pad.min(avail);
                     s.sp += skip;
-                    pad -= skip;
-                    let want = layout.data_len - got;
+                    d.pad -= skip;
+                    let want = d.layout.data_len - d.got;
                     let avail = s.se - s.sp;
-                    if pad == 0 && want > 0 && avail > 0 {
+                    if d.pad == 0 && want > 0 && avail > 0 {
                         let n = want.min(avail);
                         let sp = s.sp;
                         let state: &mut State = &mut s;
-                        sink_write(&mut sink, &mut state.reqs, got, &state.staging[sp..sp + n]);
+                        sink_write(
+                            &mut d.sink,
+                            &mut state.reqs,
+                            d.got,
+                            &state.staging[sp..sp + n],
+                        );
                         s.sp += n;
-                        got += n;
+                        d.got += n;
                     }
-                    let want = layout.data_len - got;
-                    if pad > 0 || want > 0 {
-                        if pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp && !s.drained {
+                    let want = d.layout.data_len - d.got;
+                    if d.pad > 0 || want > 0 {
+                        if d.pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp && !s.drained {
                             // Straight into the data buffer.
                             let r = {
                                 let state: &mut State = &mut s;
-                                match sink_slice(&mut sink, &mut state.reqs, got, want) {
+                                match sink_slice(&mut d.sink, &mut state.reqs, d.got, want) {
                                     Some(dst) => (&self.stream).read(dst),
                                     None => Ok(0),
                                 }
@@ -483,52 +501,28 @@ impl Connection {
                             match r {
                                 Ok(0) => return Err(Fatal::Closed),
                                 Ok(n) => {
-                                    got += n;
+                                    d.got += n;
                                     s.drained = n < want;
                                 }
                                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                    s.rx = Rx::Data {
-                                        hdr,
-                                        layout,
-                                        pad,
-                                        sink,
-                                        got,
-                                    };
+                                    s.rx = Rx::Data(d);
                                     return Ok(());
                                 }
                                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                                 Err(_) => return Err(Fatal::Closed),
                             }
-                            s.rx = Rx::Data {
-                                hdr,
-                                layout,
-                                pad,
-                                sink,
-                                got,
-                            };
+                            s.rx = Rx::Data(d);
                             continue;
                         }
-                        s.rx = Rx::Data {
-                            hdr,
-                            layout,
-                            pad,
-                            sink,
-                            got,
-                        };
+                        s.rx = Rx::Data(d);
                         if !self.fill(&mut s)? {
                             return Ok(());
                         }
                         continue;
                     }
-                    if layout.ddgst {
+                    if d.layout.ddgst {
                         if s.se - s.sp < 4 {
-                            s.rx = Rx::Data {
-                                hdr,
-                                layout,
-                                pad,
-                                sink,
-                                got,
-                            };
+                            s.rx = Rx::Data(d);
                             if !self.fill(&mut s)? {
                                 return Ok(());
                             }
@@ -542,15 +536,21 @@ impl Connection {
                             s.staging[sp + 3],
                         ]);
                         s.sp += 4;
-                        let have = sink_digest(&sink, &s.reqs, layout.data_len);
+                        let have = sink_digest(&d.sink, &s.reqs, d.layout.data_len);
                         if have != want {
                             // A data digest error fails the command, not the connection.
                             drop(s);
+                            let DataRx {
+                                hdr, layout, sink, ..
+                            } = d;
                             self.data_digest_error(&hdr, layout, sink);
                             continue;
                         }
                     }
                     drop(s);
+                    let DataRx {
+                        hdr, layout, sink, ..
+                    } = d;
                     self.dispatch(&hdr, layout, Some(sink))?;
                 }
             }
@@ -572,23 +572,15 @@ impl Connection {
     }
 
     /// Decides where a PDU's payload goes (before it arrives).
-    fn data_sink(&self, s: &mut State, hdr: &[u8; 132], layout: &PduLayout) -> Result<Sink, Fatal> {
+    /// Decided before the payload arrives; `None`: no DMA buffer free right now.
+    fn data_sink(
+        &self,
+        s: &mut State,
+        hdr: &[u8; 132],
+        layout: &PduLayout,
+    ) -> Result<Option<Sink>, Fatal> {
         match layout.pdu_type {
-            pdu_type::CAPSULE_CMD => match dma::alloc(layout.data_len) {
-                Some(b) => Ok(Sink::Capsule(b)),
-                None => {
-                    // Out of buffers for in-capsule data: take it into heap memory rather than
-                    // stall the connection; rare and bounded by the in-capsule size.
-                    tracing::warn!("no DMA buffer for in-capsule data");
-                    Err(Fatal::Pdu(
-                        PduError {
-                            fes: fes::DATA_LIMIT_EXCEEDED,
-                            fei: 4,
-                        },
-                        hdr[..layout.hlen].to_vec(),
-                    ))
-                }
-            },
+            pdu_type::CAPSULE_CMD => Ok(dma::alloc(layout.data_len).map(Sink::Capsule)),
             pdu_type::H2C_DATA => {
                 let d = DataHdr::read_from_bytes(&hdr[..24]).map_err(|_| Fatal::Closed)?;
                 let bad = |fei: u32| {
@@ -623,12 +615,12 @@ impl Connection {
                 if r.h2c_got + d.datal > r.r2t_len {
                     return Err(bad(16));
                 }
-                Ok(Sink::H2c {
+                Ok(Some(Sink::H2c {
                     slot: slot as u16,
                     off: d.datao as usize,
-                })
+                }))
             }
-            _ => Ok(Sink::Term(vec![0; layout.data_len])),
+            _ => Ok(Some(Sink::Term(vec![0; layout.data_len]))),
         }
     }
 
