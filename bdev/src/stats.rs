@@ -2,15 +2,9 @@
 //! own slot (plain load + store, no locked instruction); readers sum the slots.
 
 use crate::io::IoType;
-use crossbeam_utils_shim::CachePadded;
+// Each reactor's slot on its own cache line(s), so reactors never share one.
+use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-mod crossbeam_utils_shim {
-    /// Pads to a cache line so reactors' slots do not share one.
-    #[repr(align(128))]
-    #[derive(Default)]
-    pub struct CachePadded<T>(pub T);
-}
 
 const MAX_REACTORS: usize = 128;
 
@@ -84,7 +78,7 @@ impl StatSlot {
 impl IoStats {
     #[inline]
     fn slot_at(&self, at: StatSlot) -> (&Slot, bool) {
-        (&self.slots[at.0].0, at.0 < MAX_REACTORS)
+        (&*self.slots[at.0], at.0 < MAX_REACTORS)
     }
 
     #[inline]
@@ -129,7 +123,7 @@ impl IoStats {
         let mut out = IoStatsSnapshot::default();
         let (mut sub, mut comp) = (0u64, 0u64);
         for s in self.slots.iter() {
-            let s = &s.0;
+            let s: &Slot = s;
             for (i, c) in s.by_type.iter().enumerate() {
                 out.by_type[i].ops += c.ops.load(Ordering::Relaxed);
                 out.by_type[i].bytes += c.bytes.load(Ordering::Relaxed);

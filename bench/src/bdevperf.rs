@@ -47,6 +47,37 @@ impl Workload {
     }
 }
 
+/// The load options both load generators share (SPDK's letters: -q -o -w -M).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Queue depth per job (one job per bdev or namespace, per core).
+    #[arg(short = 'q', default_value_t = 32)]
+    pub queue_depth: usize,
+    /// I/O size in bytes.
+    #[arg(short = 'o', default_value_t = 4096)]
+    pub io_size: usize,
+    /// read, write, randread, randwrite, rw, randrw.
+    #[arg(short = 'w', default_value = "randread")]
+    pub workload: String,
+    /// Read percentage for rw/randrw.
+    #[arg(short = 'M', default_value_t = 50)]
+    pub read_pct: u32,
+}
+
+impl LoadArgs {
+    /// The workload, once the options are checked.
+    pub fn checked_workload(&self) -> Result<Workload, String> {
+        if self.read_pct > 100 {
+            return Err("-M must be 0..100".into());
+        }
+        if self.queue_depth == 0 {
+            return Err("-q must be at least 1".into());
+        }
+        Workload::from_name(&self.workload)
+            .ok_or_else(|| format!("unknown workload '{}'", self.workload))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub bdev: String,

@@ -8,7 +8,7 @@ use crate::ReactorError;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,12 +43,8 @@ pub struct ReactorSet {
 #[derive(Debug)]
 struct SetInner {
     shared: Vec<Arc<ReactorShared>>,
-    threads: parking::Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     mode: Mode,
-}
-
-mod parking {
-    pub type Mutex<T> = std::sync::Mutex<T>;
 }
 
 static GLOBAL: OnceLock<ReactorSet> = OnceLock::new();
@@ -113,7 +109,7 @@ impl ReactorSet {
         Ok(Self {
             inner: Arc::new(SetInner {
                 shared,
-                threads: parking::Mutex::new(threads),
+                threads: Mutex::new(threads),
                 mode,
             }),
         })
@@ -237,7 +233,7 @@ impl ReactorSet {
     pub fn stop(&self) {
         for s in &self.inner.shared {
             s.stop.store(true, Ordering::Release);
-            s.wake_now();
+            s.notify();
         }
         let threads: Vec<_> = match self.inner.threads.lock() {
             Ok(mut t) => t.drain(..).collect(),
@@ -246,11 +242,5 @@ impl ReactorSet {
         for t in threads {
             let _ = t.join();
         }
-    }
-}
-
-impl ReactorShared {
-    fn wake_now(&self) {
-        self.notify();
     }
 }

@@ -12,7 +12,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
 use strata_bdev::registry;
-use strata_bench::bdevperf::{run_job, JobResult, JobSpec, Workload};
+use strata_bench::bdevperf::{run_job, JobResult, JobSpec, LoadArgs};
 use strata_reactor::{dma, Mode, ReactorSet};
 use strata_target::rpc::{AppContext, MethodTable};
 
@@ -26,18 +26,8 @@ struct Cli {
     /// SPDK-format JSON config that creates the bdevs.
     #[arg(short = 'c', long = "json")]
     json: PathBuf,
-    /// Queue depth per job.
-    #[arg(short = 'q', default_value_t = 32)]
-    queue_depth: usize,
-    /// I/O size in bytes.
-    #[arg(short = 'o', default_value_t = 4096)]
-    io_size: usize,
-    /// read, write, randread, randwrite, rw, randrw.
-    #[arg(short = 'w', default_value = "randread")]
-    workload: String,
-    /// Read percentage for rw/randrw.
-    #[arg(short = 'M', default_value_t = 50)]
-    read_pct: u32,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds to run.
     #[arg(short = 't', default_value_t = 5)]
     seconds: u64,
@@ -66,11 +56,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let workload = Workload::from_name(&cli.workload)
-        .ok_or_else(|| format!("unknown workload '{}'", cli.workload))?;
-    if cli.read_pct > 100 {
-        return Err("-M must be 0..100".into());
-    }
+    let workload = cli.load.checked_workload()?;
     let cores = strata_reactor::parse_core_mask(&cli.cpumask).map_err(|e| e.to_string())?;
     dma::init_iobuf(dma::IobufOptions::default()).map_err(|e| e.to_string())?;
     let mode = if cli.interrupt_mode {
@@ -100,10 +86,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     println!(
         "Running {} for {} s: queue depth {}, I/O size {}, cores {:?}, {} mode",
-        cli.workload,
+        cli.load.workload,
         cli.seconds,
-        cli.queue_depth,
-        cli.io_size,
+        cli.load.queue_depth,
+        cli.load.io_size,
         cores,
         if cli.interrupt_mode {
             "interrupt"
@@ -117,10 +103,10 @@ fn run(cli: Cli) -> Result<(), String> {
         for r in 0..reactors.len() {
             let spec = JobSpec {
                 bdev: b.clone(),
-                queue_depth: cli.queue_depth,
-                io_size: cli.io_size,
+                queue_depth: cli.load.queue_depth,
+                io_size: cli.load.io_size,
                 workload,
-                read_pct: cli.read_pct,
+                read_pct: cli.load.read_pct,
                 duration: Duration::from_secs(cli.seconds),
                 seed,
             };

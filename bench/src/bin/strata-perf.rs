@@ -16,7 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use strata_bench::perf::{start_job, NsTarget, PerfResult, PerfSpec, TargetSpec, Workload};
+use strata_bench::bdevperf::{LoadArgs, Workload};
+use strata_bench::perf::{start_job, NsTarget, PerfResult, PerfSpec, TargetSpec};
 use strata_nvmf::host::{Controller, ControllerOptions};
 use strata_reactor::{dma, Mode, ReactorSet};
 
@@ -27,18 +28,8 @@ use strata_reactor::{dma, Mode, ReactorSet};
     about = "NVMe/TCP load generator (like SPDK's spdk_nvme_perf)"
 )]
 struct Cli {
-    /// Queue depth per namespace per core.
-    #[arg(short = 'q', default_value_t = 32)]
-    queue_depth: usize,
-    /// I/O size in bytes.
-    #[arg(short = 'o', default_value_t = 4096)]
-    io_size: usize,
-    /// read, write, randread, randwrite, rw, randrw.
-    #[arg(short = 'w', default_value = "randread")]
-    workload: String,
-    /// Read percentage for rw/randrw.
-    #[arg(short = 'M', default_value_t = 50)]
-    read_pct: u32,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds to run.
     #[arg(short = 't', default_value_t = 10)]
     seconds: u64,
@@ -88,12 +79,8 @@ struct Job {
 
 /// Runs the benchmark; Ok(false) when I/O errors occurred.
 fn run(cli: Cli) -> Result<bool, String> {
-    let workload = Workload::from_name(&cli.workload)
-        .ok_or_else(|| format!("unknown workload '{}'", cli.workload))?;
-    if cli.read_pct > 100 {
-        return Err("-M must be 0..100".into());
-    }
-    if cli.qpairs == 0 || cli.queue_depth == 0 {
+    let workload = cli.load.checked_workload()?;
+    if cli.qpairs == 0 || cli.load.queue_depth == 0 {
         return Err("-q and -P must be at least 1".into());
     }
     let targets: Vec<TargetSpec> = cli
@@ -102,7 +89,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         .map(|s| TargetSpec::parse(s).map_err(|e| format!("-r '{s}': {e}")))
         .collect::<Result<_, _>>()?;
     let cores = strata_reactor::parse_core_mask(&cli.cpumask).map_err(|e| e.to_string())?;
-    let per_qp = cli.queue_depth.div_ceil(cli.qpairs);
+    let per_qp = cli.load.queue_depth.div_ceil(cli.qpairs);
     let per_qp = u16::try_from(per_qp).map_err(|_| "queue depth too large")?;
     let quiet = cli.json;
     if !quiet {
@@ -156,12 +143,12 @@ fn run(cli: Cli) -> Result<bool, String> {
                 t.subnqn
             ));
         }
-        if (c.io_depth() as usize) * cli.qpairs < cli.queue_depth {
+        if (c.io_depth() as usize) * cli.qpairs < cli.load.queue_depth {
             return Err(format!(
                 "{}: I/O queues hold {} commands (CAP.MQES), -q {} with -P {} needs {per_qp}",
                 t.subnqn,
                 c.io_depth(),
-                cli.queue_depth,
+                cli.load.queue_depth,
                 cli.qpairs
             ));
         }
@@ -183,12 +170,16 @@ fn run(cli: Cli) -> Result<bool, String> {
         ctrls.push(c);
     }
     // Buffer pools sized for the jobs (one buffer per I/O in flight), not the target's defaults.
-    let bufs = (cli.queue_depth * jobs.len() + 64).max(256);
+    let bufs = (cli.load.queue_depth * jobs.len() + 64).max(256);
     dma::init_iobuf(dma::IobufOptions {
         small_size: 8 << 10,
-        small_count: if cli.io_size <= 8 << 10 { bufs } else { 64 },
+        small_count: if cli.load.io_size <= 8 << 10 {
+            bufs
+        } else {
+            64
+        },
         large_size: 128 << 10,
-        large_count: if cli.io_size > 8 << 10 { bufs } else { 16 },
+        large_count: if cli.load.io_size > 8 << 10 { bufs } else { 16 },
     })
     .map_err(|e| e.to_string())?;
     let mode = if cli.interrupt_mode {
@@ -200,22 +191,22 @@ fn run(cli: Cli) -> Result<bool, String> {
     if !quiet {
         println!(
             "Initialization complete. Launching workers: {} for {} s, queue depth {}, I/O size {}{}",
-            cli.workload,
+            cli.load.workload,
             cli.seconds,
-            cli.queue_depth,
-            cli.io_size,
+            cli.load.queue_depth,
+            cli.load.io_size,
             if matches!(workload, Workload::Rw | Workload::RandRw) {
-                format!(", {}% reads", cli.read_pct)
+                format!(", {}% reads", cli.load.read_pct)
             } else {
                 String::new()
             }
         );
     }
     let spec = PerfSpec {
-        queue_depth: cli.queue_depth,
-        io_size: cli.io_size,
+        queue_depth: cli.load.queue_depth,
+        io_size: cli.load.io_size,
         workload,
-        read_pct: cli.read_pct,
+        read_pct: cli.load.read_pct,
         duration: Duration::from_secs(cli.seconds),
     };
     let (tx, rx) = mpsc::channel();

@@ -925,9 +925,8 @@ impl Connection {
                 self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
                 return;
             }
-            if cmd.qid as u32 > opts.max_io_qpairs_per_ctrlr as u32 - 1 + 1
-                || cmd.qid as u32 > limits.max_io_qpairs as u32
-            {
+            // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
+            if cmd.qid > limits.max_io_qpairs {
                 invalid(42, 0, "queue id out of range");
                 return;
             }

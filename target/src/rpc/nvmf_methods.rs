@@ -5,7 +5,6 @@ use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use strata_nvmf::spec::fabrics::DISCOVERY_NQN;
 use strata_nvmf::target::subsystem::{ListenAddress, Subsystem, SubsystemKind};
 use strata_nvmf::target::transport::SockGroup;
 use strata_nvmf::target::{Target, TargetError, TransportOptions};
@@ -458,6 +457,5 @@ pub fn save() -> Vec<Value> {
             out.push(json!({ "method": "nvmf_subsystem_add_listener", "params": { "nqn": s.nqn, "listen_address": l } }));
         }
     }
-    let _ = DISCOVERY_NQN;
     out
 }
