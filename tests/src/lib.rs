@@ -595,3 +595,26 @@ pub fn tcp_connects(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
+
+/// A command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Stdout of a command that must have succeeded (panics with both streams otherwise).
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Stdout of a successful command, parsed as JSON.
+pub fn json_out(out: &Output, what: &str) -> Value {
+    let s = ok(out, what);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {s:?}"))
+}

@@ -1,30 +1,8 @@
 //! The `strata-rpc` command-line client (rpc.py syntax).
 #![allow(clippy::unwrap_used)]
 
-use std::process::Output;
-
 use serde_json::{json, Value};
-use strata_tests::{cli_at, make_file, Target};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn json_out(out: &Output, what: &str) -> Value {
-    let s = ok(out, what);
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {s:?}"))
-}
+use strata_tests::{cli_at, json_out, make_file, ok, text, Target};
 
 #[test]
 fn malloc_create_and_get() {

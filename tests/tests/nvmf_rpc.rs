@@ -2,11 +2,10 @@
 //! of `save_config`, against a real strata-tgt.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use strata_tests::{free_port, free_ports, tcp_connects, wait_for, Target};
+use strata_tests::{free_port, free_ports, json_out, ok, tcp_connects, text, wait_for, Target};
 
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const DEFAULT_NQN: &str = "nqn.2026-11.io.strata:default";
@@ -14,26 +13,6 @@ const NQN1: &str = "nqn.2016-06.io.spdk:cnode1";
 const NQN2: &str = "nqn.2016-06.io.spdk:cnode2";
 const HOST1: &str = "nqn.2014-08.org.nvmexpress:uuid:0b7e5d4c-3a29-4f18-9e07-d6c5b4a39281";
 const HOST2: &str = "nqn.2016-06.io.spdk:host2";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn json_out(out: &Output, what: &str) -> Value {
-    let s = ok(out, what);
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {s:?}"))
-}
 
 /// A target with the embedded default on free ports: (target, nvmf port, discovery port).
 fn start_default(extra: &[&str]) -> (Target, u16, u16) {
