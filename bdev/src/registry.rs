@@ -59,6 +59,7 @@ impl std::fmt::Debug for BdevHandle {
 
 /// Adds a bdev. Names are unique.
 pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
+    let name = bdev.name().to_string();
     let mut r = REGISTRY.lock();
     if r.entries.iter().any(|e| e.bdev.name() == bdev.name()) {
         return Err(BdevError::Exists(bdev.name().to_string()));
@@ -84,6 +85,8 @@ pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
         claim: None,
         descs: Vec::new(),
     });
+    drop(r);
+    crate::modules::examine(&name);
     Ok(())
 }
 

@@ -31,7 +31,8 @@ impl IoSink for WaitSink {
     }
 }
 
-struct IoWait(Rc<WaitSink>);
+/// A submitted I/O, resolving to it once completed.
+pub struct IoWait(Rc<WaitSink>);
 
 impl Future for IoWait {
     type Output = BdevIo;
@@ -48,10 +49,15 @@ impl Future for IoWait {
 }
 
 /// Submits `io` and resolves to it once completed (status set).
-pub fn submit_wait(ch: &IoChannel, mut io: BdevIo) -> impl Future<Output = BdevIo> {
+pub fn submit_wait(ch: &IoChannel, io: BdevIo) -> IoWait {
+    submit_wait_with(io, |io| ch.submit(io))
+}
+
+/// Hands `io` to `submit` (any submission path) and resolves to it once completed.
+pub fn submit_wait_with(mut io: BdevIo, submit: impl FnOnce(BdevIo)) -> IoWait {
     let sink = Rc::new(WaitSink(RefCell::new(WaitSlot::default())));
     io.push_completion(sink.clone(), 0);
-    ch.submit(io);
+    submit(io);
     IoWait(sink)
 }
 

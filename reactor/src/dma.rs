@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::Waker;
 
@@ -134,6 +134,9 @@ pub struct DmaPool {
     buf_size: usize,
     count: usize,
     free: ArrayQueue<u32>,
+    /// Per buffer: the [`DmaBuf`]s (the owner and its views) that refer to it. The buffer
+    /// returns to the pool when the last one drops.
+    refs: Box<[AtomicU32]>,
     /// Buffers handed out and not yet returned (for stats and leak checks).
     in_use: AtomicUsize,
 }
@@ -204,6 +207,7 @@ impl DmaPool {
             buf_size,
             count,
             free,
+            refs: (0..count).map(|_| AtomicU32::new(0)).collect(),
             in_use: AtomicUsize::new(0),
         })))
     }
@@ -244,6 +248,8 @@ impl DmaPool {
             list.pop()
         })?;
         self.in_use.fetch_add(1, Ordering::Relaxed);
+        // The buffer was free, so nobody else refers to it.
+        self.refs[idx as usize].store(1, Ordering::Relaxed);
         // SAFETY: idx < count, so the offset stays inside the region.
         let ptr = unsafe {
             NonNull::new_unchecked(self.region.as_ptr().add(idx as usize * self.buf_size))
@@ -253,6 +259,7 @@ impl DmaPool {
             idx,
             ptr,
             len,
+            cap: self.buf_size,
         })
     }
 
@@ -283,15 +290,25 @@ impl DmaPool {
     }
 }
 
-/// One I/O buffer from a [`DmaPool`]: 4 KiB-aligned, returned to the pool on drop.
+/// One I/O buffer from a [`DmaPool`] (4 KiB-aligned), or a view of part of one.
+///
+/// A view ([`DmaBuf::view`]) lets a layer hand a sub-range of an I/O's buffer to a child I/O
+/// without copying (RAID splits). Views share the pool buffer through a reference count, so
+/// the memory returns to the pool only when the owner and all its views are gone: a view can
+/// never outlive its memory. Views alias their parent: like a device doing DMA into a buffer,
+/// whoever holds a view of a range owns that range's contents until it gives the view back
+/// (concurrent writes to the same bytes give unspecified contents, never unsoundness, since
+/// the bytes are plain memory in a mapping that nothing else types).
 pub struct DmaBuf {
     pool: &'static DmaPool,
     idx: u32,
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes from `ptr` that this buffer or view may cover.
+    cap: usize,
 }
 
-// SAFETY: a DmaBuf is the unique owner of its slice of the pool's memory.
+// SAFETY: a DmaBuf refers to pool memory (not thread-local) and its reference count is atomic.
 unsafe impl Send for DmaBuf {}
 
 impl std::fmt::Debug for DmaBuf {
@@ -311,17 +328,35 @@ impl DmaBuf {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Capacity of the underlying pool buffer.
+    /// Bytes this buffer may grow to ([`DmaBuf::set_len`]).
     pub fn capacity(&self) -> usize {
-        self.pool.buf_size
+        self.cap
     }
     /// Changes the length; fails if it exceeds the capacity.
     pub fn set_len(&mut self, len: usize) -> bool {
-        if len > self.pool.buf_size {
+        if len > self.cap {
             return false;
         }
         self.len = len;
         true
+    }
+    /// A buffer covering bytes `off..off + len` of this one, sharing its memory (no copy).
+    /// None if the range is not inside `0..len()`.
+    pub fn view(&self, off: usize, len: usize) -> Option<DmaBuf> {
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        // Relaxed as in Arc::clone: the caller's reference keeps the count above zero.
+        self.pool.refs[self.idx as usize].fetch_add(1, Ordering::Relaxed);
+        // SAFETY: off + len <= self.len <= cap, so the pointer stays inside this buffer.
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) };
+        Some(DmaBuf {
+            pool: self.pool,
+            idx: self.idx,
+            ptr,
+            len,
+            cap: len,
+        })
     }
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
@@ -330,18 +365,23 @@ impl DmaBuf {
         self.ptr.as_ptr()
     }
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len lies inside the pool region and this DmaBuf owns it exclusively.
+        // SAFETY: ptr..ptr+len lies inside the pool buffer, which stays allocated while this
+        // DmaBuf holds a reference; see the type's documentation on views.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` guarantees no other reference exists.
+        // SAFETY: as above; `&mut self` guarantees no other reference through this DmaBuf.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        self.pool.release(self.idx);
+        // Release/Acquire as in Arc's drop: the last holder sees every write through views.
+        if self.pool.refs[self.idx as usize].fetch_sub(1, Ordering::Release) == 1 {
+            fence(Ordering::Acquire);
+            self.pool.release(self.idx);
+        }
     }
 }
 
@@ -522,5 +562,28 @@ mod tests {
         held.pop();
         assert!(p.alloc(4096).is_some());
         assert!(p.alloc(8192).is_none(), "oversize request must fail");
+    }
+
+    #[test]
+    fn views_share_memory_and_keep_it_alive() {
+        let p = DmaPool::new("v", 4096, 1).unwrap();
+        let mut owner = p.alloc(4096).unwrap();
+        owner.as_mut_slice().fill(1);
+        let mut v = owner.view(1024, 512).unwrap();
+        assert!(owner.view(4000, 200).is_none(), "view past the end");
+        assert_eq!(v.len(), 512);
+        assert!(!v.set_len(513), "a view cannot grow past its range");
+        v.as_mut_slice().fill(7);
+        assert_eq!(owner.as_slice()[1024], 7);
+        assert_eq!(owner.as_slice()[1023], 1);
+        let vv = v.view(256, 256).unwrap();
+        drop(owner);
+        drop(v);
+        // The pool buffer is still referenced by `vv`.
+        assert!(p.alloc(4096).is_none());
+        assert_eq!(vv.as_slice()[0], 7);
+        drop(vv);
+        assert_eq!(p.in_use(), 0);
+        assert!(p.alloc(4096).is_some());
     }
 }

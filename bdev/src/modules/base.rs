@@ -12,6 +12,7 @@ pub struct ClaimedBase {
     pub name: String,
     pub block_size: u32,
     pub num_blocks: u64,
+    pub uuid: uuid::Uuid,
     supported: [bool; IoType::COUNT],
     desc: Mutex<Option<BdevDesc>>,
 }
@@ -29,9 +30,19 @@ impl ClaimedBase {
     /// `owner` is unregistered too (hot-remove cascades up the stack).
     pub fn open(base: &str, owner: &str) -> Result<Self, BdevError> {
         let o = owner.to_string();
-        let desc = registry::open(base, move |_| {
+        Self::open_with(base, owner, move || {
             let _ = registry::unregister(&o);
-        })?;
+        })
+    }
+
+    /// Opens and claims `base` for `owner`; `on_remove` runs (on any thread) if the base is
+    /// removed later. RAID uses it to fail the member instead of removing the array.
+    pub fn open_with(
+        base: &str,
+        owner: &str,
+        on_remove: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self, BdevError> {
+        let desc = registry::open(base, move |_| on_remove())?;
         desc.claim(owner)?;
         let b = desc.bdev().clone();
         let mut supported = [false; IoType::COUNT];
@@ -42,6 +53,7 @@ impl ClaimedBase {
             name: base.to_string(),
             block_size: b.block_size(),
             num_blocks: b.num_blocks(),
+            uuid: b.uuid(),
             supported,
             desc: Mutex::new(Some(desc)),
         })

@@ -3,12 +3,14 @@
 //! Base bdevs: [`malloc`] (RAM), [`null`] (discards), [`uring`] (files and block devices
 //! through io_uring; also serves SPDK's `aio`). Virtual bdevs for fault injection:
 //! [`error`] and [`delay`], built on [`base::ClaimedBase`] (an opened, claimed base bdev).
+//! Redundancy: [`raid`] (raid0/1/5/6, concat).
 
 pub mod base;
 pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod raid;
 pub mod uring;
 
 use crate::error::BdevError;
@@ -35,4 +37,9 @@ pub(crate) fn delete_of_module(name: &str, module: &str) -> Result<(), BdevError
         )));
     }
     registry::unregister(name)
+}
+
+/// Lets modules look at a newly registered bdev (RAID re-assembly from superblocks).
+pub(crate) fn examine(name: &str) {
+    raid::examine_hook(name);
 }

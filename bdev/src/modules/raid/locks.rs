@@ -1,0 +1,61 @@
+//! Stripe locks: writes to one stripe (and rebuild, resync and degraded reads of it) run one
+//! at a time, across all reactors; different stripes proceed in parallel.
+//!
+//! Waiters park their task's waker (wakers are `Send`), so an unlock on one reactor wakes a
+//! waiter on another. An uncontended lock costs one short mutex hold.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+#[derive(Default)]
+pub struct StripeLocks {
+    held: Mutex<HashMap<u64, Vec<Waker>>>,
+}
+
+/// A held stripe lock; dropping it unlocks and wakes the waiters.
+pub struct StripeGuard<'a> {
+    locks: &'a StripeLocks,
+    stripe: u64,
+}
+
+impl StripeLocks {
+    pub async fn lock(&self, stripe: u64) -> StripeGuard<'_> {
+        poll_fn(|cx| {
+            let mut h = self.held.lock();
+            match h.get_mut(&stripe) {
+                None => {
+                    h.insert(stripe, Vec::new());
+                    Poll::Ready(())
+                }
+                Some(w) => {
+                    if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                        w.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        StripeGuard {
+            locks: self,
+            stripe,
+        }
+    }
+
+    /// Stripes locked now (for tests and statistics).
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+}
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        let waiters = self.locks.held.lock().remove(&self.stripe);
+        // Every waiter retries; one wins, the others park again.
+        for w in waiters.into_iter().flatten() {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! In-memory metadata of an array with superblocks: the generation and the write-intent
+//! bitmap, and the rule that orders their writes against data writes.
+//!
+//! Write intent: before a write touches a stripe, its bitmap region must be set *on disk*
+//! ([`Meta::begin_write`] says whether the caller must wait for a sync). A region's bit is
+//! cleared only when no write is in flight in it and none started during a whole clearing
+//! period, so a crash leaves set bits over every stripe that might have a torn parity.
+//! Metadata writes are serialised: one sync at a time writes a consistent snapshot, and a
+//! waiter is satisfied by a sync that started after its change.
+
+use parking_lot::Mutex;
+use std::task::Waker;
+
+pub struct Meta {
+    st: Mutex<MetaState>,
+    /// Stripes per bitmap bit.
+    pub region_stripes: u64,
+    pub bits: u64,
+}
+
+struct MetaState {
+    /// Generation of the in-memory state; bumped by every change that must reach the disk.
+    generation: u64,
+    /// Generation of the last completed metadata write.
+    disk_gen: u64,
+    writing: bool,
+    waiters: Vec<Waker>,
+    bitmap: Vec<u64>,
+    inflight: Vec<u32>,
+    /// Regions that saw a write since the last clearing pass.
+    touched: Vec<u64>,
+    /// Generation at which the newest bit was set.
+    last_set_gen: u64,
+    /// While a resync works through the bitmap, bits are not cleared behind its back.
+    hold_bits: bool,
+}
+
+/// What a sync should write.
+pub struct Snapshot {
+    pub generation: u64,
+    pub bitmap: Vec<u64>,
+}
+
+impl Meta {
+    /// `disk_gen`: the generation already on disk (0 for a new array).
+    pub fn new(generation: u64, disk_gen: u64, region_stripes: u64, bits: u64, bitmap: Vec<u64>) -> Meta {
+        let words = bits.div_ceil(64) as usize;
+        let mut bm = bitmap;
+        bm.resize(words, 0);
+        Meta {
+            st: Mutex::new(MetaState {
+                generation,
+                disk_gen,
+                writing: false,
+                waiters: Vec::new(),
+                bitmap: bm,
+                inflight: vec![0; bits as usize],
+                touched: vec![0; words],
+                last_set_gen: 0,
+                hold_bits: false,
+            }),
+            region_stripes,
+            bits,
+        }
+    }
+
+    pub fn region_of(&self, stripe: u64) -> usize {
+        (stripe / self.region_stripes) as usize
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.st.lock().generation
+    }
+
+    /// Records a change to persist (member state); returns the generation to wait for.
+    pub fn bump(&self) -> u64 {
+        let mut s = self.st.lock();
+        s.generation += 1;
+        s.generation
+    }
+
+    /// Counts a write into `region`. Returns the generation that must be on disk before
+    /// the write may start (0: nothing to wait for).
+    pub fn begin_write(&self, region: usize) -> u64 {
+        let mut s = self.st.lock();
+        s.inflight[region] += 1;
+        s.touched[region / 64] |= 1 << (region % 64);
+        let (w, b) = (region / 64, 1u64 << (region % 64));
+        if s.bitmap[w] & b == 0 {
+            s.bitmap[w] |= b;
+            s.generation += 1;
+            s.last_set_gen = s.generation;
+        }
+        if s.disk_gen >= s.last_set_gen {
+            0
+        } else {
+            s.last_set_gen
+        }
+    }
+
+    pub fn end_write(&self, region: usize) {
+        let mut s = self.st.lock();
+        s.inflight[region] = s.inflight[region].saturating_sub(1);
+    }
+
+    /// Clears the bits of regions idle for a whole period. Returns whether any changed.
+    pub fn clear_idle(&self) -> bool {
+        let mut s = self.st.lock();
+        if s.hold_bits {
+            return false;
+        }
+        let mut changed = false;
+        for r in 0..self.bits as usize {
+            let (w, b) = (r / 64, 1u64 << (r % 64));
+            if s.bitmap[w] & b != 0 && s.inflight[r] == 0 && s.touched[w] & b == 0 {
+                s.bitmap[w] &= !b;
+                changed = true;
+            }
+        }
+        s.touched.iter_mut().for_each(|t| *t = 0);
+        if changed {
+            s.generation += 1;
+        }
+        changed
+    }
+
+    /// Regions with their bit set.
+    pub fn dirty_regions(&self) -> Vec<u64> {
+        let s = self.st.lock();
+        (0..self.bits)
+            .filter(|&r| s.bitmap[(r / 64) as usize] & (1 << (r % 64)) != 0)
+            .collect()
+    }
+
+    pub fn dirty_count(&self) -> u64 {
+        let s = self.st.lock();
+        s.bitmap.iter().map(|w| w.count_ones() as u64).sum()
+    }
+
+    pub fn hold_bits(&self, hold: bool) {
+        self.st.lock().hold_bits = hold;
+    }
+
+    /// Clears one region's bit after a resync repaired it (unless a write is in flight).
+    pub fn clear_region(&self, region: u64) {
+        let mut s = self.st.lock();
+        let (w, b) = ((region / 64) as usize, 1u64 << (region % 64));
+        if s.inflight[region as usize] == 0 && s.bitmap[w] & b != 0 {
+            s.bitmap[w] &= !b;
+            s.generation += 1;
+        }
+    }
+
+    pub fn is_durable(&self, generation: u64) -> bool {
+        self.st.lock().disk_gen >= generation
+    }
+
+    /// Starts a metadata write if none is running and the disk is behind: returns the
+    /// snapshot to write. Otherwise registers `waker` to be woken when the running one ends.
+    pub fn try_start_sync(&self, want: u64, waker: &Waker) -> Result<Option<Snapshot>, ()> {
+        let mut s = self.st.lock();
+        if s.disk_gen >= want {
+            return Ok(None);
+        }
+        if s.writing {
+            s.waiters.push(waker.clone());
+            return Err(());
+        }
+        s.writing = true;
+        Ok(Some(Snapshot {
+            generation: s.generation,
+            bitmap: s.bitmap.clone(),
+        }))
+    }
+
+    pub fn finish_sync(&self, generation: u64) {
+        let waiters = {
+            let mut s = self.st.lock();
+            s.writing = false;
+            s.disk_gen = s.disk_gen.max(generation);
+            std::mem::take(&mut s.waiters)
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intent_bits_follow_writes() {
+        let m = Meta::new(1, 1, 1, 10, vec![]);
+        let need = m.begin_write(3);
+        assert!(need > 1, "a new bit needs a metadata write");
+        assert!(!m.is_durable(need));
+        m.finish_sync(need);
+        // A second write to a region already set on disk waits for nothing.
+        assert_eq!(m.begin_write(3), 0);
+        m.end_write(3);
+        m.end_write(3);
+        // Touched during this period: kept; idle for a whole period: cleared.
+        assert!(!m.clear_idle());
+        assert_eq!(m.dirty_regions(), vec![3]);
+        assert!(m.clear_idle());
+        assert!(m.dirty_regions().is_empty());
+    }
+
+    #[test]
+    fn in_flight_region_is_never_cleared() {
+        let m = Meta::new(1, 1, 1, 4, vec![]);
+        m.begin_write(0);
+        m.clear_idle();
+        m.clear_idle();
+        assert_eq!(m.dirty_regions(), vec![0]);
+    }
+}

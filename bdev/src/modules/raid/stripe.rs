@@ -1,0 +1,669 @@
+//! The slow path: operations that lock a stripe, read before they write, or rebuild data
+//! from parity. Each runs as a task on the submitting reactor and works on a stripe in
+//! *chunks* of rows (at most [`CHUNK_BYTES`] per member) held in pool buffers.
+//!
+//! Writes of a chunk choose reconstruct-write (read the data the write leaves alone, then
+//! compute parity from the whole row range) or read-modify-write (read the old data being
+//! replaced and the old parity, and fold the difference in), whichever reads fewer blocks;
+//! a chunk the write covers on every data strip reads nothing. With a member out, a chunk
+//! is loaded from every readable member, the missing strips are reconstructed, the new data
+//! is laid over them and parity is computed afresh. A member that fails mid-operation is
+//! marked failed and the chunk is redone degraded: the redo writes the complete new data
+//! and parity, so it is correct whatever part of the first attempt reached the disks.
+
+use super::channel::{for_each_piece, push_views, Bufs, Piece, RaidChannel};
+use super::geometry::{Level, Role};
+use crate::bdev::BdevChannel;
+use crate::io::{BdevIo, IoStatus, IoType};
+use crate::kernels;
+use crate::wait::{self, IoWait};
+use futures_util::future::join_all;
+use smallvec::SmallVec;
+use strata_reactor::dma::{self, DmaBuf};
+
+/// Bytes per member a slow-path chunk covers.
+pub const CHUNK_BYTES: usize = 64 << 10;
+
+/// Why a chunk did not complete.
+pub enum Step {
+    /// A member failed: redo the chunk with the new member states.
+    Retry,
+    Fail(IoStatus),
+}
+
+type Pieces = SmallVec<[(Piece, Bufs); 8]>;
+
+/// A member I/O in flight, or one that could not be submitted.
+pub enum Pending {
+    Now(IoStatus),
+    Wait(usize, IoWait),
+}
+
+/// Written rows `[a, b)` of data strip `i` and the new data for them.
+struct Written {
+    i: usize,
+    a: u64,
+    b: u64,
+    src: Bufs,
+}
+
+async fn scratch(len: usize) -> Result<DmaBuf, Step> {
+    dma::alloc_wait(len)
+        .await
+        .map_err(|_| Step::Fail(IoStatus::InvalidArgument))
+}
+
+fn one(b: DmaBuf) -> Bufs {
+    let mut v = Bufs::new();
+    v.push(b);
+    v
+}
+
+fn view(b: &DmaBuf, off: usize, len: usize) -> Bufs {
+    one(b.view(off, len).unwrap_or_else(|| unreachable!("view inside its buffer")))
+}
+
+/// Copies the bytes of `src` views into `dst` from `off`.
+fn copy_in(dst: &mut [u8], mut off: usize, src: &[DmaBuf]) {
+    for b in src {
+        dst[off..off + b.len()].copy_from_slice(b.as_slice());
+        off += b.len();
+    }
+}
+
+/// XORs the bytes of `src` views into `dst` from `off`.
+fn xor_in(dst: &mut [u8], mut off: usize, src: &[DmaBuf]) {
+    for b in src {
+        kernels::xor_into(&mut dst[off..off + b.len()], b.as_slice());
+        off += b.len();
+    }
+}
+
+fn copy_out(src: &[u8], mut off: usize, dst: &mut [DmaBuf]) {
+    for b in dst.iter_mut() {
+        let n = b.len();
+        b.as_mut_slice().copy_from_slice(&src[off..off + n]);
+        off += n;
+    }
+}
+
+impl RaidChannel {
+    fn bs(&self) -> usize {
+        self.array.block_size as usize
+    }
+
+    fn chunk_rows(&self) -> u64 {
+        (CHUNK_BYTES / self.bs()).max(1) as u64
+    }
+
+    /// Submits an I/O to a member at an absolute member block.
+    pub(super) fn mio_abs(&self, slot: usize, t: IoType, off: u64, blocks: u64, bufs: Bufs) -> Pending {
+        let Some(ch) = self.member(slot) else {
+            return Pending::Now(IoStatus::Removed);
+        };
+        let mut io = BdevIo::new(t, off, blocks);
+        io.bufs = bufs;
+        Pending::Wait(slot, wait::submit_wait(&ch, io))
+    }
+
+    /// Submits an I/O to row `row` of `stripe` on a member's data area.
+    fn mio(&self, slot: usize, t: IoType, stripe: u64, row: u64, blocks: u64, bufs: Bufs) -> Pending {
+        let off = self.array.data_offset + stripe * self.array.geo.strip + row;
+        self.mio_abs(slot, t, off, blocks, bufs)
+    }
+
+    /// Waits for member I/Os. Failed members are marked; `Retry` if any failed.
+    pub(super) async fn wait_all(&self, v: Vec<(usize, Pending)>) -> Result<(), Step> {
+        let mut out = Ok(());
+        for (slot, p) in v {
+            let st = match p {
+                Pending::Now(st) => st,
+                Pending::Wait(_, w) => w.await.status,
+            };
+            match st {
+                IoStatus::Success => {}
+                IoStatus::Failed | IoStatus::Removed => {
+                    self.array.fail_member(slot, "I/O error");
+                    if out.is_ok() {
+                        out = Err(Step::Retry);
+                    }
+                }
+                other => out = Err(Step::Fail(other)),
+            }
+        }
+        out
+    }
+
+    pub(super) async fn run_slow(&self, io: &mut BdevIo) -> IoStatus {
+        let level = self.array.level();
+        match (level, io.io_type) {
+            (_, IoType::Checksum) => self.checksum(io).await,
+            (Level::Raid1, IoType::Read) => self.raid1_read_slow(io).await,
+            (Level::Raid1, IoType::Write | IoType::WriteZeroes | IoType::Unmap) => {
+                self.raid1_write(io).await
+            }
+            (Level::Raid5 | Level::Raid6, IoType::Read) => self.parity_io(io, false).await,
+            (Level::Raid5 | Level::Raid6, IoType::Write | IoType::WriteZeroes | IoType::Unmap) => {
+                self.parity_io(io, true).await
+            }
+            _ => IoStatus::Unsupported,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Metadata ordering
+
+    /// Counts a write into `stripe`'s bitmap region and waits until the region is marked
+    /// on disk. Returns the region to release with [`Self::intent_end`].
+    async fn intent_begin(&self, stripe: u64) -> Option<usize> {
+        let meta = self.array.meta.as_ref()?;
+        let r = meta.region_of(stripe);
+        let need = meta.begin_write(r);
+        if need > 0 {
+            self.sync_meta(need).await;
+        }
+        Some(r)
+    }
+
+    fn intent_end(&self, r: Option<usize>) {
+        if let (Some(m), Some(r)) = (&self.array.meta, r) {
+            m.end_write(r);
+        }
+    }
+
+    /// With a member out, member states must be on disk before a write relies on them
+    /// (after a crash, a failed member must not come back as in sync).
+    async fn persist_states(&self) {
+        if let Some(m) = &self.array.meta {
+            let g = m.generation();
+            if !m.is_durable(g) {
+                self.sync_meta(g).await;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Checksums (computed here from the volume's data)
+
+    async fn checksum(&self, io: &mut BdevIo) -> IoStatus {
+        let bs = self.bs() as u64;
+        let chunk = io.chunk_blocks.max(1) as u64;
+        let step = (dma::max_buf_size() as u64 / bs).max(1);
+        let (mut lba, end) = (io.offset_blocks, io.offset_blocks + io.num_blocks);
+        let mut crc = 0u32;
+        let mut idx = 0usize;
+        let mut in_chunk = 0u64;
+        while lba < end {
+            let n = step.min(end - lba).min(chunk - in_chunk);
+            let Ok(buf) = dma::alloc_wait((n * bs) as usize).await else {
+                return IoStatus::InvalidArgument;
+            };
+            let mut r = BdevIo::new(IoType::Read, lba, n);
+            r.bufs.push(buf);
+            r.block_size = self.array.block_size;
+            let r = wait::submit_wait_with(r, |r| self.submit(r)).await;
+            if !r.status.is_success() {
+                return r.status;
+            }
+            crc = kernels::crc32c_append(crc, r.bufs[0].as_slice());
+            in_chunk += n;
+            lba += n;
+            if in_chunk == chunk || lba == end {
+                io.put_checksum(idx, crc);
+                idx += 1;
+                crc = 0;
+                in_chunk = 0;
+            }
+        }
+        IoStatus::Success
+    }
+
+    // -----------------------------------------------------------------------------------
+    // raid1
+
+    async fn raid1_read_slow(&self, io: &mut BdevIo) -> IoStatus {
+        for _ in 0..=self.array.geo.members {
+            let Some(m) = self.raid1_leg(io.offset_blocks, io.num_blocks) else {
+                return IoStatus::Failed;
+            };
+            let mut bufs = Bufs::new();
+            push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
+            let p = self.mio(m, IoType::Read, 0, io.offset_blocks, io.num_blocks, bufs);
+            match self.wait_all(vec![(m, p)]).await {
+                Ok(()) => return IoStatus::Success,
+                Err(Step::Retry) => continue,
+                Err(Step::Fail(st)) => return st,
+            }
+        }
+        IoStatus::Failed
+    }
+
+    async fn raid1_write(&self, io: &BdevIo) -> IoStatus {
+        let strip = self.array.geo.strip;
+        let (first, last) = (io.offset_blocks / strip, (io.offset_blocks + io.num_blocks - 1) / strip);
+        let mut guards = Vec::with_capacity((last - first + 1) as usize);
+        for r in first..=last {
+            guards.push(self.array.locks.lock(r).await);
+        }
+        let mut regions = SmallVec::<[Option<usize>; 4]>::new();
+        for r in first..=last {
+            let reg = self.array.meta.as_ref().map(|m| m.region_of(r));
+            if r == first || reg != self.array.meta.as_ref().map(|m| m.region_of(r - 1)) {
+                regions.push(self.intent_begin(r).await);
+            }
+        }
+        self.persist_states().await;
+        let mut v = Vec::new();
+        for m in 0..self.array.geo.members {
+            // Holding the locks pins the rebuild cursor outside [first, last].
+            if !self.array.usable(m, last) {
+                continue;
+            }
+            let mut bufs = Bufs::new();
+            if io.io_type == IoType::Write {
+                push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
+            }
+            v.push((m, self.mio(m, io.io_type, 0, io.offset_blocks, io.num_blocks, bufs)));
+        }
+        let tried = v.len();
+        let res = self.wait_all(v).await;
+        let failed_now = matches!(res, Err(Step::Retry));
+        if failed_now {
+            self.persist_states().await;
+        }
+        for r in regions {
+            self.intent_end(r);
+        }
+        drop(guards);
+        match res {
+            Err(Step::Fail(st)) => st,
+            _ if tried == 0 || self.array.is_offline() => IoStatus::Failed,
+            _ => IoStatus::Success,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // raid5 / raid6
+
+    /// Reads or writes a parity-level I/O: one task per stripe, all in parallel.
+    async fn parity_io(&self, io: &BdevIo, write: bool) -> IoStatus {
+        let geo = &self.array.geo;
+        let bs = self.array.block_size;
+        let mut groups: Vec<(u64, Pieces)> = Vec::new();
+        let mut ok = true;
+        let carries = io.io_type.carries_blocks();
+        for_each_piece(geo.strip, geo.data_strips(), io.offset_blocks, io.num_blocks, bs, |p| {
+            let mut v = Bufs::new();
+            if carries {
+                ok &= push_views(&io.bufs, p.byte_off, (p.blocks * bs as u64) as usize, &mut v);
+            }
+            match groups.last_mut() {
+                Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
+                _ => {
+                    let mut ps = Pieces::new();
+                    ps.push((p, v));
+                    groups.push((p.stripe, ps));
+                }
+            }
+        });
+        if !ok {
+            return IoStatus::InvalidArgument;
+        }
+        let zeroes = !carries;
+        let results = join_all(groups.into_iter().map(|(s, ps)| async move {
+            if write {
+                self.stripe_write(s, ps, zeroes).await
+            } else {
+                self.stripe_read(s, ps).await
+            }
+        }))
+        .await;
+        results
+            .into_iter()
+            .find(|st| !st.is_success())
+            .unwrap_or(IoStatus::Success)
+    }
+
+    fn pieces_rows(pieces: &Pieces) -> (u64, u64) {
+        let lo = pieces.iter().map(|(p, _)| p.row).min().unwrap_or(0);
+        let hi = pieces.iter().map(|(p, _)| p.row + p.blocks).max().unwrap_or(0);
+        (lo, hi)
+    }
+
+    async fn stripe_read(&self, s: u64, mut pieces: Pieces) -> IoStatus {
+        let geo = &self.array.geo;
+        let healthy = pieces
+            .iter()
+            .all(|(p, _)| self.array.usable(geo.member_of(s, Role::Data(p.strip)), s));
+        if healthy {
+            // Direct reads (a fast-path read whose member failed lands here too).
+            let mut v = Vec::new();
+            for (p, bufs) in pieces.iter() {
+                let mut b = Bufs::new();
+                push_views(bufs, 0, bufs.iter().map(|x| x.len()).sum(), &mut b);
+                let m = geo.member_of(s, Role::Data(p.strip));
+                v.push((m, self.mio(m, IoType::Read, s, p.row, p.blocks, b)));
+            }
+            match self.wait_all(v).await {
+                Ok(()) => return IoStatus::Success,
+                Err(Step::Fail(st)) => return st,
+                Err(Step::Retry) => {}
+            }
+        }
+        let _g = self.array.locks.lock(s).await;
+        let (lo, hi) = Self::pieces_rows(&pieces);
+        let cr = self.chunk_rows();
+        let mut c0 = lo;
+        let mut tries = 0;
+        while c0 < hi {
+            let c1 = (c0 + cr).min(hi);
+            match self.read_chunk(s, c0, c1, &mut pieces).await {
+                Ok(()) => c0 = c1,
+                Err(Step::Retry) if tries < geo.members && !self.array.is_offline() => tries += 1,
+                Err(Step::Retry) => return IoStatus::Failed,
+                Err(Step::Fail(st)) => return st,
+            }
+        }
+        IoStatus::Success
+    }
+
+    /// Degraded read of rows `[c0, c1)`: load, reconstruct, copy the pieces' rows out.
+    async fn read_chunk(&self, s: u64, c0: u64, c1: u64, pieces: &mut Pieces) -> Result<(), Step> {
+        let bs = self.bs() as u64;
+        let (bufs, missing) = self.load(s, c0, c1, |_| false).await?;
+        let mut bufs = bufs;
+        self.recover(&mut bufs, &missing)?;
+        for (p, dst) in pieces.iter_mut() {
+            let a = p.row.max(c0);
+            let b = (p.row + p.blocks).min(c1);
+            if a >= b {
+                continue;
+            }
+            let mut sub = Bufs::new();
+            push_views(dst, ((a - p.row) * bs) as usize, ((b - a) * bs) as usize, &mut sub);
+            copy_out(bufs[p.strip].as_slice(), ((a - c0) * bs) as usize, &mut sub);
+        }
+        Ok(())
+    }
+
+    /// Reads rows `[lo, hi)` of every role that is readable and not skipped into one
+    /// buffer per role. Returns the buffers and the roles left unread.
+    pub(super) async fn load(
+        &self,
+        s: u64,
+        lo: u64,
+        hi: u64,
+        skip: impl Fn(usize) -> bool,
+    ) -> Result<(Vec<DmaBuf>, SmallVec<[usize; 2]>), Step> {
+        let geo = &self.array.geo;
+        let len = ((hi - lo) as usize) * self.bs();
+        let mut bufs = Vec::with_capacity(geo.roles());
+        let mut missing = SmallVec::new();
+        let mut v = Vec::new();
+        for k in 0..geo.roles() {
+            let b = scratch(len).await?;
+            let m = geo.member_of(s, geo.role(k));
+            if skip(k) || !self.array.usable(m, s) {
+                missing.push(k);
+            } else {
+                v.push((m, self.mio(m, IoType::Read, s, lo, hi - lo, view(&b, 0, len))));
+            }
+            bufs.push(b);
+        }
+        self.wait_all(v).await?;
+        Ok((bufs, missing))
+    }
+
+    /// Reconstructs the `missing` roles of a loaded chunk from the others.
+    pub(super) fn recover(&self, bufs: &mut [DmaBuf], missing: &[usize]) -> Result<(), Step> {
+        let geo = &self.array.geo;
+        let fail = |_| Step::Fail(IoStatus::Failed);
+        match (geo.level, missing) {
+            (_, []) => Ok(()),
+            (Level::Raid5, [x]) => {
+                let (before, rest) = bufs.split_at_mut(*x);
+                let (target, after) = rest.split_at_mut(1);
+                let srcs: SmallVec<[&[u8]; 16]> =
+                    before.iter().chain(after.iter()).map(|b| b.as_slice()).collect();
+                kernels::xor_gen(&srcs, target[0].as_mut_slice()).map_err(|_| Step::Fail(IoStatus::Failed))
+            }
+            (Level::Raid6, [x]) => {
+                // Recover it together with a parity (recomputed, consistent either way).
+                let d = geo.data_strips();
+                let other = if *x == d + 1 { d } else { d + 1 };
+                let mut m: SmallVec<[&mut [u8]; 16]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                strata_isal::raid6_recover(&mut m, *x, other).map_err(fail)
+            }
+            (Level::Raid6, [x, y]) => {
+                let mut m: SmallVec<[&mut [u8]; 16]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                strata_isal::raid6_recover(&mut m, *x, *y).map_err(fail)
+            }
+            _ => Err(Step::Fail(IoStatus::Failed)),
+        }
+    }
+
+    /// Computes the parity roles of a loaded chunk from its data roles.
+    pub(super) fn regen(&self, bufs: &mut [DmaBuf]) -> Result<(), Step> {
+        let d = self.array.geo.data_strips();
+        let (data, parity) = bufs.split_at_mut(d);
+        let srcs: SmallVec<[&[u8]; 16]> = data.iter().map(|b| b.as_slice()).collect();
+        let r = match parity {
+            [p] => kernels::xor_gen(&srcs, p.as_mut_slice()),
+            [p, q] => kernels::pq_gen(&srcs, p.as_mut_slice(), q.as_mut_slice()),
+            _ => Ok(()),
+        };
+        r.map_err(|_| Step::Fail(IoStatus::Failed))
+    }
+
+    async fn stripe_write(&self, s: u64, pieces: Pieces, zeroes: bool) -> IoStatus {
+        let _g = self.array.locks.lock(s).await;
+        let region = self.intent_begin(s).await;
+        if self.array.degraded_count() > 0 {
+            self.persist_states().await;
+        }
+        let (lo, hi) = Self::pieces_rows(&pieces);
+        let cr = self.chunk_rows();
+        let mut c0 = lo;
+        let mut tries = 0;
+        let mut st = IoStatus::Success;
+        while c0 < hi {
+            let c1 = (c0 + cr).min(hi);
+            match self.write_chunk(s, c0, c1, &pieces, zeroes).await {
+                Ok(()) => c0 = c1,
+                Err(Step::Retry) if tries < self.array.geo.members && !self.array.is_offline() => {
+                    tries += 1;
+                    self.persist_states().await;
+                }
+                Err(Step::Retry) => {
+                    st = IoStatus::Failed;
+                    break;
+                }
+                Err(Step::Fail(e)) => {
+                    st = e;
+                    break;
+                }
+            }
+        }
+        if tries > 0 {
+            self.persist_states().await;
+        }
+        self.intent_end(region);
+        st
+    }
+
+    async fn write_chunk(&self, s: u64, c0: u64, c1: u64, pieces: &Pieces, zeroes: bool) -> Result<(), Step> {
+        let geo = &self.array.geo;
+        let bs = self.bs() as u64;
+        let zero = if zeroes {
+            let mut z = scratch(((c1 - c0) * bs) as usize).await?;
+            z.as_mut_slice().fill(0);
+            Some(z)
+        } else {
+            None
+        };
+        let mut ws: SmallVec<[Written; 8]> = SmallVec::new();
+        for (p, src) in pieces {
+            let a = p.row.max(c0);
+            let b = (p.row + p.blocks).min(c1);
+            if a >= b {
+                continue;
+            }
+            let len = ((b - a) * bs) as usize;
+            let src = match &zero {
+                Some(z) => view(z, 0, len),
+                None => {
+                    let mut v = Bufs::new();
+                    push_views(src, ((a - p.row) * bs) as usize, len, &mut v);
+                    v
+                }
+            };
+            ws.push(Written { i: p.strip, a, b, src });
+        }
+        if ws.is_empty() {
+            return Ok(());
+        }
+        let lo = ws.iter().map(|w| w.a).min().unwrap_or(c0);
+        let hi = ws.iter().map(|w| w.b).max().unwrap_or(c1);
+        let roles_out = (0..geo.roles()).any(|k| !self.array.usable(geo.member_of(s, geo.role(k)), s));
+        if roles_out {
+            self.write_degraded(s, lo, hi, &ws).await
+        } else {
+            self.write_healthy(s, lo, hi, &ws).await
+        }
+    }
+
+    /// Writes the new data and the parity roles.
+    async fn write_out(&self, s: u64, lo: u64, ws: &[Written], parity: &[(usize, &DmaBuf)]) -> Result<(), Step> {
+        let geo = &self.array.geo;
+        let mut v = Vec::new();
+        for w in ws {
+            let m = geo.member_of(s, Role::Data(w.i));
+            if !self.array.usable(m, s) {
+                continue;
+            }
+            let mut b = Bufs::new();
+            push_views(&w.src, 0, w.src.iter().map(|x| x.len()).sum(), &mut b);
+            v.push((m, self.mio(m, IoType::Write, s, w.a, w.b - w.a, b)));
+        }
+        for &(k, buf) in parity {
+            let m = geo.member_of(s, geo.role(k));
+            if !self.array.usable(m, s) {
+                continue;
+            }
+            let rows = (buf.len() / self.bs()) as u64;
+            v.push((m, self.mio(m, IoType::Write, s, lo, rows, view(buf, 0, buf.len()))));
+        }
+        self.wait_all(v).await
+    }
+
+    async fn write_healthy(&self, s: u64, lo: u64, hi: u64, ws: &[Written]) -> Result<(), Step> {
+        let geo = &self.array.geo;
+        let d = geo.data_strips();
+        let np = geo.level.parity_count();
+        let rows = hi - lo;
+        let bs = self.bs() as u64;
+        let len = (rows * bs) as usize;
+        let written: u64 = ws.iter().map(|w| w.b - w.a).sum();
+        let rmw_reads = written + np as u64 * rows;
+        let rcw_reads = d as u64 * rows - written;
+        let mut parity: SmallVec<[DmaBuf; 2]> = SmallVec::new();
+        for _ in 0..np {
+            parity.push(scratch(len).await?);
+        }
+        if rcw_reads <= rmw_reads {
+            // Reconstruct-write: every data strip's rows [lo, hi), old where not written.
+            let mut data: Vec<DmaBuf> = Vec::with_capacity(d);
+            let mut v = Vec::new();
+            for i in 0..d {
+                let b = scratch(len).await?;
+                let m = geo.member_of(s, Role::Data(i));
+                match ws.iter().find(|w| w.i == i) {
+                    None => v.push((m, self.mio(m, IoType::Read, s, lo, rows, view(&b, 0, len)))),
+                    Some(w) => {
+                        if w.a > lo {
+                            let n = w.a - lo;
+                            v.push((m, self.mio(m, IoType::Read, s, lo, n, view(&b, 0, (n * bs) as usize))));
+                        }
+                        if w.b < hi {
+                            let off = ((w.b - lo) * bs) as usize;
+                            let n = hi - w.b;
+                            v.push((m, self.mio(m, IoType::Read, s, w.b, n, view(&b, off, (n * bs) as usize))));
+                        }
+                    }
+                }
+                data.push(b);
+            }
+            self.wait_all(v).await?;
+            for w in ws {
+                copy_in(data[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
+            }
+            let srcs: SmallVec<[&[u8]; 16]> = data.iter().map(|b| b.as_slice()).collect();
+            let r = match parity.as_mut_slice() {
+                [p] => kernels::xor_gen(&srcs, p.as_mut_slice()),
+                [p, q] => kernels::pq_gen(&srcs, p.as_mut_slice(), q.as_mut_slice()),
+                _ => Ok(()),
+            };
+            r.map_err(|_| Step::Fail(IoStatus::Failed))?;
+        } else {
+            // Read-modify-write: old data of the written rows and the old parity.
+            let mut old: SmallVec<[DmaBuf; 8]> = SmallVec::new();
+            let mut v = Vec::new();
+            for w in ws {
+                let n = ((w.b - w.a) * bs) as usize;
+                let b = scratch(n).await?;
+                let m = geo.member_of(s, Role::Data(w.i));
+                v.push((m, self.mio(m, IoType::Read, s, w.a, w.b - w.a, view(&b, 0, n))));
+                old.push(b);
+            }
+            for (j, p) in parity.iter().enumerate() {
+                let m = geo.member_of(s, geo.role(d + j));
+                v.push((m, self.mio(m, IoType::Read, s, lo, rows, view(p, 0, len))));
+            }
+            self.wait_all(v).await?;
+            // delta = old ^ new, per written strip.
+            for (w, o) in ws.iter().zip(old.iter_mut()) {
+                xor_in(o.as_mut_slice(), 0, &w.src);
+            }
+            if np == 1 {
+                for (w, o) in ws.iter().zip(old.iter()) {
+                    let off = ((w.a - lo) * bs) as usize;
+                    kernels::xor_into(&mut parity[0].as_mut_slice()[off..off + o.len()], o.as_slice());
+                }
+            } else {
+                // RAID-6: (ΔP, ΔQ) = parity of the deltas (zero on unwritten strips).
+                let mut deltas: Vec<DmaBuf> = Vec::with_capacity(d);
+                for i in 0..d {
+                    let mut b = scratch(len).await?;
+                    b.as_mut_slice().fill(0);
+                    if let Some((w, o)) = ws.iter().zip(old.iter()).find(|(w, _)| w.i == i) {
+                        let off = ((w.a - lo) * bs) as usize;
+                        b.as_mut_slice()[off..off + o.len()].copy_from_slice(o.as_slice());
+                    }
+                    deltas.push(b);
+                }
+                let mut dp = scratch(len).await?;
+                let mut dq = scratch(len).await?;
+                let srcs: SmallVec<[&[u8]; 16]> = deltas.iter().map(|b| b.as_slice()).collect();
+                kernels::pq_gen(&srcs, dp.as_mut_slice(), dq.as_mut_slice())
+                    .map_err(|_| Step::Fail(IoStatus::Failed))?;
+                kernels::xor_into(parity[0].as_mut_slice(), dp.as_slice());
+                kernels::xor_into(parity[1].as_mut_slice(), dq.as_slice());
+            }
+        }
+        let par: SmallVec<[(usize, &DmaBuf); 2]> = parity.iter().enumerate().map(|(j, p)| (d + j, p)).collect();
+        self.write_out(s, lo, ws, &par).await
+    }
+
+    async fn write_degraded(&self, s: u64, lo: u64, hi: u64, ws: &[Written]) -> Result<(), Step> {
+        let d = self.array.geo.data_strips();
+        let bs = self.bs() as u64;
+        let (mut bufs, missing) = self.load(s, lo, hi, |_| false).await?;
+        self.recover(&mut bufs, &missing)?;
+        for w in ws {
+            copy_in(bufs[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
+        }
+        self.regen(&mut bufs)?;
+        let par: SmallVec<[(usize, &DmaBuf); 2]> = bufs[d..].iter().enumerate().map(|(j, p)| (d + j, p)).collect();
+        self.write_out(s, lo, ws, &par).await
+    }
+}
