@@ -200,7 +200,12 @@ impl RaidChannel {
                 }
                 let mut c = self.child(t, p.stripe * geo.strip + p.row, p.blocks);
                 if t.carries_blocks() {
-                    ok = push_views(&io.bufs, p.byte_off, (p.blocks * bs as u64) as usize, &mut c.bufs);
+                    ok = push_views(
+                        &io.bufs,
+                        p.byte_off,
+                        (p.blocks * bs as u64) as usize,
+                        &mut c.bufs,
+                    );
                 }
                 children.push((m, c));
             },
@@ -249,11 +254,13 @@ impl RaidChannel {
         let last_region = (offset + num - 1) / self.array.geo.strip;
         let start = self.rr.get();
         self.rr.set(start.wrapping_add(1));
-        (0..n).map(|k| (start + k) % n).find(|&m| match self.array.live(m) {
-            LIVE_ACTIVE => true,
-            LIVE_REBUILDING => last_region < self.array.rebuild_cursor.load(Ordering::Acquire),
-            _ => false,
-        })
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&m| match self.array.live(m) {
+                LIVE_ACTIVE => true,
+                LIVE_REBUILDING => last_region < self.array.rebuild_cursor.load(Ordering::Acquire),
+                _ => false,
+            })
     }
 
     fn raid1_read(&self, io: BdevIo) -> Result<(), BdevIo> {

@@ -216,10 +216,16 @@ mod tests {
 
     #[test]
     fn every_stripe_places_each_role_on_a_distinct_member() {
-        for (level, n) in [(Level::Raid5, 3), (Level::Raid5, 5), (Level::Raid6, 4), (Level::Raid6, 6)] {
+        for (level, n) in [
+            (Level::Raid5, 3),
+            (Level::Raid5, 5),
+            (Level::Raid6, 4),
+            (Level::Raid6, 6),
+        ] {
             let g = geo(level, n);
             for s in 0..(3 * n as u64) {
-                let mut seen: Vec<usize> = (0..g.roles()).map(|k| g.member_of(s, g.role(k))).collect();
+                let mut seen: Vec<usize> =
+                    (0..g.roles()).map(|k| g.member_of(s, g.role(k))).collect();
                 seen.sort();
                 seen.dedup();
                 assert_eq!(seen.len(), n, "{level:?} stripe {s}");
@@ -232,7 +238,9 @@ mod tests {
         // md's left-symmetric layout over 4 members: parity walks from the last member to
         // the first, and data starts on the member after parity.
         let g = geo(Level::Raid5, 4);
-        let layout: Vec<(usize, usize)> = (0..4).map(|s| (g.member_of(s, Role::P), g.member_of(s, Role::Data(0)))).collect();
+        let layout: Vec<(usize, usize)> = (0..4)
+            .map(|s| (g.member_of(s, Role::P), g.member_of(s, Role::Data(0))))
+            .collect();
         assert_eq!(layout, vec![(3, 0), (2, 3), (1, 2), (0, 1)]);
     }
 

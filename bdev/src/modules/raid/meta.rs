@@ -43,7 +43,13 @@ pub struct Snapshot {
 
 impl Meta {
     /// `disk_gen`: the generation already on disk (0 for a new array).
-    pub fn new(generation: u64, disk_gen: u64, region_stripes: u64, bits: u64, bitmap: Vec<u64>) -> Meta {
+    pub fn new(
+        generation: u64,
+        disk_gen: u64,
+        region_stripes: u64,
+        bits: u64,
+        bitmap: Vec<u64>,
+    ) -> Meta {
         let words = bits.div_ceil(64) as usize;
         let mut bm = bitmap;
         bm.resize(words, 0);

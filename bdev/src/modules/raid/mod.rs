@@ -263,7 +263,12 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
         let Some(m) = ch.member(slot) else {
             continue;
         };
-        let len = a.geo.concat.get(slot).copied().unwrap_or(a.geo.member_blocks);
+        let len = a
+            .geo
+            .concat
+            .get(slot)
+            .copied()
+            .unwrap_or(a.geo.member_blocks);
         let mut off = 0;
         while off < len {
             // Bounded pieces: a huge zeroing I/O would hold a file bdev's slot for long.
@@ -277,7 +282,13 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
                 let mut o = 0;
                 while o < n && st.is_success() {
                     let k = (n - o).min(32);
-                    st = match wait::write_slice(&m, a.data_offset + off + o, &z[..(k * a.block_size as u64) as usize]).await {
+                    st = match wait::write_slice(
+                        &m,
+                        a.data_offset + off + o,
+                        &z[..(k * a.block_size as u64) as usize],
+                    )
+                    .await
+                    {
                         Ok(()) => crate::io::IoStatus::Success,
                         Err(s) => s,
                     };
@@ -361,7 +372,9 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), BdevError> {
         slots
             .iter()
             .position(|s| matches!(s.state, MemberState::Missing | MemberState::Failed))
-            .ok_or_else(|| BdevError::Invalid(format!("{} has no failed or missing member", a.name)))?
+            .ok_or_else(|| {
+                BdevError::Invalid(format!("{} has no failed or missing member", a.name))
+            })?
     };
     let b = open_member(base, &a.name, slot)?;
     let need = a.data_offset + a.geo.member_blocks;
@@ -391,7 +404,8 @@ pub async fn remove_base_bdev(base: &str) -> Result<(), BdevError> {
             .position(|s| s.base.is_some() && s.name == base)
             .map(|i| (a.clone(), i))
     });
-    let (a, slot) = found.ok_or_else(|| BdevError::NotFound(format!("{base} (not a RAID member)")))?;
+    let (a, slot) =
+        found.ok_or_else(|| BdevError::NotFound(format!("{base} (not a RAID member)")))?;
     if let Some(b) = a.detach(slot) {
         b.release();
     }
@@ -540,8 +554,17 @@ async fn examine(name: &str) {
     };
     tracing::info!(bdev = name, raid = %sb.name, slot = sb.index, generation = sb.generation, "RAID superblock found");
     // A member of an array that is already running: rebuild it if it is behind.
-    if let Some(a) = ARRAYS.lock().iter().find(|a| a.uuid == sb.array_uuid).cloned() {
-        let state = a.slots.read().get(sb.index).map(|s| (s.state, s.base.is_some()));
+    if let Some(a) = ARRAYS
+        .lock()
+        .iter()
+        .find(|a| a.uuid == sb.array_uuid)
+        .cloned()
+    {
+        let state = a
+            .slots
+            .read()
+            .get(sb.index)
+            .map(|s| (s.state, s.base.is_some()));
         match state {
             Some((MemberState::Failed | MemberState::Missing, _)) if a.process.lock().is_none() => {
                 tracing::warn!(bdev = name, raid = %a.name, slot = sb.index, "stale member returned: rebuilding it");
@@ -553,11 +576,15 @@ async fn examine(name: &str) {
         }
         return;
     }
-    PENDING.lock().entry(sb.array_uuid).candidates.push(Candidate {
-        bdev: name.to_string(),
-        sb: sb.clone(),
-        bitmap,
-    });
+    PENDING
+        .lock()
+        .entry(sb.array_uuid)
+        .candidates
+        .push(Candidate {
+            bdev: name.to_string(),
+            sb: sb.clone(),
+            bitmap,
+        });
     assemble(sb.array_uuid, false).await;
 }
 
@@ -570,7 +597,10 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             return;
         };
         // Candidates whose bdev went away or was claimed since are dropped.
-        p[pos].1.candidates.retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
+        p[pos]
+            .1
+            .candidates
+            .retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
         let Some(best) = p[pos].1.best().map(|c| c.sb.clone()) else {
             p.remove(pos);
             return;
@@ -578,7 +608,9 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
         let n = best.members;
         let mut by_slot: Vec<Option<&Candidate>> = vec![None; n];
         for c in &p[pos].1.candidates {
-            if c.sb.index < n && by_slot[c.sb.index].is_none_or(|o| o.sb.generation < c.sb.generation) {
+            if c.sb.index < n
+                && by_slot[c.sb.index].is_none_or(|o| o.sb.generation < c.sb.generation)
+            {
                 by_slot[c.sb.index] = Some(c);
             }
         }
@@ -595,7 +627,12 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             tracing::warn!(raid = %best.name, present = have, members = n, "assembling degraded: members missing");
         }
         let mut bitmap = vec![0u64; best.bitmap_bits.div_ceil(64) as usize];
-        for c in p[pos].1.candidates.iter().filter(|c| trusted[c.sb.index] && c.sb.generation == best.generation) {
+        for c in p[pos]
+            .1
+            .candidates
+            .iter()
+            .filter(|c| trusted[c.sb.index] && c.sb.generation == best.generation)
+        {
             for (w, x) in bitmap.iter_mut().zip(&c.bitmap) {
                 *w |= x;
             }
@@ -612,7 +649,11 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
     }
 }
 
-fn bring_up(best: &Superblock, members: &[(Option<String>, bool)], bitmap: Vec<u64>) -> Result<(), BdevError> {
+fn bring_up(
+    best: &Superblock,
+    members: &[(Option<String>, bool)],
+    bitmap: Vec<u64>,
+) -> Result<(), BdevError> {
     let mut slots = Vec::with_capacity(best.members);
     let mut stale = None;
     let mut opened = Vec::new();
@@ -621,7 +662,11 @@ fn bring_up(best: &Superblock, members: &[(Option<String>, bool)], bitmap: Vec<u
             base: None,
             name: bdev.clone().unwrap_or_default(),
             uuid: None,
-            state: if *trusted { MemberState::Active } else { best.states[i] },
+            state: if *trusted {
+                MemberState::Active
+            } else {
+                best.states[i]
+            },
         };
         if slot.state == MemberState::Active || slot.state == MemberState::Rebuilding {
             // Not present, or a rebuild that did not finish: it starts over.
@@ -661,9 +706,26 @@ fn bring_up(best: &Superblock, members: &[(Option<String>, bool)], bitmap: Vec<u
         member_blocks: best.member_blocks,
         concat: best.concat.clone(),
     };
-    let meta = Meta::new(best.generation, best.generation, best.region_stripes, best.bitmap_bits, bitmap);
-    let array = Arc::new(Array::new(best.name.clone(), best.array_uuid, geo, best.block_size, best.data_offset, slots, Some(meta)));
-    let changed = members.iter().enumerate().any(|(i, (b, t))| best.states[i] == MemberState::Active && !(b.is_some() && *t))
+    let meta = Meta::new(
+        best.generation,
+        best.generation,
+        best.region_stripes,
+        best.bitmap_bits,
+        bitmap,
+    );
+    let array = Arc::new(Array::new(
+        best.name.clone(),
+        best.array_uuid,
+        geo,
+        best.block_size,
+        best.data_offset,
+        slots,
+        Some(meta),
+    ));
+    let changed = members
+        .iter()
+        .enumerate()
+        .any(|(i, (b, t))| best.states[i] == MemberState::Active && !(b.is_some() && *t))
         || best.states.contains(&MemberState::Rebuilding);
     if changed {
         if let Some(m) = &array.meta {

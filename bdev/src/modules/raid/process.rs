@@ -249,9 +249,7 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
             break;
         }
         set_progress(&array, (s + 1) * per_stripe);
-        pacer
-            .account(per_stripe * array.block_size as u64)
-            .await;
+        pacer.account(per_stripe * array.block_size as u64).await;
     }
     if ok && array.rebuild_done(slot) {
         if let Some(m) = &array.meta {

@@ -60,7 +60,9 @@ fn one(b: DmaBuf) -> Bufs {
 }
 
 fn view(b: &DmaBuf, off: usize, len: usize) -> Bufs {
-    one(b.view(off, len).unwrap_or_else(|| unreachable!("view inside its buffer")))
+    one(b
+        .view(off, len)
+        .unwrap_or_else(|| unreachable!("view inside its buffer")))
 }
 
 /// Copies the bytes of `src` views into `dst` from `off`.
@@ -97,7 +99,14 @@ impl RaidChannel {
     }
 
     /// Submits an I/O to a member at an absolute member block.
-    pub(super) fn mio_abs(&self, slot: usize, t: IoType, off: u64, blocks: u64, bufs: Bufs) -> Pending {
+    pub(super) fn mio_abs(
+        &self,
+        slot: usize,
+        t: IoType,
+        off: u64,
+        blocks: u64,
+        bufs: Bufs,
+    ) -> Pending {
         let Some(ch) = self.member(slot) else {
             return Pending::Now(IoStatus::Removed);
         };
@@ -107,7 +116,15 @@ impl RaidChannel {
     }
 
     /// Submits an I/O to row `row` of `stripe` on a member's data area.
-    fn mio(&self, slot: usize, t: IoType, stripe: u64, row: u64, blocks: u64, bufs: Bufs) -> Pending {
+    fn mio(
+        &self,
+        slot: usize,
+        t: IoType,
+        stripe: u64,
+        row: u64,
+        blocks: u64,
+        bufs: Bufs,
+    ) -> Pending {
         let off = self.array.data_offset + stripe * self.array.geo.strip + row;
         self.mio_abs(slot, t, off, blocks, bufs)
     }
@@ -240,7 +257,10 @@ impl RaidChannel {
 
     async fn raid1_write(&self, io: &BdevIo) -> IoStatus {
         let strip = self.array.geo.strip;
-        let (first, last) = (io.offset_blocks / strip, (io.offset_blocks + io.num_blocks - 1) / strip);
+        let (first, last) = (
+            io.offset_blocks / strip,
+            (io.offset_blocks + io.num_blocks - 1) / strip,
+        );
         let mut guards = Vec::with_capacity((last - first + 1) as usize);
         for r in first..=last {
             guards.push(self.array.locks.lock(r).await);
@@ -263,7 +283,10 @@ impl RaidChannel {
             if io.io_type == IoType::Write {
                 push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
             }
-            v.push((m, self.mio(m, io.io_type, 0, io.offset_blocks, io.num_blocks, bufs)));
+            v.push((
+                m,
+                self.mio(m, io.io_type, 0, io.offset_blocks, io.num_blocks, bufs),
+            ));
         }
         let tried = v.len();
         let res = self.wait_all(v).await;
@@ -292,20 +315,32 @@ impl RaidChannel {
         let mut groups: Vec<(u64, Pieces)> = Vec::new();
         let mut ok = true;
         let carries = io.io_type.carries_blocks();
-        for_each_piece(geo.strip, geo.data_strips(), io.offset_blocks, io.num_blocks, bs, |p| {
-            let mut v = Bufs::new();
-            if carries {
-                ok &= push_views(&io.bufs, p.byte_off, (p.blocks * bs as u64) as usize, &mut v);
-            }
-            match groups.last_mut() {
-                Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
-                _ => {
-                    let mut ps = Pieces::new();
-                    ps.push((p, v));
-                    groups.push((p.stripe, ps));
+        for_each_piece(
+            geo.strip,
+            geo.data_strips(),
+            io.offset_blocks,
+            io.num_blocks,
+            bs,
+            |p| {
+                let mut v = Bufs::new();
+                if carries {
+                    ok &= push_views(
+                        &io.bufs,
+                        p.byte_off,
+                        (p.blocks * bs as u64) as usize,
+                        &mut v,
+                    );
                 }
-            }
-        });
+                match groups.last_mut() {
+                    Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
+                    _ => {
+                        let mut ps = Pieces::new();
+                        ps.push((p, v));
+                        groups.push((p.stripe, ps));
+                    }
+                }
+            },
+        );
         if !ok {
             return IoStatus::InvalidArgument;
         }
@@ -326,7 +361,11 @@ impl RaidChannel {
 
     fn pieces_rows(pieces: &Pieces) -> (u64, u64) {
         let lo = pieces.iter().map(|(p, _)| p.row).min().unwrap_or(0);
-        let hi = pieces.iter().map(|(p, _)| p.row + p.blocks).max().unwrap_or(0);
+        let hi = pieces
+            .iter()
+            .map(|(p, _)| p.row + p.blocks)
+            .max()
+            .unwrap_or(0);
         (lo, hi)
     }
 
@@ -380,7 +419,12 @@ impl RaidChannel {
                 continue;
             }
             let mut sub = Bufs::new();
-            push_views(dst, ((a - p.row) * bs) as usize, ((b - a) * bs) as usize, &mut sub);
+            push_views(
+                dst,
+                ((a - p.row) * bs) as usize,
+                ((b - a) * bs) as usize,
+                &mut sub,
+            );
             copy_out(bufs[p.strip].as_slice(), ((a - c0) * bs) as usize, &mut sub);
         }
         Ok(())
@@ -406,7 +450,10 @@ impl RaidChannel {
             if skip(k) || !self.array.usable(m, s) {
                 missing.push(k);
             } else {
-                v.push((m, self.mio(m, IoType::Read, s, lo, hi - lo, view(&b, 0, len))));
+                v.push((
+                    m,
+                    self.mio(m, IoType::Read, s, lo, hi - lo, view(&b, 0, len)),
+                ));
             }
             bufs.push(b);
         }
@@ -423,19 +470,25 @@ impl RaidChannel {
             (Level::Raid5, [x]) => {
                 let (before, rest) = bufs.split_at_mut(*x);
                 let (target, after) = rest.split_at_mut(1);
-                let srcs: SmallVec<[&[u8]; 16]> =
-                    before.iter().chain(after.iter()).map(|b| b.as_slice()).collect();
-                kernels::xor_gen(&srcs, target[0].as_mut_slice()).map_err(|_| Step::Fail(IoStatus::Failed))
+                let srcs: SmallVec<[&[u8]; 16]> = before
+                    .iter()
+                    .chain(after.iter())
+                    .map(|b| b.as_slice())
+                    .collect();
+                kernels::xor_gen(&srcs, target[0].as_mut_slice())
+                    .map_err(|_| Step::Fail(IoStatus::Failed))
             }
             (Level::Raid6, [x]) => {
                 // Recover it together with a parity (recomputed, consistent either way).
                 let d = geo.data_strips();
                 let other = if *x == d + 1 { d } else { d + 1 };
-                let mut m: SmallVec<[&mut [u8]; 16]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                let mut m: SmallVec<[&mut [u8]; 16]> =
+                    bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
                 strata_isal::raid6_recover(&mut m, *x, other).map_err(fail)
             }
             (Level::Raid6, [x, y]) => {
-                let mut m: SmallVec<[&mut [u8]; 16]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                let mut m: SmallVec<[&mut [u8]; 16]> =
+                    bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
                 strata_isal::raid6_recover(&mut m, *x, *y).map_err(fail)
             }
             _ => Err(Step::Fail(IoStatus::Failed)),
@@ -491,7 +544,14 @@ impl RaidChannel {
         st
     }
 
-    async fn write_chunk(&self, s: u64, c0: u64, c1: u64, pieces: &Pieces, zeroes: bool) -> Result<(), Step> {
+    async fn write_chunk(
+        &self,
+        s: u64,
+        c0: u64,
+        c1: u64,
+        pieces: &Pieces,
+        zeroes: bool,
+    ) -> Result<(), Step> {
         let geo = &self.array.geo;
         let bs = self.bs() as u64;
         let zero = if zeroes {
@@ -517,14 +577,20 @@ impl RaidChannel {
                     v
                 }
             };
-            ws.push(Written { i: p.strip, a, b, src });
+            ws.push(Written {
+                i: p.strip,
+                a,
+                b,
+                src,
+            });
         }
         if ws.is_empty() {
             return Ok(());
         }
         let lo = ws.iter().map(|w| w.a).min().unwrap_or(c0);
         let hi = ws.iter().map(|w| w.b).max().unwrap_or(c1);
-        let roles_out = (0..geo.roles()).any(|k| !self.array.usable(geo.member_of(s, geo.role(k)), s));
+        let roles_out =
+            (0..geo.roles()).any(|k| !self.array.usable(geo.member_of(s, geo.role(k)), s));
         if roles_out {
             self.write_degraded(s, lo, hi, &ws).await
         } else {
@@ -533,7 +599,13 @@ impl RaidChannel {
     }
 
     /// Writes the new data and the parity roles.
-    async fn write_out(&self, s: u64, lo: u64, ws: &[Written], parity: &[(usize, &DmaBuf)]) -> Result<(), Step> {
+    async fn write_out(
+        &self,
+        s: u64,
+        lo: u64,
+        ws: &[Written],
+        parity: &[(usize, &DmaBuf)],
+    ) -> Result<(), Step> {
         let geo = &self.array.geo;
         let mut v = Vec::new();
         for w in ws {
@@ -551,7 +623,10 @@ impl RaidChannel {
                 continue;
             }
             let rows = (buf.len() / self.bs()) as u64;
-            v.push((m, self.mio(m, IoType::Write, s, lo, rows, view(buf, 0, buf.len()))));
+            v.push((
+                m,
+                self.mio(m, IoType::Write, s, lo, rows, view(buf, 0, buf.len())),
+            ));
         }
         self.wait_all(v).await
     }
@@ -582,12 +657,25 @@ impl RaidChannel {
                     Some(w) => {
                         if w.a > lo {
                             let n = w.a - lo;
-                            v.push((m, self.mio(m, IoType::Read, s, lo, n, view(&b, 0, (n * bs) as usize))));
+                            v.push((
+                                m,
+                                self.mio(m, IoType::Read, s, lo, n, view(&b, 0, (n * bs) as usize)),
+                            ));
                         }
                         if w.b < hi {
                             let off = ((w.b - lo) * bs) as usize;
                             let n = hi - w.b;
-                            v.push((m, self.mio(m, IoType::Read, s, w.b, n, view(&b, off, (n * bs) as usize))));
+                            v.push((
+                                m,
+                                self.mio(
+                                    m,
+                                    IoType::Read,
+                                    s,
+                                    w.b,
+                                    n,
+                                    view(&b, off, (n * bs) as usize),
+                                ),
+                            ));
                         }
                     }
                 }
@@ -612,7 +700,10 @@ impl RaidChannel {
                 let n = ((w.b - w.a) * bs) as usize;
                 let b = scratch(n).await?;
                 let m = geo.member_of(s, Role::Data(w.i));
-                v.push((m, self.mio(m, IoType::Read, s, w.a, w.b - w.a, view(&b, 0, n))));
+                v.push((
+                    m,
+                    self.mio(m, IoType::Read, s, w.a, w.b - w.a, view(&b, 0, n)),
+                ));
                 old.push(b);
             }
             for (j, p) in parity.iter().enumerate() {
@@ -627,7 +718,10 @@ impl RaidChannel {
             if np == 1 {
                 for (w, o) in ws.iter().zip(old.iter()) {
                     let off = ((w.a - lo) * bs) as usize;
-                    kernels::xor_into(&mut parity[0].as_mut_slice()[off..off + o.len()], o.as_slice());
+                    kernels::xor_into(
+                        &mut parity[0].as_mut_slice()[off..off + o.len()],
+                        o.as_slice(),
+                    );
                 }
             } else {
                 // RAID-6: (ΔP, ΔQ) = parity of the deltas (zero on unwritten strips).
@@ -650,7 +744,8 @@ impl RaidChannel {
                 kernels::xor_into(parity[1].as_mut_slice(), dq.as_slice());
             }
         }
-        let par: SmallVec<[(usize, &DmaBuf); 2]> = parity.iter().enumerate().map(|(j, p)| (d + j, p)).collect();
+        let par: SmallVec<[(usize, &DmaBuf); 2]> =
+            parity.iter().enumerate().map(|(j, p)| (d + j, p)).collect();
         self.write_out(s, lo, ws, &par).await
     }
 
@@ -663,7 +758,11 @@ impl RaidChannel {
             copy_in(bufs[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
         }
         self.regen(&mut bufs)?;
-        let par: SmallVec<[(usize, &DmaBuf); 2]> = bufs[d..].iter().enumerate().map(|(j, p)| (d + j, p)).collect();
+        let par: SmallVec<[(usize, &DmaBuf); 2]> = bufs[d..]
+            .iter()
+            .enumerate()
+            .map(|(j, p)| (d + j, p))
+            .collect();
         self.write_out(s, lo, ws, &par).await
     }
 }

@@ -241,7 +241,12 @@ mod tests {
             member_blocks: 1024,
             region_stripes: 1,
             bitmap_bits: 64,
-            states: vec![MemberState::Active, MemberState::Failed, MemberState::Active, MemberState::Rebuilding],
+            states: vec![
+                MemberState::Active,
+                MemberState::Failed,
+                MemberState::Active,
+                MemberState::Rebuilding,
+            ],
             concat: vec![],
         }
     }
