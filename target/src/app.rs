@@ -76,6 +76,8 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
         match &opts.json_config {
             Some(path) => {
                 crate::config::load(path, &methods)?;
+                // Arrays whose members all appeared are up; bring up degraded ones too.
+                strata_bdev::modules::raid::finish_examine();
             }
             None if !opts.no_default => embedded_default(&opts, &methods)?,
             None => {}

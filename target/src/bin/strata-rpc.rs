@@ -188,6 +188,51 @@ enum Method {
         latency_type: String,
         latency_us: u64,
     },
+    /// Create a RAID volume.
+    #[command(name = "bdev_raid_create")]
+    BdevRaidCreate {
+        #[arg(short = 'n', long)]
+        name: String,
+        /// raid0, raid1, raid5 (raid5f), raid6 or concat.
+        #[arg(short = 'r', long)]
+        raid_level: String,
+        #[arg(short = 'z', long)]
+        strip_size_kb: Option<u64>,
+        /// Base bdev names, space-separated in one argument.
+        #[arg(short = 'b', long)]
+        base_bdevs: String,
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Write superblocks (re-assembly after restart, write-intent bitmap).
+        #[arg(short = 's', long)]
+        superblock: bool,
+    },
+    /// Delete a RAID volume.
+    #[command(name = "bdev_raid_delete")]
+    BdevRaidDelete { name: String },
+    /// List RAID volumes: all, online, configuring or offline.
+    #[command(name = "bdev_raid_get_bdevs")]
+    BdevRaidGetBdevs {
+        #[arg(default_value = "all")]
+        category: String,
+    },
+    /// Add a base bdev to a degraded RAID volume (it is rebuilt).
+    #[command(name = "bdev_raid_add_base_bdev")]
+    BdevRaidAddBaseBdev {
+        raid_bdev: String,
+        base_bdev: String,
+    },
+    /// Remove a base bdev from its RAID volume.
+    #[command(name = "bdev_raid_remove_base_bdev")]
+    BdevRaidRemoveBaseBdev { name: String },
+    /// Set RAID module options (rebuild/resync rate limit).
+    #[command(name = "bdev_raid_set_options")]
+    BdevRaidSetOptions {
+        #[arg(short = 'w', long)]
+        process_window_size_kb: Option<u64>,
+        #[arg(short = 'b', long)]
+        process_max_bandwidth_mb_sec: Option<u64>,
+    },
     /// List bdevs (all, or the one named).
     #[command(name = "bdev_get_bdevs")]
     BdevGetBdevs {
@@ -551,6 +596,56 @@ fn to_request(method: Method) -> Result<(String, Option<Value>), ArgError> {
                 .build(),
         ),
         Method::BdevDelayDelete { name } => ("bdev_delay_delete", named(name)),
+        Method::BdevRaidCreate {
+            name,
+            raid_level,
+            strip_size_kb,
+            base_bdevs,
+            uuid,
+            superblock,
+        } => (
+            "bdev_raid_create",
+            Params::new()
+                .set("name", name)
+                .set("raid_level", raid_level)
+                .opt("strip_size_kb", strip_size_kb)
+                .set(
+                    "base_bdevs",
+                    base_bdevs
+                        .split_whitespace()
+                        .map(|s| Value::String(s.to_string()))
+                        .collect::<Vec<_>>(),
+                )
+                .opt("uuid", uuid)
+                .opt("superblock", superblock.then_some(true))
+                .build(),
+        ),
+        Method::BdevRaidDelete { name } => ("bdev_raid_delete", named(name)),
+        Method::BdevRaidGetBdevs { category } => (
+            "bdev_raid_get_bdevs",
+            Params::new().set("category", category).build(),
+        ),
+        Method::BdevRaidAddBaseBdev {
+            raid_bdev,
+            base_bdev,
+        } => (
+            "bdev_raid_add_base_bdev",
+            Params::new()
+                .set("raid_bdev", raid_bdev)
+                .set("base_bdev", base_bdev)
+                .build(),
+        ),
+        Method::BdevRaidRemoveBaseBdev { name } => ("bdev_raid_remove_base_bdev", named(name)),
+        Method::BdevRaidSetOptions {
+            process_window_size_kb,
+            process_max_bandwidth_mb_sec,
+        } => (
+            "bdev_raid_set_options",
+            Params::new()
+                .opt("process_window_size_kb", process_window_size_kb)
+                .opt("process_max_bandwidth_mb_sec", process_max_bandwidth_mb_sec)
+                .build(),
+        ),
         Method::BdevDelayUpdateLatency {
             delay_bdev_name,
             latency_type,
@@ -867,6 +962,40 @@ mod tests {
                 "bdev_aio_create".into(),
                 Some(json!({"filename": "/tmp/f", "name": "A0", "block_size": 4096}))
             )
+        );
+    }
+
+    #[test]
+    fn raid() {
+        assert_eq!(
+            ok(&[
+                "bdev_raid_create",
+                "-n",
+                "r5",
+                "-r",
+                "raid5f",
+                "-z",
+                "64",
+                "-b",
+                "M0 M1 M2",
+                "-s"
+            ])
+            .1,
+            Some(
+                json!({"name": "r5", "raid_level": "raid5f", "strip_size_kb": 64, "base_bdevs": ["M0", "M1", "M2"], "superblock": true})
+            )
+        );
+        assert_eq!(
+            ok(&["bdev_raid_get_bdevs"]).1,
+            Some(json!({"category": "all"}))
+        );
+        assert_eq!(
+            ok(&["bdev_raid_add_base_bdev", "r5", "M3"]).1,
+            Some(json!({"raid_bdev": "r5", "base_bdev": "M3"}))
+        );
+        assert_eq!(
+            ok(&["bdev_raid_set_options", "-b", "100"]).1,
+            Some(json!({"process_max_bandwidth_mb_sec": 100}))
         );
     }
 

@@ -3,6 +3,7 @@
 use super::params::Params;
 use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
+use strata_bdev::modules::raid::{self, geometry::Level};
 use strata_bdev::modules::{delay, error, malloc, null, uring};
 use strata_bdev::{registry, BdevHandle, IoType};
 use strata_reactor::clock;
@@ -217,8 +218,10 @@ pub fn register(t: &mut MethodTable) {
     });
     t.add("bdev_wait_for_examine", |_, p| {
         Params::new("bdev_wait_for_examine", p, &[], &[])?;
+        raid::finish_examine();
         ok()
     });
+    register_raid(t);
 }
 
 fn missing(m: &str, k: &str) -> RpcError {
@@ -308,4 +311,102 @@ fn iostat_json(h: &BdevHandle) -> Value {
         "num_io_errors": s.errors,
         "queue_depth": s.outstanding,
     })
+}
+
+/// Runs a RAID management operation on reactor 0 (it does I/O to the members).
+fn on_reactor<F, Fut, R>(f: F) -> Result<R, RpcError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, strata_bdev::BdevError>> + 'static,
+    R: Send + 'static,
+{
+    let fw = strata_reactor::framework()
+        .ok_or_else(|| RpcError::internal("reactors are not running".to_string()))?;
+    fw.block_on(0, f)
+        .map_err(|e| RpcError::internal(e.to_string()))?
+        .map_err(RpcError::from)
+}
+
+fn register_raid(t: &mut MethodTable) {
+    t.add("bdev_raid_create", |_, p| {
+        let m = "bdev_raid_create";
+        let p = Params::new(
+            m,
+            p,
+            &["name", "raid_level", "strip_size_kb", "base_bdevs", "uuid", "superblock"],
+            &["strip_size"],
+        )?;
+        let name = p.str("name")?;
+        let lv = p.str("raid_level")?;
+        let level = Level::from_name(&lv).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "{m}: invalid parameter 'raid_level': {lv} (raid0, raid1, raid5, raid5f, raid6, concat)"
+            ))
+        })?;
+        let base_bdevs = p.str_list("base_bdevs")?;
+        let opts = raid::CreateOptions {
+            name: name.clone(),
+            level,
+            strip_size_kb: p.opt_u64("strip_size_kb")?.unwrap_or(0),
+            base_bdevs,
+            uuid: p.opt_uuid("uuid")?,
+            superblock: p.opt_bool("superblock")?.unwrap_or(false),
+        };
+        on_reactor(move || async move { raid::create(opts).await.map(|_| ()) })?;
+        Ok(Value::String(name))
+    });
+    t.add("bdev_raid_delete", |_, p| {
+        let p = Params::new("bdev_raid_delete", p, &["name"], &[])?;
+        let name = p.str("name")?;
+        on_reactor(move || async move { raid::delete(&name).await })?;
+        ok()
+    });
+    t.add("bdev_raid_get_bdevs", |_, p| {
+        let p = Params::new("bdev_raid_get_bdevs", p, &["category"], &[])?;
+        let c = p.opt_str("category")?.unwrap_or_else(|| "all".into());
+        raid::get_bdevs(&c).map(Value::Array).map_err(|_| {
+            RpcError::invalid_params(format!(
+                "bdev_raid_get_bdevs: invalid parameter 'category': {c} (all, online, configuring, offline)"
+            ))
+        })
+    });
+    t.add("bdev_raid_add_base_bdev", |_, p| {
+        let p = Params::new(
+            "bdev_raid_add_base_bdev",
+            p,
+            &["raid_bdev", "base_bdev"],
+            &[],
+        )?;
+        let (r, b) = (p.str("raid_bdev")?, p.str("base_bdev")?);
+        on_reactor(move || async move { raid::add_base_bdev(&r, &b).await })?;
+        ok()
+    });
+    t.add("bdev_raid_remove_base_bdev", |_, p| {
+        let p = Params::new("bdev_raid_remove_base_bdev", p, &["name"], &[])?;
+        let name = p.str("name")?;
+        on_reactor(move || async move { raid::remove_base_bdev(&name).await })?;
+        ok()
+    });
+    t.add("bdev_raid_set_options", |_, p| {
+        let p = Params::new(
+            "bdev_raid_set_options",
+            p,
+            &["process_window_size_kb", "process_max_bandwidth_mb_sec"],
+            &[],
+        )?;
+        let mut o = raid::options();
+        if let Some(w) = p.opt_u64("process_window_size_kb")? {
+            if w == 0 {
+                return Err(RpcError::invalid_params(
+                    "bdev_raid_set_options: invalid parameter 'process_window_size_kb': must be > 0".to_string(),
+                ));
+            }
+            o.process_window_size_kb = w;
+        }
+        if let Some(b) = p.opt_u64("process_max_bandwidth_mb_sec")? {
+            o.process_max_bandwidth_mb_sec = b;
+        }
+        raid::set_options(o);
+        ok()
+    });
 }

@@ -91,6 +91,24 @@ impl Params {
         self.opt_u32(key)?.ok_or_else(|| self.missing(key))
     }
 
+    /// A list of names: a JSON array of strings, or one string of space-separated names.
+    pub fn str_list(&self, key: &str) -> Result<Vec<String>, RpcError> {
+        let v: Vec<String> = match self.obj.get(key) {
+            None | Some(Value::Null) => return Err(self.missing(key)),
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.bad(key, "expected an array of strings"))?,
+            Some(_) => return Err(self.bad(key, "expected an array of strings")),
+        };
+        if v.is_empty() || v.iter().any(String::is_empty) {
+            return Err(self.bad(key, "must list at least one name"));
+        }
+        Ok(v)
+    }
+
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, RpcError> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(None),

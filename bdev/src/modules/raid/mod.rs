@@ -566,11 +566,19 @@ async fn examine(name: &str) {
             .get(sb.index)
             .map(|s| (s.state, s.base.is_some()));
         match state {
-            Some((MemberState::Failed | MemberState::Missing, _)) if a.process.lock().is_none() => {
-                tracing::warn!(bdev = name, raid = %a.name, slot = sb.index, "stale member returned: rebuilding it");
-                if let Err(e) = add_base_bdev(&a.name, name).await {
-                    tracing::error!(bdev = name, raid = %a.name, error = %e, "could not re-add member");
-                }
+            Some((MemberState::Failed | MemberState::Missing, _)) => {
+                tracing::warn!(bdev = name, raid = %a.name, slot = sb.index, "stale member returned: it will be rebuilt");
+                let name = name.to_string();
+                // After any running resync or rebuild (not counted as examine time).
+                strata_reactor::spawn_local(async move {
+                    while a.process.lock().is_some() && !a.stopping.load(Ordering::Acquire) {
+                        strata_reactor::sleep(Duration::from_millis(10)).await;
+                    }
+                    if let Err(e) = add_base_bdev(&a.name, &name).await {
+                        tracing::error!(bdev = %name, raid = %a.name, error = %e, "could not re-add member");
+                    }
+                })
+                .detach();
             }
             _ => tracing::info!(bdev = name, raid = %a.name, "member of a running array; ignored"),
         }
