@@ -174,10 +174,8 @@ impl Tgt {
 
     fn stop(mut self) {
         // SAFETY: kill(2) takes no pointers.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
-            0
-        );
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
         let st = self.child.wait().unwrap();
         assert!(st.success(), "target exit {st:?}:\n{}", self.log_text());
     }

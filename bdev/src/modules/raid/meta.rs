@@ -9,7 +9,7 @@
 //! waiter is satisfied by a sync that started after its change.
 
 use parking_lot::Mutex;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 pub struct Meta {
     st: Mutex<MetaState>,
@@ -163,17 +163,17 @@ impl Meta {
 
     /// Starts a metadata write if none is running and the disk is behind: returns the
     /// snapshot to write. Otherwise registers `waker` to be woken when the running one ends.
-    pub fn try_start_sync(&self, want: u64, waker: &Waker) -> Result<Option<Snapshot>, ()> {
+    pub fn try_start_sync(&self, want: u64, waker: &Waker) -> Poll<Option<Snapshot>> {
         let mut s = self.st.lock();
         if s.disk_gen >= want {
-            return Ok(None);
+            return Poll::Ready(None);
         }
         if s.writing {
             s.waiters.push(waker.clone());
-            return Err(());
+            return Poll::Pending;
         }
         s.writing = true;
-        Ok(Some(Snapshot {
+        Poll::Ready(Some(Snapshot {
             generation: s.generation,
             bitmap: s.bitmap.clone(),
         }))

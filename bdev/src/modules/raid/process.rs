@@ -13,7 +13,6 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 use strata_reactor::dma;
 
@@ -25,11 +24,7 @@ impl RaidChannel {
         };
         let mut want = want;
         loop {
-            let snap = poll_fn(|cx| match meta.try_start_sync(want, cx.waker()) {
-                Ok(s) => Poll::Ready(s),
-                Err(()) => Poll::Pending,
-            })
-            .await;
+            let snap = poll_fn(|cx| meta.try_start_sync(want, cx.waker())).await;
             let Some(snap) = snap else {
                 return;
             };

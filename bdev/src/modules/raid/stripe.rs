@@ -650,9 +650,15 @@ impl RaidChannel {
             let mut data: Vec<DmaBuf> = Vec::with_capacity(d);
             let mut v = Vec::new();
             for i in 0..d {
+                let w = ws.iter().find(|w| w.i == i);
+                // A strip the write covers in one piece is used in place (no copy).
+                if let Some(w) = w.filter(|w| w.a == lo && w.b == hi && w.src.len() == 1) {
+                    data.push(w.src[0].view(0, len).ok_or(Step::Fail(IoStatus::Failed))?);
+                    continue;
+                }
                 let b = scratch(len).await?;
                 let m = geo.member_of(s, Role::Data(i));
-                match ws.iter().find(|w| w.i == i) {
+                match w {
                     None => v.push((m, self.mio(m, IoType::Read, s, lo, rows, view(&b, 0, len)))),
                     Some(w) => {
                         if w.a > lo {
@@ -683,7 +689,9 @@ impl RaidChannel {
             }
             self.wait_all(v).await?;
             for w in ws {
-                copy_in(data[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
+                if !(w.a == lo && w.b == hi && w.src.len() == 1) {
+                    copy_in(data[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
+                }
             }
             let srcs: SmallVec<[&[u8]; 16]> = data.iter().map(|b| b.as_slice()).collect();
             let r = match parity.as_mut_slice() {
