@@ -3,32 +3,15 @@
 //! TermReq or closed connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use strata_nvmf::host::blocking::BlockingController;
 use strata_nvmf::host::controller::{Controller, ControllerOptions};
 use strata_nvmf::host::IoBuf;
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(|p| p.parent()).unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{bin, free_port, wait_listening};
 
 const BS: usize = 4096;
 const N: u64 = 32;
@@ -65,14 +48,7 @@ fn exhausted_buffer_pools_apply_backpressure() {
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let t0 = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "target did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(&mut child, Some(&log), &[addr]);
     let opts = ControllerOptions {
         io_queues: 1,
         queue_depth: N as u16 + 1,

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,31 +21,11 @@ use strata_nvmf::spec::{get_cstr, status};
 use strata_nvmf::tcp::pdu;
 use zerocopy::FromBytes;
 
+mod common;
+use common::{bin, free_port, wait_listening};
+
 const NQN: &str = "nqn.2026-11.io.strata:default";
 const BS: usize = 4096;
-
-fn tgt_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap().to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let p = dir.join("strata-tgt");
-    assert!(
-        p.is_file(),
-        "{} not found: run `cargo build --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running strata-tgt, killed on drop.
 struct Target {
@@ -72,7 +52,7 @@ fn start_target() -> Target {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let child = Command::new(tgt_bin())
+    let child = Command::new(bin("strata-tgt"))
         .args(["--interrupt-mode", "-m", "0x1", "--log-level", "warn", "-r"])
         .arg(&sock)
         .args(["--nvmf-port", &p.to_string()])
@@ -80,21 +60,13 @@ fn start_target() -> Target {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Target {
+    let mut t = Target {
         child,
         addr: format!("127.0.0.1:{p}").parse().unwrap(),
         discovery: format!("127.0.0.1:{d}").parse().unwrap(),
         sock,
     };
-    let start = Instant::now();
-    while TcpStream::connect(t.addr).is_err() || TcpStream::connect(t.discovery).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "strata-tgt did not listen on {}",
-            t.addr
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(&mut t.child, None, &[t.addr, t.discovery]);
     t
 }
 

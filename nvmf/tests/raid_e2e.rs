@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,32 +19,15 @@ use std::time::{Duration, Instant};
 use strata_nvmf::host::blocking::BlockingController;
 use strata_nvmf::host::controller::ControllerOptions;
 
+mod common;
+use common::{bin, free_port, signal, wait_listening};
+
 const BS: usize = 4096;
 const NQN: &str = "nqn.2026-11.io.strata:raid";
 const MEMBERS: usize = 4;
 const MEMBER_MIB: u64 = 12;
 /// Data starts 1 MiB into each member (superblock + bitmap).
 const DATA_OFFSET: usize = 1 << 20;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|p| p.parent()).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn pattern(lba: u64, version: u32) -> Vec<u8> {
     let seed = lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version as u64;
@@ -101,18 +84,8 @@ impl Tgt {
             port,
             log,
         };
-        let t0 = Instant::now();
-        while TcpStream::connect(t.addr()).is_err() {
-            if let Some(s) = t.child.try_wait().unwrap() {
-                panic!("target exited ({s:?}):\n{}", t.log_text());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "target did not listen:\n{}",
-                t.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addr = t.addr();
+        wait_listening(&mut t.child, Some(&t.log), &[addr]);
         t
     }
 
@@ -173,9 +146,7 @@ impl Tgt {
     }
 
     fn stop(mut self) {
-        // SAFETY: kill(2) takes no pointers.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0);
+        signal(&self.child, libc::SIGTERM);
         let st = self.child.wait().unwrap();
         assert!(st.success(), "target exit {st:?}:\n{}", self.log_text());
     }

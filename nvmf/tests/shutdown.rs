@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,25 +13,8 @@ use std::time::{Duration, Instant};
 use strata_nvmf::host::blocking::BlockingController;
 use strata_nvmf::host::controller::ControllerOptions;
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|p| p.parent()).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{bin, free_port, signal, wait_listening};
 
 const BS: usize = 4096;
 
@@ -79,15 +61,7 @@ fn sigterm_with_io_in_flight_exits_cleanly_and_keeps_acknowledged_writes() {
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let t0 = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "target did not listen: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut child, Some(&log), &[addr]);
 
     // Several writers, each acknowledging blocks it wrote.
     let stop = Arc::new(AtomicBool::new(false));
@@ -115,8 +89,7 @@ fn sigterm_with_io_in_flight_exits_cleanly_and_keeps_acknowledged_writes() {
         }));
     }
     std::thread::sleep(Duration::from_millis(400));
-    let rc = unsafe_kill(child.id() as i32, libc::SIGTERM);
-    assert_eq!(rc, 0);
+    signal(&child, libc::SIGTERM);
     let t1 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -157,9 +130,4 @@ fn sigterm_with_io_in_flight_exits_cleanly_and_keeps_acknowledged_writes() {
             "acknowledged write of block {i} is not on disk"
         );
     }
-}
-
-fn unsafe_kill(pid: i32, sig: i32) -> i32 {
-    // SAFETY: kill(2) takes no pointers.
-    unsafe { libc::kill(pid, sig) }
 }
