@@ -65,8 +65,21 @@ impl Epoll {
         out: &mut Vec<(u64, u32)>,
     ) -> io::Result<usize> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let n = self.wait_into(timeout, &mut events)?;
+        out.clear();
+        out.extend(events[..n].iter().map(|ev| (ev.u64, ev.events)));
+        Ok(n)
+    }
+
+    /// epoll_wait into `events`; an interrupted wait counts as zero events.
+    fn wait_into(
+        &self,
+        timeout: Option<Duration>,
+        events: &mut [libc::epoll_event],
+    ) -> io::Result<usize> {
         let ms = match timeout {
             None => -1,
+            // Round up so a 10 µs timer does not become a zero-timeout spin.
             Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
         };
         // SAFETY: `events` is a valid writable array of the length passed.
@@ -85,10 +98,6 @@ impl Epoll {
             } else {
                 Err(e)
             };
-        }
-        out.clear();
-        for ev in &events[..n as usize] {
-            out.push((ev.u64, ev.events));
         }
         Ok(n as usize)
     }
@@ -110,28 +119,7 @@ impl Epoll {
     /// Waits for readiness up to `timeout` (None: forever). Returns the number of ready fds.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<usize> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
-        let ms = match timeout {
-            None => -1,
-            // Round up so a 10 µs timer does not become a zero-timeout spin.
-            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-        };
-        // SAFETY: `events` is a valid writable array of the length passed.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                ms,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(0);
-            }
-            return Err(e);
-        }
-        Ok(n as usize)
+        self.wait_into(timeout, &mut events)
     }
 }
 
