@@ -2,6 +2,7 @@
 //! for a fixed time by resubmitting every completed I/O with its own buffer. Nothing is
 //! allocated per I/O; latency goes into a per-job HDR histogram.
 
+use crate::stats::JobStats;
 use hdrhistogram::Histogram;
 
 /// One latency sample in this many I/Os goes into the histogram.
@@ -39,7 +40,16 @@ impl Workload {
             _ => return None,
         })
     }
-    fn random(self) -> bool {
+    /// Whether the next I/O reads (rw/randrw: with probability `read_pct` %).
+    pub fn next_is_read(self, rng: &mut SmallRng, read_pct: u32) -> bool {
+        match self {
+            Workload::Read | Workload::RandRead => true,
+            Workload::Write | Workload::RandWrite => false,
+            Workload::Rw | Workload::RandRw => rng.gen_range(0..100) < read_pct,
+        }
+    }
+
+    pub fn random(self) -> bool {
         matches!(
             self,
             Workload::RandRead | Workload::RandWrite | Workload::RandRw
@@ -94,26 +104,7 @@ pub struct JobSpec {
 pub struct JobResult {
     pub bdev: String,
     pub reactor: usize,
-    pub ios: u64,
-    pub errors: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub lat_min_us: f64,
-    pub lat_avg_us: f64,
-    pub lat_max_us: f64,
-    pub lat_p50_us: f64,
-    pub lat_p99_us: f64,
-    pub lat_p999_us: f64,
-    pub histogram: Histogram<u64>,
-}
-
-impl JobResult {
-    pub fn iops(&self) -> f64 {
-        self.ios as f64 / self.seconds
-    }
-    pub fn mib_s(&self) -> f64 {
-        self.bytes as f64 / self.seconds / (1024.0 * 1024.0)
-    }
+    pub stats: JobStats,
 }
 
 struct Job {
@@ -147,17 +138,11 @@ impl Job {
         io.offset_blocks = idx * self.blocks_per_io;
         io.complete_ticks = 0;
         io.num_blocks = self.blocks_per_io;
-        io.io_type = match self.spec.workload {
-            Workload::Read | Workload::RandRead => IoType::Read,
-            Workload::Write | Workload::RandWrite => IoType::Write,
-            Workload::Rw | Workload::RandRw => {
-                if self.rng.borrow_mut().gen_range(0..100) < self.spec.read_pct {
-                    IoType::Read
-                } else {
-                    IoType::Write
-                }
-            }
-        };
+        let read = self
+            .spec
+            .workload
+            .next_is_read(&mut self.rng.borrow_mut(), self.spec.read_pct);
+        io.io_type = if read { IoType::Read } else { IoType::Write };
     }
 
     fn start(self: &Rc<Self>, mut io: BdevIo) {
@@ -266,23 +251,19 @@ pub async fn run_job(spec: JobSpec) -> Result<JobResult, String> {
     }
     rx.await.map_err(|e| e.to_string())?;
     let seconds = clock::ticks_to_nanos(start, clock::ticks()) as f64 / 1e9;
-    let h = job.hist.borrow().clone();
-    let us = |v: u64| v as f64 / 1000.0;
+    let ios = job.ios.get();
+    let hist = job.hist.borrow().clone();
+    let avg_us = job.lat_ticks_sum.get() as f64 * job.ns_per_tick / ios.max(1) as f64 / 1000.0;
     Ok(JobResult {
         bdev: spec.bdev,
         reactor: strata_reactor::current_index().unwrap_or(0),
-        ios: job.ios.get(),
-        errors: job.errors.get(),
-        bytes: job.ios.get() * spec.io_size as u64,
-        seconds,
-        lat_min_us: us(h.min()),
-        lat_avg_us: job.lat_ticks_sum.get() as f64 * job.ns_per_tick
-            / job.ios.get().max(1) as f64
-            / 1000.0,
-        lat_max_us: us(h.max()),
-        lat_p50_us: us(h.value_at_quantile(0.5)),
-        lat_p99_us: us(h.value_at_quantile(0.99)),
-        lat_p999_us: us(h.value_at_quantile(0.999)),
-        histogram: h,
+        stats: JobStats::new(
+            ios,
+            job.errors.get(),
+            ios * spec.io_size as u64,
+            seconds,
+            Some(avg_us),
+            hist,
+        ),
     })
 }

@@ -3,3 +3,4 @@
 
 pub mod bdevperf;
 pub mod perf;
+pub mod stats;

@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use crate::stats::JobStats;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -111,28 +112,9 @@ pub struct NsTarget {
 pub struct PerfResult {
     pub name: String,
     pub core: usize,
-    pub ios: u64,
-    pub errors: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub lat_min_us: f64,
-    pub lat_avg_us: f64,
-    pub lat_max_us: f64,
-    pub lat_p50_us: f64,
-    pub lat_p99_us: f64,
-    pub lat_p999_us: f64,
-    pub histogram: Histogram<u64>,
+    pub stats: JobStats,
     /// Why the job stopped early, if it did.
     pub failure: Option<String>,
-}
-
-impl PerfResult {
-    pub fn iops(&self) -> f64 {
-        self.ios as f64 / self.seconds.max(1e-9)
-    }
-    pub fn mib_s(&self) -> f64 {
-        self.bytes as f64 / self.seconds.max(1e-9) / (1024.0 * 1024.0)
-    }
 }
 
 struct IoCtx {
@@ -167,21 +149,18 @@ struct Job {
 impl Job {
     /// Submits I/O context `i` with its next offset and operation.
     fn submit(&mut self, i: usize, now: u64) -> bool {
-        let idx = match self.spec.workload {
-            Workload::RandRead | Workload::RandWrite | Workload::RandRw => {
-                self.rng.gen_range(0..self.span_ios)
-            }
-            _ => {
+        let idx = match self.spec.workload.random() {
+            true => self.rng.gen_range(0..self.span_ios),
+            false => {
                 let s = self.next_seq;
                 self.next_seq += 1;
                 s % self.span_ios
             }
         };
-        let is_read = match self.spec.workload {
-            Workload::Read | Workload::RandRead => true,
-            Workload::Write | Workload::RandWrite => false,
-            Workload::Rw | Workload::RandRw => self.rng.gen_range(0..100) < self.spec.read_pct,
-        };
+        let is_read = self
+            .spec
+            .workload
+            .next_is_read(&mut self.rng, self.spec.read_pct);
         let lba = idx * self.blocks_per_io as u64;
         let ctx = &mut self.ctxs[i];
         let Some(buf) = ctx.buf.take() else {
@@ -267,22 +246,17 @@ impl Job {
             clock::ticks()
         };
         let seconds = clock::ticks_to_nanos(self.start, end) as f64 / 1e9;
-        let h = &self.hist;
-        let us = |v: u64| v as f64 / 1000.0;
         let r = PerfResult {
             name: self.ns.name.clone(),
             core: self.core,
-            ios: self.ios,
-            errors: self.errors,
-            bytes: self.ios * self.spec.io_size as u64,
-            seconds,
-            lat_min_us: us(h.min()),
-            lat_avg_us: h.mean() / 1000.0,
-            lat_max_us: us(h.max()),
-            lat_p50_us: us(h.value_at_quantile(0.5)),
-            lat_p99_us: us(h.value_at_quantile(0.99)),
-            lat_p999_us: us(h.value_at_quantile(0.999)),
-            histogram: h.clone(),
+            stats: JobStats::new(
+                self.ios,
+                self.errors,
+                self.ios * self.spec.io_size as u64,
+                seconds,
+                None,
+                self.hist.clone(),
+            ),
             failure: self.failure.clone(),
         };
         if let Some(tx) = self.tx.take() {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use strata_bdev::registry;
 use strata_bench::bdevperf::{run_job, JobResult, JobSpec, LoadArgs};
+use strata_bench::stats::JobStats;
 use strata_reactor::{dma, Mode, ReactorSet};
 use strata_target::rpc::{AppContext, MethodTable};
 
@@ -130,62 +131,47 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn report(results: &[JobResult], json: bool) {
-    let mut total_hist = results[0].histogram.clone();
-    for r in &results[1..] {
-        let _ = total_hist.add(&r.histogram);
-    }
-    let ios: u64 = results.iter().map(|r| r.ios).sum();
-    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    let secs = results.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    let Some(total) = JobStats::total(results.iter().map(|r| &r.stats)) else {
+        return;
+    };
     if json {
         let jobs: Vec<_> = results
             .iter()
             .map(|r| {
-                serde_json::json!({
-                    "bdev": r.bdev, "reactor": r.reactor, "iops": r.iops(), "mib_s": r.mib_s(),
-                    "avg_us": r.lat_avg_us, "min_us": r.lat_min_us, "max_us": r.lat_max_us,
-                    "p50_us": r.lat_p50_us, "p99_us": r.lat_p99_us, "p999_us": r.lat_p999_us, "errors": r.errors,
-                })
+                let mut j = r.stats.json();
+                j["bdev"] = r.bdev.clone().into();
+                j["reactor"] = r.reactor.into();
+                j
             })
             .collect();
-        let total = serde_json::json!({
-            "iops": ios as f64 / secs, "mib_s": bytes as f64 / secs / 1048576.0,
-            "avg_us": total_hist.mean() / 1000.0,
-            "p99_us": total_hist.value_at_quantile(0.99) as f64 / 1000.0, "errors": errors,
-        });
-        println!("{}", serde_json::json!({ "jobs": jobs, "total": total }));
+        println!(
+            "{}",
+            serde_json::json!({ "jobs": jobs, "total": total.json() })
+        );
         return;
     }
     println!(
         "{:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "bdev", "reactor", "IOPS", "MiB/s", "avg(us)", "p50(us)", "p99(us)", "max(us)"
     );
-    for r in results {
+    let line = |name: &str, reactor: String, s: &JobStats| {
         println!(
             "{:<16} {:>7} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-            r.bdev,
-            r.reactor,
-            r.iops(),
-            r.mib_s(),
-            r.lat_avg_us,
-            r.lat_p50_us,
-            r.lat_p99_us,
-            r.lat_max_us
-        );
+            name,
+            reactor,
+            s.iops(),
+            s.mib_s(),
+            s.avg_us,
+            s.quantile_us(0.5),
+            s.quantile_us(0.99),
+            s.max_us()
+        )
+    };
+    for r in results {
+        line(&r.bdev, r.reactor.to_string(), &r.stats);
     }
-    println!(
-        "{:<16} {:>7} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-        "Total",
-        "",
-        ios as f64 / secs,
-        bytes as f64 / secs / 1048576.0,
-        total_hist.mean() / 1000.0,
-        total_hist.value_at_quantile(0.5) as f64 / 1000.0,
-        total_hist.value_at_quantile(0.99) as f64 / 1000.0,
-        total_hist.max() as f64 / 1000.0
-    );
-    if errors > 0 {
-        println!("errors: {errors}");
+    line("Total", String::new(), &total);
+    if total.errors > 0 {
+        println!("errors: {}", total.errors);
     }
 }

@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use strata_bench::bdevperf::{LoadArgs, Workload};
 use strata_bench::perf::{start_job, NsTarget, PerfResult, PerfSpec, TargetSpec};
+use strata_bench::stats::JobStats;
 use strata_nvmf::host::{Controller, ControllerOptions};
 use strata_reactor::{dma, Mode, ReactorSet};
 
@@ -268,48 +269,30 @@ fn run(cli: Cli) -> Result<bool, String> {
         }
     }
     report(&results, cli.json);
-    Ok(results.iter().all(|r| r.errors == 0 && r.failure.is_none()))
+    Ok(results
+        .iter()
+        .all(|r| r.stats.errors == 0 && r.failure.is_none()))
 }
 
 fn report(results: &[PerfResult], json: bool) {
-    let Some(first) = results.first() else {
+    let Some(total) = JobStats::total(results.iter().map(|r| &r.stats)) else {
         return;
     };
-    let mut total_hist = first.histogram.clone();
-    for r in &results[1..] {
-        let _ = total_hist.add(&r.histogram);
-    }
-    let ios: u64 = results.iter().map(|r| r.ios).sum();
-    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    let secs = results
-        .iter()
-        .map(|r| r.seconds)
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let errors: u64 = results.iter().map(|r| r.errors).sum();
-    let us = |v: u64| v as f64 / 1000.0;
     if json {
         let jobs: Vec<_> = results
             .iter()
             .map(|r| {
-                serde_json::json!({
-                    "device": r.name, "core": r.core, "iops": r.iops(), "mib_s": r.mib_s(),
-                    "avg_us": r.lat_avg_us, "min_us": r.lat_min_us, "max_us": r.lat_max_us,
-                    "p50_us": r.lat_p50_us, "p99_us": r.lat_p99_us, "p999_us": r.lat_p999_us,
-                    "errors": r.errors, "failure": r.failure,
-                })
+                let mut j = r.stats.json();
+                j["device"] = r.name.clone().into();
+                j["core"] = r.core.into();
+                j["failure"] = r.failure.clone().into();
+                j
             })
             .collect();
-        let total = serde_json::json!({
-            "iops": ios as f64 / secs, "mib_s": bytes as f64 / secs / 1048576.0,
-            "avg_us": total_hist.mean() / 1000.0,
-            "min_us": us(total_hist.min()), "max_us": us(total_hist.max()),
-            "p50_us": us(total_hist.value_at_quantile(0.5)),
-            "p99_us": us(total_hist.value_at_quantile(0.99)),
-            "p999_us": us(total_hist.value_at_quantile(0.999)),
-            "errors": errors,
-        });
-        println!("{}", serde_json::json!({ "jobs": jobs, "total": total }));
+        println!(
+            "{}",
+            serde_json::json!({ "jobs": jobs, "total": total.json() })
+        );
         return;
     }
     let w = results
@@ -318,41 +301,33 @@ fn report(results: &[PerfResult], json: bool) {
         .max()
         .unwrap_or(20)
         .max(20);
-    let line = "=".repeat(w + 2 + 11 * 8);
-    println!("{line}");
+    let rule = "=".repeat(w + 2 + 11 * 8);
+    println!("{rule}");
     println!("{:>width$}", "Latency(us)", width = w + 2 + 11 * 8 - 30);
     println!(
         "{:<w$}: {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "Device Information", "IOPS", "MiB/s", "Average", "min", "max", "p50", "p99", "p99.9"
     );
-    for r in results {
+    let line = |name: String, s: &JobStats| {
         println!(
             "{:<w$}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-            format!("{} from core {:>2}", r.name, r.core),
-            r.iops(),
-            r.mib_s(),
-            r.lat_avg_us,
-            r.lat_min_us,
-            r.lat_max_us,
-            r.lat_p50_us,
-            r.lat_p99_us,
-            r.lat_p999_us
-        );
+            name,
+            s.iops(),
+            s.mib_s(),
+            s.avg_us,
+            s.min_us(),
+            s.max_us(),
+            s.quantile_us(0.5),
+            s.quantile_us(0.99),
+            s.quantile_us(0.999)
+        )
+    };
+    for r in results {
+        line(format!("{} from core {:>2}", r.name, r.core), &r.stats);
     }
-    println!("{line}");
-    println!(
-        "{:<w$}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-        "Total",
-        ios as f64 / secs,
-        bytes as f64 / secs / 1048576.0,
-        total_hist.mean() / 1000.0,
-        us(total_hist.min()),
-        us(total_hist.max()),
-        us(total_hist.value_at_quantile(0.5)),
-        us(total_hist.value_at_quantile(0.99)),
-        us(total_hist.value_at_quantile(0.999)),
-    );
-    if errors > 0 {
-        println!("errors: {errors}");
+    println!("{rule}");
+    line("Total".into(), &total);
+    if total.errors > 0 {
+        println!("errors: {}", total.errors);
     }
 }
