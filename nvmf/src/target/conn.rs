@@ -190,6 +190,27 @@ struct State {
     c2h_success: bool,
 }
 
+impl State {
+    /// Asks the host for the request's data from `off` (at most MAXH2CDATA bytes).
+    fn push_r2t(&mut self, slot: u16, off: u32) {
+        let maxh2c = self.maxh2cdata;
+        let hd = self.digests.is_some_and(|d| d.0);
+        let r = &mut self.reqs[slot as usize];
+        r.r2t_off = off;
+        r.r2t_len = (r.len - off).min(maxh2c);
+        r.h2c_got = 0;
+        let hdr = pdu::r2t(r.sqe.cid, slot, off, r.r2t_len, hd);
+        self.tx.push_back(TxPdu {
+            hdr,
+            data: TxData::None,
+            ddgst: None,
+            sent: 0,
+            free_slot: None,
+            close_after: false,
+        });
+    }
+}
+
 /// A queue pair. Lives on one reactor; `!Send`.
 pub struct Connection {
     pub(crate) stream: TcpStream,
@@ -1127,30 +1148,15 @@ impl Connection {
             return;
         };
         b.set_len(len);
-        let maxh2c = s.maxh2cdata;
         let r = &mut s.reqs[slot as usize];
         r.buf = Some(b);
         r.state = ReqState::AwaitH2c;
-        r.r2t_off = 0;
-        r.r2t_len = (len as u32).min(maxh2c);
-        r.h2c_got = 0;
-        let (cid, off, rl) = (r.sqe.cid, r.r2t_off, r.r2t_len);
-        let hd = s.digests.is_some_and(|d| d.0);
-        s.tx.push_back(TxPdu {
-            hdr: pdu::r2t(cid, slot, off, rl, hd),
-            data: TxData::None,
-            ddgst: None,
-            sent: 0,
-            free_slot: None,
-            close_after: false,
-        });
+        s.push_r2t(slot, 0);
     }
 
     fn on_h2c_data(&self, slot: u16, n: u32) {
         let ch = {
             let mut s = self.st.borrow_mut();
-            let maxh2c = s.maxh2cdata;
-            let hd = s.digests.is_some_and(|d| d.0);
             let r = &mut s.reqs[slot as usize];
             r.h2c_got += n;
             if r.h2c_got < r.r2t_len {
@@ -1158,20 +1164,10 @@ impl Connection {
             }
             let next = r.r2t_off + r.r2t_len;
             if next < r.len {
-                r.r2t_off = next;
-                r.r2t_len = (r.len - next).min(maxh2c);
-                r.h2c_got = 0;
-                let (cid, off, rl) = (r.sqe.cid, r.r2t_off, r.r2t_len);
-                s.tx.push_back(TxPdu {
-                    hdr: pdu::r2t(cid, slot, off, rl, hd),
-                    data: TxData::None,
-                    ddgst: None,
-                    sent: 0,
-                    free_slot: None,
-                    close_after: false,
-                });
+                s.push_r2t(slot, next);
                 return;
             }
+            let r = &mut s.reqs[slot as usize];
             r.state = ReqState::Executing;
             let nsid = r.sqe.nsid;
             self.channel(&mut s, nsid).map(|c| c.0)
