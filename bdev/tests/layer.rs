@@ -7,11 +7,13 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 use strata_bdev::modules::{delay, error, malloc};
-use strata_bdev::wait::{checksums, no_data, read_vec, write_slice, xor_write_slice};
+use strata_bdev::wait::{no_data, read_vec, write_slice};
 use strata_bdev::{kernels, registry, BdevIo, IoStatus, IoType};
 
 mod common;
-use common::on_reactor;
+use common::{
+    on_reactor, spawn_checksums, spawn_no_data, spawn_read, spawn_write, spawn_xor_write, InFlight,
+};
 
 fn mk_malloc(name: &str, blocks: u64, bs: u32) {
     malloc::create(malloc::MallocOptions {
@@ -235,107 +237,40 @@ pub async fn model_check(name: String, seed: u64, ops: usize) {
         no_data(&ch, IoType::WriteZeroes, b, n).await.unwrap();
     }
     let mut rng = SmallRng::seed_from_u64(seed);
-    type Pending = (
-        u64,
-        u64,
-        strata_reactor::JoinHandle<Result<Option<Vec<u8>>, IoStatus>>,
-        Option<Vec<u8>>,
-    );
-    let mut inflight: Vec<Pending> = Vec::new();
+    let mut inflight = InFlight::new(&name);
     for _ in 0..ops {
         let n = rng.gen_range(1..=16u64.min(blocks));
         let off = rng.gen_range(0..=blocks - n);
-        let overlaps = inflight
-            .iter()
-            .any(|(o, l, _, _)| off < o + l && *o < off + n);
-        if overlaps || inflight.len() >= 16 {
-            let (o, l, h, expect) = inflight.remove(0);
-            let got = h
-                .await
-                .unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
-            if let (Some(g), Some(e)) = (got, expect) {
-                assert_eq!(g, e, "data mismatch at blocks {o}+{l}");
-            }
+        if inflight.overlaps(off, n) || inflight.len() >= 16 {
+            inflight.retire_oldest().await;
             continue;
         }
         let range = off as usize * bs..(off + n) as usize * bs;
-        let ch2 = ch.clone();
         let (h, expect) = match rng.gen_range(0..6) {
-            0 => {
-                let exp = model[range].to_vec();
-                (
-                    strata_reactor::spawn_local(
-                        async move { read_vec(&ch2, off, n).await.map(Some) },
-                    ),
-                    Some(exp),
-                )
-            }
+            0 => (spawn_read(&ch, off, n), Some(model[range].to_vec())),
             1 => {
                 let data: Vec<u8> = (0..range.len()).map(|_| rng.gen()).collect();
                 model[range].copy_from_slice(&data);
-                (
-                    strata_reactor::spawn_local(async move {
-                        write_slice(&ch2, off, &data).await.map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_write(&ch, off, data), None)
             }
             2 => {
                 model[range].fill(0);
-                (
-                    strata_reactor::spawn_local(async move {
-                        no_data(&ch2, IoType::WriteZeroes, off, n)
-                            .await
-                            .map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_no_data(&ch, IoType::WriteZeroes, off, n), None)
             }
             3 => {
                 model[range].fill(0);
-                (
-                    strata_reactor::spawn_local(async move {
-                        no_data(&ch2, IoType::Unmap, off, n).await.map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_no_data(&ch, IoType::Unmap, off, n), None)
             }
             4 => {
                 let data: Vec<u8> = (0..range.len()).map(|_| rng.gen()).collect();
                 kernels::xor_into(&mut model[range], &data);
-                (
-                    strata_reactor::spawn_local(async move {
-                        xor_write_slice(&ch2, off, &data).await.map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_xor_write(&ch, off, data), None)
             }
-            _ => {
-                let chunk = rng.gen_range(1..=4u32);
-                let exp: Vec<u8> = model[range]
-                    .chunks(chunk as usize * bs)
-                    .flat_map(|c| kernels::crc32c(c).to_le_bytes())
-                    .collect();
-                (
-                    strata_reactor::spawn_local(async move {
-                        checksums(&ch2, off, n, chunk)
-                            .await
-                            .map(|v| Some(v.into_iter().flat_map(u32::to_le_bytes).collect()))
-                    }),
-                    Some(exp),
-                )
-            }
+            _ => spawn_checksums(&ch, off, n, rng.gen_range(1..=4u32), &model[range]),
         };
-        inflight.push((off, n, h, expect));
+        inflight.push(off, n, h, expect);
     }
-    for (o, l, h, expect) in inflight {
-        let got = h
-            .await
-            .unwrap_or_else(|e| panic!("I/O at {o}+{l} failed: {e:?}"));
-        if let (Some(g), Some(e)) = (got, expect) {
-            assert_eq!(g, e, "data mismatch at blocks {o}+{l}");
-        }
-    }
+    inflight.drain().await;
     let all = read_vec(&ch, 0, blocks).await.unwrap();
     assert!(all == model, "final image differs from the model");
     assert_eq!(ch.outstanding(), 0);

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use strata_bdev::modules::raid::geometry::{Level, Role};
 use strata_bdev::modules::raid::{self, CreateOptions, RaidOptions};
 use strata_bdev::modules::{error, malloc};
-use strata_bdev::wait::{checksums, no_data, read_vec, write_slice};
+use strata_bdev::wait::read_vec;
 use strata_bdev::{kernels, registry, IoStatus, IoType};
 
 mod common;
-use common::{on_reactor, reactors};
+use common::{
+    on_reactor, reactors, spawn_checksums, spawn_no_data, spawn_read, spawn_write, InFlight,
+};
 
 const BS: u32 = 512;
 
@@ -94,13 +96,7 @@ async fn model_run(
     // fresh malloc bdevs).
     let mut model = vec![0u8; blocks as usize * bs];
     let mut rng = SmallRng::seed_from_u64(seed);
-    type Pending = (
-        u64,
-        u64,
-        strata_reactor::JoinHandle<Result<Option<Vec<u8>>, IoStatus>>,
-        Option<Vec<u8>>,
-    );
-    let mut inflight: Vec<Pending> = Vec::new();
+    let mut inflight = InFlight::new(&name);
     let mut events = events;
     let mut i = 0;
     let mut during_job = 0;
@@ -115,17 +111,8 @@ async fn model_run(
         }
         let n = rng.gen_range(1..=max_blocks.min(blocks));
         let off = rng.gen_range(0..=blocks - n);
-        let overlaps = inflight
-            .iter()
-            .any(|(o, l, _, _)| off < o + l && *o < off + n);
-        if overlaps || inflight.len() >= 16 {
-            let (o, l, h, expect) = inflight.remove(0);
-            let got = h
-                .await
-                .unwrap_or_else(|e| panic!("{name}: I/O at {o}+{l} failed: {e:?}"));
-            if let (Some(g), Some(e)) = (got, expect) {
-                assert!(g == e, "{name}: data mismatch at blocks {o}+{l}");
-            }
+        if inflight.overlaps(off, n) || inflight.len() >= 16 {
+            inflight.retire_oldest().await;
             continue;
         }
         i += 1;
@@ -133,26 +120,12 @@ async fn model_run(
             during_job += 1;
         }
         let range = off as usize * bs..(off + n) as usize * bs;
-        let ch2 = ch.clone();
         let (h, expect) = match rng.gen_range(0..10) {
-            0..=3 => {
-                let exp = model[range].to_vec();
-                (
-                    strata_reactor::spawn_local(
-                        async move { read_vec(&ch2, off, n).await.map(Some) },
-                    ),
-                    Some(exp),
-                )
-            }
+            0..=3 => (spawn_read(&ch, off, n), Some(model[range].to_vec())),
             4..=7 => {
                 let data: Vec<u8> = (0..range.len()).map(|_| rng.gen()).collect();
                 model[range].copy_from_slice(&data);
-                (
-                    strata_reactor::spawn_local(async move {
-                        write_slice(&ch2, off, &data).await.map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_write(&ch, off, data), None)
             }
             8 => {
                 model[range].fill(0);
@@ -161,39 +134,13 @@ async fn model_run(
                 } else {
                     IoType::Unmap
                 };
-                (
-                    strata_reactor::spawn_local(async move {
-                        no_data(&ch2, t, off, n).await.map(|_| None)
-                    }),
-                    None,
-                )
+                (spawn_no_data(&ch, t, off, n), None)
             }
-            _ => {
-                let chunk = rng.gen_range(1..=8u32);
-                let exp: Vec<u8> = model[range]
-                    .chunks(chunk as usize * bs)
-                    .flat_map(|c| kernels::crc32c(c).to_le_bytes())
-                    .collect();
-                (
-                    strata_reactor::spawn_local(async move {
-                        checksums(&ch2, off, n, chunk)
-                            .await
-                            .map(|v| Some(v.into_iter().flat_map(u32::to_le_bytes).collect()))
-                    }),
-                    Some(exp),
-                )
-            }
+            _ => spawn_checksums(&ch, off, n, rng.gen_range(1..=8u32), &model[range]),
         };
-        inflight.push((off, n, h, expect));
+        inflight.push(off, n, h, expect);
     }
-    for (o, l, h, expect) in inflight {
-        let got = h
-            .await
-            .unwrap_or_else(|e| panic!("{name}: I/O at {o}+{l} failed: {e:?}"));
-        if let (Some(g), Some(e)) = (got, expect) {
-            assert!(g == e, "{name}: data mismatch at blocks {o}+{l}");
-        }
-    }
+    inflight.drain().await;
     assert_image(&name, &model).await;
     during_job
 }
