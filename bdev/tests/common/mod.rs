@@ -32,8 +32,11 @@ pub type OpResult = Result<Option<Vec<u8>>, IoStatus>;
 /// in-flight writes from overlapping, so the model's order is the device's order.
 pub struct InFlight {
     what: String,
-    ops: Vec<(u64, u64, JoinHandle<OpResult>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
 }
+
+/// Blocks `off..off+n`, the running operation, and the data it must read.
+type Op = (u64, u64, JoinHandle<OpResult>, Option<Vec<u8>>);
 
 impl InFlight {
     pub fn new(what: &str) -> InFlight {
