@@ -238,7 +238,8 @@ impl BdevChannel for DelayChannel {
         let us = self.latency_us(io.io_type);
         if us > 0 {
             if let Some(me) = self.me.upgrade() {
-                let deadline = clock::ticks() + clock::duration_to_ticks(Duration::from_micros(us));
+                let deadline = clock::ticks()
+                    .saturating_add(clock::duration_to_ticks(Duration::from_micros(us)));
                 io.push_completion(me, deadline);
             }
         }

@@ -130,6 +130,10 @@ enum TxData {
     Owned(Vec<u8>),
 }
 
+/// Responses queued for a host before its connection stops taking new commands.
+const TX_BACKLOG_PDUS: usize = 8192;
+const TX_BACKLOG_BYTES: usize = 8 << 20;
+
 struct TxPdu {
     hdr: pdu::HeaderBuf,
     data: TxData,
@@ -183,8 +187,11 @@ struct State {
     in_capsule: u32,
     /// The socket returned less than asked on the last read.
     drained: bool,
-    /// Receive paused: a payload waits for a DMA buffer (retried by `tick`).
+    /// Receive paused: a payload waits for a DMA buffer, or the host is not reading its
+    /// responses (retried by `tick`).
     stalled: bool,
+    /// Bytes of admin response data (log pages, identify) queued and not yet sent.
+    tx_owned: usize,
     /// Transport settings, copied at creation (the hot path takes no lock).
     max_io_size: u32,
     c2h_success: bool,
@@ -270,6 +277,7 @@ impl Connection {
                 in_capsule: 0,
                 drained: false,
                 stalled: false,
+                tx_owned: 0,
                 max_io_size: opts.max_io_size,
                 c2h_success: opts.c2h_success,
             }),
@@ -361,6 +369,7 @@ impl Connection {
             }
             s.phase = Phase::Closed;
             s.tx.clear();
+            s.tx_owned = 0;
             s.held_aers.clear();
             s.need_buffer.clear();
             let ctrl = s.ctrl.take();
@@ -428,6 +437,19 @@ impl Connection {
             let rx = std::mem::replace(&mut s.rx, Rx::Header);
             match rx {
                 Rx::Header => {
+                    // A host that sends commands but does not read the answers must not
+                    // make us queue without bound: take no new command until it reads.
+                    if s.tx.len() > TX_BACKLOG_PDUS || s.tx_owned > TX_BACKLOG_BYTES {
+                        if !s.stalled {
+                            tracing::warn!(
+                                pdus = s.tx.len(),
+                                bytes = s.tx_owned,
+                                "host is not reading its responses: receive paused"
+                            );
+                        }
+                        s.stalled = true;
+                        return Ok(());
+                    }
                     if avail < pdu::COMMON_HEADER_LEN {
                         if !self.fill(&mut s)? {
                             return Ok(());
@@ -1194,12 +1216,15 @@ impl Connection {
                     None => return,
                 }
             };
-            let opcode = self.st.borrow().reqs[slot as usize].sqe.opcode;
-            if direction(opcode) == Direction::HostToController {
+            let (opcode, has_data) = {
+                let s = self.st.borrow();
+                let r = &s.reqs[slot as usize];
+                (r.sqe.opcode, r.buf.is_some())
+            };
+            // A write still waiting for its data buffer asks for the data; anything else
+            // (reads, and a compare whose data arrived) waits for its execution buffer.
+            if direction(opcode) == Direction::HostToController && !has_data {
                 self.start_h2c(slot);
-                if self.st.borrow().reqs[slot as usize].state == ReqState::NeedBuffer {
-                    return;
-                }
             } else {
                 let nsid = self.st.borrow().reqs[slot as usize].sqe.nsid;
                 let ch = self.channel(&mut self.st.borrow_mut(), nsid).map(|c| c.0);
@@ -1207,6 +1232,11 @@ impl Connection {
                     Some(ch) => self.execute(slot, &ch),
                     None => self.finish(slot, status::INVALID_NAMESPACE, 0),
                 }
+            }
+            // Still no buffer in the pool this request needs: wait for the next tick rather
+            // than spin on it.
+            if self.st.borrow().reqs[slot as usize].state == ReqState::NeedBuffer {
+                return;
             }
         }
     }
@@ -1346,6 +1376,7 @@ impl Connection {
             hd,
             dd,
         );
+        s.tx_owned += d.len();
         s.tx.push_back(TxPdu {
             hdr,
             data: TxData::Owned(d),
@@ -1418,6 +1449,9 @@ impl Connection {
                     }
                     n -= left;
                     if let Some(p) = s.tx.pop_front() {
+                        if let TxData::Owned(d) = &p.data {
+                            s.tx_owned -= d.len();
+                        }
                         if let Some(slot) = p.free_slot {
                             let r = &mut s.reqs[slot as usize];
                             r.state = ReqState::Free;

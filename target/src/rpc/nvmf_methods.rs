@@ -52,7 +52,8 @@ fn hex_bytes<const N: usize>(m: &str, key: &str, s: &str) -> Result<[u8; N], Rpc
             N * 2
         ))
     };
-    if clean.len() != N * 2 {
+    // ASCII hex only: slicing below is by byte.
+    if clean.len() != N * 2 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut out = [0u8; N];
