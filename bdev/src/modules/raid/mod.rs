@@ -523,28 +523,23 @@ async fn read_superblock(name: &str) -> Option<(Superblock, Vec<u64>)> {
     }
     let desc = registry::open(name, |_| {}).ok()?;
     let ch = desc.channel().ok()?;
-    let bs = ch.block_size() as u64;
-    let first = superblock::SB_BYTES.div_ceil(bs as usize) as u64;
+    let bs = ch.block_size();
+    let first = superblock::sb_blocks(bs);
     if ch.num_blocks() < first {
         return None;
     }
     let head = wait::read_vec(&ch, 0, first).await.ok()?;
     let sb = Superblock::decode(&head).ok()?;
-    if sb.block_size as u64 != bs {
+    let size = sb.concat.get(sb.index).copied().unwrap_or(sb.member_blocks);
+    if sb.block_size != bs || ch.num_blocks() < sb.data_offset + size {
+        tracing::warn!(
+            bdev = name,
+            "RAID superblock does not fit this bdev (block size or size); ignored"
+        );
         return None;
     }
-    let blocks = sb.meta_blocks().saturating_sub(1);
-    let raw = wait::read_vec(&ch, 1.max(first), blocks).await.ok()?;
-    let words = sb.bitmap_bits.div_ceil(64) as usize;
-    let bitmap = (0..words)
-        .map(|i| {
-            let mut w = [0u8; 8];
-            if let Some(s) = raw.get(i * 8..i * 8 + 8) {
-                w.copy_from_slice(s);
-            }
-            u64::from_le_bytes(w)
-        })
-        .collect();
+    let meta = wait::read_vec(&ch, 0, sb.meta_blocks()).await.ok()?;
+    let bitmap = superblock::decode_bitmap(&sb, &meta);
     Some((sb, bitmap))
 }
 
@@ -615,10 +610,28 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
         };
         let n = best.members;
         let mut by_slot: Vec<Option<&Candidate>> = vec![None; n];
+        // Only members that agree with the newest superblock on the array's shape count.
+        let fits = |c: &Candidate| {
+            let (a, b) = (&c.sb, &best);
+            a.index < n
+                && (
+                    a.level,
+                    a.members,
+                    a.block_size,
+                    a.strip_blocks,
+                    a.data_offset,
+                    a.member_blocks,
+                ) == (
+                    b.level,
+                    b.members,
+                    b.block_size,
+                    b.strip_blocks,
+                    b.data_offset,
+                    b.member_blocks,
+                )
+        };
         for c in &p[pos].1.candidates {
-            if c.sb.index < n
-                && by_slot[c.sb.index].is_none_or(|o| o.sb.generation < c.sb.generation)
-            {
+            if fits(c) && by_slot[c.sb.index].is_none_or(|o| o.sb.generation < c.sb.generation) {
                 by_slot[c.sb.index] = Some(c);
             }
         }
@@ -639,7 +652,7 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             .1
             .candidates
             .iter()
-            .filter(|c| trusted[c.sb.index] && c.sb.generation == best.generation)
+            .filter(|c| fits(c) && trusted[c.sb.index] && c.sb.generation == best.generation)
         {
             for (w, x) in bitmap.iter_mut().zip(&c.bitmap) {
                 *w |= x;

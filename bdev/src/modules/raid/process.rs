@@ -52,15 +52,7 @@ impl RaidChannel {
             let Ok(mut buf) = dma::alloc_wait(blocks as usize * bs).await else {
                 return Err(Step::Fail(IoStatus::InvalidArgument));
             };
-            let b = buf.as_mut_slice();
-            b.fill(0);
-            sb.encode(b);
-            for (i, w) in snap.bitmap.iter().enumerate() {
-                let at = bs + i * 8;
-                if at + 8 <= b.len() {
-                    b[at..at + 8].copy_from_slice(&w.to_le_bytes());
-                }
-            }
+            sb.encode_meta(&snap.bitmap, buf.as_mut_slice());
             let mut bufs = Bufs::new();
             bufs.push(buf);
             v.push((slot, self.mio_abs(slot, IoType::Write, 0, blocks, bufs)));

@@ -1,9 +1,10 @@
 //! The on-member superblock: who the array is, its shape, each member's state, a generation
 //! number, and the write-intent bitmap that follows it.
 //!
-//! Layout of a member: block 0 holds the superblock (the first [`SB_BYTES`] bytes, CRC32C
-//! protected), blocks `1..1 + bitmap_blocks` the write-intent bitmap, and data starts at
-//! `data_offset` (1 MiB). Every metadata update writes superblock and bitmap together and
+//! Layout of a member: the superblock ([`SB_BYTES`], CRC32C protected) from block 0 over
+//! [`sb_blocks`] blocks, then the write-intent bitmap, then (at `data_offset`, 1 MiB) data.
+//! [`Superblock::encode_meta`] and [`decode_bitmap`] are the only code that knows where the
+//! bitmap sits. Every metadata update writes superblock and bitmap together and
 //! bumps the generation, so the member with the highest generation speaks for the array.
 
 use super::geometry::Level;
@@ -124,15 +125,82 @@ pub fn region_stripes(stripes: u64) -> u64 {
     stripes.div_ceil(MAX_BITMAP_BYTES * 8).max(1)
 }
 
+/// Blocks the superblock itself occupies.
+pub fn sb_blocks(block_size: u32) -> u64 {
+    (SB_BYTES as u64).div_ceil(block_size as u64)
+}
+
 /// Blocks reserved at the start of each member (superblock + bitmap), in member blocks.
 pub fn data_offset_blocks(block_size: u32) -> u64 {
-    (DATA_OFFSET_BYTES / block_size as u64).max(1 + bitmap_blocks(MAX_BITMAP_BYTES * 8, block_size))
+    (DATA_OFFSET_BYTES / block_size as u64)
+        .max(sb_blocks(block_size) + bitmap_blocks(MAX_BITMAP_BYTES * 8, block_size))
+}
+
+/// The bitmap stored after the superblock in `meta` (the metadata blocks read from block 0).
+pub fn decode_bitmap(sb: &Superblock, meta: &[u8]) -> Vec<u64> {
+    let at = (sb_blocks(sb.block_size) * sb.block_size as u64) as usize;
+    let raw = meta.get(at..).unwrap_or(&[]);
+    (0..sb.bitmap_bits.div_ceil(64) as usize)
+        .map(|i| {
+            let mut w = [0u8; 8];
+            if let Some(s) = raw.get(i * 8..i * 8 + 8) {
+                w.copy_from_slice(s);
+            }
+            u64::from_le_bytes(w)
+        })
+        .collect()
 }
 
 impl Superblock {
     /// Metadata blocks to write: superblock block + bitmap blocks.
     pub fn meta_blocks(&self) -> u64 {
-        1 + bitmap_blocks(self.bitmap_bits, self.block_size)
+        sb_blocks(self.block_size) + bitmap_blocks(self.bitmap_bits, self.block_size)
+    }
+
+    /// Serialises superblock and `bitmap` into `out` (`meta_blocks()` blocks).
+    pub fn encode_meta(&self, bitmap: &[u64], out: &mut [u8]) {
+        out.fill(0);
+        self.encode(out);
+        let at = (sb_blocks(self.block_size) * self.block_size as u64) as usize;
+        for (i, w) in bitmap.iter().enumerate() {
+            if let Some(d) = out.get_mut(at + i * 8..at + i * 8 + 8) {
+                d.copy_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
+
+    /// Whether the shape is one this code can run: the level's member count, strips that
+    /// tile the members, a bitmap with a bit per region, metadata that fits before the data.
+    pub fn check_geometry(&self) -> Result<(), SbError> {
+        let bad = |what| Err(SbError::Corrupt(what));
+        if self.members < self.level.min_members() || self.states.len() != self.members {
+            return bad("member count for the level");
+        }
+        if !self.block_size.is_power_of_two() || !(512..=65536).contains(&self.block_size) {
+            return bad("block size");
+        }
+        if self.member_blocks == 0 || self.member_blocks % self.strip_blocks != 0 {
+            return bad("member size");
+        }
+        let stripes = self.member_blocks / self.strip_blocks;
+        if self.bitmap_bits != stripes.div_ceil(self.region_stripes) {
+            return bad("bitmap size");
+        }
+        if self.data_offset < self.meta_blocks()
+            || self.data_offset.checked_add(self.member_blocks).is_none()
+        {
+            return bad("data offset");
+        }
+        if self.level == Level::Concat
+            && (self
+                .concat
+                .iter()
+                .any(|&c| c % self.strip_blocks != 0 || c < self.member_blocks)
+                || self.concat.iter().all(|&c| c == 0))
+        {
+            return bad("concat member sizes");
+        }
+        Ok(())
     }
 
     /// Serialises the superblock into `out[..SB_BYTES]` (the rest of `out` is the bitmap's).
@@ -219,6 +287,7 @@ impl Superblock {
         if sb.bitmap_bits.div_ceil(8) > MAX_BITMAP_BYTES {
             return Err(SbError::Corrupt("bitmap size"));
         }
+        sb.check_geometry()?;
         Ok(sb)
     }
 }
@@ -260,5 +329,41 @@ mod tests {
         buf[100] ^= 1;
         assert_eq!(Superblock::decode(&buf), Err(SbError::Checksum));
         assert_eq!(Superblock::decode(&[0u8; 4096]), Err(SbError::NoMagic));
+    }
+
+    #[test]
+    fn bitmap_follows_a_multi_block_superblock() {
+        // 512-byte blocks: the superblock takes two blocks and the bitmap starts after them.
+        let mut sb = sample();
+        sb.block_size = 512;
+        sb.states = vec![MemberState::Active; 4];
+        sb.members = 4;
+        let bitmap = vec![0xdead_beef_u64];
+        let mut buf = vec![0u8; (sb.meta_blocks() * 512) as usize];
+        sb.encode_meta(&bitmap, &mut buf);
+        assert_eq!(Superblock::decode(&buf), Ok(sb.clone()));
+        assert_eq!(decode_bitmap(&sb, &buf), bitmap);
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused() {
+        let mut buf = vec![0u8; 4096];
+        for f in [
+            |s: &mut Superblock| s.bitmap_bits = 0,
+            |s: &mut Superblock| s.members = 2,
+            |s: &mut Superblock| s.data_offset = 0,
+            |s: &mut Superblock| s.member_blocks = 1000,
+            |s: &mut Superblock| s.block_size = 3000,
+        ] {
+            let mut sb = sample();
+            f(&mut sb);
+            sb.index = sb.index.min(sb.members - 1);
+            sb.states.truncate(sb.members);
+            sb.encode(&mut buf);
+            assert!(
+                matches!(Superblock::decode(&buf), Err(SbError::Corrupt(_))),
+                "{sb:?}"
+            );
+        }
     }
 }
