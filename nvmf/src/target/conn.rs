@@ -198,6 +198,14 @@ struct State {
 }
 
 impl State {
+    /// Queues a PDU for sending, counting the response data it owns.
+    fn push_tx(&mut self, p: TxPdu) {
+        if let TxData::Owned(d) = &p.data {
+            self.tx_owned += d.len();
+        }
+        self.tx.push_back(p);
+    }
+
     /// Asks the host for the request's data from `off` (at most MAXH2CDATA bytes).
     fn push_r2t(&mut self, slot: u16, off: u32) {
         let maxh2c = self.maxh2cdata;
@@ -207,7 +215,7 @@ impl State {
         r.r2t_len = (r.len - off).min(maxh2c);
         r.h2c_got = 0;
         let hdr = pdu::r2t(r.sqe.cid, slot, off, r.r2t_len, hd);
-        self.tx.push_back(TxPdu {
+        self.push_tx(TxPdu {
             hdr,
             data: TxData::None,
             ddgst: None,
@@ -1338,7 +1346,7 @@ impl Connection {
             bytes: [0; 132],
             len: 0,
         };
-        s.tx.push_back(TxPdu {
+        s.push_tx(TxPdu {
             hdr,
             data: TxData::Owned(bytes),
             ddgst: None,
@@ -1351,7 +1359,7 @@ impl Connection {
     fn queue_resp(&self, cqe: Cqe, free_slot: Option<u16>) {
         let mut s = self.st.borrow_mut();
         let hd = s.digests.is_some_and(|d| d.0);
-        s.tx.push_back(TxPdu {
+        s.push_tx(TxPdu {
             hdr: pdu::capsule_resp(cqe, hd),
             data: TxData::None,
             ddgst: None,
@@ -1376,8 +1384,7 @@ impl Connection {
             hd,
             dd,
         );
-        s.tx_owned += d.len();
-        s.tx.push_back(TxPdu {
+        s.push_tx(TxPdu {
             hdr,
             data: TxData::Owned(d),
             ddgst,
@@ -1600,7 +1607,7 @@ impl IoSink for Connection {
                     (s.sq_head + 1) % (s.sq_size + 1)
                 };
             }
-            s.tx.push_back(TxPdu {
+            s.push_tx(TxPdu {
                 hdr,
                 data: TxData::Slot {
                     slot,
