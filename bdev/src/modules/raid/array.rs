@@ -123,6 +123,27 @@ impl Array {
         }
     }
 
+    /// Reserves the array's one background-job slot (rebuild or resync). False if a job
+    /// holds it: two jobs would share the rebuild cursor.
+    pub fn begin_process(&self, kind: &'static str, target: Option<String>) -> bool {
+        let mut p = self.process.lock();
+        if p.is_some() {
+            return false;
+        }
+        *p = Some(Process {
+            kind,
+            target,
+            done_blocks: 0,
+            total_blocks: self.geo.stripes() * self.geo.stripe_blocks(),
+            started: Instant::now(),
+        });
+        true
+    }
+
+    pub fn end_process(&self) {
+        *self.process.lock() = None;
+    }
+
     pub fn level(&self) -> Level {
         self.geo.level
     }
@@ -165,7 +186,6 @@ impl Array {
         s.state = MemberState::Failed;
         self.live[slot].store(LIVE_OUT, Ordering::Release);
         drop(slots);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(m) = &self.meta {
             m.bump();
         }
@@ -174,9 +194,8 @@ impl Array {
     }
 
     fn check_offline(&self) {
-        let out = (0..self.geo.members)
-            .filter(|&s| self.live(s) == LIVE_OUT)
-            .count();
+        // A member being rebuilt does not hold every stripe yet: it does not count as serving.
+        let out = self.degraded_count();
         if out > self.geo.level.tolerance(self.geo.members)
             && !self.offline.swap(true, Ordering::AcqRel)
         {
@@ -228,10 +247,8 @@ impl Array {
         let b = slots[slot].base.take();
         slots[slot].state = MemberState::Missing;
         drop(slots);
+        // The slot's bdev changed: channels drop their channel to it.
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(m) = &self.meta {
-            m.bump();
-        }
         b
     }
 

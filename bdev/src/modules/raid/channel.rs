@@ -351,8 +351,9 @@ impl IoSink for RaidChannel {
             let f = &mut fans[idx];
             if !st.is_success() {
                 if member_failed && self.array.level().has_redundancy() {
-                    // Reads are redone degraded; a flush on a failed member is moot.
-                    f.retry |= t == IoType::Read;
+                    // Reads are redone degraded.
+                    // A flush goes to the slow path, which persists the failure first.
+                    f.retry |= matches!(t, IoType::Read | IoType::Flush);
                 } else if f.status.is_success() {
                     f.status = if member_failed { IoStatus::Failed } else { st };
                 }

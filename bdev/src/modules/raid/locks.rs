@@ -43,11 +43,6 @@ impl StripeLocks {
             stripe,
         }
     }
-
-    /// Stripes locked now (for tests and statistics).
-    pub fn held(&self) -> usize {
-        self.held.lock().len()
-    }
 }
 
 impl Drop for StripeGuard<'_> {

@@ -28,8 +28,9 @@ use geometry::{Geometry, Level};
 use meta::Meta;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use superblock::{MemberState, Superblock, MAX_MEMBERS};
 use uuid::Uuid;
@@ -92,18 +93,20 @@ fn member_removed(array_name: &str, slot: usize) {
 
 /// Persists the metadata from a reactor task (callers off the data path).
 fn sync_in_background(a: &Arc<Array>) {
-    let Some(m) = &a.meta else {
-        return;
-    };
-    let want = m.generation();
     let a = a.clone();
-    let run = move || async move {
-        RaidChannel::new(a).sync_meta(want).await;
-    };
+    on_a_reactor(move || async move { RaidChannel::new(a).persist().await });
+}
+
+/// Runs a background task on this reactor, or on reactor 0 from other threads.
+fn on_a_reactor<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     if strata_reactor::current_index().is_some() {
-        strata_reactor::spawn_local(run()).detach();
+        strata_reactor::spawn_local(make()).detach();
     } else if let Some(f) = strata_reactor::framework() {
-        let _ = f.spawn_on(0, run);
+        let _ = f.spawn_on(0, make);
     }
 }
 
@@ -311,20 +314,18 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
 /// rebuild of `rebuild_slot`.
 fn start_background(array: &Arc<Array>, rebuild_slot: Option<usize>) {
     let a = array.clone();
-    let run = move || async move {
+    on_a_reactor(move || async move {
         if a.meta.is_some() {
             strata_reactor::spawn_local(process::clear_idle_regions(a.clone())).detach();
             process::resync(a.clone()).await;
         }
         if let Some(slot) = rebuild_slot {
-            process::rebuild(a, slot).await;
+            let target = a.slots.read()[slot].name.clone();
+            if a.begin_process("rebuild", Some(target)) {
+                process::rebuild(a, slot).await;
+            }
         }
-    };
-    if strata_reactor::current_index().is_some() {
-        strata_reactor::spawn_local(run()).detach();
-    } else if let Some(f) = strata_reactor::framework() {
-        let _ = f.spawn_on(0, run);
-    }
+    });
 }
 
 /// Deletes a RAID volume. Members of an array with superblocks have them wiped, so the
@@ -361,30 +362,41 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), BdevError> {
     if a.is_offline() {
         return Err(BdevError::Invalid(format!("{} is offline", a.name)));
     }
-    if a.process.lock().is_some() {
+    // Reserved before anything changes: one job per array (they share the cursor).
+    if !a.begin_process("rebuild", Some(base.to_string())) {
         return Err(BdevError::Claimed {
             name: a.name.clone(),
             by: "a running rebuild or resync".into(),
         });
     }
-    let slot = {
-        let slots = a.slots.read();
-        slots
-            .iter()
-            .position(|s| matches!(s.state, MemberState::Missing | MemberState::Failed))
-            .ok_or_else(|| {
-                BdevError::Invalid(format!("{} has no failed or missing member", a.name))
-            })?
+    let attach = || {
+        let slot = {
+            let slots = a.slots.read();
+            slots
+                .iter()
+                .position(|s| matches!(s.state, MemberState::Missing | MemberState::Failed))
+                .ok_or_else(|| {
+                    BdevError::Invalid(format!("{} has no failed or missing member", a.name))
+                })?
+        };
+        let b = open_member(base, &a.name, slot)?;
+        let need = a.data_offset + a.geo.member_blocks;
+        if b.block_size != a.block_size || b.num_blocks < need {
+            b.release();
+            return Err(BdevError::Invalid(format!(
+                "{base} must have block size {} and at least {need} blocks",
+                a.block_size
+            )));
+        }
+        Ok((slot, b))
     };
-    let b = open_member(base, &a.name, slot)?;
-    let need = a.data_offset + a.geo.member_blocks;
-    if b.block_size != a.block_size || b.num_blocks < need {
-        b.release();
-        return Err(BdevError::Invalid(format!(
-            "{base} must have block size {} and at least {need} blocks",
-            a.block_size
-        )));
-    }
+    let (slot, b) = match attach() {
+        Ok(x) => x,
+        Err(e) => {
+            a.end_process();
+            return Err(e);
+        }
+    };
     let old = a.slots.write()[slot].base.take();
     if let Some(o) = old {
         o.release();
@@ -409,9 +421,7 @@ pub async fn remove_base_bdev(base: &str) -> Result<(), BdevError> {
     if let Some(b) = a.detach(slot) {
         b.release();
     }
-    if let Some(m) = &a.meta {
-        RaidChannel::new(a.clone()).sync_meta(m.generation()).await;
-    }
+    RaidChannel::new(a.clone()).persist().await;
     Ok(())
 }
 
@@ -429,7 +439,7 @@ pub fn get_bdevs(category: &str) -> Result<Vec<Value>, BdevError> {
         .map(|a| a.info())
         .collect();
     if matches!(category, "all" | "configuring") {
-        out.extend(PENDING.lock().values().into_iter().map(|p| p.info()));
+        out.extend(PENDING.lock().values().map(|p| p.info()));
     }
     Ok(out)
 }
@@ -475,30 +485,9 @@ impl PendingArray {
     }
 }
 
-static PENDING: Mutex<Vec<(Uuid, PendingArray)>> = Mutex::new(Vec::new());
+/// Arrays seen in superblocks and not assembled yet, by array uuid.
+static PENDING: LazyLock<Mutex<HashMap<Uuid, PendingArray>>> = LazyLock::new(Default::default);
 static EXAMINING: AtomicUsize = AtomicUsize::new(0);
-
-// The pending list is small: a Vec keyed by uuid.
-trait PendingExt {
-    fn entry(&mut self, u: Uuid) -> &mut PendingArray;
-    fn values(&self) -> Vec<&PendingArray>;
-}
-
-impl PendingExt for Vec<(Uuid, PendingArray)> {
-    fn entry(&mut self, u: Uuid) -> &mut PendingArray {
-        let pos = match self.iter().position(|(x, _)| *x == u) {
-            Some(p) => p,
-            None => {
-                self.push((u, PendingArray::default()));
-                self.len() - 1
-            }
-        };
-        &mut self[pos].1
-    }
-    fn values(&self) -> Vec<&PendingArray> {
-        self.iter().map(|(_, p)| p).collect()
-    }
-}
 
 /// Registers the examine hook (once, from the bdev registry).
 pub(crate) fn examine_hook(name: &str) {
@@ -566,11 +555,22 @@ async fn examine(name: &str) {
                 let name = name.to_string();
                 // After any running resync or rebuild (not counted as examine time).
                 strata_reactor::spawn_local(async move {
-                    while a.process.lock().is_some() && !a.stopping.load(Ordering::Acquire) {
+                    loop {
+                        if a.stopping.load(Ordering::Acquire) {
+                            return;
+                        }
+                        if a.process.lock().is_none() {
+                            match add_base_bdev(&a.name, &name).await {
+                                // Another job took the slot first: wait for it too.
+                                Err(BdevError::Claimed { .. }) if a.process.lock().is_some() => {}
+                                Err(e) => {
+                                    tracing::error!(bdev = %name, raid = %a.name, error = %e, "could not re-add member");
+                                    return;
+                                }
+                                Ok(()) => return,
+                            }
+                        }
                         strata_reactor::sleep(Duration::from_millis(10)).await;
-                    }
-                    if let Err(e) = add_base_bdev(&a.name, &name).await {
-                        tracing::error!(bdev = %name, raid = %a.name, error = %e, "could not re-add member");
                     }
                 })
                 .detach();
@@ -582,6 +582,7 @@ async fn examine(name: &str) {
     PENDING
         .lock()
         .entry(sb.array_uuid)
+        .or_default()
         .candidates
         .push(Candidate {
             bdev: name.to_string(),
@@ -596,18 +597,17 @@ async fn examine(name: &str) {
 async fn assemble(uuid: Uuid, degraded_ok: bool) {
     let plan = {
         let mut p = PENDING.lock();
-        let Some(pos) = p.iter().position(|(u, _)| *u == uuid) else {
+        let Some(pa) = p.get_mut(&uuid) else {
             return;
         };
         // Candidates whose bdev went away or was claimed since are dropped.
-        p[pos]
-            .1
-            .candidates
+        pa.candidates
             .retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
-        let Some(best) = p[pos].1.best().map(|c| c.sb.clone()) else {
-            p.remove(pos);
+        let Some(best) = pa.best().map(|c| c.sb.clone()) else {
+            p.remove(&uuid);
             return;
         };
+        let pa = &p[&uuid];
         let n = best.members;
         let mut by_slot: Vec<Option<&Candidate>> = vec![None; n];
         // Only members that agree with the newest superblock on the array's shape count.
@@ -630,7 +630,7 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
                     b.member_blocks,
                 )
         };
-        for c in &p[pos].1.candidates {
+        for c in &pa.candidates {
             if fits(c) && by_slot[c.sb.index].is_none_or(|o| o.sb.generation < c.sb.generation) {
                 by_slot[c.sb.index] = Some(c);
             }
@@ -648,8 +648,7 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             tracing::warn!(raid = %best.name, present = have, members = n, "assembling degraded: members missing");
         }
         let mut bitmap = vec![0u64; best.bitmap_bits.div_ceil(64) as usize];
-        for c in p[pos]
-            .1
+        for c in pa
             .candidates
             .iter()
             .filter(|c| fits(c) && trusted[c.sb.index] && c.sb.generation == best.generation)
@@ -661,7 +660,7 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
         let slots: Vec<(Option<String>, bool)> = (0..n)
             .map(|i| (by_slot[i].map(|c| c.bdev.clone()), trusted[i]))
             .collect();
-        p.remove(pos);
+        p.remove(&uuid);
         (best, slots, bitmap)
     };
     let (best, slots, bitmap) = plan;
@@ -773,7 +772,7 @@ fn bring_up(
 /// to finish, then brings up arrays that can run degraded.
 pub fn finish_examine() {
     wait_for_examine();
-    let uuids: Vec<Uuid> = PENDING.lock().iter().map(|(u, _)| *u).collect();
+    let uuids: Vec<Uuid> = PENDING.lock().keys().copied().collect();
     let Some(f) = strata_reactor::framework() else {
         return;
     };
@@ -789,18 +788,5 @@ pub fn wait_for_examine() {
             return;
         }
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pending_map_keys_by_uuid() {
-        use super::PendingExt;
-        let mut v: Vec<(uuid::Uuid, super::PendingArray)> = Vec::new();
-        let u = uuid::Uuid::new_v4();
-        v.entry(u);
-        v.entry(u);
-        assert_eq!(v.len(), 1);
     }
 }

@@ -3,11 +3,11 @@
 //! bitmap regions. Jobs hold the stripe lock of the stripe they work on, so host I/O stays
 //! correct around them, and are rate-limited by `process_max_bandwidth_mb_sec`.
 
-use super::array::{Array, Process, LIVE_OUT, LIVE_REBUILDING};
+use super::array::{Array, LIVE_OUT, LIVE_REBUILDING};
 use super::channel::{Bufs, RaidChannel};
 use super::geometry::Level;
 use super::meta::Snapshot;
-use super::stripe::{Step, CHUNK_BYTES};
+use super::stripe::{view, Step};
 use crate::io::{IoStatus, IoType};
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -29,7 +29,15 @@ impl RaidChannel {
                 return;
             };
             let res = self.write_meta(&snap).await;
-            meta.finish_sync(snap.generation);
+            match res {
+                // On every member still serving (the others were failed): durable.
+                Ok(()) | Err(Step::Retry) => meta.finish_sync(snap.generation),
+                // Nothing was written.
+                Err(Step::Fail(_)) => {
+                    meta.finish_sync(0);
+                    return;
+                }
+            }
             if res.is_err() {
                 if self.array.is_offline() {
                     return;
@@ -40,6 +48,15 @@ impl RaidChannel {
         }
     }
 
+    /// Makes the on-disk metadata as new as the in-memory state (no-op when it is).
+    pub(super) async fn persist(&self) {
+        if let Some(m) = &self.array.meta {
+            self.sync_meta(m.generation()).await;
+        }
+    }
+
+    /// Writes superblock + bitmap to every member still serving. A member whose write
+    /// fails in any way is failed: the snapshot is durable only on the members that took it.
     async fn write_meta(&self, snap: &Snapshot) -> Result<(), Step> {
         let bs = self.array.block_size as usize;
         let mut v = Vec::new();
@@ -57,14 +74,20 @@ impl RaidChannel {
             bufs.push(buf);
             v.push((slot, self.mio_abs(slot, IoType::Write, 0, blocks, bufs)));
         }
-        self.wait_all(v).await
+        let mut out = Ok(());
+        for (slot, p) in v {
+            if self.wait_all(vec![(slot, p)]).await.is_err() {
+                self.array.fail_member(slot, "superblock write failed");
+                out = Err(Step::Retry);
+            }
+        }
+        out
     }
 
     /// Rebuilds rows of `stripe` onto `slot`. Retries when a source member fails.
     async fn rebuild_stripe(&self, s: u64, slot: usize) -> Result<(), IoStatus> {
         let geo = &self.array.geo;
-        let bs = self.array.block_size as usize;
-        let cr = (CHUNK_BYTES / bs).max(1) as u64;
+        let cr = self.chunk_rows();
         let mut c0 = 0;
         while c0 < geo.strip {
             let c1 = (c0 + cr).min(geo.strip);
@@ -92,10 +115,7 @@ impl RaidChannel {
         let (mut bufs, missing) = self.load(s, c0, c1, |k| k == target).await?;
         self.recover(&mut bufs, &missing)?;
         let b = &bufs[target];
-        let mut v = Bufs::new();
-        v.push(b.view(0, b.len()).ok_or(Step::Fail(IoStatus::Failed))?);
-        let off = self.array.data_offset + s * geo.strip + c0;
-        let p = self.mio_abs(slot, IoType::Write, off, c1 - c0, v);
+        let p = self.mio(slot, IoType::Write, s, c0, c1 - c0, view(b, 0, b.len()));
         self.wait_all(vec![(slot, p)]).await
     }
 
@@ -110,25 +130,24 @@ impl RaidChannel {
         let buf = dma::alloc_wait(len)
             .await
             .map_err(|_| Step::Fail(IoStatus::InvalidArgument))?;
-        let off = self.array.data_offset + s * geo.strip + c0;
-        let mut v = Bufs::new();
-        v.push(buf.view(0, len).ok_or(Step::Fail(IoStatus::Failed))?);
-        let p = self.mio_abs(src, IoType::Read, off, c1 - c0, v);
+        let p = self.mio(src, IoType::Read, s, c0, c1 - c0, view(&buf, 0, len));
         self.wait_all(vec![(src, p)]).await?;
-        let mut w = Vec::new();
-        for &t in targets {
-            let mut v = Bufs::new();
-            v.push(buf.view(0, len).ok_or(Step::Fail(IoStatus::Failed))?);
-            w.push((t, self.mio_abs(t, IoType::Write, off, c1 - c0, v)));
-        }
+        let w = targets
+            .iter()
+            .map(|&t| {
+                (
+                    t,
+                    self.mio(t, IoType::Write, s, c0, c1 - c0, view(&buf, 0, len)),
+                )
+            })
+            .collect();
         self.wait_all(w).await
     }
 
     /// Recomputes the redundancy of `stripe` from its data (after a crash).
     async fn resync_stripe(&self, s: u64) -> Result<(), Step> {
         let geo = &self.array.geo;
-        let bs = self.array.block_size as usize;
-        let cr = (CHUNK_BYTES / bs).max(1) as u64;
+        let cr = self.chunk_rows();
         let mut c0 = 0;
         while c0 < geo.strip {
             let c1 = (c0 + cr).min(geo.strip);
@@ -156,10 +175,10 @@ impl RaidChannel {
                     if !self.array.usable(m, s) {
                         continue;
                     }
-                    let mut bv = Bufs::new();
-                    bv.push(b.view(0, b.len()).ok_or(Step::Fail(IoStatus::Failed))?);
-                    let off = self.array.data_offset + s * geo.strip + c0;
-                    v.push((m, self.mio_abs(m, IoType::Write, off, c1 - c0, bv)));
+                    v.push((
+                        m,
+                        self.mio(m, IoType::Write, s, c0, c1 - c0, view(b, 0, b.len())),
+                    ));
                 }
                 self.wait_all(v).await?;
             }
@@ -196,23 +215,15 @@ fn set_progress(array: &Array, done: u64) {
     }
 }
 
-/// Rebuilds `slot` (already attached as a rebuild target) stripe by stripe.
+/// Rebuilds `slot` (already attached as a rebuild target) stripe by stripe. The caller has
+/// reserved the array's job slot ([`Array::begin_process`]); it is released at the end.
 pub async fn rebuild(array: Arc<Array>, slot: usize) {
     let ch = RaidChannel::new(array.clone());
-    if let Some(m) = &array.meta {
-        ch.sync_meta(m.generation()).await;
-    }
+    ch.persist().await;
     let geo = array.geo.clone();
     let stripes = geo.stripes();
     let per_stripe = geo.stripe_blocks();
     let target = array.slots.read()[slot].name.clone();
-    *array.process.lock() = Some(Process {
-        kind: "rebuild",
-        target: Some(target.clone()),
-        done_blocks: 0,
-        total_blocks: stripes * per_stripe,
-        started: Instant::now(),
-    });
     tracing::info!(raid = %array.name, target = %target, stripes, "rebuild started");
     let mut pacer = Pacer {
         start: Instant::now(),
@@ -239,13 +250,11 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
         pacer.account(per_stripe * array.block_size as u64).await;
     }
     if ok && array.rebuild_done(slot) {
-        if let Some(m) = &array.meta {
-            ch.sync_meta(m.generation()).await;
-        }
+        ch.persist().await;
         tracing::info!(raid = %array.name, target = %target,
             secs = pacer.start.elapsed().as_secs_f64(), "rebuild complete");
     }
-    *array.process.lock() = None;
+    array.end_process();
 }
 
 /// Recomputes the redundancy of the bitmap's dirty regions (after an unclean stop).
@@ -257,18 +266,17 @@ pub async fn resync(array: Arc<Array>) {
     if regions.is_empty() {
         return;
     }
+    if !array.begin_process("resync", None) {
+        tracing::warn!(raid = %array.name, "resync postponed: another job runs");
+        return;
+    }
     meta.hold_bits(true);
     let ch = RaidChannel::new(array.clone());
     let stripes = array.geo.stripes();
     let per_region = meta.region_stripes;
-    let total = regions.len() as u64 * per_region * array.geo.stripe_blocks();
-    *array.process.lock() = Some(Process {
-        kind: "resync",
-        target: None,
-        done_blocks: 0,
-        total_blocks: total,
-        started: Instant::now(),
-    });
+    if let Some(p) = array.process.lock().as_mut() {
+        p.total_blocks = regions.len() as u64 * per_region * array.geo.stripe_blocks();
+    }
     tracing::info!(raid = %array.name, regions = regions.len(), "resync of dirty regions started");
     let mut pacer = Pacer {
         start: Instant::now(),
@@ -300,11 +308,12 @@ pub async fn resync(array: Arc<Array>) {
         }
         meta.clear_region(r);
     }
-    meta.hold_bits(false);
-    ch.sync_meta(meta.generation()).await;
-    *array.process.lock() = None;
+    // Regions not repaired keep their bits (and stay held): a later start resyncs them.
+    meta.hold_bits(failed);
+    ch.persist().await;
+    array.end_process();
     if failed {
-        tracing::error!(raid = %array.name, "resync stopped before the end");
+        tracing::error!(raid = %array.name, "resync stopped before the end; unrepaired regions stay marked");
     } else {
         tracing::info!(raid = %array.name, secs = pacer.start.elapsed().as_secs_f64(), "resync complete");
     }
@@ -322,7 +331,7 @@ pub async fn clear_idle_regions(array: Arc<Array>) {
             return;
         };
         if !array.is_offline() && meta.clear_idle() {
-            ch.sync_meta(meta.generation()).await;
+            ch.persist().await;
         }
     }
 }

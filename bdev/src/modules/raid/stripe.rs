@@ -36,7 +36,7 @@ type Pieces = SmallVec<[(Piece, Bufs); 8]>;
 /// A member I/O in flight, or one that could not be submitted.
 pub enum Pending {
     Now(IoStatus),
-    Wait(usize, IoWait),
+    Wait(IoWait),
 }
 
 /// Written rows `[a, b)` of data strip `i` and the new data for them.
@@ -59,7 +59,7 @@ fn one(b: DmaBuf) -> Bufs {
     v
 }
 
-fn view(b: &DmaBuf, off: usize, len: usize) -> Bufs {
+pub(super) fn view(b: &DmaBuf, off: usize, len: usize) -> Bufs {
     one(b
         .view(off, len)
         .unwrap_or_else(|| unreachable!("view inside its buffer")))
@@ -94,7 +94,7 @@ impl RaidChannel {
         self.array.block_size as usize
     }
 
-    fn chunk_rows(&self) -> u64 {
+    pub(super) fn chunk_rows(&self) -> u64 {
         (CHUNK_BYTES / self.bs()).max(1) as u64
     }
 
@@ -112,11 +112,11 @@ impl RaidChannel {
         };
         let mut io = BdevIo::new(t, off, blocks);
         io.bufs = bufs;
-        Pending::Wait(slot, wait::submit_wait(&ch, io))
+        Pending::Wait(wait::submit_wait(&ch, io))
     }
 
     /// Submits an I/O to row `row` of `stripe` on a member's data area.
-    fn mio(
+    pub(super) fn mio(
         &self,
         slot: usize,
         t: IoType,
@@ -131,14 +131,20 @@ impl RaidChannel {
 
     /// Waits for member I/Os. Failed members are marked; `Retry` if any failed.
     pub(super) async fn wait_all(&self, v: Vec<(usize, Pending)>) -> Result<(), Step> {
+        self.wait_count(v).await.1
+    }
+
+    /// As [`Self::wait_all`], also counting the I/Os that succeeded.
+    pub(super) async fn wait_count(&self, v: Vec<(usize, Pending)>) -> (usize, Result<(), Step>) {
         let mut out = Ok(());
+        let mut ok = 0;
         for (slot, p) in v {
             let st = match p {
                 Pending::Now(st) => st,
-                Pending::Wait(_, w) => w.await.status,
+                Pending::Wait(w) => w.await.status,
             };
             match st {
-                IoStatus::Success => {}
+                IoStatus::Success => ok += 1,
                 IoStatus::Failed | IoStatus::Removed => {
                     self.array.fail_member(slot, "I/O error");
                     if out.is_ok() {
@@ -148,13 +154,22 @@ impl RaidChannel {
                 other => out = Err(Step::Fail(other)),
             }
         }
-        out
+        (ok, out)
     }
 
     pub(super) async fn run_slow(&self, io: &mut BdevIo) -> IoStatus {
         let level = self.array.level();
         match (level, io.io_type) {
             (_, IoType::Checksum) => self.checksum(io).await,
+            // A member failed under a flush: its failure is on disk before the flush is done.
+            (_, IoType::Flush) => {
+                self.persist().await;
+                if self.array.is_offline() {
+                    IoStatus::Failed
+                } else {
+                    IoStatus::Success
+                }
+            }
             (Level::Raid1, IoType::Read) => self.raid1_read_slow(io).await,
             (Level::Raid1, IoType::Write | IoType::WriteZeroes | IoType::Unmap) => {
                 self.raid1_write(io).await
@@ -170,32 +185,28 @@ impl RaidChannel {
     // -----------------------------------------------------------------------------------
     // Metadata ordering
 
-    /// Counts a write into `stripe`'s bitmap region and waits until the region is marked
-    /// on disk. Returns the region to release with [`Self::intent_end`].
-    async fn intent_begin(&self, stripe: u64) -> Option<usize> {
-        let meta = self.array.meta.as_ref()?;
-        let r = meta.region_of(stripe);
-        let need = meta.begin_write(r);
+    /// Counts a write into the bitmap regions of stripes `first..=last` and waits (one
+    /// metadata write at most) until they are marked on disk. Returns the regions to
+    /// release with [`Self::intent_end`].
+    async fn intent_begin(&self, first: u64, last: u64) -> SmallVec<[usize; 2]> {
+        let mut regions = SmallVec::new();
+        let Some(meta) = self.array.meta.as_ref() else {
+            return regions;
+        };
+        let mut need = 0;
+        for r in meta.region_of(first)..=meta.region_of(last) {
+            need = need.max(meta.begin_write(r));
+            regions.push(r);
+        }
         if need > 0 {
             self.sync_meta(need).await;
         }
-        Some(r)
+        regions
     }
 
-    fn intent_end(&self, r: Option<usize>) {
-        if let (Some(m), Some(r)) = (&self.array.meta, r) {
-            m.end_write(r);
-        }
-    }
-
-    /// With a member out, member states must be on disk before a write relies on them
-    /// (after a crash, a failed member must not come back as in sync).
-    async fn persist_states(&self) {
+    fn intent_end(&self, regions: SmallVec<[usize; 2]>) {
         if let Some(m) = &self.array.meta {
-            let g = m.generation();
-            if !m.is_durable(g) {
-                self.sync_meta(g).await;
-            }
+            regions.into_iter().for_each(|r| m.end_write(r));
         }
     }
 
@@ -265,14 +276,7 @@ impl RaidChannel {
         for r in first..=last {
             guards.push(self.array.locks.lock(r).await);
         }
-        let mut regions = SmallVec::<[Option<usize>; 4]>::new();
-        for r in first..=last {
-            let reg = self.array.meta.as_ref().map(|m| m.region_of(r));
-            if r == first || reg != self.array.meta.as_ref().map(|m| m.region_of(r - 1)) {
-                regions.push(self.intent_begin(r).await);
-            }
-        }
-        self.persist_states().await;
+        let regions = self.intent_begin(first, last).await;
         let mut v = Vec::new();
         for m in 0..self.array.geo.members {
             // Holding the locks pins the rebuild cursor outside [first, last].
@@ -288,19 +292,14 @@ impl RaidChannel {
                 self.mio(m, io.io_type, 0, io.offset_blocks, io.num_blocks, bufs),
             ));
         }
-        let tried = v.len();
-        let res = self.wait_all(v).await;
-        let failed_now = matches!(res, Err(Step::Retry));
-        if failed_now {
-            self.persist_states().await;
-        }
-        for r in regions {
-            self.intent_end(r);
-        }
+        let (written, res) = self.wait_count(v).await;
+        // A leg that failed must be recorded as failed before the write is acknowledged.
+        self.persist().await;
+        self.intent_end(regions);
         drop(guards);
         match res {
             Err(Step::Fail(st)) => st,
-            _ if tried == 0 || self.array.is_offline() => IoStatus::Failed,
+            _ if written == 0 => IoStatus::Failed,
             _ => IoStatus::Success,
         }
     }
@@ -510,10 +509,7 @@ impl RaidChannel {
 
     async fn stripe_write(&self, s: u64, pieces: Pieces, zeroes: bool) -> IoStatus {
         let _g = self.array.locks.lock(s).await;
-        let region = self.intent_begin(s).await;
-        if self.array.degraded_count() > 0 {
-            self.persist_states().await;
-        }
+        let regions = self.intent_begin(s, s).await;
         let (lo, hi) = Self::pieces_rows(&pieces);
         let cr = self.chunk_rows();
         let mut c0 = lo;
@@ -525,7 +521,6 @@ impl RaidChannel {
                 Ok(()) => c0 = c1,
                 Err(Step::Retry) if tries < self.array.geo.members && !self.array.is_offline() => {
                     tries += 1;
-                    self.persist_states().await;
                 }
                 Err(Step::Retry) => {
                     st = IoStatus::Failed;
@@ -537,10 +532,10 @@ impl RaidChannel {
                 }
             }
         }
-        if tries > 0 {
-            self.persist_states().await;
-        }
-        self.intent_end(region);
+        // Whoever failed a member meanwhile (this task or another), the failure is on
+        // disk before this write is acknowledged: after a crash the member is not trusted.
+        self.persist().await;
+        self.intent_end(regions);
         st
     }
 
@@ -761,7 +756,10 @@ impl RaidChannel {
         let d = self.array.geo.data_strips();
         let bs = self.bs() as u64;
         let (mut bufs, missing) = self.load(s, lo, hi, |_| false).await?;
-        self.recover(&mut bufs, &missing)?;
+        // Missing parity is recomputed below anyway; only missing data needs recovering.
+        if missing.iter().any(|&k| k < d) {
+            self.recover(&mut bufs, &missing)?;
+        }
         for w in ws {
             copy_in(bufs[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
         }

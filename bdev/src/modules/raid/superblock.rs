@@ -179,7 +179,7 @@ impl Superblock {
         if !self.block_size.is_power_of_two() || !(512..=65536).contains(&self.block_size) {
             return bad("block size");
         }
-        if self.member_blocks == 0 || self.member_blocks % self.strip_blocks != 0 {
+        if self.member_blocks == 0 || !self.member_blocks.is_multiple_of(self.strip_blocks) {
             return bad("member size");
         }
         let stripes = self.member_blocks / self.strip_blocks;
