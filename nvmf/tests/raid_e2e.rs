@@ -43,6 +43,14 @@ struct Tgt {
     log: PathBuf,
 }
 
+impl Drop for Tgt {
+    // A failing test must not leave a polling target behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Tgt {
     fn start(dir: &Path, files: &[PathBuf], create_raid: bool, tag: &str) -> Tgt {
         let port = free_port();

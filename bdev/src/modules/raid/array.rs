@@ -99,8 +99,14 @@ impl Array {
                 .all(|b| b.supports(t))
         };
         for t in [IoType::WriteZeroes, IoType::Unmap] {
+            // raid1 serves unmap as write_zeroes (legs must stay identical).
+            let needed = if geo.level == Level::Raid1 {
+                IoType::WriteZeroes
+            } else {
+                t
+            };
             supported[t as usize] =
-                matches!(geo.level, Level::Raid5 | Level::Raid6) || members_zero(t);
+                matches!(geo.level, Level::Raid5 | Level::Raid6) || members_zero(needed);
         }
         let superblock = meta.is_some();
         Array {

@@ -176,6 +176,19 @@ impl RaidChannel {
         BdevIo::new(t, self.array.data_offset + member_off, blocks)
     }
 
+    /// Splits `io`'s blocks into this array's per-strip pieces, in logical order.
+    pub(super) fn pieces_of(&self, io: &BdevIo, f: impl FnMut(Piece)) {
+        let geo = &self.array.geo;
+        for_each_piece(
+            geo.strip,
+            geo.data_strips(),
+            io.offset_blocks,
+            io.num_blocks,
+            self.array.block_size,
+            f,
+        );
+    }
+
     /// raid0/5/6 fast path over data strips. Gives the I/O back if it needs the slow path.
     fn striped(&self, io: BdevIo) -> Result<(), BdevIo> {
         let geo = &self.array.geo;
@@ -183,33 +196,26 @@ impl RaidChannel {
         let mut children: SmallVec<[(usize, BdevIo); 8]> = SmallVec::new();
         let mut ok = true;
         let t = io.io_type;
-        for_each_piece(
-            geo.strip,
-            geo.data_strips(),
-            io.offset_blocks,
-            io.num_blocks,
-            bs,
-            |p| {
-                if !ok {
-                    return;
-                }
-                let m = geo.member_of(p.stripe, Role::Data(p.strip));
-                if geo.level != Level::Raid0 && !self.array.usable(m, p.stripe) {
-                    ok = false;
-                    return;
-                }
-                let mut c = self.child(t, p.stripe * geo.strip + p.row, p.blocks);
-                if t.carries_blocks() {
-                    ok = push_views(
-                        &io.bufs,
-                        p.byte_off,
-                        (p.blocks * bs as u64) as usize,
-                        &mut c.bufs,
-                    );
-                }
-                children.push((m, c));
-            },
-        );
+        self.pieces_of(&io, |p| {
+            if !ok {
+                return;
+            }
+            let m = geo.member_of(p.stripe, Role::Data(p.strip));
+            if geo.level != Level::Raid0 && !self.array.usable(m, p.stripe) {
+                ok = false;
+                return;
+            }
+            let mut c = self.child(t, p.stripe * geo.strip + p.row, p.blocks);
+            if t.carries_blocks() {
+                ok = push_views(
+                    &io.bufs,
+                    p.byte_off,
+                    (p.blocks * bs as u64) as usize,
+                    &mut c.bufs,
+                );
+            }
+            children.push((m, c));
+        });
         if !ok {
             return Err(io);
         }

@@ -31,6 +31,8 @@ struct MetaState {
     touched: Vec<u64>,
     /// Generation at which the newest bit was set.
     last_set_gen: u64,
+    /// Generation of the newest member-state change.
+    state_gen: u64,
     /// While a resync works through the bitmap, bits are not cleared behind its back.
     hold_bits: bool,
 }
@@ -63,6 +65,7 @@ impl Meta {
                 inflight: vec![0; bits as usize],
                 touched: vec![0; words],
                 last_set_gen: 0,
+                state_gen: 0,
                 hold_bits: false,
             }),
             region_stripes,
@@ -78,11 +81,17 @@ impl Meta {
         self.st.lock().generation
     }
 
-    /// Records a change to persist (member state); returns the generation to wait for.
-    pub fn bump(&self) -> u64 {
+    /// Records a member-state change to persist.
+    pub fn bump(&self) {
         let mut s = self.st.lock();
         s.generation += 1;
-        s.generation
+        s.state_gen = s.generation;
+    }
+
+    /// The generation that holds the newest member states: writes wait for it before they
+    /// are acknowledged (bitmap-only changes do not hold them up).
+    pub fn state_generation(&self) -> u64 {
+        self.st.lock().state_gen
     }
 
     /// Counts a write into `region`. Returns the generation that must be on disk before

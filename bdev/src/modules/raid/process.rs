@@ -48,8 +48,15 @@ impl RaidChannel {
         }
     }
 
-    /// Makes the on-disk metadata as new as the in-memory state (no-op when it is).
+    /// Makes the member states on disk as new as in memory (no-op when they are).
     pub(super) async fn persist(&self) {
+        if let Some(m) = &self.array.meta {
+            self.sync_meta(m.state_generation()).await;
+        }
+    }
+
+    /// Writes the whole in-memory metadata, bitmap included, if the disk is behind.
+    pub(super) async fn persist_all(&self) {
         if let Some(m) = &self.array.meta {
             self.sync_meta(m.generation()).await;
         }
@@ -310,7 +317,7 @@ pub async fn resync(array: Arc<Array>) {
     }
     // Regions not repaired keep their bits (and stay held): a later start resyncs them.
     meta.hold_bits(failed);
-    ch.persist().await;
+    ch.persist_all().await;
     array.end_process();
     if failed {
         tracing::error!(raid = %array.name, "resync stopped before the end; unrepaired regions stay marked");
@@ -331,7 +338,7 @@ pub async fn clear_idle_regions(array: Arc<Array>) {
             return;
         };
         if !array.is_offline() && meta.clear_idle() {
-            ch.persist().await;
+            ch.persist_all().await;
         }
     }
 }

@@ -11,7 +11,7 @@
 //! marked failed and the chunk is redone degraded: the redo writes the complete new data
 //! and parity, so it is correct whatever part of the first attempt reached the disks.
 
-use super::channel::{for_each_piece, push_views, Bufs, Piece, RaidChannel};
+use super::channel::{push_views, Bufs, Piece, RaidChannel};
 use super::geometry::{Level, Role};
 use crate::bdev::BdevChannel;
 use crate::io::{BdevIo, IoStatus, IoType};
@@ -277,6 +277,11 @@ impl RaidChannel {
             guards.push(self.array.locks.lock(r).await);
         }
         let regions = self.intent_begin(first, last).await;
+        // Legs must read back alike: an unmap zeroes them (a device may keep unmapped data).
+        let t = match io.io_type {
+            IoType::Unmap => IoType::WriteZeroes,
+            t => t,
+        };
         let mut v = Vec::new();
         for m in 0..self.array.geo.members {
             // Holding the locks pins the rebuild cursor outside [first, last].
@@ -287,10 +292,7 @@ impl RaidChannel {
             if io.io_type == IoType::Write {
                 push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
             }
-            v.push((
-                m,
-                self.mio(m, io.io_type, 0, io.offset_blocks, io.num_blocks, bufs),
-            ));
+            v.push((m, self.mio(m, t, 0, io.offset_blocks, io.num_blocks, bufs)));
         }
         let (written, res) = self.wait_count(v).await;
         // A leg that failed must be recorded as failed before the write is acknowledged.
@@ -309,37 +311,29 @@ impl RaidChannel {
 
     /// Reads or writes a parity-level I/O: one task per stripe, all in parallel.
     async fn parity_io(&self, io: &BdevIo, write: bool) -> IoStatus {
-        let geo = &self.array.geo;
         let bs = self.array.block_size;
         let mut groups: Vec<(u64, Pieces)> = Vec::new();
         let mut ok = true;
         let carries = io.io_type.carries_blocks();
-        for_each_piece(
-            geo.strip,
-            geo.data_strips(),
-            io.offset_blocks,
-            io.num_blocks,
-            bs,
-            |p| {
-                let mut v = Bufs::new();
-                if carries {
-                    ok &= push_views(
-                        &io.bufs,
-                        p.byte_off,
-                        (p.blocks * bs as u64) as usize,
-                        &mut v,
-                    );
+        self.pieces_of(io, |p| {
+            let mut v = Bufs::new();
+            if carries {
+                ok &= push_views(
+                    &io.bufs,
+                    p.byte_off,
+                    (p.blocks * bs as u64) as usize,
+                    &mut v,
+                );
+            }
+            match groups.last_mut() {
+                Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
+                _ => {
+                    let mut ps = Pieces::new();
+                    ps.push((p, v));
+                    groups.push((p.stripe, ps));
                 }
-                match groups.last_mut() {
-                    Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
-                    _ => {
-                        let mut ps = Pieces::new();
-                        ps.push((p, v));
-                        groups.push((p.stripe, ps));
-                    }
-                }
-            },
-        );
+            }
+        });
         if !ok {
             return IoStatus::InvalidArgument;
         }
