@@ -48,6 +48,9 @@ struct Written {
 }
 
 async fn scratch(len: usize) -> Result<DmaBuf, Step> {
+    if let Some(b) = dma::alloc(len) {
+        return Ok(b);
+    }
     dma::alloc_wait(len)
         .await
         .map_err(|_| Step::Fail(IoStatus::InvalidArgument))
@@ -338,14 +341,19 @@ impl RaidChannel {
             return IoStatus::InvalidArgument;
         }
         let zeroes = !carries;
-        let results = join_all(groups.into_iter().map(|(s, ps)| async move {
+        let one_stripe = |s, ps| async move {
             if write {
                 self.stripe_write(s, ps, zeroes).await
             } else {
                 self.stripe_read(s, ps).await
             }
-        }))
-        .await;
+        };
+        if groups.len() == 1 {
+            if let Some((s, ps)) = groups.pop() {
+                return one_stripe(s, ps).await;
+            }
+        }
+        let results = join_all(groups.into_iter().map(|(s, ps)| one_stripe(s, ps))).await;
         results
             .into_iter()
             .find(|st| !st.is_success())
