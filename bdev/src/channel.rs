@@ -150,10 +150,10 @@ impl ChannelCore {
             }
         }
         if t == IoType::Checksum {
-            if io.chunk_blocks == 0 || io.bufs.iter().any(|b| b.len() % 4 != 0) {
+            if io.chunk_blocks == 0 {
                 return IoStatus::InvalidArgument;
             }
-            if (io.data_len() as u64) < io.checksum_count() * 4 {
+            if (io.data_len() as u64) < io.digest_bytes() {
                 return IoStatus::InvalidArgument;
             }
         }

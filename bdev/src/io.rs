@@ -26,8 +26,40 @@ pub enum IoType {
     Reset = 5,
     /// The device XORs the payload into what it stores: `new = old ^ buf`.
     XorWrite = 6,
-    /// The device returns a CRC32C (little-endian u32) per chunk of `chunk_blocks` blocks.
+    /// The device returns a digest per chunk of `chunk_blocks` blocks: a CRC32C
+    /// (little-endian u32) or, by `checksum_alg`, a SHA-256 (32 bytes).
     Checksum = 7,
+}
+
+/// The digest a `Checksum` I/O computes per chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChecksumAlg {
+    #[default]
+    Crc32c,
+    Sha256,
+}
+
+impl ChecksumAlg {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlg::Crc32c => "crc32c",
+            ChecksumAlg::Sha256 => "sha256",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "crc32c" => Some(ChecksumAlg::Crc32c),
+            "sha256" => Some(ChecksumAlg::Sha256),
+            _ => None,
+        }
+    }
+    /// Bytes of one digest.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChecksumAlg::Crc32c => 4,
+            ChecksumAlg::Sha256 => 32,
+        }
+    }
 }
 
 impl IoType {
@@ -114,8 +146,9 @@ pub struct IoInner {
     pub status: IoStatus,
     /// Scatter-gather list. For reads the bdev fills them; for writes it reads them.
     pub bufs: SmallVec<[DmaBuf; 2]>,
-    /// For `Checksum`: blocks per checksum (1 = one per block).
+    /// For `Checksum`: blocks per checksum (1 = one per block), and the digest.
     pub chunk_blocks: u32,
+    pub checksum_alg: ChecksumAlg,
     /// Block size of the bdev the I/O was last submitted to (set by the channel).
     pub block_size: u32,
     /// Free for the submitter's bookkeeping.
@@ -164,6 +197,7 @@ impl BdevIo {
                 b.num_blocks = num_blocks;
                 b.status = IoStatus::Pending;
                 b.chunk_blocks = 1;
+                b.checksum_alg = ChecksumAlg::Crc32c;
                 b.block_size = 0;
                 b.user_tag = 0;
                 b.submit_ticks = 0;
@@ -177,6 +211,7 @@ impl BdevIo {
                 status: IoStatus::Pending,
                 bufs: SmallVec::new(),
                 chunk_blocks: 1,
+                checksum_alg: ChecksumAlg::Crc32c,
                 block_size: 0,
                 user_tag: 0,
                 submit_ticks: 0,
@@ -282,32 +317,49 @@ impl BdevIo {
         self.num_blocks.div_ceil(self.chunk_blocks.max(1) as u64)
     }
 
-    /// Checksums written by a completed `Checksum` I/O.
+    /// Bytes of digests a `Checksum` I/O returns.
+    pub fn digest_bytes(&self) -> u64 {
+        self.checksum_count() * self.checksum_alg.digest_len() as u64
+    }
+
+    /// CRC32C checksums written by a completed CRC32C `Checksum` I/O.
     pub fn checksums(&self) -> Vec<u32> {
-        let n = self.checksum_count() as usize;
-        let mut raw = vec![0u8; n * 4];
-        self.for_each_segment(n * 4, |off, s| raw[off..off + s.len()].copy_from_slice(s));
-        raw.chunks_exact(4)
+        self.digests()
+            .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     }
 
-    /// Stores checksum `i` of a `Checksum` I/O into its buffers.
+    /// The digests written by a completed `Checksum` I/O, back to back.
+    pub fn digests(&self) -> Vec<u8> {
+        let n = self.digest_bytes() as usize;
+        let mut raw = vec![0u8; n];
+        self.for_each_segment(n, |off, s| raw[off..off + s.len()].copy_from_slice(s));
+        raw
+    }
+
+    /// Stores CRC32C checksum `i` of a `Checksum` I/O into its buffers.
     pub fn put_checksum(&mut self, i: usize, crc: u32) {
-        let bytes = crc.to_le_bytes();
-        let mut pos = i * 4;
+        self.put_digest(i, &crc.to_le_bytes());
+    }
+
+    /// Stores digest `i` of a `Checksum` I/O into its buffers.
+    pub fn put_digest(&mut self, i: usize, d: &[u8]) {
+        let mut pos = i * d.len();
+        let mut src = d;
         for b in self.bufs.iter_mut() {
+            if src.is_empty() {
+                return;
+            }
             if pos >= b.len() {
                 pos -= b.len();
                 continue;
             }
-            // A u32 may straddle two buffers only if a buffer length is not a multiple of 4;
-            // the channel rejects such buffers for checksums.
             let s = b.as_mut_slice();
-            if pos + 4 <= s.len() {
-                s[pos..pos + 4].copy_from_slice(&bytes);
-            }
-            return;
+            let n = (s.len() - pos).min(src.len());
+            s[pos..pos + n].copy_from_slice(&src[..n]);
+            src = &src[n..];
+            pos = 0;
         }
     }
 }

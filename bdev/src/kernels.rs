@@ -51,6 +51,50 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     strata_isal::crc32c_append(crc, data)
 }
 
+/// A per-chunk digest being computed over data fed piece by piece (`Checksum` I/O).
+pub enum ChunkHasher {
+    Crc32c(u32),
+    Sha256(Box<sha2::Sha256>),
+}
+
+impl ChunkHasher {
+    pub fn new(alg: crate::io::ChecksumAlg) -> ChunkHasher {
+        use sha2::Digest;
+        match alg {
+            crate::io::ChecksumAlg::Crc32c => ChunkHasher::Crc32c(0),
+            crate::io::ChecksumAlg::Sha256 => ChunkHasher::Sha256(Box::new(sha2::Sha256::new())),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        match self {
+            ChunkHasher::Crc32c(c) => *c = crc32c_append(*c, data),
+            ChunkHasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// The digest so far; the hasher restarts for the next chunk.
+    pub fn finish(&mut self) -> smallvec::SmallVec<[u8; 32]> {
+        use sha2::Digest;
+        match self {
+            ChunkHasher::Crc32c(c) => {
+                let d = smallvec::SmallVec::from_slice(&c.to_le_bytes());
+                *c = 0;
+                d
+            }
+            ChunkHasher::Sha256(h) => smallvec::SmallVec::from_slice(&h.finalize_reset()),
+        }
+    }
+}
+
+/// Digest of one chunk of data.
+pub fn digest(alg: crate::io::ChecksumAlg, data: &[u8]) -> smallvec::SmallVec<[u8; 32]> {
+    let mut h = ChunkHasher::new(alg);
+    h.update(data);
+    h.finish()
+}
+
 /// Checks a kernel's arguments the way `strata_isal` does: 1 to `max` sources, every
 /// length equal to `len`.
 fn check_args<'a>(

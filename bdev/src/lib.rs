@@ -21,5 +21,5 @@ pub mod wait;
 pub use bdev::{Bdev, BdevChannel, ConfigEntry};
 pub use channel::IoChannel;
 pub use error::BdevError;
-pub use io::{BdevIo, Completion, FnSink, IoSink, IoStatus, IoType};
+pub use io::{BdevIo, ChecksumAlg, Completion, FnSink, IoSink, IoStatus, IoType};
 pub use registry::{BdevDesc, BdevEvent, BdevHandle};

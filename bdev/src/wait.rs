@@ -145,6 +145,24 @@ pub async fn no_data(
     status(&submit_wait(ch, BdevIo::new(t, offset_blocks, num_blocks)).await)
 }
 
+/// The digests (`alg`) of each chunk of `chunk_blocks` blocks, computed by the bdev, back
+/// to back.
+pub async fn digests(
+    ch: &IoChannel,
+    offset_blocks: u64,
+    num_blocks: u64,
+    chunk_blocks: u32,
+    alg: crate::io::ChecksumAlg,
+) -> Result<Vec<u8>, IoStatus> {
+    let mut io = BdevIo::new(IoType::Checksum, offset_blocks, num_blocks);
+    io.chunk_blocks = chunk_blocks;
+    io.checksum_alg = alg;
+    io.bufs = alloc_bufs((io.digest_bytes() as usize).max(4)).await?;
+    let io = submit_wait(ch, io).await;
+    status(&io)?;
+    Ok(io.digests())
+}
+
 /// CRC32C of each chunk of `chunk_blocks` blocks, computed by the bdev.
 pub async fn checksums(
     ch: &IoChannel,

@@ -13,6 +13,9 @@ pub struct ClaimedBase {
     pub block_size: u32,
     pub num_blocks: u64,
     pub uuid: uuid::Uuid,
+    /// The base's stripe shape ([`crate::Bdev::optimal_io_boundary`], `write_unit_blocks`).
+    pub optimal_io_boundary: u64,
+    pub write_unit_blocks: u32,
     supported: [bool; IoType::COUNT],
     desc: Mutex<Option<BdevDesc>>,
 }
@@ -54,6 +57,8 @@ impl ClaimedBase {
             block_size: b.block_size(),
             num_blocks: b.num_blocks(),
             uuid: b.uuid(),
+            optimal_io_boundary: b.optimal_io_boundary(),
+            write_unit_blocks: b.write_unit_blocks(),
             supported,
             desc: Mutex::new(Some(desc)),
         })

@@ -153,8 +153,9 @@ impl MallocBdev {
                 for i in 0..count {
                     let c_off = off + i * chunk;
                     let c_len = chunk.min(off + len - c_off);
-                    match self.mem.with_ref(c_off, c_len, kernels::crc32c) {
-                        Some(crc) => io.put_checksum(i, crc),
+                    let alg = io.checksum_alg;
+                    match self.mem.with_ref(c_off, c_len, |d| kernels::digest(alg, d)) {
+                        Some(d) => io.put_digest(i, &d),
                         None => ok = false,
                     }
                 }

@@ -3,13 +3,19 @@
 //! Base bdevs: [`malloc`] (RAM), [`null`] (discards), [`uring`] (files and block devices
 //! through io_uring; also serves SPDK's `aio`). Virtual bdevs for fault injection:
 //! [`error`] and [`delay`], built on [`base::ClaimedBase`] (an opened, claimed base bdev).
-//! Redundancy: [`raid`] (raid0/1/5/6, concat).
+//! Redundancy: [`raid`] (raid0/1/5/6, concat), [`mirror`] (two legs of any kind, split and
+//! resume, checksum resync, scrub). Shared by them: [`intent`] (write-intent / change
+//! bitmap and region locks), [`ondisk`] (superblock fields), [`pacer`] (job rate limits).
 
 pub mod base;
 pub mod delay;
 pub mod error;
+pub mod intent;
 pub mod malloc;
+pub mod mirror;
 pub mod null;
+pub mod ondisk;
+pub mod pacer;
 pub mod raid;
 pub mod uring;
 
@@ -39,7 +45,16 @@ pub(crate) fn delete_of_module(name: &str, module: &str) -> Result<(), BdevError
     registry::unregister(name)
 }
 
-/// Lets modules look at a newly registered bdev (RAID re-assembly from superblocks).
+/// Lets modules look at a newly registered bdev (RAID and mirror re-assembly from
+/// superblocks).
 pub(crate) fn examine(name: &str) {
     raid::examine_hook(name);
+    mirror::examine_hook(name);
+}
+
+/// End of examine (`bdev_wait_for_examine`, end of `--json` load): brings up degraded RAID
+/// arrays, then mirrors (whose legs may be those arrays) that can run on one leg.
+pub fn finish_examine() {
+    raid::finish_examine();
+    mirror::finish_examine();
 }

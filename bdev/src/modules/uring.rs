@@ -408,7 +408,7 @@ struct Slot {
     falloc_mode: i32,
     /// Checksum: bytes per chunk, running CRC, current chunk index and its bytes so far.
     chunk_bytes: u64,
-    crc: u32,
+    hasher: Option<kernels::ChunkHasher>,
     chunk: usize,
     chunk_fill: u64,
     iov: [libc::iovec; IOV_PER_SLOT],
@@ -428,7 +428,7 @@ impl Slot {
             held: Held::None,
             falloc_mode: 0,
             chunk_bytes: 0,
-            crc: 0,
+            hasher: None,
             chunk: 0,
             chunk_fill: 0,
             iov: [libc::iovec {
@@ -678,7 +678,7 @@ impl ChanState {
         s.held = held;
         s.falloc_mode = falloc_mode;
         s.chunk_bytes = chunk_bytes;
-        s.crc = 0;
+        s.hasher = (t == IoType::Checksum).then(|| kernels::ChunkHasher::new(io.checksum_alg));
         s.chunk = 0;
         s.chunk_fill = 0;
         s.io = Some(io);
@@ -1078,13 +1078,16 @@ impl Slot {
         let mut p = 0;
         while p < data.len() {
             let n = (self.chunk_bytes - self.chunk_fill).min((data.len() - p) as u64) as usize;
-            self.crc = kernels::crc32c_append(self.crc, &data[p..p + n]);
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&data[p..p + n]);
+            }
             self.chunk_fill += n as u64;
             p += n;
             if self.chunk_fill == self.chunk_bytes {
-                io.put_checksum(self.chunk, self.crc);
+                if let Some(h) = self.hasher.as_mut() {
+                    io.put_digest(self.chunk, &h.finish());
+                }
                 self.chunk += 1;
-                self.crc = 0;
                 self.chunk_fill = 0;
             }
         }
@@ -1093,8 +1096,8 @@ impl Slot {
     /// Stores the checksum of a last, partial chunk.
     fn finish_crc(&mut self) {
         if self.chunk_fill > 0 {
-            if let Some(io) = self.io.as_mut() {
-                io.put_checksum(self.chunk, self.crc);
+            if let (Some(io), Some(h)) = (self.io.as_mut(), self.hasher.as_mut()) {
+                io.put_digest(self.chunk, &h.finish());
             }
         }
     }

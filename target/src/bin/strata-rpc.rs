@@ -233,6 +233,93 @@ enum Method {
         #[arg(short = 'b', long)]
         process_max_bandwidth_mb_sec: Option<u64>,
     },
+    /// Create a mirror of two bdevs (legs).
+    #[command(name = "bdev_mirror_create")]
+    BdevMirrorCreate {
+        #[arg(short = 'n', long)]
+        name: String,
+        #[arg(short = 'p', long)]
+        primary: String,
+        #[arg(short = 's', long)]
+        secondary: String,
+        /// Change-bitmap region size (KiB, power of two).
+        #[arg(short = 'r', long)]
+        region_size_kb: Option<u64>,
+        /// Checksum scan / scrub chunk size (KiB).
+        #[arg(long)]
+        scan_chunk_kb: Option<u64>,
+        /// primary or balance.
+        #[arg(long)]
+        read_policy: Option<String>,
+        /// crc32c or sha256.
+        #[arg(long)]
+        checksum: Option<String>,
+        #[arg(long = "scrub-interval")]
+        scrub_interval_s: Option<u32>,
+        #[arg(short = 'b', long)]
+        max_bandwidth_mb_sec: Option<u32>,
+        #[arg(long)]
+        uuid: Option<String>,
+        /// The legs already hold the same data: no initial copy.
+        #[arg(long)]
+        no_initial_sync: bool,
+        /// Show the initial copy's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete a mirror (wipes its superblocks, releases the legs).
+    #[command(name = "bdev_mirror_delete")]
+    BdevMirrorDelete { name: String },
+    /// Show mirrors: state, legs, dirty regions, job progress.
+    #[command(name = "bdev_mirror_get")]
+    BdevMirrorGet {
+        #[arg(short = 'n', long)]
+        name: Option<String>,
+    },
+    /// Split a mirror: the secondary pauses, changes are recorded.
+    #[command(name = "bdev_mirror_split")]
+    BdevMirrorSplit { name: String },
+    /// Resume a split mirror: copy the changes to the secondary.
+    #[command(name = "bdev_mirror_resume")]
+    BdevMirrorResume {
+        name: String,
+        /// auto, bitmap or checksum.
+        #[arg(short = 'm', long)]
+        mode: Option<String>,
+        /// Show the job's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Scrub a mirror: compare the legs by checksums (and repair).
+    #[command(name = "bdev_mirror_verify")]
+    BdevMirrorVerify {
+        name: String,
+        #[arg(long)]
+        repair: bool,
+        /// Show the job's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Attach a bdev in place of a failed or missing leg (it is resynced).
+    #[command(name = "bdev_mirror_add_leg")]
+    BdevMirrorAddLeg {
+        name: String,
+        base_bdev: String,
+        /// Show the resync's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Change a mirror's options.
+    #[command(name = "bdev_mirror_set_options")]
+    BdevMirrorSetOptions {
+        name: String,
+        #[arg(long)]
+        read_policy: Option<String>,
+        #[arg(long = "scrub-interval")]
+        scrub_interval_s: Option<u32>,
+        #[arg(short = 'b', long)]
+        max_bandwidth_mb_sec: Option<u32>,
+    },
     /// List bdevs (all, or the one named).
     #[command(name = "bdev_get_bdevs")]
     BdevGetBdevs {
@@ -646,6 +733,84 @@ fn to_request(method: Method) -> Result<(String, Option<Value>), ArgError> {
                 .opt("process_max_bandwidth_mb_sec", process_max_bandwidth_mb_sec)
                 .build(),
         ),
+        Method::BdevMirrorCreate {
+            name,
+            primary,
+            secondary,
+            region_size_kb,
+            scan_chunk_kb,
+            read_policy,
+            checksum,
+            scrub_interval_s,
+            max_bandwidth_mb_sec,
+            uuid,
+            no_initial_sync,
+            wait: _,
+        } => (
+            "bdev_mirror_create",
+            Params::new()
+                .set("name", name)
+                .set("primary", primary)
+                .set("secondary", secondary)
+                .opt("region_size_kb", region_size_kb)
+                .opt("scan_chunk_kb", scan_chunk_kb)
+                .opt("read_policy", read_policy)
+                .opt("checksum", checksum)
+                .opt("scrub_interval_s", scrub_interval_s)
+                .opt("max_bandwidth_mb_sec", max_bandwidth_mb_sec)
+                .opt("uuid", uuid)
+                .opt("initial_sync", no_initial_sync.then_some(false))
+                .build(),
+        ),
+        Method::BdevMirrorDelete { name } => ("bdev_mirror_delete", named(name)),
+        Method::BdevMirrorGet { name } => {
+            ("bdev_mirror_get", Params::new().opt("name", name).build())
+        }
+        Method::BdevMirrorSplit { name } => ("bdev_mirror_split", named(name)),
+        Method::BdevMirrorResume {
+            name,
+            mode,
+            wait: _,
+        } => (
+            "bdev_mirror_resume",
+            Params::new().set("name", name).opt("mode", mode).build(),
+        ),
+        Method::BdevMirrorVerify {
+            name,
+            repair,
+            wait: _,
+        } => (
+            "bdev_mirror_verify",
+            Params::new()
+                .set("name", name)
+                .opt("repair", repair.then_some(true))
+                .build(),
+        ),
+        Method::BdevMirrorAddLeg {
+            name,
+            base_bdev,
+            wait: _,
+        } => (
+            "bdev_mirror_add_leg",
+            Params::new()
+                .set("name", name)
+                .set("base_bdev", base_bdev)
+                .build(),
+        ),
+        Method::BdevMirrorSetOptions {
+            name,
+            read_policy,
+            scrub_interval_s,
+            max_bandwidth_mb_sec,
+        } => (
+            "bdev_mirror_set_options",
+            Params::new()
+                .set("name", name)
+                .opt("read_policy", read_policy)
+                .opt("scrub_interval_s", scrub_interval_s)
+                .opt("max_bandwidth_mb_sec", max_bandwidth_mb_sec)
+                .build(),
+        ),
         Method::BdevDelayUpdateLatency {
             delay_bdev_name,
             latency_type,
@@ -833,7 +998,73 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
+/// The mirror whose job a subcommand asked to follow (`--wait`).
+fn job_to_follow(method: &Method) -> Option<String> {
+    match method {
+        Method::BdevMirrorCreate {
+            name, wait: true, ..
+        }
+        | Method::BdevMirrorResume {
+            name, wait: true, ..
+        }
+        | Method::BdevMirrorVerify {
+            name, wait: true, ..
+        }
+        | Method::BdevMirrorAddLeg {
+            name, wait: true, ..
+        } => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// One line of progress: `[#####.....]  45.2 % resync  812.3 MB/s  ETA 3.1 s`.
+fn progress_line(job: &Value) -> String {
+    let pct = job["percent"].as_f64().unwrap_or(0.0);
+    let filled = ((pct / 100.0) * 30.0).round().clamp(0.0, 30.0) as usize;
+    format!(
+        "[{}{}] {:5.1} % {} {:8.1} MB/s  ETA {:.1} s",
+        "#".repeat(filled),
+        ".".repeat(30 - filled),
+        pct,
+        job["kind"].as_str().unwrap_or("job"),
+        job["mb_per_sec"].as_f64().unwrap_or(0.0),
+        job["eta_seconds"].as_f64().unwrap_or(0.0)
+    )
+}
+
+/// Polls `bdev_mirror_get` and draws the job's progress on stderr until it ends; fails
+/// if the job did not complete.
+fn follow_job(client: &mut RpcClient, name: &str) -> Result<(), String> {
+    use std::io::Write;
+    loop {
+        let req = client.build_request("bdev_mirror_get", Some(json!({ "name": name })));
+        let resp = client.call_raw(&req).map_err(|e| e.to_string())?;
+        let m = resp["result"][0].clone();
+        if m.is_null() {
+            return Err(format!("mirror {name} is gone"));
+        }
+        match m.get("job").filter(|j| !j.is_null()) {
+            Some(job) => {
+                eprint!("\r{}", progress_line(job));
+                let _ = std::io::stderr().flush();
+            }
+            None => {
+                let last = &m["last_job"];
+                if !last.is_null() {
+                    eprintln!("\r{}", progress_line(last));
+                }
+                return match last["result"].as_str() {
+                    Some("done") | None => Ok(()),
+                    Some(r) => Err(format!("{} {r}", last["kind"].as_str().unwrap_or("job"))),
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let follow = job_to_follow(&cli.method);
     let (method, params) = to_request(cli.method).map_err(|e| e.to_string())?;
     if cli.dry_run {
         println!("{}", pretty(&make_request(1, &method, params)));
@@ -863,7 +1094,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let result = response_result(response, request.get("id")).map_err(describe)?;
     println!("{}", pretty(&result));
-    Ok(())
+    match follow {
+        Some(name) => follow_job(&mut client, &name),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

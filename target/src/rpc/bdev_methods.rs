@@ -218,7 +218,7 @@ pub fn register(t: &mut MethodTable) {
     });
     t.add("bdev_wait_for_examine", |_, p| {
         Params::new("bdev_wait_for_examine", p, &[], &[])?;
-        raid::finish_examine();
+        strata_bdev::modules::finish_examine();
         ok()
     });
     register_raid(t);

@@ -5,6 +5,7 @@
 pub mod bdev_methods;
 pub mod error;
 pub mod framework_methods;
+pub mod mirror_methods;
 pub mod nvmf_methods;
 pub mod params;
 pub mod server;
@@ -40,6 +41,7 @@ impl MethodTable {
         };
         framework_methods::register(&mut t);
         bdev_methods::register(&mut t);
+        mirror_methods::register(&mut t);
         nvmf_methods::register(&mut t);
         Arc::new(t)
     }

@@ -4,12 +4,12 @@
 use super::channel::RaidChannel;
 use super::geometry::{Geometry, Level};
 use super::locks::StripeLocks;
-use super::meta::Meta;
 use super::superblock::{MemberState, Superblock};
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
 use crate::io::IoType;
 use crate::modules::base::ClaimedBase;
+use crate::modules::intent::IntentBitmap as Meta;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -272,7 +272,7 @@ impl Array {
             strip_blocks: self.geo.strip,
             data_offset: self.data_offset,
             member_blocks: self.geo.member_blocks,
-            region_stripes: self.meta.as_ref().map_or(1, |m| m.region_stripes),
+            region_stripes: self.meta.as_ref().map_or(1, |m| m.region_units),
             bitmap_bits: self.meta.as_ref().map_or(0, |m| m.bits),
             states: slots.iter().map(|s| s.state).collect(),
             concat: self.geo.concat.clone(),

@@ -6,14 +6,15 @@
 use super::array::{Array, LIVE_OUT, LIVE_REBUILDING};
 use super::channel::{Bufs, RaidChannel};
 use super::geometry::Level;
-use super::meta::Snapshot;
 use super::stripe::{view, Step};
 use crate::io::{IoStatus, IoType};
+use crate::modules::intent::Snapshot;
+use crate::modules::pacer::Pacer;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_reactor::dma;
 
 impl RaidChannel {
@@ -196,26 +197,6 @@ impl RaidChannel {
 }
 
 /// Paces a job to `process_max_bandwidth_mb_sec`.
-struct Pacer {
-    start: Instant,
-    bytes: u64,
-}
-
-impl Pacer {
-    async fn account(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        let rate = super::options().process_max_bandwidth_mb_sec;
-        if rate == 0 {
-            return;
-        }
-        let due = Duration::from_secs_f64(self.bytes as f64 / (rate as f64 * 1e6));
-        let el = self.start.elapsed();
-        if due > el {
-            strata_reactor::sleep(due - el).await;
-        }
-    }
-}
-
 fn set_progress(array: &Array, done: u64) {
     if let Some(p) = array.process.lock().as_mut() {
         p.done_blocks = done;
@@ -232,10 +213,7 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
     let per_stripe = geo.stripe_blocks();
     let target = array.slots.read()[slot].name.clone();
     tracing::info!(raid = %array.name, target = %target, stripes, "rebuild started");
-    let mut pacer = Pacer {
-        start: Instant::now(),
-        bytes: 0,
-    };
+    let mut pacer = Pacer::new();
     let mut ok = true;
     for s in 0..stripes {
         if array.stopping.load(Ordering::Acquire) || array.live(slot) != LIVE_REBUILDING {
@@ -254,7 +232,12 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
             break;
         }
         set_progress(&array, (s + 1) * per_stripe);
-        pacer.account(per_stripe * array.block_size as u64).await;
+        pacer
+            .account(
+                super::options().process_max_bandwidth_mb_sec,
+                per_stripe * array.block_size as u64,
+            )
+            .await;
     }
     if ok && array.rebuild_done(slot) {
         ch.persist().await;
@@ -280,15 +263,12 @@ pub async fn resync(array: Arc<Array>) {
     meta.hold_bits(true);
     let ch = RaidChannel::new(array.clone());
     let stripes = array.geo.stripes();
-    let per_region = meta.region_stripes;
+    let per_region = meta.region_units;
     if let Some(p) = array.process.lock().as_mut() {
         p.total_blocks = regions.len() as u64 * per_region * array.geo.stripe_blocks();
     }
     tracing::info!(raid = %array.name, regions = regions.len(), "resync of dirty regions started");
-    let mut pacer = Pacer {
-        start: Instant::now(),
-        bytes: 0,
-    };
+    let mut pacer = Pacer::new();
     let mut done = 0;
     let mut failed = false;
     'outer: for r in regions.iter().copied() {
@@ -310,7 +290,10 @@ pub async fn resync(array: Arc<Array>) {
             done += array.geo.stripe_blocks();
             set_progress(&array, done);
             pacer
-                .account(array.geo.stripe_blocks() * array.block_size as u64)
+                .account(
+                    super::options().process_max_bandwidth_mb_sec,
+                    array.geo.stripe_blocks() * array.block_size as u64,
+                )
                 .await;
         }
         meta.clear_region(r);

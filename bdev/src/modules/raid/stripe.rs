@@ -221,7 +221,7 @@ impl RaidChannel {
         let chunk = io.chunk_blocks.max(1) as u64;
         let step = (dma::max_buf_size() as u64 / bs).max(1);
         let (mut lba, end) = (io.offset_blocks, io.offset_blocks + io.num_blocks);
-        let mut crc = 0u32;
+        let mut hasher = kernels::ChunkHasher::new(io.checksum_alg);
         let mut idx = 0usize;
         let mut in_chunk = 0u64;
         while lba < end {
@@ -236,13 +236,12 @@ impl RaidChannel {
             if !r.status.is_success() {
                 return r.status;
             }
-            crc = kernels::crc32c_append(crc, r.bufs[0].as_slice());
+            hasher.update(r.bufs[0].as_slice());
             in_chunk += n;
             lba += n;
             if in_chunk == chunk || lba == end {
-                io.put_checksum(idx, crc);
+                io.put_digest(idx, &hasher.finish());
                 idx += 1;
-                crc = 0;
                 in_chunk = 0;
             }
         }

@@ -9,6 +9,7 @@
 
 use super::geometry::Level;
 use crate::kernels;
+use crate::modules::ondisk::{get_u32, get_u64, put_u32, put_u64};
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"STRATRD1";
@@ -96,23 +97,6 @@ pub enum SbError {
     Version(u32),
     #[error("corrupt superblock: {0}")]
     Corrupt(&'static str),
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Bitmap blocks for `bits` bits at `block_size`.

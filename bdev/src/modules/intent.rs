@@ -1,24 +1,32 @@
-//! In-memory metadata of an array with superblocks: the generation and the write-intent
-//! bitmap, and the rule that orders their writes against data writes.
+//! The in-memory metadata of a redundant volume with superblocks (RAID arrays, mirrors): the
+//! generation and the write-intent / change bitmap, and the rule that orders their writes
+//! against data writes.
 //!
-//! Write intent: before a write touches a stripe, its bitmap region must be set *on disk*
-//! ([`Meta::begin_write`] says whether the caller must wait for a sync). A region's bit is
-//! cleared only when no write is in flight in it and none started during a whole clearing
-//! period, so a crash leaves set bits over every stripe that might have a torn parity.
+//! Write intent: before a write touches a region, its bit must be set *on disk*
+//! ([`IntentBitmap::begin_write`] says whether the caller must wait for a sync). A region's
+//! bit is cleared only when no write is in flight in it and none started during a whole
+//! clearing period, so a crash leaves set bits over every region whose copies (or parity)
+//! might disagree. While bits are held ([`IntentBitmap::hold_bits`]: a mirror split or
+//! degraded, a resync running) they record every change until a resync clears them.
+//!
+//! Region locks let a background copy exclude host writes from the regions it works on: a
+//! locked region admits no new writes ([`IntentBitmap::try_begin_range`] parks the writer),
+//! and the copy waits for the writes already in flight to drain.
+//!
 //! Metadata writes are serialised: one sync at a time writes a consistent snapshot, and a
 //! waiter is satisfied by a sync that started after its change.
 
 use parking_lot::Mutex;
 use std::task::{Poll, Waker};
 
-pub struct Meta {
-    st: Mutex<MetaState>,
+pub struct IntentBitmap {
+    st: Mutex<IntentState>,
     /// Stripes per bitmap bit.
-    pub region_stripes: u64,
+    pub region_units: u64,
     pub bits: u64,
 }
 
-struct MetaState {
+struct IntentState {
     /// Generation of the in-memory state; bumped by every change that must reach the disk.
     generation: u64,
     /// Generation of the last completed metadata write.
@@ -35,6 +43,12 @@ struct MetaState {
     state_gen: u64,
     /// While a resync works through the bitmap, bits are not cleared behind its back.
     hold_bits: bool,
+    /// Regions a background copy has locked.
+    locked: Vec<u64>,
+    /// Writers parked on a locked region.
+    write_waiters: Vec<Waker>,
+    /// A copy waiting for in-flight writes of its locked regions to drain.
+    drain_waiters: Vec<Waker>,
 }
 
 /// What a sync should write.
@@ -43,20 +57,20 @@ pub struct Snapshot {
     pub bitmap: Vec<u64>,
 }
 
-impl Meta {
+impl IntentBitmap {
     /// `disk_gen`: the generation already on disk (0 for a new array).
     pub fn new(
         generation: u64,
         disk_gen: u64,
-        region_stripes: u64,
+        region_units: u64,
         bits: u64,
         bitmap: Vec<u64>,
-    ) -> Meta {
+    ) -> IntentBitmap {
         let words = bits.div_ceil(64) as usize;
         let mut bm = bitmap;
         bm.resize(words, 0);
-        Meta {
-            st: Mutex::new(MetaState {
+        IntentBitmap {
+            st: Mutex::new(IntentState {
                 generation,
                 disk_gen,
                 writing: false,
@@ -67,14 +81,17 @@ impl Meta {
                 last_set_gen: 0,
                 state_gen: 0,
                 hold_bits: false,
+                locked: vec![0; words],
+                write_waiters: Vec::new(),
+                drain_waiters: Vec::new(),
             }),
-            region_stripes,
+            region_units,
             bits,
         }
     }
 
     pub fn region_of(&self, stripe: u64) -> usize {
-        (stripe / self.region_stripes) as usize
+        (stripe / self.region_units) as usize
     }
 
     pub fn generation(&self) -> u64 {
@@ -95,9 +112,34 @@ impl Meta {
     }
 
     /// Counts a write into `region`. Returns the generation that must be on disk before
-    /// the write may start (0: nothing to wait for).
+    /// the write may start (0: nothing to wait for). Ignores region locks (RAID arrays do
+    /// not take them).
     pub fn begin_write(&self, region: usize) -> u64 {
         let mut s = self.st.lock();
+        Self::count_in(&mut s, region);
+        Self::need(&s)
+    }
+
+    /// Counts a write into regions `first..=last` unless one of them is locked; then parks
+    /// `waker` (woken when a lock is released) and returns `None`, having counted nothing.
+    /// `Some(generation)` as for [`Self::begin_write`].
+    pub fn try_begin_range(&self, first: usize, last: usize, waker: Option<&Waker>) -> Option<u64> {
+        let mut s = self.st.lock();
+        if (first..=last).any(|r| bit(&s.locked, r)) {
+            if let Some(w) = waker {
+                if !s.write_waiters.iter().any(|x| x.will_wake(w)) {
+                    s.write_waiters.push(w.clone());
+                }
+            }
+            return None;
+        }
+        for r in first..=last {
+            Self::count_in(&mut s, r);
+        }
+        Some(Self::need(&s))
+    }
+
+    fn count_in(s: &mut IntentState, region: usize) {
         s.inflight[region] += 1;
         s.touched[region / 64] |= 1 << (region % 64);
         let (w, b) = (region / 64, 1u64 << (region % 64));
@@ -106,6 +148,9 @@ impl Meta {
             s.generation += 1;
             s.last_set_gen = s.generation;
         }
+    }
+
+    fn need(s: &IntentState) -> u64 {
         if s.disk_gen >= s.last_set_gen {
             0
         } else {
@@ -114,8 +159,69 @@ impl Meta {
     }
 
     pub fn end_write(&self, region: usize) {
+        let wake = {
+            let mut s = self.st.lock();
+            s.inflight[region] = s.inflight[region].saturating_sub(1);
+            if s.inflight[region] == 0 && bit(&s.locked, region) {
+                std::mem::take(&mut s.drain_waiters)
+            } else {
+                Vec::new()
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Locks regions `first..=last` against new writes (one background copy at a time
+    /// locks; it must unlock what it locked). Wait with [`Self::poll_drained`].
+    pub fn lock_range(&self, first: usize, last: usize) {
         let mut s = self.st.lock();
-        s.inflight[region] = s.inflight[region].saturating_sub(1);
+        for r in first..=last {
+            s.locked[r / 64] |= 1 << (r % 64);
+        }
+    }
+
+    /// Ready once no write is in flight in regions `first..=last`.
+    pub fn poll_drained(&self, first: usize, last: usize, waker: &Waker) -> Poll<()> {
+        let mut s = self.st.lock();
+        if (first..=last).all(|r| s.inflight[r] == 0) {
+            return Poll::Ready(());
+        }
+        if !s.drain_waiters.iter().any(|x| x.will_wake(waker)) {
+            s.drain_waiters.push(waker.clone());
+        }
+        Poll::Pending
+    }
+
+    /// Unlocks regions `first..=last` and wakes the writers parked on them.
+    pub fn unlock_range(&self, first: usize, last: usize) {
+        let wake = {
+            let mut s = self.st.lock();
+            for r in first..=last {
+                s.locked[r / 64] &= !(1 << (r % 64));
+            }
+            std::mem::take(&mut s.write_waiters)
+        };
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether region `r`'s bit is set.
+    pub fn is_dirty(&self, r: usize) -> bool {
+        bit(&self.st.lock().bitmap, r)
+    }
+
+    /// Sets every region's bit (a full copy is owed); the caller persists.
+    pub fn set_all(&self) {
+        let mut s = self.st.lock();
+        let bits = self.bits as usize;
+        for r in 0..bits {
+            s.bitmap[r / 64] |= 1 << (r % 64);
+        }
+        s.generation += 1;
+    }
+
+    /// A copy of the bitmap words.
+    pub fn snapshot_bits(&self) -> Vec<u64> {
+        self.st.lock().bitmap.clone()
     }
 
     /// Clears the bits of regions idle for a whole period. Returns whether any changed.
@@ -166,6 +272,12 @@ impl Meta {
         }
     }
 
+    /// Whether the newest state change is on disk.
+    pub fn states_durable(&self) -> bool {
+        let s = self.st.lock();
+        s.disk_gen >= s.state_gen
+    }
+
     pub fn is_durable(&self, generation: u64) -> bool {
         self.st.lock().disk_gen >= generation
     }
@@ -201,13 +313,17 @@ impl Meta {
     }
 }
 
+fn bit(words: &[u64], r: usize) -> bool {
+    words.get(r / 64).is_some_and(|w| w & (1 << (r % 64)) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn intent_bits_follow_writes() {
-        let m = Meta::new(1, 1, 1, 10, vec![]);
+        let m = IntentBitmap::new(1, 1, 1, 10, vec![]);
         let need = m.begin_write(3);
         assert!(need > 1, "a new bit needs a metadata write");
         assert!(!m.is_durable(need));
@@ -225,7 +341,7 @@ mod tests {
 
     #[test]
     fn in_flight_region_is_never_cleared() {
-        let m = Meta::new(1, 1, 1, 4, vec![]);
+        let m = IntentBitmap::new(1, 1, 1, 4, vec![]);
         m.begin_write(0);
         m.clear_idle();
         m.clear_idle();

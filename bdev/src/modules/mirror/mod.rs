@@ -1,0 +1,887 @@
+//! Mirror volumes: two legs (any bdevs — plain devices, RAID volumes of different level and
+//! width, later remote namespaces) holding the same data, with split and resume, a
+//! persistent change bitmap, checksum resync when the bitmap cannot be trusted, scrub, and
+//! re-assembly from the legs' superblocks after a restart.
+//!
+//! - [`volume`]: the mirror as a bdev, its legs and state machine.
+//! - [`channel`]: the per-reactor I/O path (reads from one leg, writes to both).
+//! - [`jobs`]: metadata writes, resync / scan / scrub, housekeeping.
+//! - [`superblock`]: the on-leg format.
+//!
+//! This module holds the operations behind the `bdev_mirror_*` RPCs and examine: a bdev
+//! carrying a mirror superblock is held until its partner appears (or, at the end of
+//! examine, the mirror starts degraded from the newest leg if that leg holds the data).
+//! The mirror uses its legs only through the [`crate::Bdev`] interface.
+
+pub mod channel;
+pub mod jobs;
+pub mod superblock;
+pub mod volume;
+
+use crate::error::BdevError;
+use crate::io::ChecksumAlg;
+use crate::modules::base::ClaimedBase;
+use crate::modules::intent::IntentBitmap;
+use crate::registry;
+use crate::wait;
+use jobs::JobKind;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use superblock::{LegState, MirrorState, Superblock, FLAG_BITMAP_UNTRUSTED};
+use uuid::Uuid;
+use volume::{Control, Leg, Mirror, MirrorOptions, ReadPolicy};
+
+pub use jobs::wait_idle;
+
+static MIRRORS: Mutex<Vec<Arc<Mirror>>> = Mutex::new(Vec::new());
+
+/// The running mirror `name`.
+pub fn mirror(name: &str) -> Option<Arc<Mirror>> {
+    MIRRORS.lock().iter().find(|m| m.name == name).cloned()
+}
+
+fn find(name: &str) -> Result<Arc<Mirror>, BdevError> {
+    mirror(name).ok_or_else(|| BdevError::NotFound(name.to_string()))
+}
+
+/// Drops the mirror from the module's list (it was unregistered).
+pub(crate) fn forget(name: &str) {
+    MIRRORS.lock().retain(|m| m.name != name);
+}
+
+/// Runs a background task on this reactor, or on reactor 0 from other threads.
+pub(crate) fn on_a_reactor<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    if strata_reactor::current_index().is_some() {
+        strata_reactor::spawn_local(make()).detach();
+    } else if let Some(f) = strata_reactor::framework() {
+        let _ = f.spawn_on(0, make);
+    }
+}
+
+/// Parameters of `bdev_mirror_create`.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub name: String,
+    pub primary: String,
+    pub secondary: String,
+    pub region_size_kb: u64,
+    pub scan_chunk_kb: u64,
+    pub read_policy: ReadPolicy,
+    pub checksum: ChecksumAlg,
+    pub scrub_interval_s: u32,
+    pub max_bandwidth_mb_sec: u32,
+    pub uuid: Option<Uuid>,
+    /// Copy the whole primary to the secondary first (false: the legs are known equal,
+    /// e.g. both freshly zeroed).
+    pub initial_sync: bool,
+}
+
+impl CreateOptions {
+    pub fn new(name: &str, primary: &str, secondary: &str) -> CreateOptions {
+        CreateOptions {
+            name: name.into(),
+            primary: primary.into(),
+            secondary: secondary.into(),
+            region_size_kb: 1024,
+            scan_chunk_kb: 64,
+            read_policy: ReadPolicy::Primary,
+            checksum: ChecksumAlg::Crc32c,
+            scrub_interval_s: 0,
+            max_bandwidth_mb_sec: 0,
+            uuid: None,
+            initial_sync: true,
+        }
+    }
+}
+
+/// How `bdev_mirror_resume` finds what to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// The bitmap if it is trusted, else a checksum scan.
+    Auto,
+    Bitmap,
+    Checksum,
+}
+
+impl ResumeMode {
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(ResumeMode::Auto),
+            "bitmap" => Some(ResumeMode::Bitmap),
+            "checksum" => Some(ResumeMode::Checksum),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(msg: String) -> BdevError {
+    BdevError::Invalid(msg)
+}
+
+fn leg_removed(mirror_name: &str, bdev: &str) {
+    if let Some(m) = mirror(mirror_name) {
+        if let Some(slot) = m.slot_of(bdev) {
+            if let Some(b) = m.detach(slot) {
+                b.release();
+            }
+            jobs::persist_in_background(&m);
+        }
+    }
+}
+
+fn open_leg(base: &str, mirror_name: &str) -> Result<Arc<ClaimedBase>, BdevError> {
+    let (m, b) = (mirror_name.to_string(), base.to_string());
+    Ok(Arc::new(ClaimedBase::open_with(
+        base,
+        mirror_name,
+        move || leg_removed(&m, &b),
+    )?))
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b) * b
+}
+
+/// The volume's shape over two legs: (data offset, volume blocks, bitmap bits).
+fn shape(
+    p: &ClaimedBase,
+    s: &ClaimedBase,
+    region_blocks: u64,
+) -> Result<(u64, u64, u64), BdevError> {
+    let bs = p.block_size as u64;
+    let unit = [p, s]
+        .iter()
+        .map(|b| b.optimal_io_boundary.max(b.write_unit_blocks as u64).max(1))
+        .fold(1, lcm);
+    let leg_blocks = p.num_blocks.min(s.num_blocks);
+    let bits_max = leg_blocks.div_ceil(region_blocks);
+    if superblock::bitmap_bytes(bits_max) > superblock::MAX_BITMAP_BYTES {
+        return Err(invalid(format!(
+            "region_size_kb {} is too small for a volume of {leg_blocks} blocks (the bitmap would exceed {} KiB)",
+            region_blocks * bs / 1024,
+            superblock::MAX_BITMAP_BYTES / 1024
+        )));
+    }
+    let meta =
+        superblock::meta_blocks(bits_max, p.block_size).max(superblock::MIN_DATA_OFFSET_BYTES / bs);
+    let data_offset = meta.div_ceil(unit) * unit;
+    let num_blocks = leg_blocks.saturating_sub(data_offset) / unit * unit;
+    if num_blocks == 0 {
+        return Err(invalid(format!(
+            "legs too small: {leg_blocks} blocks leave no room for data after {data_offset} blocks of metadata"
+        )));
+    }
+    Ok((data_offset, num_blocks, num_blocks.div_ceil(region_blocks)))
+}
+
+/// Creates a mirror over two unclaimed bdevs. Runs on a reactor.
+pub async fn create(o: CreateOptions) -> Result<Arc<Mirror>, BdevError> {
+    if o.name.is_empty() {
+        return Err(invalid("name must not be empty".into()));
+    }
+    if registry::get(&o.name).is_some() {
+        return Err(BdevError::Exists(o.name));
+    }
+    if o.primary == o.secondary {
+        return Err(invalid(format!(
+            "primary and secondary are the same bdev '{}'",
+            o.primary
+        )));
+    }
+    if !o.region_size_kb.is_power_of_two() || !(4..=65536).contains(&o.region_size_kb) {
+        return Err(invalid(format!(
+            "region_size_kb {} is not a power of two between 4 and 65536",
+            o.region_size_kb
+        )));
+    }
+    if !o.scan_chunk_kb.is_power_of_two() || o.scan_chunk_kb > o.region_size_kb {
+        return Err(invalid(format!(
+            "scan_chunk_kb {} is not a power of two up to region_size_kb ({})",
+            o.scan_chunk_kb, o.region_size_kb
+        )));
+    }
+    for leg in [&o.primary, &o.secondary] {
+        if registry::get(leg).is_none() {
+            return Err(BdevError::NotFound(leg.clone()));
+        }
+    }
+    let p = open_leg(&o.primary, &o.name)?;
+    let s = match open_leg(&o.secondary, &o.name) {
+        Ok(s) => s,
+        Err(e) => {
+            p.release();
+            return Err(e);
+        }
+    };
+    let release = || {
+        p.release();
+        s.release();
+    };
+    let bs = p.block_size;
+    if s.block_size != bs {
+        release();
+        return Err(invalid(format!(
+            "legs have different block sizes: {} has {bs}, {} has {}",
+            o.primary, o.secondary, s.block_size
+        )));
+    }
+    let region_blocks = o.region_size_kb * 1024 / bs as u64;
+    let chunk_blocks = o.scan_chunk_kb * 1024 / bs as u64;
+    if region_blocks == 0 || chunk_blocks == 0 {
+        release();
+        return Err(invalid(format!(
+            "region_size_kb and scan_chunk_kb must be at least one block ({bs} bytes)"
+        )));
+    }
+    let (data_offset, num_blocks, bits) = match shape(&p, &s, region_blocks) {
+        Ok(x) => x,
+        Err(e) => {
+            release();
+            return Err(e);
+        }
+    };
+    let intent = IntentBitmap::new(1, 0, 1, bits, Vec::new());
+    let sec_state = if o.initial_sync {
+        intent.set_all();
+        intent.hold_bits(true);
+        LegState::Resyncing
+    } else {
+        LegState::InSync
+    };
+    let leg = |b: &Arc<ClaimedBase>, state| Leg {
+        base: Some(b.clone()),
+        name: b.name.clone(),
+        uuid: b.uuid,
+        state,
+    };
+    let ctl = Control {
+        state: if o.initial_sync {
+            MirrorState::Resyncing
+        } else {
+            MirrorState::InSync
+        },
+        legs: [leg(&p, LegState::InSync), leg(&s, sec_state)],
+        primary: 0,
+        bitmap_trusted: true,
+        opts: MirrorOptions {
+            read_policy: o.read_policy,
+            checksum: o.checksum,
+            scrub_interval_s: o.scrub_interval_s,
+            max_bandwidth_mb_sec: o.max_bandwidth_mb_sec,
+        },
+    };
+    let m = Arc::new(Mirror::new(
+        o.name.clone(),
+        o.uuid.unwrap_or_else(Uuid::new_v4),
+        bs,
+        num_blocks,
+        data_offset,
+        region_blocks,
+        chunk_blocks,
+        ctl,
+        intent,
+    ));
+    // The superblocks go down before the volume exists.
+    jobs::persist_all(&m).await;
+    if m.state() == MirrorState::Offline || !m.intent.is_durable(m.intent.generation()) {
+        release();
+        return Err(BdevError::Invalid(format!(
+            "cannot write the mirror superblock to {} and {}",
+            o.primary, o.secondary
+        )));
+    }
+    if let Err(e) = registry::register(m.clone()) {
+        release();
+        return Err(e);
+    }
+    MIRRORS.lock().push(m.clone());
+    tracing::info!(mirror = %m.name, primary = %o.primary, secondary = %o.secondary, num_blocks, data_offset, initial_sync = o.initial_sync, "mirror created");
+    start_background(&m);
+    if o.initial_sync {
+        start_job(&m, JobKind::Resync, false)?;
+    }
+    Ok(m)
+}
+
+fn start_background(m: &Arc<Mirror>) {
+    let m = m.clone();
+    on_a_reactor(move || jobs::housekeeping(m));
+}
+
+fn start_job(m: &Arc<Mirror>, kind: JobKind, repair: bool) -> Result<(), BdevError> {
+    let job = jobs::reserve(m, kind, repair).ok_or_else(|| BdevError::Claimed {
+        name: m.name.clone(),
+        by: "a running mirror job".into(),
+    })?;
+    let m = m.clone();
+    on_a_reactor(move || jobs::run(m, job));
+    Ok(())
+}
+
+/// Deletes a mirror: stops its job, wipes both legs' superblocks (so it does not
+/// re-assemble) and releases the legs. Runs on a reactor.
+pub async fn delete(name: &str) -> Result<(), BdevError> {
+    let m = find(name)?;
+    m.stopping.store(true, Ordering::Release);
+    jobs::wait_idle(&m).await;
+    let chans: Vec<_> = {
+        let c = m.ctl.lock();
+        c.legs
+            .iter()
+            .filter_map(|l| l.base.as_ref().and_then(|b| b.channel().ok()))
+            .collect()
+    };
+    for ch in chans {
+        let blocks = superblock::meta_blocks(m.intent.bits, m.block_size).min(ch.num_blocks());
+        let zero = vec![0u8; (blocks * m.block_size as u64) as usize];
+        if let Err(st) = wait::write_slice(&ch, 0, &zero).await {
+            tracing::warn!(mirror = %name, leg = %ch.bdev().name(), status = ?st, "could not wipe the mirror superblock");
+        }
+    }
+    registry::unregister(name)?;
+    tracing::info!(mirror = %name, "mirror deleted");
+    Ok(())
+}
+
+/// Splits the mirror: the secondary stops receiving writes; the primary's writes mark the
+/// change bitmap. Returns once the new state is on disk.
+pub async fn split(name: &str) -> Result<(), BdevError> {
+    let m = find(name)?;
+    {
+        let mut c = m.ctl.lock();
+        if c.state != MirrorState::InSync {
+            return Err(invalid(format!(
+                "mirror {name} is {}, not in_sync: only an in-sync mirror can be split",
+                c.state.name()
+            )));
+        }
+        if m.job.lock().is_some() {
+            return Err(BdevError::Claimed {
+                name: name.into(),
+                by: "a running mirror job".into(),
+            });
+        }
+        let s = c.secondary();
+        c.legs[s].state = LegState::Stale;
+        c.state = MirrorState::Split;
+        m.intent.hold_bits(true);
+        m.intent.bump();
+        m.refresh(&c);
+    }
+    jobs::persist_all(&m).await;
+    tracing::info!(mirror = %name, "mirror split: secondary paused, changes recorded in the bitmap");
+    Ok(())
+}
+
+/// Resumes a split (or re-syncs a returned leg): copies the changed regions, or, when the
+/// bitmap cannot be trusted or `mode` asks, the chunks whose checksums differ.
+pub async fn resume(name: &str, mode: ResumeMode) -> Result<(), BdevError> {
+    let m = find(name)?;
+    let kind = {
+        let mut c = m.ctl.lock();
+        if m.job.lock().is_some() {
+            return Err(BdevError::Claimed {
+                name: name.into(),
+                by: "a running mirror job".into(),
+            });
+        }
+        let s = c.secondary();
+        let sec = &c.legs[s];
+        if sec.base.is_none() {
+            return Err(invalid(format!(
+                "mirror {name} has no secondary leg to resume (add one with bdev_mirror_add_leg)"
+            )));
+        }
+        if c.legs[c.primary].state != LegState::InSync || sec.state == LegState::InSync {
+            return Err(invalid(format!(
+                "mirror {name} is {}: nothing to resume",
+                c.state.name()
+            )));
+        }
+        let kind = match (mode, c.bitmap_trusted) {
+            (ResumeMode::Checksum, _) | (ResumeMode::Auto, false) => JobKind::Scan,
+            (ResumeMode::Bitmap | ResumeMode::Auto, true) => JobKind::Resync,
+            (ResumeMode::Bitmap, false) => {
+                return Err(invalid(format!(
+                    "mirror {name}: the change bitmap is not trusted (it was lost); resume with mode checksum or auto"
+                )))
+            }
+        };
+        if kind == JobKind::Scan {
+            tracing::warn!(mirror = %name, "change bitmap not trusted: resuming with a checksum scan of both legs");
+        }
+        c.legs[s].state = LegState::Resyncing;
+        c.state = MirrorState::Resyncing;
+        m.intent.hold_bits(true);
+        m.intent.bump();
+        m.refresh(&c);
+        kind
+    };
+    jobs::persist_all(&m).await;
+    start_job(&m, kind, false)
+}
+
+/// Starts a scrub: compares the legs by checksums; with `repair`, copies mismatching
+/// chunks from the primary.
+pub async fn verify(name: &str, repair: bool) -> Result<(), BdevError> {
+    let m = find(name)?;
+    let st = m.state();
+    if st != MirrorState::InSync {
+        return Err(invalid(format!(
+            "mirror {name} is {}: only an in-sync mirror can be verified",
+            st.name()
+        )));
+    }
+    start_job(&m, JobKind::Scrub, repair)
+}
+
+/// Attaches `base` in place of the failed or missing leg and resyncs it: from the bitmap
+/// if the bdev carries this mirror's superblock and the bitmap is trusted, else in full.
+pub async fn add_leg(name: &str, base: &str) -> Result<(), BdevError> {
+    let m = find(name)?;
+    if registry::get(base).is_none() {
+        return Err(BdevError::NotFound(base.into()));
+    }
+    let slot = {
+        let c = m.ctl.lock();
+        let s = c.secondary();
+        if !matches!(c.legs[s].state, LegState::Failed | LegState::Missing)
+            || c.legs[c.primary].state != LegState::InSync
+        {
+            return Err(invalid(format!(
+                "mirror {name} has no failed or missing leg to replace"
+            )));
+        }
+        if m.job.lock().is_some() {
+            return Err(BdevError::Claimed {
+                name: name.into(),
+                by: "a running mirror job".into(),
+            });
+        }
+        s
+    };
+    // The failed leg's bdev, if still attached, is let go first.
+    let old = m.ctl.lock().legs[slot].base.take();
+    if let Some(b) = old {
+        b.release();
+    }
+    let b = open_leg(base, name)?;
+    if b.block_size != m.block_size || b.num_blocks < m.data_offset + m.num_blocks {
+        b.release();
+        return Err(invalid(format!(
+            "{base} does not fit mirror {name}: needs {} blocks of {} bytes",
+            m.data_offset + m.num_blocks,
+            m.block_size
+        )));
+    }
+    // A returning leg of this mirror needs only the changes; any other bdev a full copy.
+    let ours = match b.channel() {
+        Ok(ch) => read_superblock_from(&ch)
+            .await
+            .is_some_and(|(sb, _)| sb.mirror_uuid == m.uuid),
+        Err(_) => false,
+    };
+    let kind = {
+        let mut c = m.ctl.lock();
+        let kind = if ours && c.bitmap_trusted {
+            JobKind::Resync
+        } else if ours {
+            JobKind::Scan
+        } else {
+            m.intent.set_all();
+            JobKind::Resync
+        };
+        c.legs[slot] = Leg {
+            base: Some(b.clone()),
+            name: base.into(),
+            uuid: b.uuid,
+            state: LegState::Resyncing,
+        };
+        c.state = MirrorState::Resyncing;
+        m.intent.hold_bits(true);
+        m.intent.bump();
+        m.refresh(&c);
+        kind
+    };
+    tracing::info!(mirror = %name, leg = %base, returning = ours, job = kind.name(), "leg added");
+    jobs::persist_all(&m).await;
+    start_job(&m, kind, false)
+}
+
+/// Settings changed by `bdev_mirror_set_options` (None: unchanged).
+#[derive(Clone, Debug, Default)]
+pub struct SetOptions {
+    pub read_policy: Option<ReadPolicy>,
+    pub scrub_interval_s: Option<u32>,
+    pub max_bandwidth_mb_sec: Option<u32>,
+}
+
+pub async fn set_options(name: &str, o: SetOptions) -> Result<(), BdevError> {
+    let m = find(name)?;
+    {
+        let mut c = m.ctl.lock();
+        if let Some(p) = o.read_policy {
+            c.opts.read_policy = p;
+        }
+        if let Some(s) = o.scrub_interval_s {
+            c.opts.scrub_interval_s = s;
+        }
+        if let Some(b) = o.max_bandwidth_mb_sec {
+            c.opts.max_bandwidth_mb_sec = b;
+        }
+        m.intent.bump();
+        m.refresh(&c);
+    }
+    jobs::persist_all(&m).await;
+    Ok(())
+}
+
+/// `bdev_mirror_get`: one mirror, or all.
+pub fn get(name: Option<&str>) -> Result<Vec<Value>, BdevError> {
+    match name {
+        Some(n) => Ok(vec![find(n)?.info()]),
+        None => Ok(MIRRORS.lock().iter().map(|m| m.info()).collect()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Examine: re-assembly from the legs' superblocks
+
+struct Candidate {
+    bdev: String,
+    sb: Superblock,
+    /// `None` when the bitmap's CRC failed.
+    bitmap: Option<Vec<u64>>,
+}
+
+static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> = LazyLock::new(Default::default);
+static EXAMINING: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn examine_hook(name: &str) {
+    let Some(f) = strata_reactor::framework() else {
+        return;
+    };
+    let name = name.to_string();
+    EXAMINING.fetch_add(1, Ordering::AcqRel);
+    let spawned = f.spawn_on(0, move || async move {
+        examine(&name).await;
+        EXAMINING.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        EXAMINING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn read_superblock_from(
+    ch: &crate::channel::IoChannel,
+) -> Option<(Superblock, Option<Vec<u64>>)> {
+    let bs = ch.block_size() as u64;
+    let head_blocks = (superblock::HEADER_BYTES as u64).div_ceil(bs);
+    if ch.num_blocks() < head_blocks {
+        return None;
+    }
+    let head = wait::read_vec(ch, 0, head_blocks).await.ok()?;
+    let sb = match Superblock::decode(&head) {
+        Ok(sb) => sb,
+        Err(superblock::SbError::NoMagic) => return None,
+        Err(e) => {
+            tracing::warn!(bdev = %ch.bdev().name(), error = %e, "mirror superblock unusable; ignored");
+            return None;
+        }
+    };
+    if sb.block_size as u64 != bs || ch.num_blocks() < sb.data_offset + sb.num_blocks {
+        tracing::warn!(bdev = %ch.bdev().name(), "mirror superblock does not fit this bdev; ignored");
+        return None;
+    }
+    let meta = wait::read_vec(ch, 0, sb.meta_blocks()).await.ok()?;
+    let bitmap = sb.decode_bitmap(&meta);
+    if bitmap.is_none() {
+        tracing::warn!(bdev = %ch.bdev().name(), mirror = %sb.name, "mirror change bitmap damaged (CRC mismatch): it will not be trusted");
+    }
+    Some((sb, bitmap))
+}
+
+async fn examine(name: &str) {
+    let Some(h) = registry::get(name) else {
+        return;
+    };
+    if h.claimed_by.is_some() {
+        return;
+    }
+    let Ok(desc) = registry::open(name, |_| {}) else {
+        return;
+    };
+    let Ok(ch) = desc.channel() else {
+        return;
+    };
+    let Some((sb, bitmap)) = read_superblock_from(&ch).await else {
+        return;
+    };
+    drop(ch);
+    drop(desc);
+    tracing::info!(bdev = name, mirror = %sb.name, role = volume::role_name(sb.role), generation = sb.generation, state = sb.state.name(), "mirror superblock found");
+    // A leg of a running mirror came back: resync it if the mirror is missing it.
+    let running = MIRRORS
+        .lock()
+        .iter()
+        .find(|m| m.uuid == sb.mirror_uuid)
+        .cloned();
+    if let Some(m) = running {
+        let name = name.to_string();
+        strata_reactor::spawn_local(async move {
+            loop {
+                if m.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                if m.job.lock().is_none() {
+                    match add_leg(&m.name, &name).await {
+                        Err(BdevError::Claimed { .. }) if m.job.lock().is_some() => {}
+                        Err(e) => {
+                            tracing::info!(bdev = %name, mirror = %m.name, error = %e, "returning leg not added");
+                            return;
+                        }
+                        Ok(()) => return,
+                    }
+                }
+                strata_reactor::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .detach();
+        return;
+    }
+    PENDING
+        .lock()
+        .entry(sb.mirror_uuid)
+        .or_default()
+        .push(Candidate {
+            bdev: name.to_string(),
+            sb: sb.clone(),
+            bitmap,
+        });
+    assemble(sb.mirror_uuid, false).await;
+}
+
+/// The plan for bringing up a mirror from its candidates.
+struct Plan {
+    best: Superblock,
+    /// Bdev per role, and whether the newest superblock trusts it as it says.
+    legs: [Option<(String, LegState)>; 2],
+    bitmap: Option<Vec<u64>>,
+}
+
+fn plan(cands: &[Candidate], degraded_ok: bool) -> Result<Option<Plan>, String> {
+    let Some(best) = cands.iter().max_by_key(|c| c.sb.generation) else {
+        return Ok(None);
+    };
+    let b = &best.sb;
+    let mut legs: [Option<(String, LegState)>; 2] = [None, None];
+    legs[b.role] = Some((best.bdev.clone(), b.legs[b.role]));
+    // The other leg: any other candidate with the same shape; its role is what the newest
+    // superblock does not hold.
+    let other = cands.iter().find(|c| {
+        c.bdev != best.bdev
+            && (
+                c.sb.num_blocks,
+                c.sb.data_offset,
+                c.sb.region_blocks,
+                c.sb.block_size,
+            ) == (b.num_blocks, b.data_offset, b.region_blocks, b.block_size)
+    });
+    let o = 1 - b.role;
+    if let Some(c) = other {
+        legs[o] = Some((c.bdev.clone(), b.legs[o]));
+    }
+    if other.is_none() && !degraded_ok {
+        return Ok(None);
+    }
+    if other.is_none() && b.legs[b.role] != LegState::InSync {
+        return Err(format!(
+            "leg {} is {} (it does not hold the latest data): waiting for the other leg",
+            best.bdev,
+            b.legs[b.role].name()
+        ));
+    }
+    // Both legs' bitmaps of the newest generation count; any damaged one means lost.
+    let mut bitmap = best.bitmap.clone();
+    for c in cands.iter().filter(|c| c.sb.generation == b.generation) {
+        match (&mut bitmap, &c.bitmap) {
+            (Some(bm), Some(x)) => bm.iter_mut().zip(x).for_each(|(w, x)| *w |= x),
+            _ => bitmap = None,
+        }
+    }
+    if b.flags & FLAG_BITMAP_UNTRUSTED != 0 {
+        bitmap = None;
+    }
+    Ok(Some(Plan {
+        best: b.clone(),
+        legs,
+        bitmap,
+    }))
+}
+
+async fn assemble(uuid: Uuid, degraded_ok: bool) {
+    let p = {
+        let mut pend = PENDING.lock();
+        let Some(cands) = pend.get_mut(&uuid) else {
+            return;
+        };
+        cands.retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
+        match plan(cands, degraded_ok) {
+            Ok(Some(p)) => {
+                pend.remove(&uuid);
+                p
+            }
+            Ok(None) => return,
+            Err(why) => {
+                tracing::error!(mirror = %uuid, "{why}");
+                return;
+            }
+        }
+    };
+    let name = p.best.name.clone();
+    if let Err(e) = bring_up(p).await {
+        tracing::error!(mirror = %name, error = %e, "mirror assembly failed");
+    }
+}
+
+async fn bring_up(p: Plan) -> Result<(), BdevError> {
+    let b = &p.best;
+    let mut legs = [Leg::missing(), Leg::missing()];
+    let mut opened = Vec::new();
+    for role in 0..2 {
+        let Some((bdev, state)) = &p.legs[role] else {
+            continue;
+        };
+        match open_leg(bdev, &b.name) {
+            Ok(c) => {
+                opened.push(c.clone());
+                legs[role] = Leg {
+                    base: Some(c.clone()),
+                    name: bdev.clone(),
+                    uuid: c.uuid,
+                    state: *state,
+                };
+            }
+            Err(e) => {
+                tracing::error!(bdev = %bdev, error = %e, "cannot claim mirror leg");
+            }
+        }
+    }
+    let trusted = p.bitmap.is_some();
+    let bitmap = p.bitmap.unwrap_or_default();
+    let intent = IntentBitmap::new(b.generation, b.generation, 1, b.bits, bitmap);
+    let dirty = intent.dirty_count();
+    // The primary is the newest superblock's primary if present, else the other leg
+    // (plan() only lets a lone leg through if it holds the data).
+    let primary = usize::from(legs[0].base.is_none());
+    let sec = 1 - primary;
+    let sec_present = legs[sec].base.is_some();
+    let mut job = None;
+    let state = match (b.state, sec_present) {
+        (_, false) => {
+            if legs[sec].state != LegState::Failed {
+                legs[sec].state = LegState::Missing;
+            }
+            MirrorState::Degraded
+        }
+        (MirrorState::Split, true) => MirrorState::Split,
+        (MirrorState::InSync, true) if trusted && dirty == 0 => MirrorState::InSync,
+        // In sync or resyncing at the crash: writes may have reached one leg only, or a
+        // copy stopped half way; a leg that failed came back: resync.
+        (_, true) => {
+            legs[sec].state = LegState::Resyncing;
+            job = Some(if trusted {
+                JobKind::Resync
+            } else {
+                tracing::warn!(mirror = %b.name, "change bitmap lost: the resync falls back to a checksum scan of both legs");
+                JobKind::Scan
+            });
+            MirrorState::Resyncing
+        }
+    };
+    if state != MirrorState::InSync {
+        intent.hold_bits(true);
+    }
+    intent.bump();
+    let ctl = Control {
+        state,
+        legs,
+        primary,
+        bitmap_trusted: trusted,
+        opts: MirrorOptions {
+            read_policy: if b.read_policy == 1 {
+                ReadPolicy::Balance
+            } else {
+                ReadPolicy::Primary
+            },
+            checksum: if b.checksum == 1 {
+                ChecksumAlg::Sha256
+            } else {
+                ChecksumAlg::Crc32c
+            },
+            scrub_interval_s: b.scrub_interval_s,
+            max_bandwidth_mb_sec: b.max_bandwidth_mb_sec,
+        },
+    };
+    let m = Arc::new(Mirror::new(
+        b.name.clone(),
+        b.mirror_uuid,
+        b.block_size,
+        b.num_blocks,
+        b.data_offset,
+        b.region_blocks,
+        b.scan_chunk_blocks,
+        ctl,
+        intent,
+    ));
+    if let Err(e) = registry::register(m.clone()) {
+        opened.iter().for_each(|c| c.release());
+        return Err(e);
+    }
+    MIRRORS.lock().push(m.clone());
+    tracing::info!(mirror = %b.name, generation = b.generation, state = state.name(), dirty_regions = dirty, bitmap_trusted = trusted, "mirror assembled from superblocks");
+    jobs::persist_all(&m).await;
+    start_background(&m);
+    if let Some(kind) = job {
+        start_job(&m, kind, false)?;
+    }
+    Ok(())
+}
+
+/// End of examine (`bdev_wait_for_examine`, end of `--json` load): waits for examine reads
+/// to finish, then brings up mirrors that can run on one leg.
+pub fn finish_examine() {
+    wait_for_examine();
+    let uuids: Vec<Uuid> = PENDING.lock().keys().copied().collect();
+    let Some(f) = strata_reactor::framework() else {
+        return;
+    };
+    for u in uuids {
+        let _ = f.block_on(0, move || assemble(u, true));
+    }
+}
+
+/// Waits until every examine started so far has finished.
+pub fn wait_for_examine() {
+    for _ in 0..3000 {
+        if EXAMINING.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
