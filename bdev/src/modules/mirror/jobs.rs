@@ -146,24 +146,25 @@ pub fn persist_in_background(m: &Arc<Mirror>) {
 
 /// Returns (written to at least one leg, some leg failed).
 async fn write_meta(m: &Arc<Mirror>, snap: &Snapshot) -> (bool, bool) {
-    let targets: Vec<(usize, IoChannel)> = {
+    let targets: Vec<(usize, IoChannel, u64)> = {
         let c = m.ctl.lock();
         (0..2)
             .filter(|&s| !matches!(c.legs[s].state, LegState::Failed | LegState::Missing))
             .filter_map(|s| {
-                c.legs[s]
-                    .base
-                    .as_ref()
-                    .and_then(|b| b.channel().ok())
-                    .map(|ch| (s, ch))
+                c.legs[s].base.as_ref().and_then(|b| {
+                    let unit = b.optimal_io_boundary.max(b.write_unit_blocks as u64).max(1);
+                    b.channel().ok().map(|ch| (s, ch, unit))
+                })
             })
             .collect()
     };
     let mut wrote = false;
     let mut failed = false;
-    for (slot, ch) in targets {
+    for (slot, ch, unit) in targets {
         let sb = m.superblock_for(slot, snap.generation);
-        let bytes = (sb.meta_blocks() * m.block_size as u64) as usize;
+        // Whole units of the leg (a RAID leg's stripes), so it never reads to write them.
+        let blocks = (sb.meta_blocks().div_ceil(unit) * unit).min(m.data_offset);
+        let bytes = (blocks * m.block_size as u64) as usize;
         let mut raw = vec![0u8; bytes];
         sb.encode_meta(&snap.bitmap, &mut raw);
         match wait::write_slice(&ch, 0, &raw).await {
