@@ -294,7 +294,7 @@ fn bad_parameters() {
             Some("read_policy"),
         ),
         (json!({"checksum": "md5"}), -32602, Some("checksum")),
-        (json!({"secondary": "L2"}), -22, None),
+        (json!({"secondary": "L2"}), -32602, None),
         (json!({"colour": 1}), -32602, Some("colour")),
     ];
     for (changes, code, word) in cases {
