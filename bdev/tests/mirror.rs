@@ -383,7 +383,7 @@ fn unlike_raid_legs_resync_in_whole_secondary_stripes() {
             .as_u64()
             .unwrap();
         assert!(
-            unit > 1 && off % unit == 0,
+            unit > 1 && off.is_multiple_of(unit),
             "data offset {off} not stripe-aligned ({unit})"
         );
         let n = num_blocks(&name);
@@ -409,7 +409,7 @@ fn unlike_raid_legs_resync_in_whole_secondary_stripes() {
         );
         let copied = r["copied_bytes"].as_u64().unwrap();
         assert!(
-            copied > 0 && copied % (unit * BS as u64) == 0,
+            copied > 0 && copied.is_multiple_of(unit * BS as u64),
             "copied {copied} not whole stripes"
         );
         let [a, b] = leg_images(&name);

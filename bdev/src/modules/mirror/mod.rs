@@ -763,14 +763,14 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
     let b = &p.best;
     let mut legs = [Leg::missing(), Leg::missing()];
     let mut opened = Vec::new();
-    for role in 0..2 {
-        let Some((bdev, state)) = &p.legs[role] else {
+    for (leg, planned) in legs.iter_mut().zip(&p.legs) {
+        let Some((bdev, state)) = planned else {
             continue;
         };
         match open_leg(bdev, &b.name) {
             Ok(c) => {
                 opened.push(c.clone());
-                legs[role] = Leg {
+                *leg = Leg {
                     base: Some(c.clone()),
                     name: bdev.clone(),
                     uuid: c.uuid,
