@@ -17,7 +17,10 @@ use strata_reactor::{dma, Mode, ReactorSet};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "strata-mirror-bench", about = "Time mirror resync, scan and scrub jobs")]
+#[command(
+    name = "strata-mirror-bench",
+    about = "Time mirror resync, scan and scrub jobs"
+)]
 struct Cli {
     /// Data size of the mirror in MiB.
     #[arg(long, default_value_t = 4096)]
@@ -47,27 +50,30 @@ fn main() -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     }
-    let job = |what: &'static str, f: Box<dyn FnOnce() -> Result<(), String>>| -> Result<Value, String> {
-        let t = Instant::now();
-        f()?;
-        let m = mirror::mirror("BM").ok_or("mirror gone")?;
-        reactors
-            .block_on(0, move || async move { mirror::wait_idle(&m).await })
-            .map_err(|e| e.to_string())?;
-        let secs = t.elapsed().as_secs_f64();
-        let info = mirror::get(Some("BM")).map_err(|e| e.to_string())?.remove(0);
-        let last = info["last_job"].clone();
-        if last["result"] != "done" {
-            return Err(format!("{what}: {last}"));
-        }
-        println!(
-            "{what:<28} {secs:8.3} s  {:>9.1} MB/s  copied {:>6} MiB  mismatches {}",
-            last["mb_per_sec"].as_f64().unwrap_or(0.0),
-            last["copied_bytes"].as_u64().unwrap_or(0) >> 20,
-            last["mismatches"]
-        );
-        Ok(serde_json::json!({"job": what, "seconds": secs, "last_job": last}))
-    };
+    let job =
+        |what: &'static str, f: Box<dyn FnOnce() -> Result<(), String>>| -> Result<Value, String> {
+            let t = Instant::now();
+            f()?;
+            let m = mirror::mirror("BM").ok_or("mirror gone")?;
+            reactors
+                .block_on(0, move || async move { mirror::wait_idle(&m).await })
+                .map_err(|e| e.to_string())?;
+            let secs = t.elapsed().as_secs_f64();
+            let info = mirror::get(Some("BM"))
+                .map_err(|e| e.to_string())?
+                .remove(0);
+            let last = info["last_job"].clone();
+            if last["result"] != "done" {
+                return Err(format!("{what}: {last}"));
+            }
+            println!(
+                "{what:<28} {secs:8.3} s  {:>9.1} MB/s  copied {:>6} MiB  mismatches {}",
+                last["mb_per_sec"].as_f64().unwrap_or(0.0),
+                last["copied_bytes"].as_u64().unwrap_or(0) >> 20,
+                last["mismatches"]
+            );
+            Ok(serde_json::json!({"job": what, "seconds": secs, "last_job": last}))
+        };
     let rb = |r: Result<Result<(), strata_bdev::BdevError>, strata_reactor::ReactorError>| {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     };
@@ -77,7 +83,10 @@ fn main() -> Result<(), String> {
         "full resync (initial copy)",
         Box::new(move || {
             let o = mirror::CreateOptions::new("BM", "BL0", "BL1");
-            rb(rs.block_on(0, move || async move { mirror::create(o).await.map(|_| ()) }))
+            rb(rs.block_on(
+                0,
+                move || async move { mirror::create(o).await.map(|_| ()) },
+            ))
         }),
     )?);
     let regions = mirror::mirror("BM").ok_or("no mirror")?.intent.bits;
@@ -107,12 +116,20 @@ fn main() -> Result<(), String> {
     dirty_some(1)?;
     results.push(job(
         "resync of 1% dirty (bitmap)",
-        Box::new(|| rb(reactors.block_on(0, || async { mirror::resume("BM", mirror::ResumeMode::Bitmap).await }))),
+        Box::new(|| {
+            rb(reactors.block_on(0, || async {
+                mirror::resume("BM", mirror::ResumeMode::Bitmap).await
+            }))
+        }),
     )?);
     dirty_some(2)?;
     results.push(job(
         "resync of 1% dirty (checksum)",
-        Box::new(|| rb(reactors.block_on(0, || async { mirror::resume("BM", mirror::ResumeMode::Checksum).await }))),
+        Box::new(|| {
+            rb(reactors.block_on(0, || async {
+                mirror::resume("BM", mirror::ResumeMode::Checksum).await
+            }))
+        }),
     )?);
     results.push(job(
         "scrub (checksum scan)",
