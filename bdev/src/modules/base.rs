@@ -64,6 +64,14 @@ impl ClaimedBase {
         })
     }
 
+    /// Blocks a write must cover to avoid read-modify-write below (a RAID base's stripe;
+    /// 1 for plain devices).
+    pub fn write_granule(&self) -> u64 {
+        self.optimal_io_boundary
+            .max(self.write_unit_blocks as u64)
+            .max(1)
+    }
+
     pub fn supports(&self, t: IoType) -> bool {
         self.supported[t as usize]
     }

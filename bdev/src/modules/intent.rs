@@ -159,16 +159,28 @@ impl IntentBitmap {
     }
 
     pub fn end_write(&self, region: usize) {
-        let wake = {
+        self.end_range(region, region);
+    }
+
+    /// Ends a write counted into regions `first..=last`; returns whether the newest state
+    /// change is on disk (one lock for both, on the write's completion path).
+    pub fn end_range(&self, first: usize, last: usize) -> bool {
+        let (wake, durable) = {
             let mut s = self.st.lock();
-            s.inflight[region] = s.inflight[region].saturating_sub(1);
-            if s.inflight[region] == 0 && bit(&s.locked, region) {
+            let mut drained = false;
+            for r in first..=last {
+                s.inflight[r] = s.inflight[r].saturating_sub(1);
+                drained |= s.inflight[r] == 0 && bit(&s.locked, r);
+            }
+            let wake = if drained {
                 std::mem::take(&mut s.drain_waiters)
             } else {
                 Vec::new()
-            }
+            };
+            (wake, s.disk_gen >= s.state_gen)
         };
         wake.into_iter().for_each(Waker::wake);
+        durable
     }
 
     /// Locks regions `first..=last` against new writes (one background copy at a time

@@ -8,7 +8,7 @@ use strata_bdev::modules::{delay, error, malloc, null, uring};
 use strata_bdev::{registry, BdevHandle, IoType};
 use strata_reactor::clock;
 
-fn ok() -> Result<Value, RpcError> {
+pub(super) fn ok() -> Result<Value, RpcError> {
     Ok(Value::Bool(true))
 }
 
@@ -314,7 +314,8 @@ fn iostat_json(h: &BdevHandle) -> Value {
 }
 
 /// Runs a RAID management operation on reactor 0 (it does I/O to the members).
-fn on_reactor<F, Fut, R>(f: F) -> Result<R, RpcError>
+/// Runs a bdev operation on reactor 0 and maps its error once, for every bdev method.
+pub(super) fn on_reactor<F, Fut, R>(f: F) -> Result<R, RpcError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<R, strata_bdev::BdevError>> + 'static,

@@ -1,27 +1,11 @@
 //! Mirror methods (`bdev_mirror_*`): strata's own, in SPDK's naming style.
 
+use super::bdev_methods::{ok, on_reactor};
 use super::params::Params;
 use super::{MethodTable, RpcError};
 use serde_json::Value;
 use strata_bdev::modules::mirror::{self, volume::ReadPolicy, CreateOptions, ResumeMode};
 use strata_bdev::ChecksumAlg;
-
-fn ok() -> Result<Value, RpcError> {
-    Ok(Value::Bool(true))
-}
-
-fn on_reactor<F, Fut, R>(f: F) -> Result<R, RpcError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<R, strata_bdev::BdevError>> + 'static,
-    R: Send + 'static,
-{
-    let fw = strata_reactor::framework()
-        .ok_or_else(|| RpcError::internal("reactors are not running".to_string()))?;
-    fw.block_on(0, f)
-        .map_err(|e| RpcError::internal(e.to_string()))?
-        .map_err(RpcError::from)
-}
 
 fn bad(m: &str, key: &str, v: &str, allowed: &str) -> RpcError {
     RpcError::invalid_params(format!("{m}: invalid parameter '{key}': {v} ({allowed})"))

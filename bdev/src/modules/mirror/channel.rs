@@ -238,11 +238,11 @@ impl MirrorChannel {
         }
     }
 
-    fn end_regions(&self, regions: Option<(usize, usize)>) {
-        if let Some((f, l)) = regions {
-            for r in f..=l {
-                self.m.intent.end_write(r);
-            }
+    /// Ends a write's count in its regions; returns whether the leg states are on disk.
+    fn end_regions(&self, regions: Option<(usize, usize)>) -> bool {
+        match regions {
+            Some((f, l)) => self.m.intent.end_range(f, l),
+            None => self.m.intent.states_durable(),
         }
     }
 
@@ -269,7 +269,7 @@ impl MirrorChannel {
         let (Some(parent), ok, failed, regions, reject) = finished else {
             return;
         };
-        self.end_regions(regions);
+        let durable = self.end_regions(regions);
         if let Some(st) = reject {
             parent.complete(st);
             return;
@@ -286,7 +286,7 @@ impl MirrorChannel {
         } else {
             IoStatus::Failed
         };
-        if !changed && failed == 0 && self.m.intent.states_durable() {
+        if !changed && failed == 0 && durable {
             parent.complete(status);
             return;
         }

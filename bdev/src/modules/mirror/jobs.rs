@@ -141,7 +141,7 @@ pub async fn persist_all(m: &Arc<Mirror>) {
 /// Persists from a task on this reactor (callers on the data path or off any reactor).
 pub fn persist_in_background(m: &Arc<Mirror>) {
     let m = m.clone();
-    super::on_a_reactor(move || async move { persist(&m).await });
+    crate::modules::on_a_reactor(move || async move { persist(&m).await });
 }
 
 /// Returns (written to at least one leg, some leg failed).
@@ -151,10 +151,10 @@ async fn write_meta(m: &Arc<Mirror>, snap: &Snapshot) -> (bool, bool) {
         (0..2)
             .filter(|&s| !matches!(c.legs[s].state, LegState::Failed | LegState::Missing))
             .filter_map(|s| {
-                c.legs[s].base.as_ref().and_then(|b| {
-                    let unit = b.optimal_io_boundary.max(b.write_unit_blocks as u64).max(1);
-                    b.channel().ok().map(|ch| (s, ch, unit))
-                })
+                c.legs[s]
+                    .base
+                    .as_ref()
+                    .and_then(|b| b.channel().ok().map(|ch| (s, ch, b.write_granule())))
             })
             .collect()
     };
@@ -253,8 +253,7 @@ fn unit_blocks(m: &Mirror) -> u64 {
     c.legs[c.secondary()]
         .base
         .as_ref()
-        .map_or(1, |b| b.optimal_io_boundary.max(b.write_unit_blocks as u64))
-        .max(1)
+        .map_or(1, |b| b.write_granule())
 }
 
 /// `[a, b)` widened to whole units, within the volume.
@@ -331,11 +330,10 @@ async fn copy_locked(
             .map_err(|e| Stop::Failed(format!("no copy buffer: {e:?}")))?;
         let mut r = BdevIo::new(IoType::Read, m.data_offset + lba, n);
         r.bufs = bufs;
-        let r = wait::submit_wait(p, r).await;
+        let mut r = wait::submit_wait(p, r).await;
         if !r.status.is_success() {
             return Err(leg_error(m, 0, "read", r.status));
         }
-        let mut r = r;
         let mut w = BdevIo::new(IoType::Write, m.data_offset + lba, n);
         w.bufs = std::mem::take(&mut r.bufs);
         drop(r);
@@ -493,12 +491,4 @@ pub async fn wait_idle(m: &Mirror) {
     while m.job.lock().is_some() {
         strata_reactor::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// A buffer-free way for tests and tools to know a job ran: the outcome of the last one.
-pub fn last_result(m: &Mirror) -> Option<String> {
-    m.last_job
-        .lock()
-        .as_ref()
-        .and_then(|v| v["result"].as_str().map(str::to_string))
 }

@@ -28,7 +28,7 @@ use jobs::JobKind;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use superblock::{LegState, MirrorState, Superblock, FLAG_BITMAP_UNTRUSTED};
@@ -51,19 +51,6 @@ fn find(name: &str) -> Result<Arc<Mirror>, BdevError> {
 /// Drops the mirror from the module's list (it was unregistered).
 pub(crate) fn forget(name: &str) {
     MIRRORS.lock().retain(|m| m.name != name);
-}
-
-/// Runs a background task on this reactor, or on reactor 0 from other threads.
-pub(crate) fn on_a_reactor<F, Fut>(make: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    if strata_reactor::current_index().is_some() {
-        strata_reactor::spawn_local(make()).detach();
-    } else if let Some(f) = strata_reactor::framework() {
-        let _ = f.spawn_on(0, make);
-    }
 }
 
 /// Parameters of `bdev_mirror_create`.
@@ -164,10 +151,7 @@ fn shape(
     region_blocks: u64,
 ) -> Result<(u64, u64, u64), BdevError> {
     let bs = p.block_size as u64;
-    let unit = [p, s]
-        .iter()
-        .map(|b| b.optimal_io_boundary.max(b.write_unit_blocks as u64).max(1))
-        .fold(1, lcm);
+    let unit = [p, s].iter().map(|b| b.write_granule()).fold(1, lcm);
     let leg_blocks = p.num_blocks.min(s.num_blocks);
     let bits_max = leg_blocks.div_ceil(region_blocks);
     if superblock::bitmap_bytes(bits_max) > superblock::MAX_BITMAP_BYTES {
@@ -320,7 +304,7 @@ pub async fn create(o: CreateOptions) -> Result<Arc<Mirror>, BdevError> {
 
 fn start_background(m: &Arc<Mirror>) {
     let m = m.clone();
-    on_a_reactor(move || jobs::housekeeping(m));
+    super::on_a_reactor(move || jobs::housekeeping(m));
 }
 
 fn start_job(m: &Arc<Mirror>, kind: JobKind, repair: bool) -> Result<(), BdevError> {
@@ -329,7 +313,7 @@ fn start_job(m: &Arc<Mirror>, kind: JobKind, repair: bool) -> Result<(), BdevErr
         by: "a running mirror job".into(),
     })?;
     let m = m.clone();
-    on_a_reactor(move || jobs::run(m, job));
+    super::on_a_reactor(move || jobs::run(m, job));
     Ok(())
 }
 
@@ -570,21 +554,9 @@ struct Candidate {
 }
 
 static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> = LazyLock::new(Default::default);
-static EXAMINING: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) fn examine_hook(name: &str) {
-    let Some(f) = strata_reactor::framework() else {
-        return;
-    };
-    let name = name.to_string();
-    EXAMINING.fetch_add(1, Ordering::AcqRel);
-    let spawned = f.spawn_on(0, move || async move {
-        examine(&name).await;
-        EXAMINING.fetch_sub(1, Ordering::AcqRel);
-    });
-    if spawned.is_err() {
-        EXAMINING.fetch_sub(1, Ordering::AcqRel);
-    }
+    super::spawn_examine(name, |n| async move { examine(&n).await });
 }
 
 async fn read_superblock_from(
@@ -604,7 +576,12 @@ async fn read_superblock_from(
             return None;
         }
     };
-    if sb.block_size as u64 != bs || ch.num_blocks() < sb.data_offset + sb.num_blocks {
+    if sb.block_size as u64 != bs
+        || sb
+            .data_offset
+            .checked_add(sb.num_blocks)
+            .is_none_or(|end| ch.num_blocks() < end)
+    {
         tracing::warn!(bdev = %ch.bdev().name(), "mirror superblock does not fit this bdev; ignored");
         return None;
     }
@@ -866,22 +843,5 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
 /// End of examine (`bdev_wait_for_examine`, end of `--json` load): waits for examine reads
 /// to finish, then brings up mirrors that can run on one leg.
 pub fn finish_examine() {
-    wait_for_examine();
-    let uuids: Vec<Uuid> = PENDING.lock().keys().copied().collect();
-    let Some(f) = strata_reactor::framework() else {
-        return;
-    };
-    for u in uuids {
-        let _ = f.block_on(0, move || assemble(u, true));
-    }
-}
-
-/// Waits until every examine started so far has finished.
-pub fn wait_for_examine() {
-    for _ in 0..3000 {
-        if EXAMINING.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    super::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
 }

@@ -29,7 +29,7 @@ use geometry::{Geometry, Level};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use superblock::{MemberState, Superblock, MAX_MEMBERS};
@@ -94,20 +94,7 @@ fn member_removed(array_name: &str, slot: usize) {
 /// Persists the metadata from a reactor task (callers off the data path).
 fn sync_in_background(a: &Arc<Array>) {
     let a = a.clone();
-    on_a_reactor(move || async move { RaidChannel::new(a).persist().await });
-}
-
-/// Runs a background task on this reactor, or on reactor 0 from other threads.
-fn on_a_reactor<F, Fut>(make: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    if strata_reactor::current_index().is_some() {
-        strata_reactor::spawn_local(make()).detach();
-    } else if let Some(f) = strata_reactor::framework() {
-        let _ = f.spawn_on(0, make);
-    }
+    super::on_a_reactor(move || async move { RaidChannel::new(a).persist().await });
 }
 
 fn open_member(base: &str, array: &str, slot: usize) -> Result<Arc<ClaimedBase>, BdevError> {
@@ -314,7 +301,7 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
 /// rebuild of `rebuild_slot`.
 fn start_background(array: &Arc<Array>, rebuild_slot: Option<usize>) {
     let a = array.clone();
-    on_a_reactor(move || async move {
+    super::on_a_reactor(move || async move {
         if a.meta.is_some() {
             strata_reactor::spawn_local(process::clear_idle_regions(a.clone())).detach();
             process::resync(a.clone()).await;
@@ -487,22 +474,10 @@ impl PendingArray {
 
 /// Arrays seen in superblocks and not assembled yet, by array uuid.
 static PENDING: LazyLock<Mutex<HashMap<Uuid, PendingArray>>> = LazyLock::new(Default::default);
-static EXAMINING: AtomicUsize = AtomicUsize::new(0);
 
 /// Registers the examine hook (once, from the bdev registry).
 pub(crate) fn examine_hook(name: &str) {
-    let Some(f) = strata_reactor::framework() else {
-        return;
-    };
-    let name = name.to_string();
-    EXAMINING.fetch_add(1, Ordering::AcqRel);
-    let spawned = f.spawn_on(0, move || async move {
-        examine(&name).await;
-        EXAMINING.fetch_sub(1, Ordering::AcqRel);
-    });
-    if spawned.is_err() {
-        EXAMINING.fetch_sub(1, Ordering::AcqRel);
-    }
+    super::spawn_examine(name, |n| async move { examine(&n).await });
 }
 
 async fn read_superblock(name: &str) -> Option<(Superblock, Vec<u64>)> {
@@ -520,7 +495,12 @@ async fn read_superblock(name: &str) -> Option<(Superblock, Vec<u64>)> {
     let head = wait::read_vec(&ch, 0, first).await.ok()?;
     let sb = Superblock::decode(&head).ok()?;
     let size = sb.concat.get(sb.index).copied().unwrap_or(sb.member_blocks);
-    if sb.block_size != bs || ch.num_blocks() < sb.data_offset + size {
+    if sb.block_size != bs
+        || sb
+            .data_offset
+            .checked_add(size)
+            .is_none_or(|end| ch.num_blocks() < end)
+    {
         tracing::warn!(
             bdev = name,
             "RAID superblock does not fit this bdev (block size or size); ignored"
@@ -771,22 +751,5 @@ fn bring_up(
 /// End of examine (`bdev_wait_for_examine`, end of `--json` load): waits for examine reads
 /// to finish, then brings up arrays that can run degraded.
 pub fn finish_examine() {
-    wait_for_examine();
-    let uuids: Vec<Uuid> = PENDING.lock().keys().copied().collect();
-    let Some(f) = strata_reactor::framework() else {
-        return;
-    };
-    for u in uuids {
-        let _ = f.block_on(0, move || assemble(u, true));
-    }
-}
-
-/// Waits until every examine started so far has finished.
-pub fn wait_for_examine() {
-    for _ in 0..3000 {
-        if EXAMINING.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    super::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
 }
