@@ -21,21 +21,18 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strata_nvmf::host::blocking::BlockingController;
-use strata_nvmf::host::controller::ControllerOptions;
 use strata_nvmf::host::HostError;
 
 mod common;
-use common::{bin, free_port, signal, wait_listening};
+use common::TgtProcess;
 
 const BS: usize = 4096;
 const NQN: &str = "nqn.2026-11.io.strata:mirror";
@@ -105,26 +102,12 @@ fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, St
     }
 }
 
-struct Tgt {
-    child: Child,
-    sock: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Tgt {
-    // A failing test must not leave a target behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Tgt = TgtProcess;
 
 impl Tgt {
     /// Starts the target on the two leg files; with `create`, the config also creates the
     /// mirror with these params (otherwise it re-assembles from the legs' superblocks).
     fn start(dir: &Path, legs: &[PathBuf], create: Option<Value>, tag: &str) -> Tgt {
-        let port = free_port();
         let mut bdevs: Vec<Value> = legs
             .iter()
             .enumerate()
@@ -133,49 +116,9 @@ impl Tgt {
         if let Some(p) = create {
             bdevs.push(json!({ "method": "bdev_mirror_create", "params": p }));
         }
-        bdevs.push(json!({ "method": "bdev_wait_for_examine" }));
-        let cfg = json!({ "subsystems": [
-            { "subsystem": "bdev", "config": bdevs },
-            { "subsystem": "nvmf", "config": [
-                { "method": "nvmf_create_transport", "params": { "trtype": "TCP" } },
-                { "method": "nvmf_create_subsystem", "params": { "nqn": NQN, "allow_any_host": true } },
-                { "method": "nvmf_subsystem_add_ns", "params": { "nqn": NQN, "namespace": { "bdev_name": MIRROR, "nsid": 1 } } },
-                { "method": "nvmf_subsystem_add_listener", "params": { "nqn": NQN, "listen_address":
-                    { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string() } } }
-            ]}
-        ]});
-        let cfg_path = dir.join(format!("cfg-{tag}.json"));
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let log = dir.join(format!("tgt-{tag}.log"));
-        let sock = dir.join("rpc.sock");
         // Interrupt mode: the tests of this file run in parallel on small machines, and
         // polling reactors would starve each other.
-        let child = Command::new(bin("strata-tgt"))
-            .args(["-m", "0x3", "--interrupt-mode", "--log-level", "info", "-r"])
-            .arg(&sock)
-            .arg("--json")
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut t = Tgt {
-            child,
-            sock,
-            port,
-            log,
-        };
-        let addr = t.addr();
-        wait_listening(&mut t.child, Some(&t.log), &[addr]);
-        t
-    }
-
-    fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        TgtProcess::launch(dir, tag, bdevs, NQN, MIRROR, &["--interrupt-mode"])
     }
 
     fn try_rpc(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
@@ -258,28 +201,6 @@ impl Tgt {
         );
         assert_eq!(r, json!(true));
     }
-
-    fn connect(&self) -> BlockingController {
-        let opts = ControllerOptions {
-            io_queues: 1,
-            queue_depth: 8,
-            timeout: Duration::from_secs(20),
-            ..Default::default()
-        };
-        BlockingController::connect(self.addr(), NQN, opts).expect("connect")
-    }
-
-    fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "target exit {st:?}:\n{}", self.log_text());
-    }
-
-    fn kill9(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.log_text()
-    }
 }
 
 /// The geometry every test relies on: 24 MiB plain legs, 4 KiB blocks, 1 MiB of metadata.
@@ -289,7 +210,7 @@ fn check_geometry(t: &Tgt, m: &Value) {
     assert_eq!(m["num_blocks"], VOLUME_BLOCKS, "{m}");
     assert_eq!(m["region_size_kb"], 1024, "{m}");
     assert_eq!(m["regions"], VOLUME_BLOCKS.div_ceil(REGION_BLOCKS), "{m}");
-    let c = t.connect();
+    let c = t.connect(NQN);
     assert_eq!(c.namespaces()[0].nsze, VOLUME_BLOCKS);
     assert_eq!(c.namespaces()[0].block_size as usize, BS);
 }
@@ -422,7 +343,7 @@ fn write_next(
 
 /// Writes version 1 of every block of `lba..end` in 1 MiB writes.
 fn write_sequential(t: &Tgt, blocks: &Blocks, lba: u64, end: u64) {
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     let mut at = lba;
     while at < end {
         let n = REGION_BLOCKS.min(end - at);
@@ -435,7 +356,7 @@ fn write_sequential(t: &Tgt, blocks: &Blocks, lba: u64, end: u64) {
 /// version that was in flight, or zeros if it was never written. Returns the image.
 fn check_volume(t: &Tgt, blocks: &Blocks) -> Vec<u8> {
     let st = blocks.lock().unwrap().clone();
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     let img = c.read_blocks(1, 0, VOLUME_BLOCKS).unwrap();
     assert_eq!(img.len(), VOLUME_BLOCKS as usize * BS);
     for (b, s) in st.iter().enumerate() {
@@ -469,7 +390,7 @@ impl Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..4u64)
             .map(|w| {
-                let (blocks, stop, mut c) = (blocks.clone(), stop.clone(), t.connect());
+                let (blocks, stop, mut c) = (blocks.clone(), stop.clone(), t.connect(NQN));
                 std::thread::spawn(move || {
                     let mut rng = SmallRng::seed_from_u64(seed * 4 + w);
                     let mut n_acked = 0u64;
@@ -498,6 +419,16 @@ impl Writers {
 }
 
 /// Starts a target creating the mirror on fresh legs and waits for the initial sync.
+/// Waits for the mirror to be in sync, checks every block over NVMe/TCP, stops the target
+/// and checks that both leg files hold that image.
+fn converge_and_check(t: Tgt, blocks: &Blocks, legs: &[PathBuf]) {
+    t.wait_in_sync();
+    let img = check_volume(&t, blocks);
+    t.stop();
+    assert_legs_identical(legs);
+    assert_primary_holds(legs, &img);
+}
+
 fn start_synced(dir: &Path) -> (Vec<PathBuf>, Tgt) {
     let legs = leg_files(dir);
     let t = Tgt::start(dir, &legs, Some(create_params()), "first");
@@ -618,11 +549,7 @@ fn split_survives_kill_9_and_resume_copies_only_the_changed_regions() {
         "resync copied {copied} bytes; {} regions were written during the split",
         touched.len()
     );
-    t.wait_in_sync();
-    let img = check_volume(&t, &blocks);
-    t.stop();
-    assert_legs_identical(&legs);
-    assert_primary_holds(&legs, &img);
+    converge_and_check(t, &blocks, &legs);
 }
 
 #[test]
@@ -695,7 +622,7 @@ fn split_write_chunks_lose_bitmap(
     let (legs, t) = start_synced(dir);
     split(&t);
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     for &ch in chunks {
         let lba = ch * CHUNK_BLOCKS + rng.gen_range(0..CHUNK_BLOCKS);
         write_next(&mut c, blocks, lba, 1).unwrap();
@@ -746,11 +673,7 @@ fn lost_bitmap_falls_back_to_a_checksum_scan_of_the_differing_chunks() {
         log.contains("checksum scan"),
         "the fallback to a checksum scan is not logged:\n{log}"
     );
-    t.wait_in_sync();
-    let img = check_volume(&t, &blocks);
-    t.stop();
-    assert_legs_identical(&legs);
-    assert_primary_holds(&legs, &img);
+    converge_and_check(t, &blocks, &legs);
 }
 
 #[test]
@@ -800,11 +723,7 @@ fn kill_9_during_a_checksum_scan_then_the_restarted_target_finishes_it() {
             ),
         }
     }
-    t.wait_in_sync();
-    let img = check_volume(&t, &blocks);
-    t.stop();
-    assert_legs_identical(&legs);
-    assert_primary_holds(&legs, &img);
+    converge_and_check(t, &blocks, &legs);
 }
 
 #[test]

@@ -10,17 +10,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use strata_nvmf::host::blocking::BlockingController;
-use strata_nvmf::host::controller::ControllerOptions;
 
 mod common;
-use common::{bin, free_port, signal, wait_listening};
+use common::{bin, TgtProcess};
 
 const BS: usize = 4096;
 const NQN: &str = "nqn.2026-11.io.strata:raid";
@@ -36,24 +33,10 @@ fn pattern(lba: u64, version: u32) -> Vec<u8> {
         .collect()
 }
 
-struct Tgt {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Tgt {
-    // A failing test must not leave a polling target behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Tgt = TgtProcess;
 
 impl Tgt {
     fn start(dir: &Path, files: &[PathBuf], create_raid: bool, tag: &str) -> Tgt {
-        let port = free_port();
         let mut bdevs: Vec<Value> = files
             .iter()
             .enumerate()
@@ -63,52 +46,13 @@ impl Tgt {
             bdevs.push(json!({ "method": "bdev_raid_create", "params": { "name": "R5", "raid_level": "raid5f",
                 "strip_size_kb": 16, "superblock": true, "base_bdevs": (0..MEMBERS).map(|i| format!("D{i}")).collect::<Vec<_>>() } }));
         }
-        bdevs.push(json!({ "method": "bdev_wait_for_examine" }));
-        let cfg = json!({ "subsystems": [
-            { "subsystem": "bdev", "config": bdevs },
-            { "subsystem": "nvmf", "config": [
-                { "method": "nvmf_create_transport", "params": { "trtype": "TCP" } },
-                { "method": "nvmf_create_subsystem", "params": { "nqn": NQN, "allow_any_host": true } },
-                { "method": "nvmf_subsystem_add_ns", "params": { "nqn": NQN, "namespace": { "bdev_name": "R5", "nsid": 1 } } },
-                { "method": "nvmf_subsystem_add_listener", "params": { "nqn": NQN, "listen_address":
-                    { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string() } } }
-            ]}
-        ]});
-        let cfg_path = dir.join(format!("cfg-{tag}.json"));
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let log = dir.join(format!("tgt-{tag}.log"));
-        let child = Command::new(bin("strata-tgt"))
-            .args(["-m", "0x3", "--log-level", "info", "-r"])
-            .arg(dir.join("rpc.sock"))
-            .arg("--json")
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut t = Tgt {
-            child,
-            dir: dir.to_path_buf(),
-            port,
-            log,
-        };
-        let addr = t.addr();
-        wait_listening(&mut t.child, Some(&t.log), &[addr]);
-        t
-    }
-
-    fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        TgtProcess::launch(dir, tag, bdevs, NQN, "R5", &[])
     }
 
     fn rpc(&self, args: &[&str]) -> Value {
         let out = Command::new(bin("strata-rpc"))
             .arg("-s")
-            .arg(self.dir.join("rpc.sock"))
+            .arg(&self.sock)
             .args(args)
             .output()
             .unwrap();
@@ -141,28 +85,6 @@ impl Tgt {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn connect(&self) -> BlockingController {
-        let opts = ControllerOptions {
-            io_queues: 1,
-            queue_depth: 8,
-            timeout: Duration::from_secs(20),
-            ..Default::default()
-        };
-        BlockingController::connect(self.addr(), NQN, opts).expect("connect")
-    }
-
-    fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "target exit {st:?}:\n{}", self.log_text());
-    }
-
-    fn kill9(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.log_text()
     }
 }
 
@@ -218,7 +140,7 @@ fn kill_9_during_raid5_writes_loses_nothing_acknowledged() {
     let files = member_files(dir.path());
     let t = Tgt::start(dir.path(), &files, true, "first");
     let blocks = {
-        let c = t.connect();
+        let c = t.connect(NQN);
         c.namespaces()[0].nsze
     };
     // Writers own disjoint 64-block areas and write 1..8 blocks at random offsets in them:
@@ -227,7 +149,7 @@ fn kill_9_during_raid5_writes_loses_nothing_acknowledged() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4u64)
         .map(|w| {
-            let (state, stop, mut c) = (state.clone(), stop.clone(), t.connect());
+            let (state, stop, mut c) = (state.clone(), stop.clone(), t.connect(NQN));
             std::thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(w);
                 let areas = blocks / 64;
@@ -281,7 +203,7 @@ fn kill_9_during_raid5_writes_loses_nothing_acknowledged() {
         "no resync after kill -9:\n{log2}"
     );
     assert_eq!(r["num_base_bdevs_operational"], 4, "{r}");
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     let st = state.lock().unwrap().clone();
     for (b, s) in st.iter().enumerate() {
         if s.acked == 0 && s.in_flight.is_none() {
@@ -308,7 +230,7 @@ fn restart_with_a_member_missing_then_the_stale_member_back() {
     let files = member_files(dir.path());
     // 1: all members; write version 1 over the first 512 blocks.
     let t = Tgt::start(dir.path(), &files, true, "all");
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     for b in 0..512u64 {
         c.write_blocks(1, b, &pattern(b, 1)).unwrap();
     }
@@ -319,7 +241,7 @@ fn restart_with_a_member_missing_then_the_stale_member_back() {
     let r = t.wait_idle();
     assert_eq!(r["num_base_bdevs_operational"], 3, "{r}");
     assert_eq!(r["state"], "online", "{r}");
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     for b in (0..512u64).step_by(2) {
         c.write_blocks(1, b, &pattern(b, 2)).unwrap();
     }
@@ -349,7 +271,7 @@ fn restart_with_a_member_missing_then_the_stale_member_back() {
     }
     let log = t.log_text();
     assert!(log.contains("rebuild complete"), "{log}");
-    let mut c = t.connect();
+    let mut c = t.connect(NQN);
     for b in 0..512u64 {
         let v = if b % 2 == 0 { 2 } else { 1 };
         assert!(

@@ -55,3 +55,107 @@ pub fn signal(child: &Child, sig: i32) {
     let rc = unsafe { libc::kill(child.id() as i32, sig) };
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
 }
+
+/// A `strata-tgt` started from a JSON config that creates file bdevs and exports one of them
+/// over NVMe/TCP on a free port; killed on drop, so a failing test leaves no target behind.
+pub struct TgtProcess {
+    pub child: std::process::Child,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for TgtProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TgtProcess {
+    /// Writes `bdevs` (then `bdev_wait_for_examine`) plus subsystem `nqn` exporting
+    /// `ns_bdev` to `dir/cfg-{tag}.json`, starts the target (cores 0-1, `extra` arguments,
+    /// log in `dir/tgt-{tag}.log`, RPC socket `dir/rpc.sock`) and waits for the listener.
+    pub fn launch(
+        dir: &Path,
+        tag: &str,
+        mut bdevs: Vec<serde_json::Value>,
+        nqn: &str,
+        ns_bdev: &str,
+        extra: &[&str],
+    ) -> TgtProcess {
+        use serde_json::json;
+        let port = free_port();
+        bdevs.push(json!({ "method": "bdev_wait_for_examine" }));
+        let cfg = json!({ "subsystems": [
+            { "subsystem": "bdev", "config": bdevs },
+            { "subsystem": "nvmf", "config": [
+                { "method": "nvmf_create_transport", "params": { "trtype": "TCP" } },
+                { "method": "nvmf_create_subsystem", "params": { "nqn": nqn, "allow_any_host": true } },
+                { "method": "nvmf_subsystem_add_ns", "params": { "nqn": nqn, "namespace": { "bdev_name": ns_bdev, "nsid": 1 } } },
+                { "method": "nvmf_subsystem_add_listener", "params": { "nqn": nqn, "listen_address":
+                    { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string() } } }
+            ]}
+        ]});
+        let cfg_path = dir.join(format!("cfg-{tag}.json"));
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let log = dir.join(format!("tgt-{tag}.log"));
+        let sock = dir.join("rpc.sock");
+        let child = std::process::Command::new(bin("strata-tgt"))
+            .args(["-m", "0x3"])
+            .args(extra)
+            .args(["--log-level", "info", "-r"])
+            .arg(&sock)
+            .arg("--json")
+            .arg(&cfg_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut t = TgtProcess {
+            child,
+            dir: dir.to_path_buf(),
+            sock,
+            port,
+            log,
+        };
+        let addr = t.addr();
+        wait_listening(&mut t.child, Some(&t.log), &[addr]);
+        t
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A controller with one I/O queue of depth 8 on subsystem `nqn`.
+    pub fn connect(&self, nqn: &str) -> strata_nvmf::host::blocking::BlockingController {
+        let opts = strata_nvmf::host::controller::ControllerOptions {
+            io_queues: 1,
+            queue_depth: 8,
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        strata_nvmf::host::blocking::BlockingController::connect(self.addr(), nqn, opts)
+            .expect("connect")
+    }
+
+    /// Orderly shutdown (SIGTERM); the target must exit successfully.
+    pub fn stop(mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "target exit {st:?}:\n{}", self.log_text());
+    }
+
+    /// `kill -9`; returns the log.
+    pub fn kill9(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.log_text()
+    }
+}
