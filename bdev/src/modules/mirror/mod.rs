@@ -327,11 +327,17 @@ pub async fn delete(name: &str) -> Result<(), BdevError> {
         let c = m.ctl.lock();
         c.legs
             .iter()
-            .filter_map(|l| l.base.as_ref().and_then(|b| b.channel().ok()))
+            .filter_map(|l| {
+                l.base
+                    .as_ref()
+                    .and_then(|b| b.channel().ok().map(|ch| (ch, b.write_granule())))
+            })
             .collect()
     };
-    for ch in chans {
-        let blocks = superblock::meta_blocks(m.intent.bits, m.block_size).min(ch.num_blocks());
+    for (ch, unit) in chans {
+        // The header, in whole units of the leg (no read-modify-write on a RAID leg).
+        let header = (superblock::HEADER_BYTES as u64).div_ceil(m.block_size as u64);
+        let blocks = (header.div_ceil(unit) * unit).min(m.data_offset);
         let zero = vec![0u8; (blocks * m.block_size as u64) as usize];
         if let Err(st) = wait::write_slice(&ch, 0, &zero).await {
             tracing::warn!(mirror = %name, leg = %ch.bdev().name(), status = ?st, "could not wipe the mirror superblock");
