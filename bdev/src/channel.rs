@@ -149,6 +149,11 @@ impl ChannelCore {
                 return IoStatus::InvalidArgument;
             }
         }
+        // The device fills a read's (or checksum's) buffers: they must be its to write.
+        if matches!(t, IoType::Read | IoType::Checksum) && !io.bufs.iter().all(|b| b.is_writable())
+        {
+            return IoStatus::InvalidArgument;
+        }
         if t == IoType::Checksum {
             if io.chunk_blocks == 0 {
                 return IoStatus::InvalidArgument;

@@ -104,8 +104,9 @@ impl IoType {
 }
 
 /// Outcome of an I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IoStatus {
+    #[default]
     Pending,
     Success,
     /// The device failed the I/O (media or transport error).

@@ -9,6 +9,7 @@
 //! CRC kernels; [`wait`] async helpers for code that awaits single I/Os.
 
 pub mod bdev;
+pub mod bufs;
 pub mod channel;
 pub mod error;
 pub mod io;

@@ -134,14 +134,16 @@ pub struct DmaPool {
     buf_size: usize,
     count: usize,
     free: ArrayQueue<u32>,
-    /// Per buffer: the [`DmaBuf`]s (the owner and its views) that refer to it. The buffer
-    /// returns to the pool when the last one drops.
+    /// Per buffer: the [`DmaBuf`]s (parts and views) that refer to it. The buffer returns to
+    /// the pool when the last one drops.
     refs: Box<[AtomicU32]>,
+    /// Per buffer: its live read-only views; none of its handles writes while non-zero.
+    shares: Box<[AtomicU32]>,
     /// Buffers handed out and not yet returned (for stats and leak checks).
     in_use: AtomicUsize,
 }
 
-const MAX_POOLS: usize = 4;
+const MAX_POOLS: usize = 8;
 const CACHE_MAX: usize = 256;
 const CACHE_BATCH: usize = 32;
 
@@ -208,6 +210,7 @@ impl DmaPool {
             count,
             free,
             refs: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            shares: (0..count).map(|_| AtomicU32::new(0)).collect(),
             in_use: AtomicUsize::new(0),
         })))
     }
@@ -260,6 +263,7 @@ impl DmaPool {
             ptr,
             len,
             cap: self.buf_size,
+            access: Access::Exclusive,
         })
     }
 
@@ -290,25 +294,45 @@ impl DmaPool {
     }
 }
 
-/// One I/O buffer from a [`DmaPool`] (4 KiB-aligned), or a view of part of one.
+/// Who may touch the bytes a [`DmaBuf`] covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// The handle owns its range: no other handle covers any byte of it, except read-only
+    /// views made from it. It may write while none of those views is alive.
+    Exclusive,
+    /// A read-only view ([`DmaBuf::share`]): never written through.
+    Shared,
+}
+
+/// One I/O buffer from a [`DmaPool`] (4 KiB-aligned), or a part or read-only view of one.
 ///
-/// A view ([`DmaBuf::view`]) lets a layer hand a sub-range of an I/O's buffer to a child I/O
-/// without copying (RAID splits). Views share the pool buffer through a reference count, so
-/// the memory returns to the pool only when the owner and all its views are gone: a view can
-/// never outlive its memory. Views alias their parent: like a device doing DMA into a buffer,
-/// whoever holds a view of a range owns that range's contents until it gives the view back
-/// (concurrent writes to the same bytes give unspecified contents, never unsoundness, since
-/// the bytes are plain memory in a mapping that nothing else types).
+/// # The aliasing rule
+/// No safe code can reach the same bytes through a `&mut [u8]` and any other reference:
+/// - An **exclusive** handle (from [`DmaPool::alloc`], or a part made by
+///   [`DmaBuf::split_to`] / [`DmaBuf::split_off`]) is the only handle that may write its
+///   range. Splitting moves bytes from one exclusive handle to a new one, so exclusive
+///   handles of one pool buffer always cover disjoint ranges; [`DmaBuf::unsplit`] joins
+///   adjacent parts back. A layer that fans an I/O out hands each child a part (the child's
+///   device owns it until completion) and joins the parts when the children come back.
+/// - A **shared** handle ([`DmaBuf::share`]) is a read-only view, for fan-out of data that
+///   several devices read at once (mirror legs, RAID parity inputs). While any shared view of
+///   a pool buffer is alive, no handle of it can be written through: [`DmaBuf::try_as_mut_slice`]
+///   returns `None` (the check is per pool buffer, deliberately conservative).
+///
+/// Every handle counts a reference to the pool buffer, which returns to the pool when the
+/// last one drops: a part or view never outlives its memory.
 pub struct DmaBuf {
     pool: &'static DmaPool,
     idx: u32,
     ptr: NonNull<u8>,
     len: usize,
-    /// Bytes from `ptr` that this buffer or view may cover.
+    /// Bytes from `ptr` that this handle covers (and may grow its length to).
     cap: usize,
+    access: Access,
 }
 
-// SAFETY: a DmaBuf refers to pool memory (not thread-local) and its reference count is atomic.
+// SAFETY: a DmaBuf refers to pool memory (not thread-local), its counts are atomic, and the
+// aliasing rule above holds across threads (the share count is read with Acquire).
 unsafe impl Send for DmaBuf {}
 
 impl std::fmt::Debug for DmaBuf {
@@ -317,6 +341,7 @@ impl std::fmt::Debug for DmaBuf {
             .field("pool", &self.pool.name)
             .field("idx", &self.idx)
             .field("len", &self.len)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -328,11 +353,11 @@ impl DmaBuf {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Bytes this buffer may grow to ([`DmaBuf::set_len`]).
+    /// Bytes this handle covers: its length may grow to this ([`DmaBuf::set_len`]).
     pub fn capacity(&self) -> usize {
         self.cap
     }
-    /// Changes the length; fails if it exceeds the capacity.
+    /// Changes the length within the capacity; false if it exceeds it.
     pub fn set_len(&mut self, len: usize) -> bool {
         if len > self.cap {
             return false;
@@ -340,45 +365,148 @@ impl DmaBuf {
         self.len = len;
         true
     }
-    /// A buffer covering bytes `off..off + len` of this one, sharing its memory (no copy).
-    /// None if the range is not inside `0..len()`.
-    pub fn view(&self, off: usize, len: usize) -> Option<DmaBuf> {
-        if off.checked_add(len)? > self.len {
-            return None;
-        }
-        // Relaxed as in Arc::clone: the caller's reference keeps the count above zero.
+    /// Whether this is a read-only view.
+    pub fn is_shared(&self) -> bool {
+        self.access == Access::Shared
+    }
+    /// Whether the bytes may be written through this handle now: it is exclusive and no
+    /// read-only view of its pool buffer is alive.
+    pub fn is_writable(&self) -> bool {
+        // Acquire pairs with the Release in a view's drop: its reads happen before our writes.
+        self.access == Access::Exclusive
+            && self.pool.shares[self.idx as usize].load(Ordering::Acquire) == 0
+    }
+
+    /// A new handle over `ptr..ptr+len` of the same pool buffer (counts are the caller's).
+    fn handle(&self, ptr: NonNull<u8>, len: usize, cap: usize, access: Access) -> DmaBuf {
+        // Relaxed as in Arc::clone: the caller's handle keeps the count above zero.
         self.pool.refs[self.idx as usize].fetch_add(1, Ordering::Relaxed);
-        // SAFETY: off + len <= self.len <= cap, so the pointer stays inside this buffer.
-        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) };
-        Some(DmaBuf {
+        if access == Access::Shared {
+            self.pool.shares[self.idx as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        DmaBuf {
             pool: self.pool,
             idx: self.idx,
             ptr,
             len,
-            cap: len,
-        })
+            cap,
+            access,
+        }
     }
+
+    /// A read-only view of bytes `off..off + len` (no copy). None if the range is not inside
+    /// `0..len()`. Until the view drops, nothing writes this pool buffer.
+    pub fn share(&self, off: usize, len: usize) -> Option<DmaBuf> {
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: off + len <= self.len <= cap, so the pointer stays inside this handle.
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) };
+        Some(self.handle(ptr, len, len, Access::Shared))
+    }
+
+    /// Splits off bytes `0..at` as a new handle of the same access; `self` keeps `at..`.
+    /// None if `at > len()`.
+    pub fn split_to(&mut self, at: usize) -> Option<DmaBuf> {
+        if at > self.len {
+            return None;
+        }
+        let front = self.handle(self.ptr, at, at, self.access);
+        // SAFETY: at <= len <= cap: the pointer stays inside (or one past) this handle.
+        self.ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(at)) };
+        self.len -= at;
+        self.cap -= at;
+        Some(front)
+    }
+
+    /// Splits off bytes `at..len()` (and the spare capacity) as a new handle of the same
+    /// access; `self` keeps `0..at`. None if `at > len()`.
+    pub fn split_off(&mut self, at: usize) -> Option<DmaBuf> {
+        if at > self.len {
+            return None;
+        }
+        // SAFETY: at <= len <= cap, as in split_to.
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(at)) };
+        let back = self.handle(ptr, self.len - at, self.cap - at, self.access);
+        self.len = at;
+        self.cap = at;
+        Some(back)
+    }
+
+    /// Whether `next` starts where this handle's range ends, in the same pool buffer, with
+    /// the same access, and this handle is full (its length is its capacity).
+    pub fn is_followed_by(&self, next: &DmaBuf) -> bool {
+        std::ptr::eq(self.pool, next.pool)
+            && self.idx == next.idx
+            && self.access == next.access
+            && self.len == self.cap
+            && self.ptr.as_ptr().wrapping_add(self.cap) == next.ptr.as_ptr()
+    }
+
+    /// Joins `next`, the part that follows this one (see [`DmaBuf::is_followed_by`]), back
+    /// into this handle. Gives `next` back if it does not follow.
+    pub fn unsplit(&mut self, next: DmaBuf) -> Result<(), DmaBuf> {
+        if !self.is_followed_by(&next) {
+            return Err(next);
+        }
+        self.len += next.len;
+        self.cap += next.cap;
+        // `next`'s counts are released by its drop; this handle holds its own.
+        drop(next);
+        Ok(())
+    }
+
     pub fn as_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
-    }
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr..ptr+len lies inside the pool buffer, which stays allocated while this
-        // DmaBuf holds a reference; see the type's documentation on views.
+        // handle counts a reference. No `&mut` to these bytes can exist meanwhile: only an
+        // exclusive handle covering them can write, through `&mut self` (so not while this
+        // borrow of `self` lives, if it is this handle), and not while a shared view (if this
+        // is one) is alive.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+    /// The bytes, writable, or None if this handle may not write now
+    /// ([`DmaBuf::is_writable`]).
+    pub fn try_as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.is_writable() {
+            return None;
+        }
+        // SAFETY: this handle is exclusive (no other exclusive handle covers these bytes) and
+        // no shared view of the pool buffer is alive; a new view needs `&self` of a handle
+        // covering the range, i.e. of this one, which `&mut self` borrows.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+    }
+    /// The bytes, writable.
+    ///
+    /// # Panics
+    /// If this handle may not write ([`DmaBuf::is_writable`]): a read-only view, or a
+    /// buffer with a view still alive. That is a bug in the caller (as a second
+    /// `RefCell::borrow_mut` is); code that can meet foreign buffers uses
+    /// [`DmaBuf::try_as_mut_slice`].
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above; `&mut self` guarantees no other reference through this DmaBuf.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        match self.try_as_mut_slice() {
+            Some(s) => s,
+            None => panic!("DmaBuf: write through a read-only or shared buffer"),
+        }
+    }
+    /// A pointer a device may write through until it gives the buffer back, or None if this
+    /// handle may not write now.
+    pub fn try_as_mut_ptr(&mut self) -> Option<*mut u8> {
+        self.try_as_mut_slice().map(|s| s.as_mut_ptr())
     }
 }
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        // Release/Acquire as in Arc's drop: the last holder sees every write through views.
-        if self.pool.refs[self.idx as usize].fetch_sub(1, Ordering::Release) == 1 {
+        let i = self.idx as usize;
+        if self.access == Access::Shared {
+            // Release: this view's reads happen before a writer's Acquire load sees zero.
+            self.pool.shares[i].fetch_sub(1, Ordering::Release);
+        }
+        // Release/Acquire as in Arc's drop: the last holder sees every write through parts.
+        if self.pool.refs[i].fetch_sub(1, Ordering::Release) == 1 {
             fence(Ordering::Acquire);
             self.pool.release(self.idx);
         }
@@ -479,9 +607,11 @@ pub async fn alloc_wait(len: usize) -> Result<DmaBuf, ReactorError> {
 
 /// Byte-addressed access to a region used as a device's backing store (the malloc bdev).
 ///
-/// Different reactors may access the same region at once. Each call touches only the range
-/// it is given; overlapping I/O issued concurrently by hosts has unspecified content, as NVMe
-/// allows, and the bdev serialises the read-modify-write operations (XOR) itself.
+/// Different reactors may access the same region at once, so, like guest memory in
+/// vm-memory, it is only ever copied to and from through raw pointers: no method makes a
+/// reference into it. Each call touches only the range it is given; overlapping I/O issued
+/// concurrently by hosts has unspecified content, as NVMe allows, and the bdev serialises
+/// the read-modify-write operations (XOR) itself.
 impl DmaRegion {
     fn in_bounds(&self, off: usize, len: usize) -> bool {
         off.checked_add(len).is_some_and(|end| end <= self.len)
@@ -519,28 +649,45 @@ impl DmaRegion {
         true
     }
 
-    /// Runs `f` over the bytes at `off..off+len` mutably (read-modify-write kernels). The
-    /// caller must hold whatever lock serialises writers of that range.
-    pub fn with_mut<R>(&self, off: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
-        if !self.in_bounds(off, len) {
-            return None;
+    /// XORs `src` into the bytes at `off` (`region ^= src`). False if out of bounds. Not
+    /// atomic: the caller holds whatever lock serialises read-modify-writes of the range.
+    pub fn xor_at(&self, off: usize, src: &[u8], xor: impl Fn(&mut [u8], &[u8])) -> bool {
+        if !self.in_bounds(off, src.len()) {
+            return false;
         }
-        // SAFETY: bounds checked; the caller serialises read-modify-write on this range.
-        let s = unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(off), len) };
-        Some(f(s))
+        // Through a private copy: no reference into the region (other reactors may be
+        // copying the same bytes) is ever made.
+        let mut tmp = [0u8; REGION_CHUNK];
+        for (i, s) in src.chunks(REGION_CHUNK).enumerate() {
+            let at = off + i * REGION_CHUNK;
+            let t = &mut tmp[..s.len()];
+            self.read_at(at, t);
+            xor(t, s);
+            self.write_at(at, t);
+        }
+        true
     }
 
-    /// Runs `f` over the bytes at `off..off+len` (checksums, without copying them out).
-    pub fn with_ref<R>(&self, off: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    /// Hands the bytes at `off..off+len` to `f` in consecutive pieces (checksums), each a
+    /// private copy. False if out of bounds.
+    pub fn visit_at(&self, off: usize, len: usize, mut f: impl FnMut(&[u8])) -> bool {
         if !self.in_bounds(off, len) {
-            return None;
+            return false;
         }
-        // SAFETY: bounds checked; concurrent writes to the range give unspecified (not unsafe
-        // for u8 data) results, as with a real device.
-        let s = unsafe { std::slice::from_raw_parts(self.as_ptr().add(off), len) };
-        Some(f(s))
+        let mut tmp = [0u8; REGION_CHUNK];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(REGION_CHUNK);
+            self.read_at(off + done, &mut tmp[..n]);
+            f(&tmp[..n]);
+            done += n;
+        }
+        true
     }
 }
+
+/// Bytes a region operation stages on the stack at a time.
+const REGION_CHUNK: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -565,25 +712,104 @@ mod tests {
     }
 
     #[test]
-    fn views_share_memory_and_keep_it_alive() {
+    fn shared_views_are_read_only_and_block_writers() {
         let p = DmaPool::new("v", 4096, 1).unwrap();
         let mut owner = p.alloc(4096).unwrap();
         owner.as_mut_slice().fill(1);
-        let mut v = owner.view(1024, 512).unwrap();
-        assert!(owner.view(4000, 200).is_none(), "view past the end");
+        let mut v = owner.share(1024, 512).unwrap();
+        assert!(owner.share(4000, 200).is_none(), "view past the end");
         assert_eq!(v.len(), 512);
         assert!(!v.set_len(513), "a view cannot grow past its range");
-        v.as_mut_slice().fill(7);
-        assert_eq!(owner.as_slice()[1024], 7);
-        assert_eq!(owner.as_slice()[1023], 1);
-        let vv = v.view(256, 256).unwrap();
-        drop(owner);
+        assert!(v.is_shared());
+        assert!(v.try_as_mut_slice().is_none(), "a view is never written");
+        assert!(!owner.is_writable(), "no writes while a view is alive");
+        assert!(owner.try_as_mut_slice().is_none());
+        assert_eq!(v.as_slice()[0], 1);
+        let vv = v.share(256, 256).unwrap();
         drop(v);
+        assert!(owner.try_as_mut_slice().is_none(), "a view of a view still blocks");
+        drop(owner);
         // The pool buffer is still referenced by `vv`.
         assert!(p.alloc(4096).is_none());
-        assert_eq!(vv.as_slice()[0], 7);
+        assert_eq!(vv.as_slice()[0], 1);
         drop(vv);
         assert_eq!(p.in_use(), 0);
+        let mut again = p.alloc(4096).unwrap();
+        assert!(again.try_as_mut_slice().is_some(), "last view gone: writable again");
+    }
+
+    #[test]
+    fn parts_are_disjoint_and_join_back() {
+        let p = DmaPool::new("s", 4096, 1).unwrap();
+        let mut b = p.alloc(4096).unwrap();
+        let base = b.as_ptr() as usize;
+        let mut front = b.split_to(1024).unwrap();
+        let mut back = b.split_off(2048).unwrap();
+        assert!(b.split_to(2049).is_none(), "split past the end");
+        assert_eq!((front.len(), b.len(), back.len()), (1024, 2048, 1024));
+        assert_eq!(b.as_ptr() as usize, base + 1024);
+        assert_eq!(back.as_ptr() as usize, base + 3072);
+        // Each part writes its own range at once: they are disjoint.
+        front.as_mut_slice().fill(1);
+        b.as_mut_slice().fill(2);
+        back.as_mut_slice().fill(3);
+        assert!(!front.set_len(1025), "a part cannot grow into its neighbour");
+        // Only neighbours, in order, join.
+        let back = match front.unsplit(back) {
+            Err(back) => back,
+            Ok(()) => panic!("joined parts that are not adjacent"),
+        };
+        assert!(b.unsplit(back).is_ok());
+        assert!(front.unsplit(b).is_ok());
+        assert_eq!(front.len(), 4096);
+        assert_eq!(front.capacity(), 4096, "a join restores the parent");
+        assert_eq!(front.as_ptr() as usize, base);
+        let s = front.as_slice();
+        assert!(s[..1024].iter().all(|&x| x == 1));
+        assert!(s[1024..3072].iter().all(|&x| x == 2));
+        assert!(s[3072..].iter().all(|&x| x == 3));
+        drop(front);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn parts_keep_the_buffer_until_the_last_drops() {
+        let p = DmaPool::new("k", 4096, 1).unwrap();
+        let mut b = p.alloc(4096).unwrap();
+        let tail = b.split_off(512).unwrap();
+        drop(b);
+        assert!(p.alloc(4096).is_none(), "a live part keeps its pool buffer");
+        assert_eq!(tail.len(), 3584);
+        drop(tail);
         assert!(p.alloc(4096).is_some());
+    }
+
+    #[test]
+    fn shared_parts_stay_read_only() {
+        let p = DmaPool::new("r", 4096, 1).unwrap();
+        let b = p.alloc(4096).unwrap();
+        let mut v = b.share(0, 4096).unwrap();
+        let mut w = v.split_off(2048).unwrap();
+        assert!(w.is_shared() && w.try_as_mut_slice().is_none());
+        // A shared part never joins an exclusive one.
+        let mut b = b;
+        let tail = b.split_off(2048).unwrap();
+        assert!(v.unsplit(tail).is_err());
+        assert!(v.unsplit(w).is_ok());
+        assert_eq!(v.len(), 4096);
+    }
+
+    #[test]
+    fn region_xor_and_visit_copy_through_private_buffers() {
+        let r = DmaRegion::new(3 * REGION_CHUNK).unwrap();
+        let data: Vec<u8> = (0..2 * REGION_CHUNK + 100).map(|i| i as u8).collect();
+        assert!(r.write_at(10, &data));
+        let ones = vec![0xffu8; data.len()];
+        assert!(r.xor_at(10, &ones, |d, s| d.iter_mut().zip(s).for_each(|(a, b)| *a ^= b)));
+        let mut seen = Vec::new();
+        assert!(r.visit_at(10, data.len(), |s| seen.extend_from_slice(s)));
+        assert!(seen.iter().zip(&data).all(|(a, b)| *a == !b));
+        assert!(!r.visit_at(r.len() - 1, 2, |_| {}), "out of bounds");
+        assert!(!r.xor_at(r.len(), &[1], |_, _| {}));
     }
 }

@@ -139,10 +139,7 @@ impl MallocBdev {
                 let _guards: Vec<_> = idx.iter().map(|&i| self.xor_locks[i].lock()).collect();
                 let mut ok = true;
                 io.for_each_segment(len, |o, s| {
-                    ok &= self
-                        .mem
-                        .with_mut(off + o, s.len(), |d| kernels::xor_into(d, s))
-                        .is_some();
+                    ok &= self.mem.xor_at(off + o, s, kernels::xor_into);
                 });
                 ok
             }
@@ -153,10 +150,11 @@ impl MallocBdev {
                 for i in 0..count {
                     let c_off = off + i * chunk;
                     let c_len = chunk.min(off + len - c_off);
-                    let alg = io.checksum_alg;
-                    match self.mem.with_ref(c_off, c_len, |d| kernels::digest(alg, d)) {
-                        Some(d) => io.put_digest(i, &d),
-                        None => ok = false,
+                    let mut h = kernels::ChunkHasher::new(io.checksum_alg);
+                    if self.mem.visit_at(c_off, c_len, |d| h.update(d)) {
+                        io.put_digest(i, &h.finish());
+                    } else {
+                        ok = false;
                     }
                 }
                 ok

@@ -723,6 +723,7 @@ impl ChanState {
                     &mut io.bufs,
                     s.done as usize,
                     (s.total - s.done) as usize,
+                    s.step == Step::Read,
                 );
                 if n == 0 {
                     return false;
@@ -1165,6 +1166,7 @@ fn fill_iov(
     bufs: &mut [DmaBuf],
     mut skip: usize,
     mut len: usize,
+    device_writes: bool,
 ) -> usize {
     let mut n = 0;
     for b in bufs.iter_mut() {
@@ -1177,9 +1179,20 @@ fn fill_iov(
             continue;
         }
         let take = (bl - skip).min(len);
-        let s = &mut b.as_mut_slice()[skip..skip + take];
+        // A read needs the bytes writable; a write's may be a shared view (the kernel only
+        // reads through the pointer then).
+        let base = if device_writes {
+            match b.try_as_mut_ptr() {
+                Some(p) => p,
+                None => return 0,
+            }
+        } else {
+            b.as_ptr().cast_mut()
+        };
         iov[n] = libc::iovec {
-            iov_base: s.as_mut_ptr().cast(),
+            // SAFETY: skip + take <= b.len(): inside the buffer, which the slot's I/O owns
+            // until the kernel completes it.
+            iov_base: unsafe { base.add(skip) }.cast(),
             iov_len: take,
         };
         n += 1;

@@ -15,7 +15,7 @@ use super::volume::Mirror;
 use crate::bdev::BdevChannel;
 use crate::channel::IoChannel;
 use crate::io::{BdevIo, IoSink, IoStatus, IoType};
-use crate::modules::raid::channel::push_views;
+use crate::bufs::share_range;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -214,7 +214,7 @@ impl MirrorChannel {
             } else {
                 BdevIo::new(t, off + self.m.data_offset, n)
             };
-            if t == IoType::Write && !push_views(&parent.bufs, 0, len, &mut c.bufs) {
+            if t == IoType::Write && !share_range(&parent.bufs, 0, len, &mut c.bufs) {
                 self.end_regions(regions);
                 parent.complete_deferred(IoStatus::InvalidArgument);
                 return;

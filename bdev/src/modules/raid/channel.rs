@@ -1,8 +1,8 @@
 //! A reactor's I/O path into a RAID volume.
 //!
 //! The fast path serves what needs no coordination by fanning the I/O out to the members
-//! as child I/Os whose buffers are views of the parent's ([`DmaBuf::view`]: no copy, no
-//! allocation): every raid0/concat I/O, raid1 reads, raid5/6 reads of healthy strips, and
+//! as child I/Os that each own a consecutive part of the parent's buffers (carved with
+//! [`crate::bufs::Carver`] and joined back on completion: no copy, no allocation): every raid0/concat I/O, raid1 reads, raid5/6 reads of healthy strips, and
 //! flushes. Everything that needs a stripe lock, the write-intent bitmap, reads before
 //! writes or reconstruction (parity writes, raid1 writes, degraded reads, checksums) runs
 //! as a task on this reactor ([`super::stripe`]); so does a fast-path read whose member
@@ -18,9 +18,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use strata_reactor::dma::DmaBuf;
-
-pub type Bufs = SmallVec<[DmaBuf; 2]>;
+pub use crate::bufs::Bufs;
+use crate::bufs::{join_into, total_len, Carver};
 
 /// A contiguous run of logical blocks inside one data strip.
 #[derive(Clone, Copy, Debug)]
@@ -62,33 +61,35 @@ pub fn for_each_piece(
     }
 }
 
-/// Appends views of `src`'s bytes `off..off + len` to `dst`. False if out of range.
-pub fn push_views(src: &[DmaBuf], mut off: usize, mut len: usize, dst: &mut Bufs) -> bool {
-    for b in src {
-        if len == 0 {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(len);
-        match b.view(off, n) {
-            Some(v) => dst.push(v),
-            None => return false,
-        }
-        off = 0;
-        len -= n;
-    }
-    len == 0
-}
-
+#[derive(Default)]
 struct Fan {
     parent: Option<BdevIo>,
     pending: u32,
     status: IoStatus,
     /// A member failed under a read: redo the parent on the degraded path.
     retry: bool,
+    /// The parent's buffers while the children own them: each child's part, by child
+    /// index, and the bytes past the transfer. Empty when the I/O carries no data.
+    parts: SmallVec<[Bufs; 8]>,
+    rest: Bufs,
+}
+
+/// A fan-out's children: (member slot, child I/O), in data order.
+type Children = SmallVec<[(usize, BdevIo); 8]>;
+
+/// A child's completion tag: fan index, member slot, child index.
+fn child_tag(fan: u32, slot: usize, child: usize) -> u64 {
+    fan as u64 | (slot as u64 & 0xffff) << 32 | (child as u64 & 0xffff) << 48
+}
+
+/// Gives the parts carved for `children` back to `io`, for a fast path that cannot go on.
+fn restore(io: &mut BdevIo, children: Children, rest: Bufs) {
+    let mut bufs = Bufs::new();
+    for (_, mut c) in children {
+        join_into(&mut bufs, std::mem::take(&mut c.bufs));
+    }
+    join_into(&mut bufs, rest);
+    io.bufs = bufs;
 }
 
 pub struct RaidChannel {
@@ -132,39 +133,46 @@ impl RaidChannel {
         self.members.borrow().get(slot).cloned().flatten()
     }
 
-    fn fan_new(&self, parent: BdevIo, pending: u32) -> u32 {
-        let f = Fan {
-            parent: Some(parent),
-            pending,
-            status: IoStatus::Success,
-            retry: false,
-        };
-        match self.free.borrow_mut().pop() {
-            Some(i) => {
-                self.fans.borrow_mut()[i as usize] = f;
-                i
-            }
+    /// A recycled fan record (its part lists keep their capacity: no allocation).
+    fn fan_new(&self, parent: BdevIo, pending: u32, carried: bool, rest: Bufs) -> u32 {
+        let mut fans = self.fans.borrow_mut();
+        let i = match self.free.borrow_mut().pop() {
+            Some(i) => i,
             None => {
-                let mut fans = self.fans.borrow_mut();
-                fans.push(f);
+                fans.push(Fan::default());
                 (fans.len() - 1) as u32
             }
+        };
+        let f = &mut fans[i as usize];
+        f.parent = Some(parent);
+        f.pending = pending;
+        f.status = IoStatus::Success;
+        f.retry = false;
+        f.parts.clear();
+        if carried {
+            f.parts.resize_with(pending as usize, Bufs::new);
         }
+        f.rest = rest;
+        i
     }
 
-    /// Submits prepared children (slot, io) for `parent`.
-    fn fan_out(&self, parent: BdevIo, children: SmallVec<[(usize, BdevIo); 8]>) {
+    /// Submits prepared children for `parent`. `carried`: the children own consecutive
+    /// parts of the parent's buffers, `rest` the bytes past them; both go back to the parent
+    /// when the last child completes.
+    fn fan_out(&self, mut parent: BdevIo, children: Children, carried: bool, rest: Bufs) {
         let Some(me) = self.me.upgrade() else {
+            restore(&mut parent, children, rest);
             parent.complete_deferred(IoStatus::Removed);
             return;
         };
         if children.is_empty() {
+            restore(&mut parent, children, rest);
             parent.complete_deferred(IoStatus::Success);
             return;
         }
-        let idx = self.fan_new(parent, children.len() as u32);
-        for (slot, mut child) in children {
-            child.push_completion(me.clone(), idx as u64 | (slot as u64) << 32);
+        let idx = self.fan_new(parent, children.len() as u32, carried, rest);
+        for (k, (slot, mut child)) in children.into_iter().enumerate() {
+            child.push_completion(me.clone(), child_tag(idx, slot, k));
             match self.member(slot) {
                 Some(ch) => ch.submit(child),
                 None => child.complete_deferred(IoStatus::Removed),
@@ -190,12 +198,13 @@ impl RaidChannel {
     }
 
     /// raid0/5/6 fast path over data strips. Gives the I/O back if it needs the slow path.
-    fn striped(&self, io: BdevIo) -> Result<(), BdevIo> {
+    fn striped(&self, mut io: BdevIo) -> Result<(), BdevIo> {
         let geo = &self.array.geo;
         let bs = self.array.block_size;
-        let mut children: SmallVec<[(usize, BdevIo); 8]> = SmallVec::new();
+        let mut children = Children::new();
         let mut ok = true;
         let t = io.io_type;
+        let mut carver = Carver::new(std::mem::take(&mut io.bufs));
         self.pieces_of(&io, |p| {
             if !ok {
                 return;
@@ -207,28 +216,29 @@ impl RaidChannel {
             }
             let mut c = self.child(t, p.stripe * geo.strip + p.row, p.blocks);
             if t.carries_blocks() {
-                ok = push_views(
-                    &io.bufs,
-                    p.byte_off,
-                    (p.blocks * bs as u64) as usize,
-                    &mut c.bufs,
-                );
+                let len = (p.blocks * bs as u64) as usize;
+                c.bufs = carver.take(len);
+                ok = total_len(&c.bufs) == len;
             }
             children.push((m, c));
         });
+        let rest = carver.rest();
         if !ok {
+            restore(&mut io, children, rest);
             return Err(io);
         }
-        self.fan_out(io, children);
+        self.fan_out(io, children, t.carries_blocks(), rest);
         Ok(())
     }
 
-    fn concat(&self, io: BdevIo) {
+    fn concat(&self, mut io: BdevIo) {
         let geo = &self.array.geo;
         let bs = self.array.block_size as u64;
-        let mut children: SmallVec<[(usize, BdevIo); 8]> = SmallVec::new();
+        let mut children = Children::new();
         let (mut lba, end) = (io.offset_blocks, io.offset_blocks + io.num_blocks);
         let mut ok = true;
+        let carries = io.io_type.carries_blocks();
+        let mut carver = Carver::new(std::mem::take(&mut io.bufs));
         while lba < end {
             let Some((m, off)) = geo.concat_locate(lba) else {
                 ok = false;
@@ -236,22 +246,20 @@ impl RaidChannel {
             };
             let n = (geo.concat[m] - off).min(end - lba);
             let mut c = self.child(io.io_type, off, n);
-            if io.io_type.carries_blocks() {
-                ok &= push_views(
-                    &io.bufs,
-                    ((lba - io.offset_blocks) * bs) as usize,
-                    (n * bs) as usize,
-                    &mut c.bufs,
-                );
+            if carries {
+                c.bufs = carver.take((n * bs) as usize);
+                ok &= total_len(&c.bufs) == (n * bs) as usize;
             }
             children.push((m, c));
             lba += n;
         }
+        let rest = carver.rest();
         if !ok {
+            restore(&mut io, children, rest);
             io.complete_deferred(IoStatus::InvalidArgument);
             return;
         }
-        self.fan_out(io, children);
+        self.fan_out(io, children, carries, rest);
     }
 
     /// A raid1 leg that holds valid data for the whole range, round-robin over the legs.
@@ -269,29 +277,34 @@ impl RaidChannel {
             })
     }
 
-    fn raid1_read(&self, io: BdevIo) -> Result<(), BdevIo> {
+    fn raid1_read(&self, mut io: BdevIo) -> Result<(), BdevIo> {
         let Some(m) = self.raid1_leg(io.offset_blocks, io.num_blocks) else {
             return Err(io);
         };
         let mut c = self.child(IoType::Read, io.offset_blocks, io.num_blocks);
         let len = io.xfer_len();
-        if !push_views(&io.bufs, 0, len, &mut c.bufs) {
+        let mut carver = Carver::new(std::mem::take(&mut io.bufs));
+        c.bufs = carver.take(len);
+        let ok = total_len(&c.bufs) == len;
+        let mut v = Children::new();
+        v.push((m, c));
+        let rest = carver.rest();
+        if !ok {
+            restore(&mut io, v, rest);
             return Err(io);
         }
-        let mut v: SmallVec<[(usize, BdevIo); 8]> = SmallVec::new();
-        v.push((m, c));
-        self.fan_out(io, v);
+        self.fan_out(io, v, true, rest);
         Ok(())
     }
 
     fn flush(&self, io: BdevIo) {
-        let mut v: SmallVec<[(usize, BdevIo); 8]> = SmallVec::new();
+        let mut v = Children::new();
         for m in 0..self.array.geo.members {
             if self.array.live(m) != LIVE_OUT {
                 v.push((m, BdevIo::new(IoType::Flush, 0, 0)));
             }
         }
-        self.fan_out(io, v);
+        self.fan_out(io, v, false, Bufs::new());
     }
 
     /// Hands the I/O to a task on this reactor (the slow path).
@@ -342,11 +355,13 @@ impl BdevChannel for RaidChannel {
 }
 
 impl IoSink for RaidChannel {
-    fn io_done(self: Rc<Self>, child: BdevIo, tag: u64) {
+    fn io_done(self: Rc<Self>, mut child: BdevIo, tag: u64) {
         let idx = (tag & 0xffff_ffff) as usize;
-        let slot = (tag >> 32) as usize;
+        let slot = ((tag >> 32) & 0xffff) as usize;
+        let k = (tag >> 48) as usize;
         let st = child.status;
         let t = child.io_type;
+        let part = std::mem::take(&mut child.bufs);
         drop(child);
         let member_failed = matches!(st, IoStatus::Failed | IoStatus::Removed);
         if member_failed {
@@ -355,6 +370,9 @@ impl IoSink for RaidChannel {
         let finished = {
             let mut fans = self.fans.borrow_mut();
             let f = &mut fans[idx];
+            if let Some(p) = f.parts.get_mut(k) {
+                *p = part;
+            }
             if !st.is_success() {
                 if member_failed && self.array.level().has_redundancy() {
                     // Reads are redone degraded.
@@ -366,7 +384,17 @@ impl IoSink for RaidChannel {
             }
             f.pending -= 1;
             if f.pending == 0 {
-                f.parent.take().map(|p| (p, f.status, f.retry))
+                f.parent.take().map(|mut p| {
+                    if !f.parts.is_empty() {
+                        let mut bufs = Bufs::new();
+                        for part in f.parts.drain(..) {
+                            join_into(&mut bufs, part);
+                        }
+                        join_into(&mut bufs, std::mem::take(&mut f.rest));
+                        p.bufs = bufs;
+                    }
+                    (p, f.status, f.retry)
+                })
             } else {
                 None
             }

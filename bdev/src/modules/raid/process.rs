@@ -6,7 +6,8 @@
 use super::array::{Array, LIVE_OUT, LIVE_REBUILDING};
 use super::channel::{Bufs, RaidChannel};
 use super::geometry::Level;
-use super::stripe::{view, Step};
+use super::stripe::{one, shared, Step};
+use crate::bufs::share_range;
 use crate::io::{IoStatus, IoType};
 use crate::modules::intent::Snapshot;
 use crate::modules::pacer::Pacer;
@@ -123,7 +124,7 @@ impl RaidChannel {
         let (mut bufs, missing) = self.load(s, c0, c1, |k| k == target).await?;
         self.recover(&mut bufs, &missing)?;
         let b = &bufs[target];
-        let p = self.mio(slot, IoType::Write, s, c0, c1 - c0, view(b, 0, b.len()));
+        let p = self.mio(slot, IoType::Write, s, c0, c1 - c0, shared(b, 0, b.len()));
         self.wait_all(vec![(slot, p)]).await
     }
 
@@ -138,15 +139,17 @@ impl RaidChannel {
         let buf = dma::alloc_wait(len)
             .await
             .map_err(|_| Step::Fail(IoStatus::InvalidArgument))?;
-        let p = self.mio(src, IoType::Read, s, c0, c1 - c0, view(&buf, 0, len));
-        self.wait_all(vec![(src, p)]).await?;
+        // The read owns the buffer until it completes; the writes then share it, read-only.
+        let p = self.mio(src, IoType::Read, s, c0, c1 - c0, one(buf));
+        let (mut got, _, res) = self.wait_bufs(vec![(src, p)]).await;
+        res?;
+        let buf = got.pop().unwrap_or_default();
         let w = targets
             .iter()
             .map(|&t| {
-                (
-                    t,
-                    self.mio(t, IoType::Write, s, c0, c1 - c0, view(&buf, 0, len)),
-                )
+                let mut b = Bufs::new();
+                share_range(&buf, 0, len, &mut b);
+                (t, self.mio(t, IoType::Write, s, c0, c1 - c0, b))
             })
             .collect();
         self.wait_all(w).await
@@ -185,7 +188,7 @@ impl RaidChannel {
                     }
                     v.push((
                         m,
-                        self.mio(m, IoType::Write, s, c0, c1 - c0, view(b, 0, b.len())),
+                        self.mio(m, IoType::Write, s, c0, c1 - c0, shared(b, 0, b.len())),
                     ));
                 }
                 self.wait_all(v).await?;

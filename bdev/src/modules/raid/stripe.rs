@@ -11,7 +11,8 @@
 //! marked failed and the chunk is redone degraded: the redo writes the complete new data
 //! and parity, so it is correct whatever part of the first attempt reached the disks.
 
-use super::channel::{push_views, Bufs, Piece, RaidChannel};
+use super::channel::{Piece, RaidChannel};
+use crate::bufs::{copy_into_at, join_into, share_range, total_len, Bufs, Carver};
 use super::geometry::{Level, Role};
 use crate::bdev::BdevChannel;
 use crate::io::{BdevIo, IoStatus, IoType};
@@ -33,10 +34,56 @@ pub enum Step {
 
 type Pieces = SmallVec<[(Piece, Bufs); 8]>;
 
-/// A member I/O in flight, or one that could not be submitted.
+/// A member I/O in flight, or one that could not be submitted (its buffers handed back).
 pub enum Pending {
-    Now(IoStatus),
+    Now(IoStatus, Bufs),
     Wait(IoWait),
+}
+
+impl Pending {
+    /// The I/O's status and its buffers, given back.
+    async fn finish(self) -> (IoStatus, Bufs) {
+        match self {
+            Pending::Now(st, bufs) => (st, bufs),
+            Pending::Wait(w) => {
+                let mut io = w.await;
+                (io.status, std::mem::take(&mut io.bufs))
+            }
+        }
+    }
+}
+
+/// Where a scratch strip buffer's bytes are while member reads fill parts of it.
+enum Part {
+    /// Kept here (rows the write supplies).
+    Here(DmaBuf),
+    /// Lent to read `k` of the batch.
+    Read(usize),
+}
+
+/// One buffer from the parts a read batch gave back (`got[k]` for read `k`).
+fn single(bufs: Bufs) -> Result<DmaBuf, Step> {
+    let mut it = bufs.into_iter();
+    let mut b = it.next().ok_or(Step::Fail(IoStatus::Failed))?;
+    for next in it {
+        b.unsplit(next).map_err(|_| Step::Fail(IoStatus::Failed))?;
+    }
+    Ok(b)
+}
+
+/// Joins a strip buffer's parts back together, taking the lent ones from `got`.
+fn assemble(parts: SmallVec<[Part; 3]>, got: &mut [Bufs]) -> Result<DmaBuf, Step> {
+    let mut out = Bufs::new();
+    for p in parts {
+        match p {
+            Part::Here(b) => join_into(&mut out, [b]),
+            Part::Read(k) => {
+                let b = got.get_mut(k).ok_or(Step::Fail(IoStatus::Failed))?;
+                join_into(&mut out, std::mem::take(b));
+            }
+        }
+    }
+    single(out)
 }
 
 /// Written rows `[a, b)` of data strip `i` and the new data for them.
@@ -56,15 +103,16 @@ async fn scratch(len: usize) -> Result<DmaBuf, Step> {
         .map_err(|_| Step::Fail(IoStatus::InvalidArgument))
 }
 
-fn one(b: DmaBuf) -> Bufs {
+pub(super) fn one(b: DmaBuf) -> Bufs {
     let mut v = Bufs::new();
     v.push(b);
     v
 }
 
-pub(super) fn view(b: &DmaBuf, off: usize, len: usize) -> Bufs {
+/// A read-only view of bytes `off..off + len` of `b`, for member writes.
+pub(super) fn shared(b: &DmaBuf, off: usize, len: usize) -> Bufs {
     one(b
-        .view(off, len)
+        .share(off, len)
         .unwrap_or_else(|| unreachable!("view inside its buffer")))
 }
 
@@ -84,13 +132,6 @@ fn xor_in(dst: &mut [u8], mut off: usize, src: &[DmaBuf]) {
     }
 }
 
-fn copy_out(src: &[u8], mut off: usize, dst: &mut [DmaBuf]) {
-    for b in dst.iter_mut() {
-        let n = b.len();
-        b.as_mut_slice().copy_from_slice(&src[off..off + n]);
-        off += n;
-    }
-}
 
 impl RaidChannel {
     fn bs(&self) -> usize {
@@ -111,7 +152,7 @@ impl RaidChannel {
         bufs: Bufs,
     ) -> Pending {
         let Some(ch) = self.member(slot) else {
-            return Pending::Now(IoStatus::Removed);
+            return Pending::Now(IoStatus::Removed, bufs);
         };
         let mut io = BdevIo::new(t, off, blocks);
         io.bufs = bufs;
@@ -139,13 +180,22 @@ impl RaidChannel {
 
     /// As [`Self::wait_all`], also counting the I/Os that succeeded.
     pub(super) async fn wait_count(&self, v: Vec<(usize, Pending)>) -> (usize, Result<(), Step>) {
+        let (_, ok, res) = self.wait_bufs(v).await;
+        (ok, res)
+    }
+
+    /// As [`Self::wait_count`], also giving back each I/O's buffers, in order (reads fill
+    /// buffers they own until they complete).
+    pub(super) async fn wait_bufs(
+        &self,
+        v: Vec<(usize, Pending)>,
+    ) -> (Vec<Bufs>, usize, Result<(), Step>) {
         let mut out = Ok(());
         let mut ok = 0;
+        let mut got = Vec::with_capacity(v.len());
         for (slot, p) in v {
-            let st = match p {
-                Pending::Now(st) => st,
-                Pending::Wait(w) => w.await.status,
-            };
+            let (st, bufs) = p.finish().await;
+            got.push(bufs);
             match st {
                 IoStatus::Success => ok += 1,
                 IoStatus::Failed | IoStatus::Removed => {
@@ -157,7 +207,7 @@ impl RaidChannel {
                 other => out = Err(Step::Fail(other)),
             }
         }
-        (ok, out)
+        (got, ok, out)
     }
 
     pub(super) async fn run_slow(&self, io: &mut BdevIo) -> IoStatus {
@@ -256,10 +306,12 @@ impl RaidChannel {
             let Some(m) = self.raid1_leg(io.offset_blocks, io.num_blocks) else {
                 return IoStatus::Failed;
             };
-            let mut bufs = Bufs::new();
-            push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
+            // The leg's read owns the buffers until it completes, then gives them back.
+            let bufs = std::mem::take(&mut io.bufs);
             let p = self.mio(m, IoType::Read, 0, io.offset_blocks, io.num_blocks, bufs);
-            match self.wait_all(vec![(m, p)]).await {
+            let (mut got, _, res) = self.wait_bufs(vec![(m, p)]).await;
+            io.bufs = got.pop().unwrap_or_default();
+            match res {
                 Ok(()) => return IoStatus::Success,
                 Err(Step::Retry) => continue,
                 Err(Step::Fail(st)) => return st,
@@ -292,7 +344,7 @@ impl RaidChannel {
             }
             let mut bufs = Bufs::new();
             if io.io_type == IoType::Write {
-                push_views(&io.bufs, 0, io.xfer_len(), &mut bufs);
+                share_range(&io.bufs, 0, io.xfer_len(), &mut bufs);
             }
             v.push((m, self.mio(m, t, 0, io.offset_blocks, io.num_blocks, bufs)));
         }
@@ -312,20 +364,26 @@ impl RaidChannel {
     // raid5 / raid6
 
     /// Reads or writes a parity-level I/O: one task per stripe, all in parallel.
-    async fn parity_io(&self, io: &BdevIo, write: bool) -> IoStatus {
+    async fn parity_io(&self, io: &mut BdevIo, write: bool) -> IoStatus {
         let bs = self.array.block_size;
         let mut groups: Vec<(u64, Pieces)> = Vec::new();
         let mut ok = true;
         let carries = io.io_type.carries_blocks();
+        // Writes read the host's data through shared views; reads own their pieces of the
+        // buffers until they are done, then give them back.
+        let mut carver = Carver::new(if write {
+            Bufs::new()
+        } else {
+            std::mem::take(&mut io.bufs)
+        });
         self.pieces_of(io, |p| {
             let mut v = Bufs::new();
-            if carries {
-                ok &= push_views(
-                    &io.bufs,
-                    p.byte_off,
-                    (p.blocks * bs as u64) as usize,
-                    &mut v,
-                );
+            let len = (p.blocks * bs as u64) as usize;
+            if carries && write {
+                ok &= share_range(&io.bufs, p.byte_off, len, &mut v);
+            } else if carries {
+                v = carver.take(len);
+                ok &= total_len(&v) == len;
             }
             match groups.last_mut() {
                 Some((s, ps)) if *s == p.stripe => ps.push((p, v)),
@@ -336,27 +394,40 @@ impl RaidChannel {
                 }
             }
         });
-        if !ok {
-            return IoStatus::InvalidArgument;
-        }
-        let zeroes = !carries;
-        let one_stripe = |s, ps| async move {
-            if write {
-                self.stripe_write(s, ps, zeroes).await
+        let rest = carver.rest();
+        let st = if ok {
+            let zeroes = !carries;
+            let one_stripe = |s, ps| async move {
+                if write {
+                    self.stripe_write(s, ps, zeroes).await
+                } else {
+                    self.stripe_read(s, ps).await
+                }
+            };
+            if groups.len() == 1 {
+                one_stripe(groups[0].0, &mut groups[0].1).await
             } else {
-                self.stripe_read(s, ps).await
+                let results =
+                    join_all(groups.iter_mut().map(|(s, ps)| one_stripe(*s, ps))).await;
+                results
+                    .into_iter()
+                    .find(|st| !st.is_success())
+                    .unwrap_or(IoStatus::Success)
             }
+        } else {
+            IoStatus::InvalidArgument
         };
-        if groups.len() == 1 {
-            if let Some((s, ps)) = groups.pop() {
-                return one_stripe(s, ps).await;
+        if !write {
+            let mut bufs = Bufs::new();
+            for (_, ps) in groups.iter_mut() {
+                for (_, b) in ps.iter_mut() {
+                    join_into(&mut bufs, std::mem::take(b));
+                }
             }
+            join_into(&mut bufs, rest);
+            io.bufs = bufs;
         }
-        let results = join_all(groups.into_iter().map(|(s, ps)| one_stripe(s, ps))).await;
-        results
-            .into_iter()
-            .find(|st| !st.is_success())
-            .unwrap_or(IoStatus::Success)
+        st
     }
 
     fn pieces_rows(pieces: &Pieces) -> (u64, u64) {
@@ -369,7 +440,7 @@ impl RaidChannel {
         (lo, hi)
     }
 
-    async fn stripe_read(&self, s: u64, mut pieces: Pieces) -> IoStatus {
+    async fn stripe_read(&self, s: u64, pieces: &mut Pieces) -> IoStatus {
         let geo = &self.array.geo;
         let healthy = pieces
             .iter()
@@ -377,13 +448,16 @@ impl RaidChannel {
         if healthy {
             // Direct reads (a fast-path read whose member failed lands here too).
             let mut v = Vec::new();
-            for (p, bufs) in pieces.iter() {
-                let mut b = Bufs::new();
-                push_views(bufs, 0, bufs.iter().map(|x| x.len()).sum(), &mut b);
+            for (p, bufs) in pieces.iter_mut() {
                 let m = geo.member_of(s, Role::Data(p.strip));
+                let b = std::mem::take(bufs);
                 v.push((m, self.mio(m, IoType::Read, s, p.row, p.blocks, b)));
             }
-            match self.wait_all(v).await {
+            let (got, _, res) = self.wait_bufs(v).await;
+            for ((_, bufs), g) in pieces.iter_mut().zip(got) {
+                *bufs = g;
+            }
+            match res {
                 Ok(()) => return IoStatus::Success,
                 Err(Step::Fail(st)) => return st,
                 Err(Step::Retry) => {}
@@ -396,7 +470,7 @@ impl RaidChannel {
         let mut tries = 0;
         while c0 < hi {
             let c1 = (c0 + cr).min(hi);
-            match self.read_chunk(s, c0, c1, &mut pieces).await {
+            match self.read_chunk(s, c0, c1, pieces).await {
                 Ok(()) => c0 = c1,
                 Err(Step::Retry) if tries < geo.members && !self.array.is_offline() => tries += 1,
                 Err(Step::Retry) => return IoStatus::Failed,
@@ -418,14 +492,8 @@ impl RaidChannel {
             if a >= b {
                 continue;
             }
-            let mut sub = Bufs::new();
-            push_views(
-                dst,
-                ((a - p.row) * bs) as usize,
-                ((b - a) * bs) as usize,
-                &mut sub,
-            );
-            copy_out(bufs[p.strip].as_slice(), ((a - c0) * bs) as usize, &mut sub);
+            let src = &bufs[p.strip].as_slice()[((a - c0) * bs) as usize..((b - c0) * bs) as usize];
+            copy_into_at(dst, ((a - p.row) * bs) as usize, src);
         }
         Ok(())
     }
@@ -441,23 +509,28 @@ impl RaidChannel {
     ) -> Result<(Vec<DmaBuf>, SmallVec<[usize; 2]>), Step> {
         let geo = &self.array.geo;
         let len = ((hi - lo) as usize) * self.bs();
-        let mut bufs = Vec::with_capacity(geo.roles());
+        let mut parts: Vec<SmallVec<[Part; 3]>> = Vec::with_capacity(geo.roles());
         let mut missing = SmallVec::new();
         let mut v = Vec::new();
         for k in 0..geo.roles() {
             let b = scratch(len).await?;
             let m = geo.member_of(s, geo.role(k));
+            let mut p = SmallVec::new();
             if skip(k) || !self.array.usable(m, s) {
                 missing.push(k);
+                p.push(Part::Here(b));
             } else {
-                v.push((
-                    m,
-                    self.mio(m, IoType::Read, s, lo, hi - lo, view(&b, 0, len)),
-                ));
+                p.push(Part::Read(v.len()));
+                v.push((m, self.mio(m, IoType::Read, s, lo, hi - lo, one(b))));
             }
-            bufs.push(b);
+            parts.push(p);
         }
-        self.wait_all(v).await?;
+        let (mut got, _, res) = self.wait_bufs(v).await;
+        res?;
+        let bufs = parts
+            .into_iter()
+            .map(|p| assemble(p, &mut got))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((bufs, missing))
     }
 
@@ -508,7 +581,7 @@ impl RaidChannel {
         r.map_err(|_| Step::Fail(IoStatus::Failed))
     }
 
-    async fn stripe_write(&self, s: u64, pieces: Pieces, zeroes: bool) -> IoStatus {
+    async fn stripe_write(&self, s: u64, pieces: &mut Pieces, zeroes: bool) -> IoStatus {
         let _g = self.array.locks.lock(s).await;
         let regions = self.intent_begin(s, s).await;
         let (lo, hi) = Self::pieces_rows(&pieces);
@@ -518,7 +591,7 @@ impl RaidChannel {
         let mut st = IoStatus::Success;
         while c0 < hi {
             let c1 = (c0 + cr).min(hi);
-            match self.write_chunk(s, c0, c1, &pieces, zeroes).await {
+            match self.write_chunk(s, c0, c1, pieces, zeroes).await {
                 Ok(()) => c0 = c1,
                 Err(Step::Retry) if tries < self.array.geo.members && !self.array.is_offline() => {
                     tries += 1;
@@ -566,10 +639,10 @@ impl RaidChannel {
             }
             let len = ((b - a) * bs) as usize;
             let src = match &zero {
-                Some(z) => view(z, 0, len),
+                Some(z) => shared(z, 0, len),
                 None => {
                     let mut v = Bufs::new();
-                    push_views(src, ((a - p.row) * bs) as usize, len, &mut v);
+                    share_range(src, ((a - p.row) * bs) as usize, len, &mut v);
                     v
                 }
             };
@@ -610,7 +683,7 @@ impl RaidChannel {
                 continue;
             }
             let mut b = Bufs::new();
-            push_views(&w.src, 0, w.src.iter().map(|x| x.len()).sum(), &mut b);
+            share_range(&w.src, 0, total_len(&w.src), &mut b);
             v.push((m, self.mio(m, IoType::Write, s, w.a, w.b - w.a, b)));
         }
         for &(k, buf) in parity {
@@ -621,10 +694,70 @@ impl RaidChannel {
             let rows = (buf.len() / self.bs()) as u64;
             v.push((
                 m,
-                self.mio(m, IoType::Write, s, lo, rows, view(buf, 0, buf.len())),
+                self.mio(m, IoType::Write, s, lo, rows, shared(buf, 0, buf.len())),
             ));
         }
         self.wait_all(v).await
+    }
+
+    /// Reconstruct-write's inputs: every data strip's rows `[lo, hi)`, old where the write
+    /// leaves them, new where it supplies them. Old rows are read into parts of a scratch
+    /// buffer that the reads own until they give them back; a strip the write covers in one
+    /// piece is used in place (a shared view: no copy).
+    async fn rcw_load(&self, s: u64, lo: u64, hi: u64, ws: &[Written]) -> Result<Vec<DmaBuf>, Step> {
+        let geo = &self.array.geo;
+        let d = geo.data_strips();
+        let bs = self.bs() as u64;
+        let len = ((hi - lo) * bs) as usize;
+        let fail = || Step::Fail(IoStatus::Failed);
+        let mut plans: Vec<SmallVec<[Part; 3]>> = Vec::with_capacity(d);
+        let mut v = Vec::new();
+        for i in 0..d {
+            let w = ws.iter().find(|w| w.i == i);
+            let mut parts = SmallVec::new();
+            if let Some(w) = w.filter(|w| w.a == lo && w.b == hi && w.src.len() == 1) {
+                parts.push(Part::Here(w.src[0].share(0, len).ok_or_else(fail)?));
+                plans.push(parts);
+                continue;
+            }
+            let mut b = scratch(len).await?;
+            let m = geo.member_of(s, Role::Data(i));
+            let Some(w) = w else {
+                parts.push(Part::Read(v.len()));
+                v.push((m, self.mio(m, IoType::Read, s, lo, hi - lo, one(b))));
+                plans.push(parts);
+                continue;
+            };
+            if w.a > lo {
+                let head = b.split_to(((w.a - lo) * bs) as usize).ok_or_else(fail)?;
+                parts.push(Part::Read(v.len()));
+                v.push((m, self.mio(m, IoType::Read, s, lo, w.a - lo, one(head))));
+            }
+            let tail = if w.b < hi {
+                Some(b.split_off(((w.b - w.a) * bs) as usize).ok_or_else(fail)?)
+            } else {
+                None
+            };
+            // The written rows: filled from the write's data once the reads are back.
+            parts.push(Part::Here(b));
+            if let Some(t) = tail {
+                parts.push(Part::Read(v.len()));
+                v.push((m, self.mio(m, IoType::Read, s, w.b, hi - w.b, one(t))));
+            }
+            plans.push(parts);
+        }
+        let (mut got, _, res) = self.wait_bufs(v).await;
+        res?;
+        let mut data = plans
+            .into_iter()
+            .map(|p| assemble(p, &mut got))
+            .collect::<Result<Vec<_>, _>>()?;
+        for w in ws {
+            if !(w.a == lo && w.b == hi && w.src.len() == 1) {
+                copy_in(data[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
+            }
+        }
+        Ok(data)
     }
 
     async fn write_healthy(&self, s: u64, lo: u64, hi: u64, ws: &[Written]) -> Result<(), Step> {
@@ -638,57 +771,11 @@ impl RaidChannel {
         let rmw_reads = written + np as u64 * rows;
         let rcw_reads = d as u64 * rows - written;
         let mut parity: SmallVec<[DmaBuf; 2]> = SmallVec::new();
-        for _ in 0..np {
-            parity.push(scratch(len).await?);
-        }
         if rcw_reads <= rmw_reads {
-            // Reconstruct-write: every data strip's rows [lo, hi), old where not written.
-            let mut data: Vec<DmaBuf> = Vec::with_capacity(d);
-            let mut v = Vec::new();
-            for i in 0..d {
-                let w = ws.iter().find(|w| w.i == i);
-                // A strip the write covers in one piece is used in place (no copy).
-                if let Some(w) = w.filter(|w| w.a == lo && w.b == hi && w.src.len() == 1) {
-                    data.push(w.src[0].view(0, len).ok_or(Step::Fail(IoStatus::Failed))?);
-                    continue;
-                }
-                let b = scratch(len).await?;
-                let m = geo.member_of(s, Role::Data(i));
-                match w {
-                    None => v.push((m, self.mio(m, IoType::Read, s, lo, rows, view(&b, 0, len)))),
-                    Some(w) => {
-                        if w.a > lo {
-                            let n = w.a - lo;
-                            v.push((
-                                m,
-                                self.mio(m, IoType::Read, s, lo, n, view(&b, 0, (n * bs) as usize)),
-                            ));
-                        }
-                        if w.b < hi {
-                            let off = ((w.b - lo) * bs) as usize;
-                            let n = hi - w.b;
-                            v.push((
-                                m,
-                                self.mio(
-                                    m,
-                                    IoType::Read,
-                                    s,
-                                    w.b,
-                                    n,
-                                    view(&b, off, (n * bs) as usize),
-                                ),
-                            ));
-                        }
-                    }
-                }
-                data.push(b);
+            for _ in 0..np {
+                parity.push(scratch(len).await?);
             }
-            self.wait_all(v).await?;
-            for w in ws {
-                if !(w.a == lo && w.b == hi && w.src.len() == 1) {
-                    copy_in(data[w.i].as_mut_slice(), ((w.a - lo) * bs) as usize, &w.src);
-                }
-            }
+            let data = self.rcw_load(s, lo, hi, ws).await?;
             let srcs: SmallVec<[&[u8]; 16]> = data.iter().map(|b| b.as_slice()).collect();
             let r = match parity.as_mut_slice() {
                 [p] => kernels::xor_gen(&srcs, p.as_mut_slice()),
@@ -697,24 +784,30 @@ impl RaidChannel {
             };
             r.map_err(|_| Step::Fail(IoStatus::Failed))?;
         } else {
-            // Read-modify-write: old data of the written rows and the old parity.
-            let mut old: SmallVec<[DmaBuf; 8]> = SmallVec::new();
+            // Read-modify-write: old data of the written rows and the old parity, each read
+            // into a scratch buffer the read owns until it gives it back.
             let mut v = Vec::new();
             for w in ws {
                 let n = ((w.b - w.a) * bs) as usize;
                 let b = scratch(n).await?;
                 let m = geo.member_of(s, Role::Data(w.i));
-                v.push((
-                    m,
-                    self.mio(m, IoType::Read, s, w.a, w.b - w.a, view(&b, 0, n)),
-                ));
-                old.push(b);
+                v.push((m, self.mio(m, IoType::Read, s, w.a, w.b - w.a, one(b))));
             }
-            for (j, p) in parity.iter().enumerate() {
+            for j in 0..np {
+                let p = scratch(len).await?;
                 let m = geo.member_of(s, geo.role(d + j));
-                v.push((m, self.mio(m, IoType::Read, s, lo, rows, view(p, 0, len))));
+                v.push((m, self.mio(m, IoType::Read, s, lo, rows, one(p))));
             }
-            self.wait_all(v).await?;
+            let (got, _, res) = self.wait_bufs(v).await;
+            res?;
+            let mut old: SmallVec<[DmaBuf; 8]> = SmallVec::new();
+            for (k, b) in got.into_iter().enumerate() {
+                if k < ws.len() {
+                    old.push(single(b)?);
+                } else {
+                    parity.push(single(b)?);
+                }
+            }
             // delta = old ^ new, per written strip.
             for (w, o) in ws.iter().zip(old.iter_mut()) {
                 xor_in(o.as_mut_slice(), 0, &w.src);
