@@ -14,9 +14,11 @@ pub mod channel;
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod module;
 pub mod modules;
 pub mod registry;
 pub mod stats;
+pub mod volume;
 pub mod wait;
 
 pub use bdev::{Bdev, BdevChannel, ConfigEntry};

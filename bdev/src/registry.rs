@@ -86,7 +86,7 @@ pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
         descs: Vec::new(),
     });
     drop(r);
-    crate::modules::examine(&name);
+    crate::module::examine(&name);
     Ok(())
 }
 

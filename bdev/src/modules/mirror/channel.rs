@@ -3,7 +3,7 @@
 //! Reads (and checksums) are handed down whole to one leg that is in sync, offset by the
 //! metadata area: no child I/O, no copy. A read the leg fails is retried on the other leg.
 //! Writes (write_zeroes, and unmap served as write_zeroes) count into their bitmap regions
-//! ([`crate::modules::intent::IntentBitmap::try_begin_range`]) and fan out to every leg that
+//! ([`crate::volume::intent::IntentBitmap::try_begin_range`]) and fan out to every leg that
 //! takes writes, as child I/Os whose buffers are views of the host's (no copy); the host
 //! write completes when every leg has answered. A write waits (as a task on this reactor)
 //! only when its region's bit must first reach the disk or a resync copy holds the region.

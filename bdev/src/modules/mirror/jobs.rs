@@ -11,15 +11,15 @@
 //! them wait, and the copy waits for the ones in flight, so a host write is never
 //! overtaken by an older copy of its blocks. Jobs are rate-limited and report progress.
 //!
-//! [`IntentBitmap::lock_range`]: crate::modules::intent::IntentBitmap::lock_range
+//! [`IntentBitmap::lock_range`]: crate::volume::intent::IntentBitmap::lock_range
 
 use super::channel::MirrorChannel;
 use super::superblock::{LegState, MirrorState};
 use super::volume::Mirror;
 use crate::channel::IoChannel;
 use crate::io::{BdevIo, IoStatus, IoType};
-use crate::modules::intent::Snapshot;
-use crate::modules::pacer::Pacer;
+use crate::volume::intent::Snapshot;
+use crate::volume::pacer::Pacer;
 use crate::wait;
 use serde_json::{json, Value};
 use std::future::poll_fn;
@@ -141,7 +141,7 @@ pub async fn persist_all(m: &Arc<Mirror>) {
 /// Persists from a task on this reactor (callers on the data path or off any reactor).
 pub fn persist_in_background(m: &Arc<Mirror>) {
     let m = m.clone();
-    crate::modules::on_a_reactor(move || async move { persist(&m).await });
+    crate::volume::examine::on_a_reactor(move || async move { persist(&m).await });
 }
 
 /// Returns (written to at least one leg, some leg failed).

@@ -18,10 +18,12 @@ pub mod jobs;
 pub mod superblock;
 pub mod volume;
 
+use crate::module::BdevModule;
+use crate::volume::examine;
 use crate::error::BdevError;
 use crate::io::ChecksumAlg;
 use crate::modules::base::ClaimedBase;
-use crate::modules::intent::IntentBitmap;
+use crate::volume::intent::IntentBitmap;
 use crate::registry;
 use crate::wait;
 use jobs::JobKind;
@@ -304,7 +306,7 @@ pub async fn create(o: CreateOptions) -> Result<Arc<Mirror>, BdevError> {
 
 fn start_background(m: &Arc<Mirror>) {
     let m = m.clone();
-    super::on_a_reactor(move || jobs::housekeeping(m));
+    examine::on_a_reactor(move || jobs::housekeeping(m));
 }
 
 fn start_job(m: &Arc<Mirror>, kind: JobKind, repair: bool) -> Result<(), BdevError> {
@@ -313,7 +315,7 @@ fn start_job(m: &Arc<Mirror>, kind: JobKind, repair: bool) -> Result<(), BdevErr
         by: "a running mirror job".into(),
     })?;
     let m = m.clone();
-    super::on_a_reactor(move || jobs::run(m, job));
+    examine::on_a_reactor(move || jobs::run(m, job));
     Ok(())
 }
 
@@ -561,8 +563,19 @@ struct Candidate {
 
 static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> = LazyLock::new(Default::default);
 
-pub(crate) fn examine_hook(name: &str) {
-    super::spawn_examine(name, |n| async move { examine(&n).await });
+/// The module's hooks: re-assembly from superblocks.
+pub struct MirrorModule;
+
+impl BdevModule for MirrorModule {
+    fn name(&self) -> &'static str {
+        "mirror"
+    }
+    fn examine(&self, bdev: &str) {
+        examine::spawn_examine(bdev, |n| async move { examine(&n).await });
+    }
+    fn finish_examine(&self) {
+        finish_examine();
+    }
 }
 
 async fn read_superblock_from(
@@ -848,6 +861,6 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
 
 /// End of examine (`bdev_wait_for_examine`, end of `--json` load): waits for examine reads
 /// to finish, then brings up mirrors that can run on one leg.
-pub fn finish_examine() {
-    super::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
+fn finish_examine() {
+    examine::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
 }

@@ -9,7 +9,7 @@
 //! the generation, so the leg with the highest generation speaks for the mirror.
 
 use crate::kernels;
-use crate::modules::ondisk::{get_u32, get_u64, put_u32, put_u64};
+use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"STRATMR1";

@@ -16,7 +16,7 @@ use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
 use crate::io::{ChecksumAlg, IoType};
 use crate::modules::base::ClaimedBase;
-use crate::modules::intent::IntentBitmap;
+use crate::volume::intent::IntentBitmap;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::rc::Rc;

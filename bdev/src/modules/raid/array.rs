@@ -9,7 +9,7 @@ use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
 use crate::io::IoType;
 use crate::modules::base::ClaimedBase;
-use crate::modules::intent::IntentBitmap as Meta;
+use crate::volume::intent::IntentBitmap as Meta;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use std::rc::Rc;

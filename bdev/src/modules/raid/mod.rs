@@ -17,10 +17,12 @@ pub mod process;
 pub mod stripe;
 pub mod superblock;
 
+use crate::module::BdevModule;
+use crate::volume::examine;
 use crate::error::BdevError;
 use crate::io::{BdevIo, IoType};
 use crate::modules::base::ClaimedBase;
-use crate::modules::intent::IntentBitmap as Meta;
+use crate::volume::intent::IntentBitmap as Meta;
 use crate::registry;
 use crate::wait;
 use array::{Array, Slot};
@@ -94,7 +96,7 @@ fn member_removed(array_name: &str, slot: usize) {
 /// Persists the metadata from a reactor task (callers off the data path).
 fn sync_in_background(a: &Arc<Array>) {
     let a = a.clone();
-    super::on_a_reactor(move || async move { RaidChannel::new(a).persist().await });
+    examine::on_a_reactor(move || async move { RaidChannel::new(a).persist().await });
 }
 
 fn open_member(base: &str, array: &str, slot: usize) -> Result<Arc<ClaimedBase>, BdevError> {
@@ -301,7 +303,7 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
 /// rebuild of `rebuild_slot`.
 fn start_background(array: &Arc<Array>, rebuild_slot: Option<usize>) {
     let a = array.clone();
-    super::on_a_reactor(move || async move {
+    examine::on_a_reactor(move || async move {
         if a.meta.is_some() {
             strata_reactor::spawn_local(process::clear_idle_regions(a.clone())).detach();
             process::resync(a.clone()).await;
@@ -475,9 +477,19 @@ impl PendingArray {
 /// Arrays seen in superblocks and not assembled yet, by array uuid.
 static PENDING: LazyLock<Mutex<HashMap<Uuid, PendingArray>>> = LazyLock::new(Default::default);
 
-/// Registers the examine hook (once, from the bdev registry).
-pub(crate) fn examine_hook(name: &str) {
-    super::spawn_examine(name, |n| async move { examine(&n).await });
+/// The module's hooks: re-assembly from superblocks.
+pub struct RaidModule;
+
+impl BdevModule for RaidModule {
+    fn name(&self) -> &'static str {
+        "raid"
+    }
+    fn examine(&self, bdev: &str) {
+        examine::spawn_examine(bdev, |n| async move { examine(&n).await });
+    }
+    fn finish_examine(&self) {
+        finish_examine();
+    }
 }
 
 async fn read_superblock(name: &str) -> Option<(Superblock, Vec<u64>)> {
@@ -750,6 +762,6 @@ fn bring_up(
 
 /// End of examine (`bdev_wait_for_examine`, end of `--json` load): waits for examine reads
 /// to finish, then brings up arrays that can run degraded.
-pub fn finish_examine() {
-    super::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
+fn finish_examine() {
+    examine::assemble_pending(|| PENDING.lock().keys().copied().collect(), assemble);
 }

@@ -9,7 +9,7 @@
 
 use super::geometry::Level;
 use crate::kernels;
-use crate::modules::ondisk::{get_u32, get_u64, put_u32, put_u64};
+use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"STRATRD1";
