@@ -170,8 +170,14 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].as_slice()[0], 9);
         assert!(v.iter().all(|b| b.is_shared()));
-        assert!(bufs[0].try_as_mut_slice().is_none(), "no writes while shared");
-        assert!(!share_range(&bufs, 8000, 500, &mut Bufs::new()), "past the end");
+        assert!(
+            bufs[0].try_as_mut_slice().is_none(),
+            "no writes while shared"
+        );
+        assert!(
+            !share_range(&bufs, 8000, 500, &mut Bufs::new()),
+            "past the end"
+        );
         drop(v);
         assert!(bufs[0].try_as_mut_slice().is_some());
     }

@@ -727,7 +727,10 @@ mod tests {
         assert_eq!(v.as_slice()[0], 1);
         let vv = v.share(256, 256).unwrap();
         drop(v);
-        assert!(owner.try_as_mut_slice().is_none(), "a view of a view still blocks");
+        assert!(
+            owner.try_as_mut_slice().is_none(),
+            "a view of a view still blocks"
+        );
         drop(owner);
         // The pool buffer is still referenced by `vv`.
         assert!(p.alloc(4096).is_none());
@@ -735,7 +738,10 @@ mod tests {
         drop(vv);
         assert_eq!(p.in_use(), 0);
         let mut again = p.alloc(4096).unwrap();
-        assert!(again.try_as_mut_slice().is_some(), "last view gone: writable again");
+        assert!(
+            again.try_as_mut_slice().is_some(),
+            "last view gone: writable again"
+        );
     }
 
     #[test]
@@ -753,7 +759,10 @@ mod tests {
         front.as_mut_slice().fill(1);
         b.as_mut_slice().fill(2);
         back.as_mut_slice().fill(3);
-        assert!(!front.set_len(1025), "a part cannot grow into its neighbour");
+        assert!(
+            !front.set_len(1025),
+            "a part cannot grow into its neighbour"
+        );
         // Only neighbours, in order, join.
         let back = match front.unsplit(back) {
             Err(back) => back,
@@ -805,7 +814,10 @@ mod tests {
         let data: Vec<u8> = (0..2 * REGION_CHUNK + 100).map(|i| i as u8).collect();
         assert!(r.write_at(10, &data));
         let ones = vec![0xffu8; data.len()];
-        assert!(r.xor_at(10, &ones, |d, s| d.iter_mut().zip(s).for_each(|(a, b)| *a ^= b)));
+        assert!(r.xor_at(10, &ones, |d, s| d
+            .iter_mut()
+            .zip(s)
+            .for_each(|(a, b)| *a ^= b)));
         let mut seen = Vec::new();
         assert!(r.visit_at(10, data.len(), |s| seen.extend_from_slice(s)));
         assert!(seen.iter().zip(&data).all(|(a, b)| *a == !b));

@@ -21,3 +21,4 @@ pub mod examine;
 pub mod intent;
 pub mod ondisk;
 pub mod pacer;
+pub mod superblock;

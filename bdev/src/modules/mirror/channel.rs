@@ -13,9 +13,9 @@
 use super::jobs;
 use super::volume::Mirror;
 use crate::bdev::BdevChannel;
+use crate::bufs::share_range;
 use crate::channel::IoChannel;
 use crate::io::{BdevIo, IoSink, IoStatus, IoType};
-use crate::bufs::share_range;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

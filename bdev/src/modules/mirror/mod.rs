@@ -18,13 +18,13 @@ pub mod jobs;
 pub mod superblock;
 pub mod volume;
 
-use crate::module::BdevModule;
-use crate::volume::examine;
 use crate::error::BdevError;
 use crate::io::ChecksumAlg;
+use crate::module::BdevModule;
 use crate::modules::base::ClaimedBase;
-use crate::volume::intent::IntentBitmap;
 use crate::registry;
+use crate::volume::examine;
+use crate::volume::intent::IntentBitmap;
 use crate::wait;
 use jobs::JobKind;
 use parking_lot::Mutex;

@@ -8,14 +8,21 @@
 //! Every metadata update writes header and bitmap together to every reachable leg and bumps
 //! the generation, so the leg with the highest generation speaks for the mirror.
 
-use crate::kernels;
+use crate::state_codes;
 use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
+use crate::volume::superblock::{self as meta, Format, Header};
+pub use crate::volume::superblock::{bitmap_bytes, SbError};
 use uuid::Uuid;
 
-pub const MAGIC: &[u8; 8] = b"STRATMR1";
-pub const VERSION: u32 = 1;
-/// Bytes of the header (independent of the block size).
+/// Bytes of the header area: common header and mirror body (independent of the block size).
 pub const HEADER_BYTES: usize = 512;
+/// Mirror legs' metadata: the common header (member index = the leg's role), then the body.
+pub const FORMAT: Format = Format {
+    what: "mirror",
+    magic: b"STRATMR1",
+    version: 2,
+    area: HEADER_BYTES,
+};
 /// The bitmap starts here (bytes), or at the second block for blocks larger than this.
 pub const BITMAP_AT: u64 = 4096;
 /// Bitmap bytes at most: 1 MiB (8 Mi regions; a 8 TiB volume at the default 1 MiB regions).
@@ -23,6 +30,23 @@ pub const MAX_BITMAP_BYTES: u64 = 1 << 20;
 /// Data starts at least this far into each leg.
 pub const MIN_DATA_OFFSET_BYTES: u64 = 1 << 20;
 const NAME_MAX: usize = 128;
+
+// Body layout (offsets in the body, after the common header).
+const STATE_AT: usize = 0;
+const LEGS_AT: usize = 1;
+const READ_POLICY_AT: usize = 3;
+const CHECKSUM_AT: usize = 4;
+const FLAGS_AT: usize = 8;
+const BLOCK_SIZE_AT: usize = 12;
+const NUM_BLOCKS_AT: usize = 16;
+const DATA_OFFSET_AT: usize = 24;
+const REGION_AT: usize = 32;
+const BITS_AT: usize = 40;
+const SCAN_CHUNK_AT: usize = 48;
+const SCRUB_AT: usize = 56;
+const MAX_BW_AT: usize = 60;
+const LEG_UUIDS_AT: usize = 64;
+const NAME_LEN_AT: usize = 96;
 
 /// Flag: the bitmap does not record every difference between the legs (it was lost); a
 /// resume must scan checksums. Cleared by a completed scan.
@@ -43,36 +67,13 @@ pub enum MirrorState {
     Offline,
 }
 
-impl MirrorState {
-    pub fn code(self) -> u8 {
-        match self {
-            MirrorState::InSync => 1,
-            MirrorState::Split => 2,
-            MirrorState::Resyncing => 3,
-            MirrorState::Degraded => 4,
-            MirrorState::Offline => 5,
-        }
-    }
-    pub fn from_code(c: u8) -> Option<Self> {
-        Some(match c {
-            1 => MirrorState::InSync,
-            2 => MirrorState::Split,
-            3 => MirrorState::Resyncing,
-            4 => MirrorState::Degraded,
-            5 => MirrorState::Offline,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            MirrorState::InSync => "in_sync",
-            MirrorState::Split => "split",
-            MirrorState::Resyncing => "resyncing",
-            MirrorState::Degraded => "degraded",
-            MirrorState::Offline => "offline",
-        }
-    }
-}
+state_codes!(MirrorState {
+    InSync = 1 => "in_sync",
+    Split = 2 => "split",
+    Resyncing = 3 => "resyncing",
+    Degraded = 4 => "degraded",
+    Offline = 5 => "offline",
+});
 
 /// A leg's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,35 +90,15 @@ pub enum LegState {
     Missing,
 }
 
+state_codes!(LegState {
+    InSync = 1 => "in_sync",
+    Stale = 2 => "stale",
+    Resyncing = 3 => "resyncing",
+    Failed = 4 => "failed",
+    Missing = 5 => "missing",
+});
+
 impl LegState {
-    pub fn code(self) -> u8 {
-        match self {
-            LegState::InSync => 1,
-            LegState::Stale => 2,
-            LegState::Resyncing => 3,
-            LegState::Failed => 4,
-            LegState::Missing => 5,
-        }
-    }
-    pub fn from_code(c: u8) -> Option<Self> {
-        Some(match c {
-            1 => LegState::InSync,
-            2 => LegState::Stale,
-            3 => LegState::Resyncing,
-            4 => LegState::Failed,
-            5 => LegState::Missing,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            LegState::InSync => "in_sync",
-            LegState::Stale => "stale",
-            LegState::Resyncing => "resyncing",
-            LegState::Failed => "failed",
-            LegState::Missing => "missing",
-        }
-    }
     /// Whether the leg receives host writes.
     pub fn takes_writes(self) -> bool {
         matches!(self, LegState::InSync | LegState::Resyncing)
@@ -153,39 +134,14 @@ pub struct Superblock {
     pub max_bandwidth_mb_sec: u32,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SbError {
-    #[error("no strata mirror superblock")]
-    NoMagic,
-    #[error("superblock checksum mismatch")]
-    Checksum,
-    #[error("unsupported superblock version {0}")]
-    Version(u32),
-    #[error("corrupt superblock: {0}")]
-    Corrupt(&'static str),
-}
-
 /// Byte offset of the bitmap in a leg.
 pub fn bitmap_at(block_size: u32) -> u64 {
     BITMAP_AT.max(block_size as u64)
 }
 
-/// Bytes of bitmap for `bits` regions (whole u64 words).
-pub fn bitmap_bytes(bits: u64) -> u64 {
-    bits.div_ceil(64) * 8
-}
-
 /// Blocks of metadata (header area + bitmap).
 pub fn meta_blocks(bits: u64, block_size: u32) -> u64 {
     (bitmap_at(block_size) + bitmap_bytes(bits)).div_ceil(block_size as u64)
-}
-
-fn bitmap_crc(words: &[u64]) -> u32 {
-    let mut crc = 0;
-    for w in words {
-        crc = kernels::crc32c_append(crc, &w.to_le_bytes());
-    }
-    crc
 }
 
 impl Superblock {
@@ -196,91 +152,68 @@ impl Superblock {
     /// Serialises header and `bitmap` into `out` (`meta_blocks()` blocks).
     pub fn encode_meta(&self, bitmap: &[u64], out: &mut [u8]) {
         out.fill(0);
-        let words = self.bits.div_ceil(64) as usize;
-        let bm: Vec<u64> = (0..words)
-            .map(|i| bitmap.get(i).copied().unwrap_or(0))
-            .collect();
-        let at = bitmap_at(self.block_size) as usize;
-        for (i, w) in bm.iter().enumerate() {
-            if let Some(d) = out.get_mut(at + i * 8..at + i * 8 + 8) {
-                d.copy_from_slice(&w.to_le_bytes());
-            }
-        }
-        let b = &mut out[..HEADER_BYTES];
-        b[0..8].copy_from_slice(MAGIC);
-        put_u32(b, 8, VERSION);
-        b[16..32].copy_from_slice(self.mirror_uuid.as_bytes());
-        put_u64(b, 32, self.generation);
-        b[40] = self.role as u8;
-        b[41] = self.state.code();
-        b[42] = self.legs[0].code();
-        b[43] = self.legs[1].code();
-        b[44] = self.read_policy;
-        b[45] = self.checksum;
-        put_u32(b, 48, self.flags);
-        put_u32(b, 52, self.block_size);
-        put_u64(b, 56, self.num_blocks);
-        put_u64(b, 64, self.data_offset);
-        put_u64(b, 72, self.region_blocks);
-        put_u64(b, 80, self.bits);
-        put_u64(b, 88, self.scan_chunk_blocks);
-        put_u32(b, 96, self.scrub_interval_s);
-        put_u32(b, 100, self.max_bandwidth_mb_sec);
-        put_u32(b, 104, bitmap_crc(&bm));
-        b[112..128].copy_from_slice(self.leg_uuids[0].as_bytes());
-        b[128..144].copy_from_slice(self.leg_uuids[1].as_bytes());
-        let name = self.name.as_bytes();
-        let n = name.len().min(NAME_MAX);
-        b[160] = n as u8;
-        b[161..161 + n].copy_from_slice(&name[..n]);
-        let crc = kernels::crc32c(b);
-        put_u32(b, 12, crc);
+        let crc = meta::encode_bitmap(bitmap, self.bits, out, bitmap_at(self.block_size) as usize);
+        let h = Header {
+            volume_uuid: self.mirror_uuid,
+            generation: self.generation,
+            index: self.role as u32,
+        };
+        FORMAT.seal(&h, crc, out, |b| {
+            b[STATE_AT] = self.state.code();
+            b[LEGS_AT] = self.legs[0].code();
+            b[LEGS_AT + 1] = self.legs[1].code();
+            b[READ_POLICY_AT] = self.read_policy;
+            b[CHECKSUM_AT] = self.checksum;
+            put_u32(b, FLAGS_AT, self.flags);
+            put_u32(b, BLOCK_SIZE_AT, self.block_size);
+            put_u64(b, NUM_BLOCKS_AT, self.num_blocks);
+            put_u64(b, DATA_OFFSET_AT, self.data_offset);
+            put_u64(b, REGION_AT, self.region_blocks);
+            put_u64(b, BITS_AT, self.bits);
+            put_u64(b, SCAN_CHUNK_AT, self.scan_chunk_blocks);
+            put_u32(b, SCRUB_AT, self.scrub_interval_s);
+            put_u32(b, MAX_BW_AT, self.max_bandwidth_mb_sec);
+            b[LEG_UUIDS_AT..LEG_UUIDS_AT + 16].copy_from_slice(self.leg_uuids[0].as_bytes());
+            b[LEG_UUIDS_AT + 16..LEG_UUIDS_AT + 32].copy_from_slice(self.leg_uuids[1].as_bytes());
+            let name = self.name.as_bytes();
+            let n = name.len().min(NAME_MAX);
+            b[NAME_LEN_AT] = n as u8;
+            b[NAME_LEN_AT + 1..NAME_LEN_AT + 1 + n].copy_from_slice(&name[..n]);
+        });
     }
 
     /// Parses the header from the leg's first bytes (at least [`HEADER_BYTES`]).
     pub fn decode(raw: &[u8]) -> Result<Superblock, SbError> {
-        let b = raw.get(..HEADER_BYTES).ok_or(SbError::NoMagic)?;
-        if &b[0..8] != MAGIC {
-            return Err(SbError::NoMagic);
-        }
-        let mut c = b.to_vec();
-        put_u32(&mut c, 12, 0);
-        if kernels::crc32c(&c) != get_u32(b, 12) {
-            return Err(SbError::Checksum);
-        }
-        let v = get_u32(b, 8);
-        if v != VERSION {
-            return Err(SbError::Version(v));
-        }
+        let (h, b) = FORMAT.open(raw)?;
         let uuid = |at: usize| {
             let mut u = [0u8; 16];
             u.copy_from_slice(&b[at..at + 16]);
             Uuid::from_bytes(u)
         };
-        let n = (b[160] as usize).min(NAME_MAX);
-        let name = std::str::from_utf8(&b[161..161 + n])
+        let n = (b[NAME_LEN_AT] as usize).min(NAME_MAX);
+        let name = std::str::from_utf8(&b[NAME_LEN_AT + 1..NAME_LEN_AT + 1 + n])
             .map_err(|_| SbError::Corrupt("name"))?
             .to_string();
         let leg = |c: u8| LegState::from_code(c).ok_or(SbError::Corrupt("leg state"));
         let sb = Superblock {
-            mirror_uuid: uuid(16),
+            mirror_uuid: h.volume_uuid,
             name,
-            generation: get_u64(b, 32),
-            role: b[40] as usize,
-            state: MirrorState::from_code(b[41]).ok_or(SbError::Corrupt("state"))?,
-            legs: [leg(b[42])?, leg(b[43])?],
-            read_policy: b[44],
-            checksum: b[45],
-            flags: get_u32(b, 48),
-            block_size: get_u32(b, 52),
-            num_blocks: get_u64(b, 56),
-            data_offset: get_u64(b, 64),
-            region_blocks: get_u64(b, 72),
-            bits: get_u64(b, 80),
-            scan_chunk_blocks: get_u64(b, 88),
-            scrub_interval_s: get_u32(b, 96),
-            max_bandwidth_mb_sec: get_u32(b, 100),
-            leg_uuids: [uuid(112), uuid(128)],
+            generation: h.generation,
+            role: h.index as usize,
+            state: MirrorState::from_code(b[STATE_AT]).ok_or(SbError::Corrupt("state"))?,
+            legs: [leg(b[LEGS_AT])?, leg(b[LEGS_AT + 1])?],
+            read_policy: b[READ_POLICY_AT],
+            checksum: b[CHECKSUM_AT],
+            flags: get_u32(b, FLAGS_AT),
+            block_size: get_u32(b, BLOCK_SIZE_AT),
+            num_blocks: get_u64(b, NUM_BLOCKS_AT),
+            data_offset: get_u64(b, DATA_OFFSET_AT),
+            region_blocks: get_u64(b, REGION_AT),
+            bits: get_u64(b, BITS_AT),
+            scan_chunk_blocks: get_u64(b, SCAN_CHUNK_AT),
+            scrub_interval_s: get_u32(b, SCRUB_AT),
+            max_bandwidth_mb_sec: get_u32(b, MAX_BW_AT),
+            leg_uuids: [uuid(LEG_UUIDS_AT), uuid(LEG_UUIDS_AT + 16)],
         };
         sb.check()?;
         Ok(sb)
@@ -315,19 +248,7 @@ impl Superblock {
     /// The bitmap stored after the header in `meta` (`meta_blocks()` blocks), or `None`
     /// when its CRC does not match (the bitmap was damaged or dropped).
     pub fn decode_bitmap(&self, meta: &[u8]) -> Option<Vec<u64>> {
-        let at = bitmap_at(self.block_size) as usize;
-        let words = self.bits.div_ceil(64) as usize;
-        let raw = meta.get(at..at + words * 8)?;
-        let bm: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(c);
-                u64::from_le_bytes(w)
-            })
-            .collect();
-        let hdr = meta.get(..HEADER_BYTES)?;
-        (bitmap_crc(&bm) == get_u32(hdr, 104)).then_some(bm)
+        meta::decode_bitmap(meta, self.bits, bitmap_at(self.block_size) as usize)
     }
 }
 

@@ -11,6 +11,8 @@
 use super::array::{Array, LIVE_ACTIVE, LIVE_OUT, LIVE_REBUILDING};
 use super::geometry::{Level, Role};
 use crate::bdev::BdevChannel;
+pub use crate::bufs::Bufs;
+use crate::bufs::{join_into, total_len, Carver};
 use crate::channel::IoChannel;
 use crate::io::{BdevIo, IoSink, IoStatus, IoType};
 use smallvec::SmallVec;
@@ -18,8 +20,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-pub use crate::bufs::Bufs;
-use crate::bufs::{join_into, total_len, Carver};
 
 /// A contiguous run of logical blocks inside one data strip.
 #[derive(Clone, Copy, Debug)]

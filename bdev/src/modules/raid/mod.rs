@@ -17,13 +17,13 @@ pub mod process;
 pub mod stripe;
 pub mod superblock;
 
-use crate::module::BdevModule;
-use crate::volume::examine;
 use crate::error::BdevError;
 use crate::io::{BdevIo, IoType};
+use crate::module::BdevModule;
 use crate::modules::base::ClaimedBase;
-use crate::volume::intent::IntentBitmap as Meta;
 use crate::registry;
+use crate::volume::examine;
+use crate::volume::intent::IntentBitmap as Meta;
 use crate::wait;
 use array::{Array, Slot};
 use channel::RaidChannel;

@@ -12,9 +12,9 @@
 //! and parity, so it is correct whatever part of the first attempt reached the disks.
 
 use super::channel::{Piece, RaidChannel};
-use crate::bufs::{copy_into_at, join_into, share_range, total_len, Bufs, Carver};
 use super::geometry::{Level, Role};
 use crate::bdev::BdevChannel;
+use crate::bufs::{copy_into_at, join_into, share_range, total_len, Bufs, Carver};
 use crate::io::{BdevIo, IoStatus, IoType};
 use crate::kernels;
 use crate::wait::{self, IoWait};
@@ -131,7 +131,6 @@ fn xor_in(dst: &mut [u8], mut off: usize, src: &[DmaBuf]) {
         off += b.len();
     }
 }
-
 
 impl RaidChannel {
     fn bs(&self) -> usize {
@@ -407,8 +406,7 @@ impl RaidChannel {
             if groups.len() == 1 {
                 one_stripe(groups[0].0, &mut groups[0].1).await
             } else {
-                let results =
-                    join_all(groups.iter_mut().map(|(s, ps)| one_stripe(*s, ps))).await;
+                let results = join_all(groups.iter_mut().map(|(s, ps)| one_stripe(*s, ps))).await;
                 results
                     .into_iter()
                     .find(|st| !st.is_success())
@@ -704,7 +702,13 @@ impl RaidChannel {
     /// leaves them, new where it supplies them. Old rows are read into parts of a scratch
     /// buffer that the reads own until they give them back; a strip the write covers in one
     /// piece is used in place (a shared view: no copy).
-    async fn rcw_load(&self, s: u64, lo: u64, hi: u64, ws: &[Written]) -> Result<Vec<DmaBuf>, Step> {
+    async fn rcw_load(
+        &self,
+        s: u64,
+        lo: u64,
+        hi: u64,
+        ws: &[Written],
+    ) -> Result<Vec<DmaBuf>, Step> {
         let geo = &self.array.geo;
         let d = geo.data_strips();
         let bs = self.bs() as u64;

@@ -8,21 +8,40 @@
 //! bumps the generation, so the member with the highest generation speaks for the array.
 
 use super::geometry::Level;
-use crate::kernels;
+use crate::state_codes;
 use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
+pub use crate::volume::superblock::SbError;
+use crate::volume::superblock::{self as meta, Format, Header};
 use uuid::Uuid;
 
-pub const MAGIC: &[u8; 8] = b"STRATRD1";
-pub const VERSION: u32 = 1;
 /// Bytes of block 0 the superblock uses (independent of the block size).
 pub const SB_BYTES: usize = 1024;
+/// RAID members' metadata: the common header, then the body below.
+pub const FORMAT: Format = Format {
+    what: "RAID",
+    magic: b"STRATRD1",
+    version: 2,
+    area: SB_BYTES,
+};
 pub const MAX_MEMBERS: usize = 32;
 /// Data starts this far into each member, leaving room for superblock and bitmap.
 pub const DATA_OFFSET_BYTES: u64 = 1 << 20;
 /// Bitmap bytes at most (so each metadata update is a small write).
 pub const MAX_BITMAP_BYTES: u64 = 16 << 10;
 
-const MEMBERS_AT: usize = 160;
+// Body layout (offsets in the body, after the common header).
+const LEVEL_AT: usize = 0;
+const MEMBERS_COUNT_AT: usize = 1;
+const BLOCK_SIZE_AT: usize = 4;
+const STRIP_AT: usize = 8;
+const DATA_OFFSET_AT: usize = 16;
+const MEMBER_BLOCKS_AT: usize = 24;
+const REGION_AT: usize = 32;
+const BITS_AT: usize = 40;
+const NAME_AT: usize = 48;
+const NAME_MAX: usize = 64;
+/// Per member: state (1 byte), then at +8 its concat size.
+const MEMBERS_AT: usize = 120;
 const MEMBER_BYTES: usize = 24;
 
 /// A member's state as recorded in the superblock.
@@ -38,33 +57,12 @@ pub enum MemberState {
     Missing,
 }
 
-impl MemberState {
-    pub fn code(self) -> u8 {
-        match self {
-            MemberState::Active => 1,
-            MemberState::Failed => 2,
-            MemberState::Rebuilding => 3,
-            MemberState::Missing => 4,
-        }
-    }
-    pub fn from_code(c: u8) -> Option<Self> {
-        Some(match c {
-            1 => MemberState::Active,
-            2 => MemberState::Failed,
-            3 => MemberState::Rebuilding,
-            4 => MemberState::Missing,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            MemberState::Active => "active",
-            MemberState::Failed => "failed",
-            MemberState::Rebuilding => "rebuilding",
-            MemberState::Missing => "missing",
-        }
-    }
-}
+state_codes!(MemberState {
+    Active = 1 => "active",
+    Failed = 2 => "failed",
+    Rebuilding = 3 => "rebuilding",
+    Missing = 4 => "missing",
+});
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Superblock {
@@ -85,18 +83,6 @@ pub struct Superblock {
     pub states: Vec<MemberState>,
     /// concat: data blocks per member.
     pub concat: Vec<u64>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SbError {
-    #[error("no strata RAID superblock")]
-    NoMagic,
-    #[error("superblock checksum mismatch")]
-    Checksum,
-    #[error("unsupported superblock version {0}")]
-    Version(u32),
-    #[error("corrupt superblock: {0}")]
-    Corrupt(&'static str),
 }
 
 /// Bitmap blocks for `bits` bits at `block_size`.
@@ -121,18 +107,11 @@ pub fn data_offset_blocks(block_size: u32) -> u64 {
 }
 
 /// The bitmap stored after the superblock in `meta` (the metadata blocks read from block 0).
+/// A bitmap whose CRC does not match is not trusted: every region counts as dirty.
 pub fn decode_bitmap(sb: &Superblock, meta: &[u8]) -> Vec<u64> {
     let at = (sb_blocks(sb.block_size) * sb.block_size as u64) as usize;
-    let raw = meta.get(at..).unwrap_or(&[]);
-    (0..sb.bitmap_bits.div_ceil(64) as usize)
-        .map(|i| {
-            let mut w = [0u8; 8];
-            if let Some(s) = raw.get(i * 8..i * 8 + 8) {
-                w.copy_from_slice(s);
-            }
-            u64::from_le_bytes(w)
-        })
-        .collect()
+    meta::decode_bitmap(meta, sb.bitmap_bits, at)
+        .unwrap_or_else(|| vec![u64::MAX; sb.bitmap_bits.div_ceil(64) as usize])
 }
 
 impl Superblock {
@@ -144,13 +123,9 @@ impl Superblock {
     /// Serialises superblock and `bitmap` into `out` (`meta_blocks()` blocks).
     pub fn encode_meta(&self, bitmap: &[u64], out: &mut [u8]) {
         out.fill(0);
-        self.encode(out);
         let at = (sb_blocks(self.block_size) * self.block_size as u64) as usize;
-        for (i, w) in bitmap.iter().enumerate() {
-            if let Some(d) = out.get_mut(at + i * 8..at + i * 8 + 8) {
-                d.copy_from_slice(&w.to_le_bytes());
-            }
-        }
+        let crc = meta::encode_bitmap(bitmap, self.bitmap_bits, out, at);
+        self.seal(crc, out);
     }
 
     /// Whether the shape is one this code can run: the level's member count, strips that
@@ -187,53 +162,43 @@ impl Superblock {
         Ok(())
     }
 
-    /// Serialises the superblock into `out[..SB_BYTES]` (the rest of `out` is the bitmap's).
+    /// Serialises the superblock into `out[..SB_BYTES]` (the rest of `out` is the bitmap's),
+    /// with an empty bitmap's CRC.
     pub fn encode(&self, out: &mut [u8]) {
-        let b = &mut out[..SB_BYTES];
-        b.fill(0);
-        b[0..8].copy_from_slice(MAGIC);
-        put_u32(b, 8, VERSION);
-        b[16..32].copy_from_slice(self.array_uuid.as_bytes());
-        put_u64(b, 32, self.generation);
-        b[40] = self.level.code();
-        b[41] = self.members as u8;
-        b[42] = self.index as u8;
-        put_u32(b, 44, self.block_size);
-        put_u64(b, 48, self.strip_blocks);
-        put_u64(b, 56, self.data_offset);
-        put_u64(b, 64, self.member_blocks);
-        put_u64(b, 72, self.region_stripes);
-        put_u64(b, 80, self.bitmap_bits);
-        let name = self.name.as_bytes();
-        let n = name.len().min(64);
-        b[88..88 + n].copy_from_slice(&name[..n]);
-        for (i, st) in self.states.iter().enumerate() {
-            let at = MEMBERS_AT + i * MEMBER_BYTES;
-            b[at] = st.code();
-            put_u64(b, at + 8, self.concat.get(i).copied().unwrap_or(0));
-        }
-        let crc = kernels::crc32c(b);
-        put_u32(b, 12, crc);
+        self.seal(meta::encode_bitmap(&[], self.bitmap_bits, &mut [], 0), out);
+    }
+
+    fn seal(&self, bitmap_crc: u32, out: &mut [u8]) {
+        let h = Header {
+            volume_uuid: self.array_uuid,
+            generation: self.generation,
+            index: self.index as u32,
+        };
+        FORMAT.seal(&h, bitmap_crc, out, |b| {
+            b[LEVEL_AT] = self.level.code();
+            b[MEMBERS_COUNT_AT] = self.members as u8;
+            put_u32(b, BLOCK_SIZE_AT, self.block_size);
+            put_u64(b, STRIP_AT, self.strip_blocks);
+            put_u64(b, DATA_OFFSET_AT, self.data_offset);
+            put_u64(b, MEMBER_BLOCKS_AT, self.member_blocks);
+            put_u64(b, REGION_AT, self.region_stripes);
+            put_u64(b, BITS_AT, self.bitmap_bits);
+            let name = self.name.as_bytes();
+            let n = name.len().min(NAME_MAX);
+            b[NAME_AT..NAME_AT + n].copy_from_slice(&name[..n]);
+            for (i, st) in self.states.iter().enumerate() {
+                let at = MEMBERS_AT + i * MEMBER_BYTES;
+                b[at] = st.code();
+                put_u64(b, at + 8, self.concat.get(i).copied().unwrap_or(0));
+            }
+        });
     }
 
     pub fn decode(buf: &[u8]) -> Result<Superblock, SbError> {
-        if buf.len() < SB_BYTES || &buf[0..8] != MAGIC {
-            return Err(SbError::NoMagic);
-        }
-        let mut b = [0u8; SB_BYTES];
-        b.copy_from_slice(&buf[..SB_BYTES]);
-        let crc = get_u32(&b, 12);
-        put_u32(&mut b, 12, 0);
-        if kernels::crc32c(&b) != crc {
-            return Err(SbError::Checksum);
-        }
-        let v = get_u32(&b, 8);
-        if v != VERSION {
-            return Err(SbError::Version(v));
-        }
-        let level = Level::from_code(b[40]).ok_or(SbError::Corrupt("level"))?;
-        let members = b[41] as usize;
-        let index = b[42] as usize;
+        let (h, b) = FORMAT.open(buf)?;
+        let level = Level::from_code(b[LEVEL_AT]).ok_or(SbError::Corrupt("level"))?;
+        let members = b[MEMBERS_COUNT_AT] as usize;
+        let index = h.index as usize;
         if members == 0 || members > MAX_MEMBERS || index >= members {
             return Err(SbError::Corrupt("member count or index"));
         }
@@ -243,25 +208,26 @@ impl Superblock {
             let at = MEMBERS_AT + i * MEMBER_BYTES;
             states.push(MemberState::from_code(b[at]).ok_or(SbError::Corrupt("member state"))?);
             if level == Level::Concat {
-                concat.push(get_u64(&b, at + 8));
+                concat.push(get_u64(b, at + 8));
             }
         }
-        let name_end = b[88..152].iter().position(|&c| c == 0).unwrap_or(64);
-        let name = String::from_utf8(b[88..88 + name_end].to_vec())
+        let raw_name = &b[NAME_AT..NAME_AT + NAME_MAX];
+        let name_end = raw_name.iter().position(|&c| c == 0).unwrap_or(NAME_MAX);
+        let name = String::from_utf8(raw_name[..name_end].to_vec())
             .map_err(|_| SbError::Corrupt("name"))?;
         let sb = Superblock {
-            array_uuid: Uuid::from_slice(&b[16..32]).map_err(|_| SbError::Corrupt("uuid"))?,
+            array_uuid: h.volume_uuid,
             name,
-            generation: get_u64(&b, 32),
+            generation: h.generation,
             level,
             members,
             index,
-            block_size: get_u32(&b, 44),
-            strip_blocks: get_u64(&b, 48),
-            data_offset: get_u64(&b, 56),
-            member_blocks: get_u64(&b, 64),
-            region_stripes: get_u64(&b, 72),
-            bitmap_bits: get_u64(&b, 80),
+            block_size: get_u32(b, BLOCK_SIZE_AT),
+            strip_blocks: get_u64(b, STRIP_AT),
+            data_offset: get_u64(b, DATA_OFFSET_AT),
+            member_blocks: get_u64(b, MEMBER_BLOCKS_AT),
+            region_stripes: get_u64(b, REGION_AT),
+            bitmap_bits: get_u64(b, BITS_AT),
             states,
             concat,
         };
