@@ -19,6 +19,8 @@
 
 pub mod examine;
 pub mod intent;
+pub mod job;
 pub mod ondisk;
 pub mod pacer;
+pub mod persist;
 pub mod superblock;

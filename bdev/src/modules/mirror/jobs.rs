@@ -19,7 +19,8 @@ use super::volume::Mirror;
 use crate::channel::IoChannel;
 use crate::io::{BdevIo, IoStatus, IoType};
 use crate::volume::intent::Snapshot;
-use crate::volume::pacer::Pacer;
+use crate::volume::job::{JobRun, Progress};
+use crate::volume::persist::{self, MetaWrite, MetaWriter};
 use crate::wait;
 use serde_json::{json, Value};
 use std::future::poll_fn;
@@ -49,9 +50,8 @@ impl JobKind {
 pub struct Job {
     pub kind: JobKind,
     pub repair: bool,
-    pub started: Instant,
-    pub total_bytes: AtomicU64,
-    pub done_bytes: AtomicU64,
+    /// Bytes of the volume gone through, of how many, since when; and cancel.
+    pub progress: Progress,
     pub copied_bytes: AtomicU64,
     pub mismatches: AtomicU64,
     pub repaired: AtomicU64,
@@ -62,9 +62,7 @@ impl Job {
         Job {
             kind,
             repair,
-            started: Instant::now(),
-            total_bytes: AtomicU64::new(0),
-            done_bytes: AtomicU64::new(0),
+            progress: Progress::new(kind.name(), None, 0),
             copied_bytes: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
@@ -72,20 +70,15 @@ impl Job {
     }
 
     pub fn info(&self) -> Value {
-        let total = self.total_bytes.load(Ordering::Relaxed);
-        let done = self.done_bytes.load(Ordering::Relaxed).min(total);
-        let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-        let eta = if rate > 0.0 {
-            (total - done) as f64 / rate
-        } else {
-            0.0
-        };
-        let pct = if total == 0 {
-            100.0
-        } else {
-            done as f64 * 100.0 / total as f64
-        };
+        let r = self.progress.report();
+        let (done, total, secs, rate, pct) = (
+            r.done_bytes,
+            r.total_bytes,
+            r.elapsed_secs,
+            r.bytes_per_sec,
+            r.percent,
+        );
+        let eta = r.eta_secs.unwrap_or(0.0);
         json!({
             "kind": self.kind.name(),
             "repair": self.repair,
@@ -109,33 +102,17 @@ impl Job {
 /// every attached leg that has not failed. A leg whose write fails is failed, and the
 /// change that makes is written too.
 pub async fn sync_meta(m: &Arc<Mirror>, want: u64) {
-    let mut want = want;
-    loop {
-        let snap = poll_fn(|cx| m.intent.try_start_sync(want, cx.waker())).await;
-        let Some(snap) = snap else {
-            return;
-        };
-        let (wrote, failed) = write_meta(m, &snap).await;
-        m.intent
-            .finish_sync(if wrote { snap.generation } else { 0 });
-        if !failed {
-            return;
-        }
-        if !wrote || m.state() == MirrorState::Offline {
-            return;
-        }
-        want = want.max(m.intent.generation());
-    }
+    persist::sync_meta(&m.intent, m.as_ref(), want).await;
 }
 
 /// Makes the leg states on disk as new as in memory.
 pub async fn persist(m: &Arc<Mirror>) {
-    sync_meta(m, m.intent.state_generation()).await;
+    persist::persist(&m.intent, m.as_ref()).await;
 }
 
 /// Writes the whole in-memory metadata, bitmap included, if the disk is behind.
 pub async fn persist_all(m: &Arc<Mirror>) {
-    sync_meta(m, m.intent.generation()).await;
+    persist::persist_all(&m.intent, m.as_ref()).await;
 }
 
 /// Persists from a task on this reactor (callers on the data path or off any reactor).
@@ -144,8 +121,21 @@ pub fn persist_in_background(m: &Arc<Mirror>) {
     crate::volume::examine::on_a_reactor(move || async move { persist(&m).await });
 }
 
+impl MetaWriter for Mirror {
+    async fn write_meta(&self, snap: &Snapshot) -> MetaWrite {
+        let (wrote, failed) = write_legs_meta(self, snap).await;
+        MetaWrite {
+            durable: wrote,
+            member_failed: failed,
+        }
+    }
+    fn is_offline(&self) -> bool {
+        self.state() == MirrorState::Offline
+    }
+}
+
 /// Returns (written to at least one leg, some leg failed).
-async fn write_meta(m: &Arc<Mirror>, snap: &Snapshot) -> (bool, bool) {
+async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
     let targets: Vec<(usize, IoChannel, u64)> = {
         let c = m.ctl.lock();
         (0..2)
@@ -183,13 +173,7 @@ async fn write_meta(m: &Arc<Mirror>, snap: &Snapshot) -> (bool, bool) {
 
 /// Reserves the mirror's job slot for a new job. False if one runs.
 pub fn reserve(m: &Mirror, kind: JobKind, repair: bool) -> Option<Arc<Job>> {
-    let mut j = m.job.lock();
-    if j.is_some() {
-        return None;
-    }
-    let job = Arc::new(Job::new(kind, repair));
-    *j = Some(job.clone());
-    Some(job)
+    m.job.reserve(|| Job::new(kind, repair))
 }
 
 /// Runs a reserved job to its end on this reactor, then records its outcome.
@@ -225,7 +209,7 @@ pub async fn run(m: Arc<Mirror>, job: Arc<Job>) {
     info["result"] = json!(result);
     match res {
         Ok(()) => {
-            tracing::info!(mirror = %m.name, job = job.kind.name(), secs = job.started.elapsed().as_secs_f64(),
+            tracing::info!(mirror = %m.name, job = job.kind.name(), secs = job.progress.started.elapsed().as_secs_f64(),
                 copied_bytes = job.copied_bytes.load(Ordering::Relaxed), mismatches = job.mismatches.load(Ordering::Relaxed),
                 "mirror job complete")
         }
@@ -238,7 +222,7 @@ pub async fn run(m: Arc<Mirror>, job: Arc<Job>) {
         }
     }
     *m.last_job.lock() = Some(info);
-    *m.job.lock() = None;
+    m.job.release();
 }
 
 #[derive(Debug)]
@@ -368,9 +352,8 @@ async fn resync(m: &Arc<Mirror>, ch: &MirrorChannel, job: &Job) -> Result<(), St
     let rb = m.region_blocks;
     let bs = m.block_size as u64;
     let unit = unit_blocks(m);
-    job.total_bytes
-        .store(regions.len() as u64 * rb * bs, Ordering::Relaxed);
-    let mut pacer = Pacer::new();
+    job.progress.set_total(regions.len() as u64 * rb * bs);
+    let mut run = JobRun::new(&job.progress);
     for r in regions {
         check_running(m)?;
         let (a, b) = (r * rb, ((r + 1) * rb).min(m.num_blocks));
@@ -387,11 +370,11 @@ async fn resync(m: &Arc<Mirror>, ch: &MirrorChannel, job: &Job) -> Result<(), St
             drop(g);
             job.copied_bytes
                 .fetch_add((wb - wa) * bs, Ordering::Relaxed);
-            pacer
-                .account(m.options().max_bandwidth_mb_sec as u64, (wb - wa) * bs)
-                .await;
+            run.pace((wb - wa) * bs, m.options().max_bandwidth_mb_sec as u64)
+                .await
+                .map_err(|_| Stop::Aborted)?;
         }
-        job.done_bytes.fetch_add((b - a) * bs, Ordering::Relaxed);
+        job.progress.add_done((b - a) * bs);
     }
     Ok(())
 }
@@ -406,8 +389,8 @@ async fn scan(m: &Arc<Mirror>, ch: &MirrorChannel, job: &Job) -> Result<(), Stop
     let unit = unit_blocks(m);
     let alg = m.options().checksum;
     let copy = job.kind == JobKind::Scan || job.repair;
-    job.total_bytes.store(m.num_blocks * bs, Ordering::Relaxed);
-    let mut pacer = Pacer::new();
+    job.progress.set_total(m.num_blocks * bs);
+    let mut run = JobRun::new(&job.progress);
     for r in 0..m.intent.bits {
         check_running(m)?;
         let (a, b) = (r * rb, ((r + 1) * rb).min(m.num_blocks));
@@ -448,11 +431,10 @@ async fn scan(m: &Arc<Mirror>, ch: &MirrorChannel, job: &Job) -> Result<(), Stop
             }
         }
         drop(g);
-        job.done_bytes.fetch_add((b - a) * bs, Ordering::Relaxed);
         // Low priority: both legs were read whole for the checksums.
-        pacer
-            .account(m.options().max_bandwidth_mb_sec as u64, (b - a) * bs)
-            .await;
+        run.step((b - a) * bs, m.options().max_bandwidth_mb_sec as u64)
+            .await
+            .map_err(|_| Stop::Aborted)?;
     }
     Ok(())
 }
@@ -470,7 +452,7 @@ pub async fn housekeeping(m: Arc<Mirror>) {
             let c = m.ctl.lock();
             (c.state, c.opts.scrub_interval_s)
         };
-        if state != MirrorState::InSync || m.job.lock().is_some() {
+        if state != MirrorState::InSync || m.job.is_busy() {
             continue;
         }
         if m.intent.clear_idle() {
@@ -488,7 +470,7 @@ pub async fn housekeeping(m: Arc<Mirror>) {
 
 /// Waits until no job runs on the mirror.
 pub async fn wait_idle(m: &Mirror) {
-    while m.job.lock().is_some() {
+    while m.job.is_busy() {
         strata_reactor::sleep(Duration::from_millis(2)).await;
     }
 }

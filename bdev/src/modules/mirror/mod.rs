@@ -362,7 +362,7 @@ pub async fn split(name: &str) -> Result<(), BdevError> {
                 c.state.name()
             )));
         }
-        if m.job.lock().is_some() {
+        if m.job.is_busy() {
             return Err(BdevError::Claimed {
                 name: name.into(),
                 by: "a running mirror job".into(),
@@ -386,7 +386,7 @@ pub async fn resume(name: &str, mode: ResumeMode) -> Result<(), BdevError> {
     let m = find(name)?;
     let kind = {
         let mut c = m.ctl.lock();
-        if m.job.lock().is_some() {
+        if m.job.is_busy() {
             return Err(BdevError::Claimed {
                 name: name.into(),
                 by: "a running mirror job".into(),
@@ -459,7 +459,7 @@ pub async fn add_leg(name: &str, base: &str) -> Result<(), BdevError> {
                 "mirror {name} has no failed or missing leg to replace"
             )));
         }
-        if m.job.lock().is_some() {
+        if m.job.is_busy() {
             return Err(BdevError::Claimed {
                 name: name.into(),
                 by: "a running mirror job".into(),
@@ -644,9 +644,9 @@ async fn examine(name: &str) {
                 if m.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                if m.job.lock().is_none() {
+                if !m.job.is_busy() {
                     match add_leg(&m.name, &name).await {
-                        Err(BdevError::Claimed { .. }) if m.job.lock().is_some() => {}
+                        Err(BdevError::Claimed { .. }) if m.job.is_busy() => {}
                         Err(e) => {
                             tracing::info!(bdev = %name, mirror = %m.name, error = %e, "returning leg not added");
                             return;

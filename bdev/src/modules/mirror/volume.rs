@@ -17,6 +17,7 @@ use crate::error::BdevError;
 use crate::io::{ChecksumAlg, IoType};
 use crate::modules::base::ClaimedBase;
 use crate::volume::intent::IntentBitmap;
+use crate::volume::job::JobSlot;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -124,7 +125,7 @@ pub struct Mirror {
     /// Bumped whenever a leg's bdev or role changes: channels refresh their leg channels.
     pub epoch: AtomicU64,
     pub intent: IntentBitmap,
-    pub job: Mutex<Option<Arc<Job>>>,
+    pub job: JobSlot<Job>,
     pub last_job: Mutex<Option<Value>>,
     /// Set while the mirror is being deleted or unregistered: jobs stop.
     pub stopping: AtomicBool,
@@ -172,7 +173,7 @@ impl Mirror {
             routing: AtomicU32::new(0),
             epoch: AtomicU64::new(1),
             intent,
-            job: Mutex::new(None),
+            job: JobSlot::default(),
             last_job: Mutex::new(None),
             stopping: AtomicBool::new(false),
             supported,
@@ -353,7 +354,7 @@ impl Mirror {
                 })
             })
             .collect();
-        let job = self.job.lock().as_ref().map(|j| j.info());
+        let job = self.job.current().map(|j| j.info());
         json!({
             "name": self.name,
             "uuid": self.uuid.to_string(),

@@ -10,12 +10,12 @@ use crate::error::BdevError;
 use crate::io::IoType;
 use crate::modules::base::ClaimedBase;
 use crate::volume::intent::IntentBitmap as Meta;
-use parking_lot::{Mutex, RwLock};
+use crate::volume::job::{JobSlot, Progress};
+use parking_lot::RwLock;
 use serde_json::{json, Value};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use uuid::Uuid;
 
 /// Fast-path view of a slot's state.
@@ -30,16 +30,6 @@ pub struct Slot {
     pub name: String,
     pub uuid: Option<Uuid>,
     pub state: MemberState,
-}
-
-/// A background job over the array (rebuild or resync) and its progress.
-#[derive(Clone, Debug)]
-pub struct Process {
-    pub kind: &'static str,
-    pub target: Option<String>,
-    pub done_blocks: u64,
-    pub total_blocks: u64,
-    pub started: Instant,
 }
 
 pub struct Array {
@@ -61,7 +51,8 @@ pub struct Array {
     pub stopping: AtomicBool,
     pub locks: StripeLocks,
     pub meta: Option<Meta>,
-    pub process: Mutex<Option<Process>>,
+    /// The one background job (rebuild or resync) and its progress.
+    pub process: JobSlot<Progress>,
     supported: [bool; IoType::COUNT],
 }
 
@@ -124,7 +115,7 @@ impl Array {
             stopping: AtomicBool::new(false),
             locks: StripeLocks::default(),
             meta,
-            process: Mutex::new(None),
+            process: JobSlot::default(),
             supported,
         }
     }
@@ -132,22 +123,14 @@ impl Array {
     /// Reserves the array's one background-job slot (rebuild or resync). False if a job
     /// holds it: two jobs would share the rebuild cursor.
     pub fn begin_process(&self, kind: &'static str, target: Option<String>) -> bool {
-        let mut p = self.process.lock();
-        if p.is_some() {
-            return false;
-        }
-        *p = Some(Process {
-            kind,
-            target,
-            done_blocks: 0,
-            total_blocks: self.geo.stripes() * self.geo.stripe_blocks(),
-            started: Instant::now(),
-        });
-        true
+        let total = self.geo.stripes() * self.geo.stripe_blocks() * self.block_size as u64;
+        self.process
+            .reserve(|| Progress::new(kind, target, total))
+            .is_some()
     }
 
     pub fn end_process(&self) {
-        *self.process.lock() = None;
+        self.process.release();
     }
 
     pub fn level(&self) -> Level {
@@ -310,19 +293,18 @@ impl Array {
             .filter(|s| s.state == MemberState::Active)
             .count();
         drop(slots);
-        let process = self.process.lock().clone().map(|p| {
-            let secs = p.started.elapsed().as_secs_f64().max(1e-6);
-            let rate = p.done_blocks as f64 * self.block_size as f64 / secs;
-            let left = p.total_blocks.saturating_sub(p.done_blocks) as f64 * self.block_size as f64;
+        let bs = self.block_size as u64;
+        let process = self.process.current().map(|p| {
+            let r = p.report();
             json!({
                 "type": p.kind,
                 "target": p.target,
                 "progress": {
-                    "blocks": p.done_blocks,
-                    "total_blocks": p.total_blocks,
-                    "percent": if p.total_blocks == 0 { 100.0 } else { (p.done_blocks as f64 * 1000.0 / p.total_blocks as f64).floor() / 10.0 },
-                    "mb_per_sec": (rate / 1e6 * 10.0).round() / 10.0,
-                    "eta_seconds": if rate > 0.0 { json!((left / rate).ceil()) } else { Value::Null },
+                    "blocks": r.done_bytes / bs,
+                    "total_blocks": r.total_bytes / bs,
+                    "percent": (r.percent * 10.0).floor() / 10.0,
+                    "mb_per_sec": (r.bytes_per_sec / 1e6 * 10.0).round() / 10.0,
+                    "eta_seconds": r.eta_secs.map_or(Value::Null, |e| json!(e.ceil())),
                 }
             })
         });

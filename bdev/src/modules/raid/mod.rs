@@ -551,10 +551,10 @@ async fn examine(name: &str) {
                         if a.stopping.load(Ordering::Acquire) {
                             return;
                         }
-                        if a.process.lock().is_none() {
+                        if !a.process.is_busy() {
                             match add_base_bdev(&a.name, &name).await {
                                 // Another job took the slot first: wait for it too.
-                                Err(BdevError::Claimed { .. }) if a.process.lock().is_some() => {}
+                                Err(BdevError::Claimed { .. }) if a.process.is_busy() => {}
                                 Err(e) => {
                                     tracing::error!(bdev = %name, raid = %a.name, error = %e, "could not re-add member");
                                     return;

@@ -10,63 +10,63 @@ use super::stripe::{one, shared, Step};
 use crate::bufs::share_range;
 use crate::io::{IoStatus, IoType};
 use crate::volume::intent::Snapshot;
-use crate::volume::pacer::Pacer;
-use std::future::poll_fn;
+use crate::volume::job::JobRun;
+use crate::volume::persist::{self, MetaWrite, MetaWriter};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_reactor::dma;
 
+impl MetaWriter for RaidChannel {
+    async fn write_meta(&self, snap: &Snapshot) -> MetaWrite {
+        match self.write_members_meta(snap).await {
+            Ok(()) => MetaWrite {
+                durable: true,
+                member_failed: false,
+            },
+            // On every member still serving (the others were failed): durable.
+            Err(Step::Retry) => MetaWrite {
+                durable: true,
+                member_failed: true,
+            },
+            // Nothing was written.
+            Err(Step::Fail(_)) => MetaWrite {
+                durable: false,
+                member_failed: false,
+            },
+        }
+    }
+    fn is_offline(&self) -> bool {
+        self.array.is_offline()
+    }
+}
+
 impl RaidChannel {
     /// Makes the on-disk metadata at least as new as generation `want`.
     pub(super) async fn sync_meta(&self, want: u64) {
-        let Some(meta) = &self.array.meta else {
-            return;
-        };
-        let mut want = want;
-        loop {
-            let snap = poll_fn(|cx| meta.try_start_sync(want, cx.waker())).await;
-            let Some(snap) = snap else {
-                return;
-            };
-            let res = self.write_meta(&snap).await;
-            match res {
-                // On every member still serving (the others were failed): durable.
-                Ok(()) | Err(Step::Retry) => meta.finish_sync(snap.generation),
-                // Nothing was written.
-                Err(Step::Fail(_)) => {
-                    meta.finish_sync(0);
-                    return;
-                }
-            }
-            if res.is_err() {
-                if self.array.is_offline() {
-                    return;
-                }
-                // A member failed under the write: persist that too.
-                want = want.max(meta.generation());
-            }
+        if let Some(meta) = &self.array.meta {
+            persist::sync_meta(meta, self, want).await;
         }
     }
 
     /// Makes the member states on disk as new as in memory (no-op when they are).
     pub(super) async fn persist(&self) {
         if let Some(m) = &self.array.meta {
-            self.sync_meta(m.state_generation()).await;
+            persist::persist(m, self).await;
         }
     }
 
     /// Writes the whole in-memory metadata, bitmap included, if the disk is behind.
     pub(super) async fn persist_all(&self) {
         if let Some(m) = &self.array.meta {
-            self.sync_meta(m.generation()).await;
+            persist::persist_all(m, self).await;
         }
     }
 
     /// Writes superblock + bitmap to every member still serving. A member whose write
     /// fails in any way is failed: the snapshot is durable only on the members that took it.
-    async fn write_meta(&self, snap: &Snapshot) -> Result<(), Step> {
+    async fn write_members_meta(&self, snap: &Snapshot) -> Result<(), Step> {
         let bs = self.array.block_size as usize;
         let mut v = Vec::new();
         for slot in 0..self.array.geo.members {
@@ -199,11 +199,9 @@ impl RaidChannel {
     }
 }
 
-/// Paces a job to `process_max_bandwidth_mb_sec`.
-fn set_progress(array: &Array, done: u64) {
-    if let Some(p) = array.process.lock().as_mut() {
-        p.done_blocks = done;
-    }
+/// The array's job rate limit, MB/s (0: unlimited).
+fn rate_limit() -> u64 {
+    super::options().process_max_bandwidth_mb_sec
 }
 
 /// Rebuilds `slot` (already attached as a rebuild target) stripe by stripe. The caller has
@@ -216,7 +214,11 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
     let per_stripe = geo.stripe_blocks();
     let target = array.slots.read()[slot].name.clone();
     tracing::info!(raid = %array.name, target = %target, stripes, "rebuild started");
-    let mut pacer = Pacer::new();
+    let Some(job) = array.process.current() else {
+        return;
+    };
+    let mut run = JobRun::new(&job);
+    let stripe_bytes = per_stripe * array.block_size as u64;
     let mut ok = true;
     for s in 0..stripes {
         if array.stopping.load(Ordering::Acquire) || array.live(slot) != LIVE_REBUILDING {
@@ -234,18 +236,15 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
             ok = false;
             break;
         }
-        set_progress(&array, (s + 1) * per_stripe);
-        pacer
-            .account(
-                super::options().process_max_bandwidth_mb_sec,
-                per_stripe * array.block_size as u64,
-            )
-            .await;
+        if run.step(stripe_bytes, rate_limit()).await.is_err() {
+            ok = false;
+            break;
+        }
     }
     if ok && array.rebuild_done(slot) {
         ch.persist().await;
         tracing::info!(raid = %array.name, target = %target,
-            secs = pacer.start.elapsed().as_secs_f64(), "rebuild complete");
+            secs = run.elapsed_secs(), "rebuild complete");
     }
     array.end_process();
 }
@@ -267,12 +266,13 @@ pub async fn resync(array: Arc<Array>) {
     let ch = RaidChannel::new(array.clone());
     let stripes = array.geo.stripes();
     let per_region = meta.region_units;
-    if let Some(p) = array.process.lock().as_mut() {
-        p.total_blocks = regions.len() as u64 * per_region * array.geo.stripe_blocks();
-    }
+    let stripe_bytes = array.geo.stripe_blocks() * array.block_size as u64;
+    let Some(job) = array.process.current() else {
+        return;
+    };
+    job.set_total(regions.len() as u64 * per_region * stripe_bytes);
     tracing::info!(raid = %array.name, regions = regions.len(), "resync of dirty regions started");
-    let mut pacer = Pacer::new();
-    let mut done = 0;
+    let mut run = JobRun::new(&job);
     let mut failed = false;
     'outer: for r in regions.iter().copied() {
         for s in r * per_region..((r + 1) * per_region).min(stripes) {
@@ -290,14 +290,10 @@ pub async fn resync(array: Arc<Array>) {
                 failed = true;
                 break 'outer;
             }
-            done += array.geo.stripe_blocks();
-            set_progress(&array, done);
-            pacer
-                .account(
-                    super::options().process_max_bandwidth_mb_sec,
-                    array.geo.stripe_blocks() * array.block_size as u64,
-                )
-                .await;
+            if run.step(stripe_bytes, rate_limit()).await.is_err() {
+                failed = true;
+                break 'outer;
+            }
         }
         meta.clear_region(r);
     }
@@ -308,7 +304,7 @@ pub async fn resync(array: Arc<Array>) {
     if failed {
         tracing::error!(raid = %array.name, "resync stopped before the end; unrepaired regions stay marked");
     } else {
-        tracing::info!(raid = %array.name, secs = pacer.start.elapsed().as_secs_f64(), "resync complete");
+        tracing::info!(raid = %array.name, secs = run.elapsed_secs(), "resync complete");
     }
 }
 

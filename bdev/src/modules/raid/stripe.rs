@@ -462,7 +462,7 @@ impl RaidChannel {
             }
         }
         let _g = self.array.locks.lock(s).await;
-        let (lo, hi) = Self::pieces_rows(&pieces);
+        let (lo, hi) = Self::pieces_rows(pieces);
         let cr = self.chunk_rows();
         let mut c0 = lo;
         let mut tries = 0;
@@ -582,7 +582,7 @@ impl RaidChannel {
     async fn stripe_write(&self, s: u64, pieces: &mut Pieces, zeroes: bool) -> IoStatus {
         let _g = self.array.locks.lock(s).await;
         let regions = self.intent_begin(s, s).await;
-        let (lo, hi) = Self::pieces_rows(&pieces);
+        let (lo, hi) = Self::pieces_rows(pieces);
         let cr = self.chunk_rows();
         let mut c0 = lo;
         let mut tries = 0;
