@@ -15,6 +15,9 @@ pub enum BdevError {
     Unsupported(String),
     #[error("out of memory: {0}")]
     NoMemory(String),
+    /// A device failed I/O the operation needed (writing superblocks, zeroing members).
+    #[error("I/O error: {0}")]
+    IoFailed(String),
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -36,6 +39,7 @@ impl BdevError {
             BdevError::Invalid(_) => -libc::EINVAL,
             BdevError::Unsupported(_) => -libc::EOPNOTSUPP,
             BdevError::NoMemory(_) => -libc::ENOMEM,
+            BdevError::IoFailed(_) => -libc::EIO,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
             BdevError::UringUnavailable(_) => -libc::ENOSYS,
             BdevError::Reactor(_) => -libc::EIO,

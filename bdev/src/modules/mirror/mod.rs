@@ -286,7 +286,7 @@ pub async fn create(o: CreateOptions) -> Result<Arc<Mirror>, BdevError> {
     jobs::persist_all(&m).await;
     if m.state() == MirrorState::Offline || !m.intent.is_durable(m.intent.generation()) {
         release();
-        return Err(BdevError::Invalid(format!(
+        return Err(BdevError::IoFailed(format!(
             "cannot write the mirror superblock to {} and {}",
             o.primary, o.secondary
         )));

@@ -236,7 +236,7 @@ pub async fn create(opts: CreateOptions) -> Result<Arc<Array>, BdevError> {
         ch.sync_meta(1).await;
         if array.is_offline() {
             release(&bases);
-            return Err(BdevError::Invalid("writing superblocks failed".into()));
+            return Err(BdevError::IoFailed("writing superblocks failed".into()));
         }
     }
     if let Err(e) = registry::register(array.clone()) {
@@ -289,7 +289,7 @@ async fn zero_members(ch: &RaidChannel) -> Result<(), BdevError> {
                 st
             };
             if !st.is_success() {
-                return Err(BdevError::Invalid(format!(
+                return Err(BdevError::IoFailed(format!(
                     "zeroing base bdev in slot {slot} failed: {st:?}"
                 )));
             }
