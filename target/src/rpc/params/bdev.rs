@@ -1,9 +1,10 @@
 //! Parameters of the bdev methods (malloc, null, uring/aio, error, delay, RAID, queries).
 
-use super::{check_block_size, invalid, is_false, parse_uuid, BdevNames, SpdkParams};
+use super::{check_block_size, invalid, is_false, parse_uuid, BdevNames, CliParams, SpdkParams};
 use crate::rpc::RpcError;
 use crate::rpc_client::{size_mib_to_num_blocks, ArgError};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use strata_bdev::modules::raid::{self, geometry::Level};
 use strata_bdev::modules::{delay, error, malloc, null, uring};
 use strata_bdev::registry;
@@ -84,6 +85,12 @@ impl MallocCreateArgs {
     }
 }
 
+impl CliParams for MallocCreateArgs {
+    fn to_params(&self) -> Result<Option<Value>, ArgError> {
+        self.params()?.to_params()
+    }
+}
+
 /// `bdev_null_create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +141,12 @@ impl NullCreateArgs {
             block_size: self.block_size,
             uuid: self.uuid.clone(),
         })
+    }
+}
+
+impl CliParams for NullCreateArgs {
+    fn to_params(&self) -> Result<Option<Value>, ArgError> {
+        self.params()?.to_params()
     }
 }
 

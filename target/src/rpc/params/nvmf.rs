@@ -236,10 +236,6 @@ pub struct ListenAddressParams {
     /// Transport type: TCP.
     #[arg(short = 't', long)]
     pub trtype: String,
-    /// Address family: ipv4 or ipv6 (sent as IPv4 / IPv6).
-    #[arg(short = 'f', long, default_value = "ipv4", value_parser = spdk_adrfam)]
-    #[serde(default = "ipv4")]
-    pub adrfam: String,
     /// Transport address: an IP address.
     #[arg(short = 'a', long)]
     pub traddr: String,
@@ -247,6 +243,10 @@ pub struct ListenAddressParams {
     #[arg(short = 's', long)]
     #[serde(default = "port_4420")]
     pub trsvcid: String,
+    /// Address family: ipv4 or ipv6 (sent as IPv4 / IPv6).
+    #[arg(short = 'f', long, default_value = "ipv4", value_parser = spdk_adrfam)]
+    #[serde(default = "ipv4")]
+    pub adrfam: String,
 }
 
 impl From<ListenAddressParams> for ListenAddress {
