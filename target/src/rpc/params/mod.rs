@@ -270,6 +270,7 @@ impl<'de> Deserializer<'de> for ValueDe {
             }
             Value::Object(m) => v.visit_map(ObjectAccess {
                 entries: m.into_iter(),
+                fields: &[],
                 value: None,
             }),
         }
@@ -294,6 +295,22 @@ impl<'de> Deserializer<'de> for ValueDe {
         self.deserialize_string(v)
     }
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, ParamError> {
+        match self.0 {
+            Value::Object(m) => v.visit_map(ObjectAccess {
+                entries: m.into_iter(),
+                fields,
+                value: None,
+            }),
+            other => ValueDe(other).deserialize_any(v),
+        }
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         _: &'static str,
@@ -304,14 +321,16 @@ impl<'de> Deserializer<'de> for ValueDe {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf unit
-        unit_struct seq tuple tuple_struct map struct enum identifier ignored_any
+        unit_struct seq tuple tuple_struct map enum identifier ignored_any
     }
 }
 
-/// An object's entries; `null` values are skipped (an absent parameter), and a value's error
-/// gets the key it was under.
+/// An object's entries; a value's error gets the key it was under.
 struct ObjectAccess {
     entries: serde_json::map::IntoIter,
+    /// The struct's parameters: `null` for one of them is its absence; an unknown parameter
+    /// is refused even when `null`.
+    fields: &'static [&'static str],
     value: Option<(String, Value)>,
 }
 
@@ -323,7 +342,7 @@ impl<'de> de::MapAccess<'de> for ObjectAccess {
         seed: K,
     ) -> Result<Option<K::Value>, ParamError> {
         for (k, v) in self.entries.by_ref() {
-            if v.is_null() {
+            if v.is_null() && self.fields.contains(&k.as_str()) {
                 continue;
             }
             let key = seed.deserialize(k.as_str().into_deserializer())?;
@@ -406,6 +425,10 @@ mod tests {
         );
         assert_eq!(
             err(json!({"name": "x", "colour": 1})),
+            "m: unknown parameter 'colour'"
+        );
+        assert_eq!(
+            err(json!({"name": "x", "colour": null})),
             "m: unknown parameter 'colour'"
         );
         assert_eq!(
