@@ -34,8 +34,9 @@ fn positive(method: &str, key: &str, v: u64) -> Result<u64, RpcError> {
 pub struct MallocCreate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub num_blocks: u64,
+    // Declaration order is the order missing parameters are reported in.
     pub block_size: u32,
+    pub num_blocks: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
 }
@@ -96,8 +97,8 @@ impl CliParams for MallocCreateArgs {
 #[serde(deny_unknown_fields)]
 pub struct NullCreate {
     pub name: String,
-    pub num_blocks: u64,
     pub block_size: u32,
+    pub num_blocks: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
 }
@@ -154,9 +155,13 @@ impl CliParams for NullCreateArgs {
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileCreate {
-    pub filename: String,
+    // rpc.py's order is FILENAME NAME; SPDK reports a missing name first.
+    #[arg(index = 2)]
     pub name: String,
+    #[arg(index = 1)]
+    pub filename: String,
     /// Block size in bytes (default: detected).
+    #[arg(index = 3)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
     #[arg(skip)]
