@@ -22,14 +22,17 @@
 //! kept for the next call. Each call is bounded by the client's timeout (covering both the write
 //! of the request and the read of the response).
 //!
-//! The module also holds the argument → params helpers that involve arithmetic (sizes in MiB to
-//! block counts), so that they can be unit-tested.
+//! The module also holds the conversion of sizes in MiB to block counts (rpc.py's
+//! `TOTAL_SIZE_MB`), used by the create methods' command-line arguments
+//! ([`crate::rpc::params::bdev`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::rpc::params::bdev::{MallocCreateArgs, NullCreateArgs};
+use crate::rpc::params::CliParams;
 use serde_json::{json, Map, Value};
 
 /// The socket strata-tgt listens on by default (`strata-tgt -r PATH` changes it).
@@ -392,17 +395,13 @@ pub fn bdev_malloc_create_params(
     total_size_mib: f64,
     block_size: u32,
 ) -> Result<Value, ArgError> {
-    let num_blocks = size_mib_to_num_blocks(total_size_mib, block_size)?;
-    let mut params = Map::new();
-    if let Some(name) = name {
-        params.insert("name".to_string(), json!(name));
-    }
-    params.insert("num_blocks".to_string(), json!(num_blocks));
-    params.insert("block_size".to_string(), json!(block_size));
-    if let Some(uuid) = uuid {
-        params.insert("uuid".to_string(), json!(uuid));
-    }
-    Ok(Value::Object(params))
+    let args = MallocCreateArgs {
+        name: name.map(str::to_string),
+        uuid: uuid.map(str::to_string),
+        total_size: total_size_mib,
+        block_size,
+    };
+    Ok(args.to_params()?.unwrap_or_else(|| json!({})))
 }
 
 /// Params of `bdev_null_create` from rpc.py's arguments
@@ -413,15 +412,13 @@ pub fn bdev_null_create_params(
     block_size: u32,
     uuid: Option<&str>,
 ) -> Result<Value, ArgError> {
-    let num_blocks = size_mib_to_num_blocks(total_size_mib, block_size)?;
-    let mut params = Map::new();
-    params.insert("name".to_string(), json!(name));
-    params.insert("num_blocks".to_string(), json!(num_blocks));
-    params.insert("block_size".to_string(), json!(block_size));
-    if let Some(uuid) = uuid {
-        params.insert("uuid".to_string(), json!(uuid));
-    }
-    Ok(Value::Object(params))
+    let args = NullCreateArgs {
+        name: name.to_string(),
+        total_size: total_size_mib,
+        block_size,
+        uuid: uuid.map(str::to_string),
+    };
+    Ok(args.to_params()?.unwrap_or_else(|| json!({})))
 }
 
 #[cfg(test)]

@@ -19,10 +19,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use strata_target::rpc::params::{bdev, framework, mirror, nvmf, ByName, CliParams, NoParams};
 use strata_target::rpc_client::{
-    bdev_malloc_create_params, bdev_null_create_params, error_fields, make_request,
-    response_result, ArgError, RpcClient, RpcClientError, DEFAULT_SOCKET_PATH,
+    error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
+    DEFAULT_SOCKET_PATH,
 };
 
 /// strata JSON-RPC client (rpc.py-compatible syntax).
@@ -46,481 +47,145 @@ struct Cli {
     method: Method,
 }
 
-/// One subcommand per RPC method; the subcommand name is the method name.
-#[derive(Debug, Subcommand)]
-enum Method {
-    /// Send any method with raw JSON params.
-    #[command(name = "call")]
-    Call {
-        /// Method name.
-        method: String,
-        /// Params: a JSON object or array (omitted from the request when not given).
-        params: Option<String>,
-    },
+/// Declares the subcommands: one per RPC method, named after it, whose arguments are the
+/// method's parameter struct (or, where rpc.py's arguments are not the method's params, an
+/// arguments struct that builds them).
+macro_rules! methods {
+    ($( $(#[$doc:meta])* $name:literal => $variant:ident($args:ty), )*) => {
+        /// One subcommand per RPC method; the subcommand name is the method name.
+        #[derive(Debug, Subcommand)]
+        enum Method {
+            /// Send any method with raw JSON params.
+            #[command(name = "call")]
+            Call {
+                /// Method name.
+                method: String,
+                /// Params: a JSON object or array (omitted from the request when not given).
+                params: Option<String>,
+            },
+            $( $(#[$doc])* #[command(name = $name)] $variant($args), )*
+        }
+
+        impl Method {
+            /// The method name and params of the request the subcommand sends.
+            fn request(&self) -> Result<(String, Option<Value>), ArgError> {
+                match self {
+                    Method::Call { method, params } => Ok((
+                        method.clone(),
+                        params.as_deref().map(parse_raw_params).transpose()?,
+                    )),
+                    $( Method::$variant(p) => Ok(($name.to_string(), p.to_params()?)), )*
+                }
+            }
+        }
+    };
+}
+
+methods! {
     /// List the methods the server supports.
-    #[command(name = "rpc_get_methods")]
-    RpcGetMethods {
-        /// Only methods callable in the current state.
-        #[arg(short = 'c', long)]
-        current: bool,
-    },
+    "rpc_get_methods" => RpcGetMethods(framework::GetMethods),
     /// Version of the target.
-    #[command(name = "spdk_get_version")]
-    SpdkGetVersion,
+    "spdk_get_version" => SpdkGetVersion(NoParams),
     /// Reactors and their pollers.
-    #[command(name = "framework_get_reactors")]
-    FrameworkGetReactors,
+    "framework_get_reactors" => FrameworkGetReactors(NoParams),
     /// Create a RAM-backed bdev.
-    #[command(name = "bdev_malloc_create")]
-    BdevMallocCreate {
-        /// Bdev name (default: MallocN).
-        #[arg(short = 'b', long)]
-        name: Option<String>,
-        /// UUID of the bdev.
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-        /// Size in MiB (may be fractional).
-        #[arg(value_name = "TOTAL_SIZE_MB")]
-        total_size: f64,
-        /// Block size in bytes.
-        block_size: u32,
-    },
+    "bdev_malloc_create" => BdevMallocCreate(bdev::MallocCreateArgs),
     /// Delete a malloc bdev.
-    #[command(name = "bdev_malloc_delete")]
-    BdevMallocDelete { name: String },
+    "bdev_malloc_delete" => BdevMallocDelete(ByName),
     /// Create a null bdev (discards writes, reads return nothing useful).
-    #[command(name = "bdev_null_create")]
-    BdevNullCreate {
-        name: String,
-        /// Size in MiB (may be fractional).
-        #[arg(value_name = "TOTAL_SIZE_MB")]
-        total_size: f64,
-        /// Block size in bytes.
-        block_size: u32,
-        /// UUID of the bdev.
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-    },
+    "bdev_null_create" => BdevNullCreate(bdev::NullCreateArgs),
     /// Delete a null bdev.
-    #[command(name = "bdev_null_delete")]
-    BdevNullDelete { name: String },
+    "bdev_null_delete" => BdevNullDelete(ByName),
     /// Create a bdev on a file or block device, served by io_uring.
-    #[command(name = "bdev_uring_create")]
-    BdevUringCreate {
-        filename: String,
-        name: String,
-        /// Block size in bytes (default: detected).
-        block_size: Option<u32>,
-    },
+    "bdev_uring_create" => BdevUringCreate(bdev::FileCreate),
     /// Delete a uring bdev.
-    #[command(name = "bdev_uring_delete")]
-    BdevUringDelete { name: String },
+    "bdev_uring_delete" => BdevUringDelete(ByName),
     /// Create an AIO bdev (served by the uring engine).
-    #[command(name = "bdev_aio_create")]
-    BdevAioCreate {
-        filename: String,
-        name: String,
-        /// Block size in bytes (default: detected).
-        block_size: Option<u32>,
-    },
+    "bdev_aio_create" => BdevAioCreate(bdev::FileCreate),
     /// Delete an AIO bdev.
-    #[command(name = "bdev_aio_delete")]
-    BdevAioDelete { name: String },
+    "bdev_aio_delete" => BdevAioDelete(ByName),
     /// Create an error-injection bdev EE_<BASE_NAME> on top of BASE_NAME.
-    #[command(name = "bdev_error_create")]
-    BdevErrorCreate {
-        base_name: String,
-        /// UUID of the bdev.
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-    },
+    "bdev_error_create" => BdevErrorCreate(bdev::ErrorCreate),
     /// Delete an error-injection bdev.
-    #[command(name = "bdev_error_delete")]
-    BdevErrorDelete { name: String },
+    "bdev_error_delete" => BdevErrorDelete(ByName),
     /// Inject errors into an error bdev.
-    #[command(name = "bdev_error_inject_error")]
-    BdevErrorInjectError {
-        name: String,
-        /// read, write, unmap, flush, write_zeroes, xor_write, checksum, all or clear.
-        io_type: String,
-        /// failure, pending, corrupt_data or nomem.
-        error_type: String,
-        /// Number of I/Os to fail (server default: 1).
-        #[arg(short = 'n', long)]
-        num: Option<u64>,
-        /// Queue depth at which to start injecting.
-        #[arg(short = 'q', long)]
-        queue_depth: Option<u64>,
-        /// Byte offset to corrupt (corrupt_data).
-        #[arg(short = 'o', long)]
-        corrupt_offset: Option<u64>,
-        /// Value XORed into the corrupted byte (corrupt_data).
-        #[arg(short = 'u', long)]
-        corrupt_value: Option<u64>,
-    },
+    "bdev_error_inject_error" => BdevErrorInjectError(bdev::ErrorInject),
     /// Create a delay bdev on top of another bdev (latencies in µs).
-    #[command(name = "bdev_delay_create")]
-    BdevDelayCreate {
-        #[arg(short = 'b', long)]
-        base_bdev_name: String,
-        #[arg(short = 'd', long)]
-        name: String,
-        #[arg(short = 'r', long)]
-        avg_read_latency: u64,
-        #[arg(short = 't', long = "nine-nine-read-latency")]
-        p99_read_latency: u64,
-        #[arg(short = 'w', long)]
-        avg_write_latency: u64,
-        #[arg(short = 'n', long = "nine-nine-write-latency")]
-        p99_write_latency: u64,
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-    },
+    "bdev_delay_create" => BdevDelayCreate(bdev::DelayCreate),
     /// Delete a delay bdev.
-    #[command(name = "bdev_delay_delete")]
-    BdevDelayDelete { name: String },
+    "bdev_delay_delete" => BdevDelayDelete(ByName),
     /// Change one latency of a delay bdev.
-    #[command(name = "bdev_delay_update_latency")]
-    BdevDelayUpdateLatency {
-        #[arg(value_name = "NAME")]
-        delay_bdev_name: String,
-        /// avg_read, p99_read, avg_write or p99_write.
-        latency_type: String,
-        latency_us: u64,
-    },
+    "bdev_delay_update_latency" => BdevDelayUpdateLatency(bdev::DelayUpdateLatency),
     /// Create a RAID volume.
-    #[command(name = "bdev_raid_create")]
-    BdevRaidCreate {
-        #[arg(short = 'n', long)]
-        name: String,
-        /// raid0, raid1, raid5 (raid5f), raid6 or concat.
-        #[arg(short = 'r', long)]
-        raid_level: String,
-        #[arg(short = 'z', long)]
-        strip_size_kb: Option<u64>,
-        /// Base bdev names, space-separated in one argument.
-        #[arg(short = 'b', long)]
-        base_bdevs: String,
-        #[arg(long)]
-        uuid: Option<String>,
-        /// Write superblocks (re-assembly after restart, write-intent bitmap).
-        #[arg(short = 's', long)]
-        superblock: bool,
-    },
+    "bdev_raid_create" => BdevRaidCreate(bdev::RaidCreate),
     /// Delete a RAID volume.
-    #[command(name = "bdev_raid_delete")]
-    BdevRaidDelete { name: String },
+    "bdev_raid_delete" => BdevRaidDelete(ByName),
     /// List RAID volumes: all, online, configuring or offline.
-    #[command(name = "bdev_raid_get_bdevs")]
-    BdevRaidGetBdevs {
-        #[arg(default_value = "all")]
-        category: String,
-    },
+    "bdev_raid_get_bdevs" => BdevRaidGetBdevs(bdev::RaidGetBdevs),
     /// Add a base bdev to a degraded RAID volume (it is rebuilt).
-    #[command(name = "bdev_raid_add_base_bdev")]
-    BdevRaidAddBaseBdev {
-        raid_bdev: String,
-        base_bdev: String,
-    },
+    "bdev_raid_add_base_bdev" => BdevRaidAddBaseBdev(bdev::RaidAddBaseBdev),
     /// Remove a base bdev from its RAID volume.
-    #[command(name = "bdev_raid_remove_base_bdev")]
-    BdevRaidRemoveBaseBdev { name: String },
+    "bdev_raid_remove_base_bdev" => BdevRaidRemoveBaseBdev(ByName),
     /// Set RAID module options (rebuild/resync rate limit).
-    #[command(name = "bdev_raid_set_options")]
-    BdevRaidSetOptions {
-        #[arg(short = 'w', long)]
-        process_window_size_kb: Option<u64>,
-        #[arg(short = 'b', long)]
-        process_max_bandwidth_mb_sec: Option<u64>,
-    },
+    "bdev_raid_set_options" => BdevRaidSetOptions(bdev::RaidSetOptions),
     /// Create a mirror of two bdevs (legs).
-    #[command(name = "bdev_mirror_create")]
-    BdevMirrorCreate {
-        #[arg(short = 'n', long)]
-        name: String,
-        #[arg(short = 'p', long)]
-        primary: String,
-        #[arg(short = 's', long)]
-        secondary: String,
-        /// Change-bitmap region size (KiB, power of two).
-        #[arg(short = 'r', long)]
-        region_size_kb: Option<u64>,
-        /// Checksum scan / scrub chunk size (KiB).
-        #[arg(long)]
-        scan_chunk_kb: Option<u64>,
-        /// primary or balance.
-        #[arg(long)]
-        read_policy: Option<String>,
-        /// crc32c or sha256.
-        #[arg(long)]
-        checksum: Option<String>,
-        #[arg(long = "scrub-interval")]
-        scrub_interval_s: Option<u32>,
-        #[arg(short = 'b', long)]
-        max_bandwidth_mb_sec: Option<u32>,
-        #[arg(long)]
-        uuid: Option<String>,
-        /// The legs already hold the same data: no initial copy.
-        #[arg(long)]
-        no_initial_sync: bool,
-        /// Show the initial copy's progress until it ends.
-        #[arg(long)]
-        wait: bool,
-    },
+    "bdev_mirror_create" => BdevMirrorCreate(mirror::MirrorCreate),
     /// Delete a mirror (wipes its superblocks, releases the legs).
-    #[command(name = "bdev_mirror_delete")]
-    BdevMirrorDelete { name: String },
+    "bdev_mirror_delete" => BdevMirrorDelete(ByName),
     /// Show mirrors: state, legs, dirty regions, job progress.
-    #[command(name = "bdev_mirror_get")]
-    BdevMirrorGet {
-        #[arg(short = 'n', long)]
-        name: Option<String>,
-    },
+    "bdev_mirror_get" => BdevMirrorGet(mirror::MirrorGet),
     /// Split a mirror: the secondary pauses, changes are recorded.
-    #[command(name = "bdev_mirror_split")]
-    BdevMirrorSplit { name: String },
+    "bdev_mirror_split" => BdevMirrorSplit(ByName),
     /// Resume a split mirror: copy the changes to the secondary.
-    #[command(name = "bdev_mirror_resume")]
-    BdevMirrorResume {
-        name: String,
-        /// auto, bitmap or checksum.
-        #[arg(short = 'm', long)]
-        mode: Option<String>,
-        /// Show the job's progress until it ends.
-        #[arg(long)]
-        wait: bool,
-    },
+    "bdev_mirror_resume" => BdevMirrorResume(mirror::MirrorResume),
     /// Scrub a mirror: compare the legs by checksums (and repair).
-    #[command(name = "bdev_mirror_verify")]
-    BdevMirrorVerify {
-        name: String,
-        #[arg(long)]
-        repair: bool,
-        /// Show the job's progress until it ends.
-        #[arg(long)]
-        wait: bool,
-    },
+    "bdev_mirror_verify" => BdevMirrorVerify(mirror::MirrorVerify),
     /// Attach a bdev in place of a failed or missing leg (it is resynced).
-    #[command(name = "bdev_mirror_add_leg")]
-    BdevMirrorAddLeg {
-        name: String,
-        base_bdev: String,
-        /// Show the resync's progress until it ends.
-        #[arg(long)]
-        wait: bool,
-    },
+    "bdev_mirror_add_leg" => BdevMirrorAddLeg(mirror::MirrorAddLeg),
     /// Change a mirror's options.
-    #[command(name = "bdev_mirror_set_options")]
-    BdevMirrorSetOptions {
-        name: String,
-        #[arg(long)]
-        read_policy: Option<String>,
-        #[arg(long = "scrub-interval")]
-        scrub_interval_s: Option<u32>,
-        #[arg(short = 'b', long)]
-        max_bandwidth_mb_sec: Option<u32>,
-    },
+    "bdev_mirror_set_options" => BdevMirrorSetOptions(mirror::MirrorSetOptions),
     /// List bdevs (all, or the one named).
-    #[command(name = "bdev_get_bdevs")]
-    BdevGetBdevs {
-        #[arg(short = 'b', long)]
-        name: Option<String>,
-        /// Milliseconds to wait for the bdev to appear.
-        #[arg(short = 't', long)]
-        timeout: Option<u64>,
-    },
+    "bdev_get_bdevs" => BdevGetBdevs(bdev::GetBdevs),
     /// I/O statistics of bdevs (all, or the one named).
-    #[command(name = "bdev_get_iostat")]
-    BdevGetIostat {
-        #[arg(short = 'b', long)]
-        name: Option<String>,
-    },
+    "bdev_get_iostat" => BdevGetIostat(bdev::GetIostat),
     /// The current configuration as an SPDK JSON config.
-    #[command(name = "save_config")]
-    SaveConfig,
+    "save_config" => SaveConfig(NoParams),
     /// Wait for the framework to be initialized.
-    #[command(name = "framework_wait_init")]
-    FrameworkWaitInit,
+    "framework_wait_init" => FrameworkWaitInit(NoParams),
     /// Wait for bdev examination to finish.
-    #[command(name = "bdev_wait_for_examine")]
-    BdevWaitForExamine,
+    "bdev_wait_for_examine" => BdevWaitForExamine(NoParams),
     /// Create the NVMe-oF transport (TCP only).
-    #[command(name = "nvmf_create_transport")]
-    NvmfCreateTransport {
-        /// Transport type: TCP.
-        #[arg(short = 't', long)]
-        trtype: String,
-        /// Max number of outstanding I/Os per queue.
-        #[arg(short = 'q', long)]
-        max_queue_depth: Option<u32>,
-        /// Max number of I/O queue pairs per controller.
-        #[arg(short = 'm', long)]
-        max_io_qpairs_per_ctrlr: Option<u32>,
-        /// Max in-capsule data size in bytes.
-        #[arg(short = 'c', long)]
-        in_capsule_data_size: Option<u32>,
-        /// Max I/O size in bytes.
-        #[arg(short = 'i', long)]
-        max_io_size: Option<u32>,
-        /// I/O unit size in bytes.
-        #[arg(short = 'u', long)]
-        io_unit_size: Option<u32>,
-        /// Max admin queue depth.
-        #[arg(short = 'a', long)]
-        max_aq_depth: Option<u32>,
-        /// Number of pooled data buffers.
-        #[arg(short = 'n', long)]
-        num_shared_buffers: Option<u32>,
-        /// Per-poll-group buffer cache size.
-        #[arg(short = 'b', long)]
-        buf_cache_size: Option<u32>,
-        /// Disable the C2H success optimization (sends c2h_success=false).
-        #[arg(short = 'o', long = "c2h-success")]
-        disable_c2h_success: bool,
-    },
+    "nvmf_create_transport" => NvmfCreateTransport(nvmf::CreateTransport),
     /// List the NVMe-oF transports.
-    #[command(name = "nvmf_get_transports")]
-    NvmfGetTransports {
-        /// Only this transport type.
-        #[arg(short = 't', long)]
-        trtype: Option<String>,
-    },
+    "nvmf_get_transports" => NvmfGetTransports(nvmf::GetTransports),
     /// Create an NVM subsystem.
-    #[command(name = "nvmf_create_subsystem")]
-    NvmfCreateSubsystem {
-        /// Subsystem NQN.
-        nqn: String,
-        /// Serial number (≤ 20 ASCII characters).
-        #[arg(short = 's', long)]
-        serial_number: Option<String>,
-        /// Model number (≤ 40 ASCII characters).
-        #[arg(short = 'd', long)]
-        model_number: Option<String>,
-        /// Allow any host to connect.
-        #[arg(short = 'a', long)]
-        allow_any_host: bool,
-        /// Max number of namespaces (0: default).
-        #[arg(short = 'm', long)]
-        max_namespaces: Option<u32>,
-    },
+    "nvmf_create_subsystem" => NvmfCreateSubsystem(nvmf::CreateSubsystem),
     /// Delete an NVM subsystem (its namespaces, listeners and connections go with it).
-    #[command(name = "nvmf_delete_subsystem")]
-    NvmfDeleteSubsystem { nqn: String },
+    "nvmf_delete_subsystem" => NvmfDeleteSubsystem(nvmf::ByNqn),
     /// Make a subsystem reachable on a transport address.
-    #[command(name = "nvmf_subsystem_add_listener")]
-    NvmfSubsystemAddListener {
-        nqn: String,
-        #[command(flatten)]
-        addr: ListenAddressArgs,
-    },
+    "nvmf_subsystem_add_listener" => NvmfSubsystemAddListener(nvmf::Listener),
     /// Stop a subsystem listening on a transport address.
-    #[command(name = "nvmf_subsystem_remove_listener")]
-    NvmfSubsystemRemoveListener {
-        nqn: String,
-        #[command(flatten)]
-        addr: ListenAddressArgs,
-    },
+    "nvmf_subsystem_remove_listener" => NvmfSubsystemRemoveListener(nvmf::Listener),
     /// Add a bdev as a namespace of a subsystem (claims the bdev); prints the nsid.
-    #[command(name = "nvmf_subsystem_add_ns")]
-    NvmfSubsystemAddNs {
-        nqn: String,
-        bdev_name: String,
-        /// Namespace ID (default: the lowest free one).
-        #[arg(short = 'n', long)]
-        nsid: Option<u32>,
-        /// Namespace UUID (default: the bdev's).
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-        /// Namespace NGUID (32 hex digits).
-        #[arg(short = 'g', long)]
-        nguid: Option<String>,
-        /// Namespace EUI-64 (16 hex digits).
-        #[arg(short = 'e', long)]
-        eui64: Option<String>,
-    },
+    "nvmf_subsystem_add_ns" => NvmfSubsystemAddNs(nvmf::AddNs),
     /// Remove a namespace from a subsystem (releases the bdev).
-    #[command(name = "nvmf_subsystem_remove_ns")]
-    NvmfSubsystemRemoveNs { nqn: String, nsid: u32 },
+    "nvmf_subsystem_remove_ns" => NvmfSubsystemRemoveNs(nvmf::RemoveNs),
     /// Allow a host NQN to connect to a subsystem.
-    #[command(name = "nvmf_subsystem_add_host")]
-    NvmfSubsystemAddHost { nqn: String, host: String },
+    "nvmf_subsystem_add_host" => NvmfSubsystemAddHost(nvmf::Host),
     /// Remove a host NQN from a subsystem's allowed hosts.
-    #[command(name = "nvmf_subsystem_remove_host")]
-    NvmfSubsystemRemoveHost { nqn: String, host: String },
+    "nvmf_subsystem_remove_host" => NvmfSubsystemRemoveHost(nvmf::Host),
     /// Allow (-e) or restrict (-d) any host to connect to a subsystem.
-    #[command(name = "nvmf_subsystem_allow_any_host")]
-    NvmfSubsystemAllowAnyHost {
-        nqn: String,
-        /// Allow any host.
-        #[arg(
-            short = 'e',
-            long,
-            conflicts_with = "disable",
-            required_unless_present = "disable"
-        )]
-        enable: bool,
-        /// Only allow the hosts added with nvmf_subsystem_add_host.
-        #[arg(short = 'd', long)]
-        disable: bool,
-    },
+    "nvmf_subsystem_allow_any_host" => NvmfSubsystemAllowAnyHost(nvmf::AllowAnyHost),
     /// List subsystems (all, or the one named).
-    #[command(name = "nvmf_get_subsystems")]
-    NvmfGetSubsystems { nqn: Option<String> },
+    "nvmf_get_subsystems" => NvmfGetSubsystems(nvmf::GetSubsystems),
     /// Controllers connected to a subsystem.
-    #[command(name = "nvmf_subsystem_get_controllers")]
-    NvmfSubsystemGetControllers { nqn: String },
+    "nvmf_subsystem_get_controllers" => NvmfSubsystemGetControllers(nvmf::ByNqn),
     /// Queue pairs connected to a subsystem.
-    #[command(name = "nvmf_subsystem_get_qpairs")]
-    NvmfSubsystemGetQpairs { nqn: String },
+    "nvmf_subsystem_get_qpairs" => NvmfSubsystemGetQpairs(nvmf::ByNqn),
     /// NVMe-oF statistics, one poll group per reactor.
-    #[command(name = "nvmf_get_stats")]
-    NvmfGetStats,
+    "nvmf_get_stats" => NvmfGetStats(nvmf::GetStats),
     /// Shut the target down.
-    #[command(name = "spdk_kill_instance")]
-    SpdkKillInstance {
-        /// SIGINT or SIGTERM.
-        sig_name: String,
-    },
-}
-
-/// The transport address of `nvmf_subsystem_add_listener` / `nvmf_subsystem_remove_listener`.
-#[derive(Debug, clap::Args)]
-struct ListenAddressArgs {
-    /// Transport type: TCP.
-    #[arg(short = 't', long)]
-    trtype: String,
-    /// Transport address: an IP address.
-    #[arg(short = 'a', long)]
-    traddr: String,
-    /// Transport service ID: a port.
-    #[arg(short = 's', long)]
-    trsvcid: String,
-    /// Address family: ipv4 or ipv6 (sent as IPv4 / IPv6).
-    #[arg(short = 'f', long, default_value = "ipv4")]
-    adrfam: String,
-}
-
-impl ListenAddressArgs {
-    fn to_json(&self) -> Value {
-        json!({
-            "trtype": self.trtype,
-            "adrfam": adrfam(&self.adrfam),
-            "traddr": self.traddr,
-            "trsvcid": self.trsvcid,
-        })
-    }
-}
-
-/// SPDK's spelling of an address family given in any case (`ipv4` → `IPv4`).
-fn adrfam(s: &str) -> String {
-    match s.to_ascii_lowercase().as_str() {
-        "ipv4" => "IPv4".into(),
-        "ipv6" => "IPv6".into(),
-        "ib" => "IB".into(),
-        "fc" => "FC".into(),
-        "intra_host" => "INTRA_HOST".into(),
-        _ => s.to_string(),
-    }
+    "spdk_kill_instance" => SpdkKillInstance(framework::KillInstance),
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -534,437 +199,6 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         ));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid timeout {s}: {e}"))
-}
-
-/// Params object builder that leaves out options which were not given.
-#[derive(Default)]
-struct Params(Map<String, Value>);
-
-impl Params {
-    fn new() -> Self {
-        Self::default()
-    }
-
-    fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.0.insert(key.to_string(), value.into());
-        self
-    }
-
-    fn opt<T: Into<Value>>(self, key: &str, value: Option<T>) -> Self {
-        match value {
-            Some(v) => self.set(key, v),
-            None => self,
-        }
-    }
-
-    /// `None` for an empty object (rpc.py sends no params then).
-    fn build(self) -> Option<Value> {
-        (!self.0.is_empty()).then_some(Value::Object(self.0))
-    }
-}
-
-/// The method name and params of the request a subcommand sends.
-fn to_request(method: Method) -> Result<(String, Option<Value>), ArgError> {
-    let (name, params): (&str, Option<Value>) = match method {
-        Method::Call { method, params } => {
-            let params = params.map(|p| parse_raw_params(&p)).transpose()?;
-            return Ok((method, params));
-        }
-        Method::RpcGetMethods { current } => (
-            "rpc_get_methods",
-            Params::new()
-                .opt("current", current.then_some(true))
-                .build(),
-        ),
-        Method::SpdkGetVersion => ("spdk_get_version", None),
-        Method::FrameworkGetReactors => ("framework_get_reactors", None),
-        Method::BdevMallocCreate {
-            name,
-            uuid,
-            total_size,
-            block_size,
-        } => (
-            "bdev_malloc_create",
-            Some(bdev_malloc_create_params(
-                name.as_deref(),
-                uuid.as_deref(),
-                total_size,
-                block_size,
-            )?),
-        ),
-        Method::BdevMallocDelete { name } => ("bdev_malloc_delete", named(name)),
-        Method::BdevNullCreate {
-            name,
-            total_size,
-            block_size,
-            uuid,
-        } => (
-            "bdev_null_create",
-            Some(bdev_null_create_params(
-                &name,
-                total_size,
-                block_size,
-                uuid.as_deref(),
-            )?),
-        ),
-        Method::BdevNullDelete { name } => ("bdev_null_delete", named(name)),
-        Method::BdevUringCreate {
-            filename,
-            name,
-            block_size,
-        } => (
-            "bdev_uring_create",
-            Params::new()
-                .set("filename", filename)
-                .set("name", name)
-                .opt("block_size", block_size)
-                .build(),
-        ),
-        Method::BdevUringDelete { name } => ("bdev_uring_delete", named(name)),
-        Method::BdevAioCreate {
-            filename,
-            name,
-            block_size,
-        } => (
-            "bdev_aio_create",
-            Params::new()
-                .set("filename", filename)
-                .set("name", name)
-                .opt("block_size", block_size)
-                .build(),
-        ),
-        Method::BdevAioDelete { name } => ("bdev_aio_delete", named(name)),
-        Method::BdevErrorCreate { base_name, uuid } => (
-            "bdev_error_create",
-            Params::new()
-                .set("base_name", base_name)
-                .opt("uuid", uuid)
-                .build(),
-        ),
-        Method::BdevErrorDelete { name } => ("bdev_error_delete", named(name)),
-        Method::BdevErrorInjectError {
-            name,
-            io_type,
-            error_type,
-            num,
-            queue_depth,
-            corrupt_offset,
-            corrupt_value,
-        } => (
-            "bdev_error_inject_error",
-            Params::new()
-                .set("name", name)
-                .set("io_type", io_type)
-                .set("error_type", error_type)
-                .opt("num", num)
-                .opt("queue_depth", queue_depth)
-                .opt("corrupt_offset", corrupt_offset)
-                .opt("corrupt_value", corrupt_value)
-                .build(),
-        ),
-        Method::BdevDelayCreate {
-            base_bdev_name,
-            name,
-            avg_read_latency,
-            p99_read_latency,
-            avg_write_latency,
-            p99_write_latency,
-            uuid,
-        } => (
-            "bdev_delay_create",
-            Params::new()
-                .set("base_bdev_name", base_bdev_name)
-                .set("name", name)
-                .set("avg_read_latency", avg_read_latency)
-                .set("p99_read_latency", p99_read_latency)
-                .set("avg_write_latency", avg_write_latency)
-                .set("p99_write_latency", p99_write_latency)
-                .opt("uuid", uuid)
-                .build(),
-        ),
-        Method::BdevDelayDelete { name } => ("bdev_delay_delete", named(name)),
-        Method::BdevRaidCreate {
-            name,
-            raid_level,
-            strip_size_kb,
-            base_bdevs,
-            uuid,
-            superblock,
-        } => (
-            "bdev_raid_create",
-            Params::new()
-                .set("name", name)
-                .set("raid_level", raid_level)
-                .opt("strip_size_kb", strip_size_kb)
-                .set(
-                    "base_bdevs",
-                    base_bdevs
-                        .split_whitespace()
-                        .map(|s| Value::String(s.to_string()))
-                        .collect::<Vec<_>>(),
-                )
-                .opt("uuid", uuid)
-                .opt("superblock", superblock.then_some(true))
-                .build(),
-        ),
-        Method::BdevRaidDelete { name } => ("bdev_raid_delete", named(name)),
-        Method::BdevRaidGetBdevs { category } => (
-            "bdev_raid_get_bdevs",
-            Params::new().set("category", category).build(),
-        ),
-        Method::BdevRaidAddBaseBdev {
-            raid_bdev,
-            base_bdev,
-        } => (
-            "bdev_raid_add_base_bdev",
-            Params::new()
-                .set("raid_bdev", raid_bdev)
-                .set("base_bdev", base_bdev)
-                .build(),
-        ),
-        Method::BdevRaidRemoveBaseBdev { name } => ("bdev_raid_remove_base_bdev", named(name)),
-        Method::BdevRaidSetOptions {
-            process_window_size_kb,
-            process_max_bandwidth_mb_sec,
-        } => (
-            "bdev_raid_set_options",
-            Params::new()
-                .opt("process_window_size_kb", process_window_size_kb)
-                .opt("process_max_bandwidth_mb_sec", process_max_bandwidth_mb_sec)
-                .build(),
-        ),
-        Method::BdevMirrorCreate {
-            name,
-            primary,
-            secondary,
-            region_size_kb,
-            scan_chunk_kb,
-            read_policy,
-            checksum,
-            scrub_interval_s,
-            max_bandwidth_mb_sec,
-            uuid,
-            no_initial_sync,
-            wait: _,
-        } => (
-            "bdev_mirror_create",
-            Params::new()
-                .set("name", name)
-                .set("primary", primary)
-                .set("secondary", secondary)
-                .opt("region_size_kb", region_size_kb)
-                .opt("scan_chunk_kb", scan_chunk_kb)
-                .opt("read_policy", read_policy)
-                .opt("checksum", checksum)
-                .opt("scrub_interval_s", scrub_interval_s)
-                .opt("max_bandwidth_mb_sec", max_bandwidth_mb_sec)
-                .opt("uuid", uuid)
-                .opt("initial_sync", no_initial_sync.then_some(false))
-                .build(),
-        ),
-        Method::BdevMirrorDelete { name } => ("bdev_mirror_delete", named(name)),
-        Method::BdevMirrorGet { name } => {
-            ("bdev_mirror_get", Params::new().opt("name", name).build())
-        }
-        Method::BdevMirrorSplit { name } => ("bdev_mirror_split", named(name)),
-        Method::BdevMirrorResume {
-            name,
-            mode,
-            wait: _,
-        } => (
-            "bdev_mirror_resume",
-            Params::new().set("name", name).opt("mode", mode).build(),
-        ),
-        Method::BdevMirrorVerify {
-            name,
-            repair,
-            wait: _,
-        } => (
-            "bdev_mirror_verify",
-            Params::new()
-                .set("name", name)
-                .opt("repair", repair.then_some(true))
-                .build(),
-        ),
-        Method::BdevMirrorAddLeg {
-            name,
-            base_bdev,
-            wait: _,
-        } => (
-            "bdev_mirror_add_leg",
-            Params::new()
-                .set("name", name)
-                .set("base_bdev", base_bdev)
-                .build(),
-        ),
-        Method::BdevMirrorSetOptions {
-            name,
-            read_policy,
-            scrub_interval_s,
-            max_bandwidth_mb_sec,
-        } => (
-            "bdev_mirror_set_options",
-            Params::new()
-                .set("name", name)
-                .opt("read_policy", read_policy)
-                .opt("scrub_interval_s", scrub_interval_s)
-                .opt("max_bandwidth_mb_sec", max_bandwidth_mb_sec)
-                .build(),
-        ),
-        Method::BdevDelayUpdateLatency {
-            delay_bdev_name,
-            latency_type,
-            latency_us,
-        } => (
-            "bdev_delay_update_latency",
-            Params::new()
-                .set("delay_bdev_name", delay_bdev_name)
-                .set("latency_type", latency_type)
-                .set("latency_us", latency_us)
-                .build(),
-        ),
-        Method::BdevGetBdevs { name, timeout } => (
-            "bdev_get_bdevs",
-            Params::new()
-                .opt("name", name)
-                .opt("timeout", timeout)
-                .build(),
-        ),
-        Method::BdevGetIostat { name } => {
-            ("bdev_get_iostat", Params::new().opt("name", name).build())
-        }
-        Method::SaveConfig => ("save_config", None),
-        Method::FrameworkWaitInit => ("framework_wait_init", None),
-        Method::BdevWaitForExamine => ("bdev_wait_for_examine", None),
-        Method::NvmfCreateTransport {
-            trtype,
-            max_queue_depth,
-            max_io_qpairs_per_ctrlr,
-            in_capsule_data_size,
-            max_io_size,
-            io_unit_size,
-            max_aq_depth,
-            num_shared_buffers,
-            buf_cache_size,
-            disable_c2h_success,
-        } => (
-            "nvmf_create_transport",
-            Params::new()
-                .set("trtype", trtype)
-                .opt("max_queue_depth", max_queue_depth)
-                .opt("max_io_qpairs_per_ctrlr", max_io_qpairs_per_ctrlr)
-                .opt("in_capsule_data_size", in_capsule_data_size)
-                .opt("max_io_size", max_io_size)
-                .opt("io_unit_size", io_unit_size)
-                .opt("max_aq_depth", max_aq_depth)
-                .opt("num_shared_buffers", num_shared_buffers)
-                .opt("buf_cache_size", buf_cache_size)
-                .opt("c2h_success", disable_c2h_success.then_some(false))
-                .build(),
-        ),
-        Method::NvmfGetTransports { trtype } => (
-            "nvmf_get_transports",
-            Params::new().opt("trtype", trtype).build(),
-        ),
-        Method::NvmfCreateSubsystem {
-            nqn,
-            serial_number,
-            model_number,
-            allow_any_host,
-            max_namespaces,
-        } => (
-            "nvmf_create_subsystem",
-            Params::new()
-                .set("nqn", nqn)
-                .opt("serial_number", serial_number)
-                .opt("model_number", model_number)
-                .opt("allow_any_host", allow_any_host.then_some(true))
-                .opt("max_namespaces", max_namespaces)
-                .build(),
-        ),
-        Method::NvmfDeleteSubsystem { nqn } => ("nvmf_delete_subsystem", with_nqn(nqn)),
-        Method::NvmfSubsystemAddListener { nqn, addr } => (
-            "nvmf_subsystem_add_listener",
-            Params::new()
-                .set("nqn", nqn)
-                .set("listen_address", addr.to_json())
-                .build(),
-        ),
-        Method::NvmfSubsystemRemoveListener { nqn, addr } => (
-            "nvmf_subsystem_remove_listener",
-            Params::new()
-                .set("nqn", nqn)
-                .set("listen_address", addr.to_json())
-                .build(),
-        ),
-        Method::NvmfSubsystemAddNs {
-            nqn,
-            bdev_name,
-            nsid,
-            uuid,
-            nguid,
-            eui64,
-        } => (
-            "nvmf_subsystem_add_ns",
-            Params::new()
-                .set("nqn", nqn)
-                .set(
-                    "namespace",
-                    Params::new()
-                        .set("bdev_name", bdev_name)
-                        .opt("nsid", nsid)
-                        .opt("uuid", uuid)
-                        .opt("nguid", nguid)
-                        .opt("eui64", eui64)
-                        .0,
-                )
-                .build(),
-        ),
-        Method::NvmfSubsystemRemoveNs { nqn, nsid } => (
-            "nvmf_subsystem_remove_ns",
-            Params::new().set("nqn", nqn).set("nsid", nsid).build(),
-        ),
-        Method::NvmfSubsystemAddHost { nqn, host } => (
-            "nvmf_subsystem_add_host",
-            Params::new().set("nqn", nqn).set("host", host).build(),
-        ),
-        Method::NvmfSubsystemRemoveHost { nqn, host } => (
-            "nvmf_subsystem_remove_host",
-            Params::new().set("nqn", nqn).set("host", host).build(),
-        ),
-        Method::NvmfSubsystemAllowAnyHost {
-            nqn,
-            enable,
-            disable: _,
-        } => (
-            "nvmf_subsystem_allow_any_host",
-            Params::new()
-                .set("nqn", nqn)
-                .set("allow_any_host", enable)
-                .build(),
-        ),
-        Method::NvmfGetSubsystems { nqn } => {
-            ("nvmf_get_subsystems", Params::new().opt("nqn", nqn).build())
-        }
-        Method::NvmfSubsystemGetControllers { nqn } => {
-            ("nvmf_subsystem_get_controllers", with_nqn(nqn))
-        }
-        Method::NvmfSubsystemGetQpairs { nqn } => ("nvmf_subsystem_get_qpairs", with_nqn(nqn)),
-        Method::NvmfGetStats => ("nvmf_get_stats", None),
-        Method::SpdkKillInstance { sig_name } => (
-            "spdk_kill_instance",
-            Params::new().set("sig_name", sig_name).build(),
-        ),
-    };
-    Ok((name.to_string(), params))
-}
-
-fn named(name: String) -> Option<Value> {
-    Params::new().set("name", name).build()
-}
-
-fn with_nqn(nqn: String) -> Option<Value> {
-    Params::new().set("nqn", nqn).build()
 }
 
 /// Raw params of `call`: must be a JSON object or array.
@@ -1001,18 +235,10 @@ fn pretty(value: &Value) -> String {
 /// The mirror whose job a subcommand asked to follow (`--wait`).
 fn job_to_follow(method: &Method) -> Option<String> {
     match method {
-        Method::BdevMirrorCreate {
-            name, wait: true, ..
-        }
-        | Method::BdevMirrorResume {
-            name, wait: true, ..
-        }
-        | Method::BdevMirrorVerify {
-            name, wait: true, ..
-        }
-        | Method::BdevMirrorAddLeg {
-            name, wait: true, ..
-        } => Some(name.clone()),
+        Method::BdevMirrorCreate(p) if p.wait => Some(p.name.clone()),
+        Method::BdevMirrorResume(p) if p.wait => Some(p.name.clone()),
+        Method::BdevMirrorVerify(p) if p.wait => Some(p.name.clone()),
+        Method::BdevMirrorAddLeg(p) if p.wait => Some(p.name.clone()),
         _ => None,
     }
 }
@@ -1065,7 +291,7 @@ fn follow_job(client: &mut RpcClient, name: &str) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     let follow = job_to_follow(&cli.method);
-    let (method, params) = to_request(cli.method).map_err(|e| e.to_string())?;
+    let (method, params) = cli.method.request().map_err(|e| e.to_string())?;
     if cli.dry_run {
         println!("{}", pretty(&make_request(1, &method, params)));
         return Ok(());
@@ -1122,7 +348,7 @@ mod tests {
     fn req(args: &[&str]) -> Result<(String, Option<Value>), String> {
         let cli = Cli::try_parse_from(std::iter::once("strata-rpc").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        to_request(cli.method).map_err(|e| e.to_string())
+        cli.method.request().map_err(|e| e.to_string())
     }
 
     fn ok(args: &[&str]) -> (String, Option<Value>) {

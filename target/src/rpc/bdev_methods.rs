@@ -1,9 +1,13 @@
 //! Bdev methods, with SPDK's names and parameters.
 
-use super::params::Params;
+use super::params::bdev::{
+    DelayCreate, DelayUpdateLatency, ErrorCreate, ErrorInject, FileCreate, GetBdevs, GetIostat,
+    MallocCreate, NullCreate, RaidAddBaseBdev, RaidCreate, RaidGetBdevs, RaidSetOptions,
+};
+use super::params::{ByName, NoParams};
 use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
-use strata_bdev::modules::raid::{self, geometry::Level};
+use strata_bdev::modules::raid;
 use strata_bdev::modules::{delay, error, malloc, null, uring};
 use strata_bdev::{registry, BdevHandle, IoType};
 use strata_reactor::clock;
@@ -17,197 +21,82 @@ fn delete_method(
     method: &'static str,
     f: fn(&str) -> Result<(), strata_bdev::BdevError>,
 ) {
-    t.add(method, move |_, p| {
-        let p = Params::new(method, p, &["name"], &[])?;
-        f(&p.str("name")?)?;
+    t.add(method, move |_, p: ByName| {
+        f(&p.name)?;
         ok()
     });
 }
 
-/// SPDK parameters of the create methods that strata accepts and ignores.
-const MALLOC_IGNORED: &[&str] = &[
-    "physical_block_size",
-    "optimal_io_boundary",
-    "md_size",
-    "md_interleave",
-    "dif_type",
-    "dif_is_head_of_md",
-    "dif_pi_format",
-    "numa_id",
-];
-
 pub fn register(t: &mut MethodTable) {
-    t.add("bdev_malloc_create", |_, p| {
-        let p = Params::new(
-            "bdev_malloc_create",
-            p,
-            &["name", "num_blocks", "block_size", "uuid"],
-            MALLOC_IGNORED,
-        )?;
-        let block_size = p
-            .block_size("block_size")?
-            .ok_or_else(|| missing("bdev_malloc_create", "block_size"))?;
-        let num_blocks = positive(&p, "bdev_malloc_create", "num_blocks")?;
-        let name = p
-            .opt_str("name")?
-            .unwrap_or_else(|| registry::unused_name("Malloc"));
-        let b = malloc::create(malloc::MallocOptions {
-            name,
-            num_blocks,
-            block_size,
-            uuid: p.opt_uuid("uuid")?,
-        })?;
+    t.add("bdev_malloc_create", |_, p: MallocCreate| {
+        let b = malloc::create(p.options()?)?;
         Ok(Value::String(
             strata_bdev::Bdev::name(b.as_ref()).to_string(),
         ))
     });
     delete_method(t, "bdev_malloc_delete", malloc::delete);
 
-    t.add("bdev_null_create", |_, p| {
-        let p = Params::new(
-            "bdev_null_create",
-            p,
-            &["name", "num_blocks", "block_size", "uuid"],
-            MALLOC_IGNORED,
-        )?;
-        let name = p.str("name")?;
-        let block_size = p
-            .block_size("block_size")?
-            .ok_or_else(|| missing("bdev_null_create", "block_size"))?;
-        let num_blocks = positive(&p, "bdev_null_create", "num_blocks")?;
-        null::create(null::NullOptions {
-            name: name.clone(),
-            num_blocks,
-            block_size,
-            uuid: p.opt_uuid("uuid")?,
-        })?;
+    t.add("bdev_null_create", |_, p: NullCreate| {
+        let o = p.options()?;
+        let name = o.name.clone();
+        null::create(o)?;
         Ok(Value::String(name))
     });
     delete_method(t, "bdev_null_delete", null::delete);
 
     for (method, module) in [("bdev_uring_create", "uring"), ("bdev_aio_create", "aio")] {
-        t.add(method, move |_, p| {
-            let p = Params::new(
-                method,
-                p,
-                &["filename", "name", "block_size", "uuid"],
-                &["readonly", "fallocate"],
-            )?;
-            let name = p.str("name")?;
-            uring::create(uring::UringOptions {
-                name: name.clone(),
-                filename: p.str("filename")?,
-                block_size: p.block_size("block_size")?,
-                uuid: p.opt_uuid("uuid")?,
-                module,
-            })?;
+        t.add(method, move |_, p: FileCreate| {
+            let o = p.options(method, module)?;
+            let name = o.name.clone();
+            uring::create(o)?;
             Ok(Value::String(name))
         });
     }
     delete_method(t, "bdev_uring_delete", |n| uring::delete(n, "uring"));
     delete_method(t, "bdev_aio_delete", |n| uring::delete(n, "aio"));
 
-    t.add("bdev_error_create", |_, p| {
-        let p = Params::new("bdev_error_create", p, &["base_name", "uuid"], &[])?;
-        let b = error::create(&p.str("base_name")?, p.opt_uuid("uuid")?)?;
+    t.add("bdev_error_create", |_, p: ErrorCreate| {
+        let b = error::create(&p.base_name, p.uuid()?)?;
         Ok(Value::String(
             strata_bdev::Bdev::name(b.as_ref()).to_string(),
         ))
     });
     delete_method(t, "bdev_error_delete", error::delete);
-    t.add("bdev_error_inject_error", |_, p| {
-        let m = "bdev_error_inject_error";
-        let p = Params::new(
-            m,
-            p,
-            &["name", "io_type", "error_type", "num", "queue_depth", "corrupt_offset", "corrupt_value"],
-            &[],
-        )?;
-        let name = p.str("name")?;
-        let io_type = p.str("io_type")?;
-        let target = error::Target::from_name(&io_type).ok_or_else(|| {
-            RpcError::invalid_params(format!(
-                "{m}: invalid parameter 'io_type': {io_type} (read, write, unmap, flush, write_zeroes, reset, xor_write, checksum, all, clear)"
-            ))
-        })?;
-        let error_type = p.str("error_type")?;
-        let kind = error::ErrorKind::from_name(&error_type).ok_or_else(|| {
-            RpcError::invalid_params(format!(
-                "{m}: invalid parameter 'error_type': {error_type} (failure, pending, corrupt_data, nomem)"
-            ))
-        })?;
-        let value = p.opt_u64("corrupt_value")?.unwrap_or(0);
-        let value = u8::try_from(value)
-            .map_err(|_| RpcError::invalid_params(format!("{m}: invalid parameter 'corrupt_value': must be 0..255")))?;
-        let kind_needs_value = kind == error::ErrorKind::CorruptData && target != error::Target::Clear;
-        if kind_needs_value && value == 0 {
-            return Err(RpcError::invalid_params(format!(
-                "{m}: invalid parameter 'corrupt_value': corrupt_data needs a non-zero value"
-            )));
-        }
+    t.add("bdev_error_inject_error", |_, p: ErrorInject| {
+        let i = p.injection()?;
         error::inject(
-            &name,
-            target,
-            kind,
-            p.opt_u64("num")?.unwrap_or(1),
-            p.opt_u64("corrupt_offset")?.unwrap_or(0),
-            value,
+            &p.name,
+            i.target,
+            i.kind,
+            i.num,
+            i.corrupt_offset,
+            i.corrupt_value,
         )?;
         ok()
     });
 
-    t.add("bdev_delay_create", |_, p| {
-        let m = "bdev_delay_create";
-        let keys = [
-            "base_bdev_name",
-            "name",
-            "avg_read_latency",
-            "p99_read_latency",
-            "avg_write_latency",
-            "p99_write_latency",
-            "uuid",
-        ];
-        let p = Params::new(m, p, &keys, &[])?;
-        let name = p.str("name")?;
-        delay::create(delay::DelayOptions {
-            name: name.clone(),
-            base_bdev_name: p.str("base_bdev_name")?,
-            latencies_us: [
-                p.u64("avg_read_latency")?,
-                p.u64("p99_read_latency")?,
-                p.u64("avg_write_latency")?,
-                p.u64("p99_write_latency")?,
-            ],
-            uuid: p.opt_uuid("uuid")?,
-        })?;
+    t.add("bdev_delay_create", |_, p: DelayCreate| {
+        let o = p.options()?;
+        let name = o.name.clone();
+        delay::create(o)?;
         Ok(Value::String(name))
     });
     delete_method(t, "bdev_delay_delete", delay::delete);
-    t.add("bdev_delay_update_latency", |_, p| {
-        let m = "bdev_delay_update_latency";
-        let p = Params::new(m, p, &["delay_bdev_name", "latency_type", "latency_us"], &[])?;
-        let lt = p.str("latency_type")?;
-        let kind = delay::LatencyKind::from_name(&lt).ok_or_else(|| {
-            RpcError::invalid_params(format!(
-                "{m}: invalid parameter 'latency_type': {lt} (avg_read, p99_read, avg_write, p99_write)"
-            ))
-        })?;
-        delay::update_latency(&p.str("delay_bdev_name")?, kind, p.u64("latency_us")?)?;
+    t.add("bdev_delay_update_latency", |_, p: DelayUpdateLatency| {
+        delay::update_latency(&p.delay_bdev_name, p.kind()?, p.latency_us)?;
         ok()
     });
 
-    t.add("bdev_get_bdevs", |_, p| {
-        let p = Params::new("bdev_get_bdevs", p, &["name", "timeout"], &[])?;
-        let list = match p.opt_str("name")? {
-            Some(n) => vec![find(&n)?],
+    t.add("bdev_get_bdevs", |_, p: GetBdevs| {
+        let list = match &p.name {
+            Some(n) => vec![find(n)?],
             None => registry::list(),
         };
         Ok(Value::Array(list.iter().map(bdev_json).collect()))
     });
-    t.add("bdev_get_iostat", |_, p| {
-        let p = Params::new("bdev_get_iostat", p, &["name"], &["per_channel"])?;
-        let list = match p.opt_str("name")? {
-            Some(n) => vec![find(&n)?],
+    t.add("bdev_get_iostat", |_, p: GetIostat| {
+        let list = match &p.name {
+            Some(n) => vec![find(n)?],
             None => registry::list(),
         };
         Ok(json!({
@@ -216,25 +105,11 @@ pub fn register(t: &mut MethodTable) {
             "bdevs": list.iter().map(iostat_json).collect::<Vec<_>>(),
         }))
     });
-    t.add("bdev_wait_for_examine", |_, p| {
-        Params::new("bdev_wait_for_examine", p, &[], &[])?;
+    t.add("bdev_wait_for_examine", |_, _: NoParams| {
         strata_bdev::modules::finish_examine();
         ok()
     });
     register_raid(t);
-}
-
-fn missing(m: &str, k: &str) -> RpcError {
-    RpcError::invalid_params(format!("{m}: missing required parameter '{k}'"))
-}
-
-fn positive(p: &Params, m: &str, k: &str) -> Result<u64, RpcError> {
-    match p.u64(k)? {
-        0 => Err(RpcError::invalid_params(format!(
-            "{m}: invalid parameter '{k}': must be > 0"
-        ))),
-        v => Ok(v),
-    }
 }
 
 fn find(name: &str) -> Result<BdevHandle, RpcError> {
@@ -313,7 +188,6 @@ fn iostat_json(h: &BdevHandle) -> Value {
     })
 }
 
-/// Runs a RAID management operation on reactor 0 (it does I/O to the members).
 /// Runs a bdev operation on reactor 0 and maps its error once, for every bdev method.
 pub(super) fn on_reactor<F, Fut, R>(f: F) -> Result<R, RpcError>
 where
@@ -329,85 +203,36 @@ where
 }
 
 fn register_raid(t: &mut MethodTable) {
-    t.add("bdev_raid_create", |_, p| {
-        let m = "bdev_raid_create";
-        let p = Params::new(
-            m,
-            p,
-            &["name", "raid_level", "strip_size_kb", "base_bdevs", "uuid", "superblock"],
-            &["strip_size"],
-        )?;
-        let name = p.str("name")?;
-        let lv = p.str("raid_level")?;
-        let level = Level::from_name(&lv).ok_or_else(|| {
-            RpcError::invalid_params(format!(
-                "{m}: invalid parameter 'raid_level': {lv} (raid0, raid1, raid5, raid5f, raid6, concat)"
-            ))
-        })?;
-        let base_bdevs = p.str_list("base_bdevs")?;
-        let opts = raid::CreateOptions {
-            name: name.clone(),
-            level,
-            strip_size_kb: p.opt_u64("strip_size_kb")?.unwrap_or(0),
-            base_bdevs,
-            uuid: p.opt_uuid("uuid")?,
-            superblock: p.opt_bool("superblock")?.unwrap_or(false),
-        };
+    t.add("bdev_raid_create", |_, p: RaidCreate| {
+        let opts = p.options()?;
+        let name = opts.name.clone();
         on_reactor(move || async move { raid::create(opts).await.map(|_| ()) })?;
         Ok(Value::String(name))
     });
-    t.add("bdev_raid_delete", |_, p| {
-        let p = Params::new("bdev_raid_delete", p, &["name"], &[])?;
-        let name = p.str("name")?;
-        on_reactor(move || async move { raid::delete(&name).await })?;
+    t.add("bdev_raid_delete", |_, p: ByName| {
+        on_reactor(move || async move { raid::delete(&p.name).await })?;
         ok()
     });
-    t.add("bdev_raid_get_bdevs", |_, p| {
-        let p = Params::new("bdev_raid_get_bdevs", p, &["category"], &[])?;
-        let c = p.opt_str("category")?.unwrap_or_else(|| "all".into());
+    t.add("bdev_raid_get_bdevs", |_, p: RaidGetBdevs| {
+        let c = p.category;
         raid::get_bdevs(&c).map(Value::Array).map_err(|_| {
-            RpcError::invalid_params(format!(
-                "bdev_raid_get_bdevs: invalid parameter 'category': {c} (all, online, configuring, offline)"
-            ))
+            super::params::invalid(
+                "bdev_raid_get_bdevs",
+                "category",
+                format!("{c} (all, online, configuring, offline)"),
+            )
         })
     });
-    t.add("bdev_raid_add_base_bdev", |_, p| {
-        let p = Params::new(
-            "bdev_raid_add_base_bdev",
-            p,
-            &["raid_bdev", "base_bdev"],
-            &[],
-        )?;
-        let (r, b) = (p.str("raid_bdev")?, p.str("base_bdev")?);
-        on_reactor(move || async move { raid::add_base_bdev(&r, &b).await })?;
+    t.add("bdev_raid_add_base_bdev", |_, p: RaidAddBaseBdev| {
+        on_reactor(move || async move { raid::add_base_bdev(&p.raid_bdev, &p.base_bdev).await })?;
         ok()
     });
-    t.add("bdev_raid_remove_base_bdev", |_, p| {
-        let p = Params::new("bdev_raid_remove_base_bdev", p, &["name"], &[])?;
-        let name = p.str("name")?;
-        on_reactor(move || async move { raid::remove_base_bdev(&name).await })?;
+    t.add("bdev_raid_remove_base_bdev", |_, p: ByName| {
+        on_reactor(move || async move { raid::remove_base_bdev(&p.name).await })?;
         ok()
     });
-    t.add("bdev_raid_set_options", |_, p| {
-        let p = Params::new(
-            "bdev_raid_set_options",
-            p,
-            &["process_window_size_kb", "process_max_bandwidth_mb_sec"],
-            &[],
-        )?;
-        let mut o = raid::options();
-        if let Some(w) = p.opt_u64("process_window_size_kb")? {
-            if w == 0 {
-                return Err(RpcError::invalid_params(
-                    "bdev_raid_set_options: invalid parameter 'process_window_size_kb': must be > 0".to_string(),
-                ));
-            }
-            o.process_window_size_kb = w;
-        }
-        if let Some(b) = p.opt_u64("process_max_bandwidth_mb_sec")? {
-            o.process_max_bandwidth_mb_sec = b;
-        }
-        raid::set_options(o);
+    t.add("bdev_raid_set_options", |_, p: RaidSetOptions| {
+        raid::set_options(p.apply(raid::options())?);
         ok()
     });
 }

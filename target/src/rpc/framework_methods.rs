@@ -1,13 +1,13 @@
 //! Framework methods: version, reactors, configuration, shutdown.
 
-use super::params::Params;
-use super::{MethodTable, RpcError};
+use super::params::framework::KillInstance;
+use super::params::NoParams;
+use super::MethodTable;
 use serde_json::{json, Value};
 use strata_reactor::clock;
 
 pub fn register(t: &mut MethodTable) {
-    t.add("spdk_get_version", |_, p| {
-        Params::new("spdk_get_version", p, &[], &[])?;
+    t.add("spdk_get_version", |_, _: NoParams| {
         let v = env!("CARGO_PKG_VERSION");
         let mut parts = v.split('.').map(|x| x.parse::<u64>().unwrap_or(0));
         Ok(json!({
@@ -20,8 +20,7 @@ pub fn register(t: &mut MethodTable) {
             }
         }))
     });
-    t.add("framework_get_reactors", |ctx, p| {
-        Params::new("framework_get_reactors", p, &[], &[])?;
+    t.add("framework_get_reactors", |ctx, _: NoParams| {
         let reactors: Vec<Value> = ctx
             .reactors
             .infos()
@@ -41,26 +40,12 @@ pub fn register(t: &mut MethodTable) {
             .collect();
         Ok(json!({ "tick_rate": clock::tick_rate(), "pid": std::process::id(), "reactors": reactors }))
     });
-    t.add("framework_wait_init", |_, p| {
-        Params::new("framework_wait_init", p, &[], &[])?;
+    t.add("framework_wait_init", |_, _: NoParams| {
         Ok(Value::Bool(true))
     });
-    t.add("save_config", |_, p| {
-        Params::new("save_config", p, &[], &[])?;
-        Ok(crate::config::save())
-    });
-    t.add("spdk_kill_instance", |ctx, p| {
-        let p = Params::new("spdk_kill_instance", p, &["sig_name"], &[])?;
-        let sig = p.str("sig_name")?;
-        let sig: &'static str = match sig.as_str() {
-            "SIGINT" | "INT" => "SIGINT",
-            "SIGTERM" | "TERM" => "SIGTERM",
-            other => {
-                return Err(RpcError::invalid_params(format!(
-                    "invalid parameter 'sig_name': {other} (use SIGINT or SIGTERM)"
-                )))
-            }
-        };
+    t.add("save_config", |_, _: NoParams| Ok(crate::config::save()));
+    t.add("spdk_kill_instance", |ctx, p: KillInstance| {
+        let sig = p.signal()?;
         let _ = ctx.shutdown.send(sig);
         Ok(Value::Bool(true))
     });

@@ -1,6 +1,6 @@
-//! JSON-RPC: the server ([`server`]), parameter decoding ([`params`]), errors ([`error`])
-//! and the method table, filled by one module per area ([`bdev_methods`],
-//! [`framework_methods`]).
+//! JSON-RPC: the server ([`server`]), the methods' parameter structs ([`params`]), errors
+//! ([`error`]) and the method table, filled by one module per area ([`bdev_methods`],
+//! [`framework_methods`], [`mirror_methods`], [`nvmf_methods`]).
 
 pub mod bdev_methods;
 pub mod error;
@@ -46,12 +46,17 @@ impl MethodTable {
         Arc::new(t)
     }
 
-    pub fn add(
+    /// Adds `name`, whose handler gets its params decoded into `P` (decoding errors are the
+    /// -32602 naming the parameter).
+    pub fn add<P: params::SpdkParams>(
         &mut self,
         name: &'static str,
-        f: impl Fn(&AppContext, Option<Value>) -> Result<Value, RpcError> + Send + Sync + 'static,
+        f: impl Fn(&AppContext, P) -> Result<Value, RpcError> + Send + Sync + 'static,
     ) {
-        self.methods.insert(name, Box::new(f));
+        self.methods.insert(
+            name,
+            Box::new(move |ctx, p| f(ctx, params::decode(name, p)?)),
+        );
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -67,12 +72,7 @@ impl MethodTable {
 
     pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
         if method == "rpc_get_methods" {
-            params::Params::new(
-                "rpc_get_methods",
-                params,
-                &["current", "include_aliases"],
-                &[],
-            )?;
+            params::decode::<params::framework::GetMethods>("rpc_get_methods", params)?;
             return Ok(Value::from(self.names()));
         }
         match self.methods.get(method) {

@@ -1,13 +1,16 @@
 //! NVMe-oF methods, with SPDK's names and parameters.
 
-use super::params::Params;
+use super::params::nvmf::{
+    AddNs, AllowAnyHost, ByNqn, CreateSubsystem, CreateTransport, GetStats, GetSubsystems,
+    GetTransports, Host, Listener, RemoveNs,
+};
 use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use strata_nvmf::target::subsystem::{ListenAddress, Subsystem, SubsystemKind};
+use strata_nvmf::target::subsystem::{Subsystem, SubsystemKind};
 use strata_nvmf::target::transport::SockGroup;
-use strata_nvmf::target::{Target, TargetError, TransportOptions};
+use strata_nvmf::target::{Target, TargetError};
 
 impl From<TargetError> for RpcError {
     fn from(e: TargetError) -> Self {
@@ -25,175 +28,37 @@ fn subsystem(nqn: &str) -> Result<Arc<Subsystem>, RpcError> {
         .ok_or_else(|| RpcError::new(-(libc::ENODEV as i64), format!("subsystem {nqn} not found")))
 }
 
-fn listen_address(p: &Params, m: &str) -> Result<ListenAddress, RpcError> {
-    let v = p.object("listen_address")?.ok_or_else(|| {
-        RpcError::invalid_params(format!("{m}: missing required parameter 'listen_address'"))
-    })?;
-    let sub = Params::new(
-        "listen_address",
-        Some(Value::Object(v)),
-        &["trtype", "adrfam", "traddr", "trsvcid"],
-        &["trsvcid_range"],
-    )?;
-    let trtype = sub.str("trtype")?;
-    Ok(ListenAddress {
-        trtype: trtype.to_uppercase(),
-        adrfam: sub.opt_str("adrfam")?.unwrap_or_else(|| "IPv4".into()),
-        traddr: sub.str("traddr")?,
-        trsvcid: sub.opt_str("trsvcid")?.unwrap_or_else(|| "4420".into()),
-    })
-}
-
-fn hex_bytes<const N: usize>(m: &str, key: &str, s: &str) -> Result<[u8; N], RpcError> {
-    let clean: String = s.chars().filter(|c| *c != '-').collect();
-    let bad = || {
-        RpcError::invalid_params(format!(
-            "{m}: invalid parameter '{key}': expected {} hex digits",
-            N * 2
-        ))
-    };
-    // ASCII hex only: slicing below is by byte.
-    if clean.len() != N * 2 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&clean[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
 pub fn register(t: &mut MethodTable) {
-    t.add("nvmf_create_transport", |_, p| {
-        let m = "nvmf_create_transport";
-        let p = Params::new(
-            m,
-            p,
-            &[
-                "trtype",
-                "max_queue_depth",
-                "max_io_qpairs_per_ctrlr",
-                "in_capsule_data_size",
-                "max_io_size",
-                "io_unit_size",
-                "max_aq_depth",
-                "c2h_success",
-                "num_shared_buffers",
-                "buf_cache_size",
-                "sock_priority",
-                "abort_timeout_sec",
-            ],
-            &[
-                "dif_insert_or_strip",
-                "zcopy",
-                "ack_timeout",
-                "data_wr_pool_size",
-                "max_qpairs_per_ctrlr",
-                "tgt_name",
-                "control_msg_num",
-                "disable_command_passthru",
-            ],
-        )?;
-        let d = TransportOptions::default();
-        let u16p = |k: &str, def: u16| -> Result<u16, RpcError> {
-            match p.opt_u32(k)? {
-                None => Ok(def),
-                Some(v) => u16::try_from(v).map_err(|_| {
-                    RpcError::invalid_params(format!("{m}: invalid parameter '{k}': too large"))
-                }),
-            }
-        };
-        let opts = TransportOptions {
-            trtype: p.str("trtype")?.to_uppercase(),
-            max_queue_depth: u16p("max_queue_depth", d.max_queue_depth)?,
-            max_io_qpairs_per_ctrlr: u16p("max_io_qpairs_per_ctrlr", d.max_io_qpairs_per_ctrlr)?,
-            in_capsule_data_size: p
-                .opt_u32("in_capsule_data_size")?
-                .unwrap_or(d.in_capsule_data_size),
-            max_io_size: p.opt_u32("max_io_size")?.unwrap_or(d.max_io_size),
-            io_unit_size: p.opt_u32("io_unit_size")?.unwrap_or(d.io_unit_size),
-            max_aq_depth: u16p("max_aq_depth", d.max_aq_depth)?,
-            c2h_success: p.opt_bool("c2h_success")?.unwrap_or(d.c2h_success),
-            num_shared_buffers: p
-                .opt_u32("num_shared_buffers")?
-                .unwrap_or(d.num_shared_buffers),
-            buf_cache_size: p.opt_u32("buf_cache_size")?.unwrap_or(d.buf_cache_size),
-            sock_priority: p.opt_u32("sock_priority")?.unwrap_or(d.sock_priority),
-            abort_timeout_sec: p
-                .opt_u32("abort_timeout_sec")?
-                .unwrap_or(d.abort_timeout_sec),
-        };
-        Target::get().create_transport(opts)?;
+    t.add("nvmf_create_transport", |_, p: CreateTransport| {
+        Target::get().create_transport(p.options()?)?;
         Ok(Value::Bool(true))
     });
-    t.add("nvmf_get_transports", |_, p| {
-        Params::new("nvmf_get_transports", p, &["trtype"], &["tgt_name"])?;
+    t.add("nvmf_get_transports", |_, _: GetTransports| {
         Ok(Value::Array(
             Target::get().transport().iter().map(|o| json!(o)).collect(),
         ))
     });
-    t.add("nvmf_create_subsystem", |_, p| {
-        let m = "nvmf_create_subsystem";
-        let p = Params::new(
-            m,
-            p,
-            &[
-                "nqn",
-                "serial_number",
-                "model_number",
-                "allow_any_host",
-                "max_namespaces",
-            ],
-            &[
-                "ana_reporting",
-                "min_cntlid",
-                "max_cntlid",
-                "tgt_name",
-                "max_discard_size_kib",
-                "max_write_zeroes_size_kib",
-                "passthrough",
-                "enable_nssr",
-            ],
-        )?;
-        let nqn = p.str("nqn")?;
+    t.add("nvmf_create_subsystem", |_, p: CreateSubsystem| {
         Target::get().create_subsystem(
-            &nqn,
-            &p.opt_str("serial_number")?
-                .unwrap_or_else(|| "00000000000000000000".into()),
-            &p.opt_str("model_number")?
-                .unwrap_or_else(|| "strata Controller".into()),
-            p.opt_bool("allow_any_host")?.unwrap_or(false),
-            match p.opt_u32("max_namespaces")? {
-                None | Some(0) => 32,
-                Some(n) => n,
-            },
+            &p.nqn,
+            p.serial_number(),
+            p.model_number(),
+            p.allow_any_host,
+            p.max_namespaces(),
         )?;
         Ok(Value::Bool(true))
     });
-    t.add("nvmf_delete_subsystem", |_, p| {
-        let p = Params::new("nvmf_delete_subsystem", p, &["nqn"], &["tgt_name"])?;
-        Target::get().delete_subsystem(&p.str("nqn")?)?;
+    t.add("nvmf_delete_subsystem", |_, p: ByNqn| {
+        Target::get().delete_subsystem(&p.nqn)?;
         Ok(Value::Bool(true))
     });
     for (m, add) in [
         ("nvmf_subsystem_add_listener", true),
         ("nvmf_subsystem_remove_listener", false),
     ] {
-        t.add(m, move |_, p| {
-            let p = Params::new(
-                m,
-                p,
-                &["nqn", "listen_address"],
-                &[
-                    "tgt_name",
-                    "secure_channel",
-                    "ana_state",
-                    "anagrpid",
-                    "sock_impl",
-                ],
-            )?;
-            let s = subsystem(&p.str("nqn")?)?;
-            let a = listen_address(&p, m)?;
+        t.add(m, move |_, p: Listener| {
+            let s = subsystem(&p.nqn)?;
+            let a = p.listen_address.into();
             if add {
                 Target::get().add_listener(&s, a)?;
             } else {
@@ -202,64 +67,23 @@ pub fn register(t: &mut MethodTable) {
             Ok(Value::Bool(true))
         });
     }
-    t.add("nvmf_subsystem_add_ns", |_, p| {
-        let m = "nvmf_subsystem_add_ns";
-        let p = Params::new(
-            m,
-            p,
-            &["nqn", "namespace"],
-            &["tgt_name", "no_auto_visible"],
-        )?;
-        let s = subsystem(&p.str("nqn")?)?;
-        let ns = p.object("namespace")?.ok_or_else(|| {
-            RpcError::invalid_params(format!("{m}: missing required parameter 'namespace'"))
-        })?;
-        let ns = Params::new(
-            "namespace",
-            Some(Value::Object(ns)),
-            &["bdev_name", "nsid", "uuid", "nguid", "eui64"],
-            &["ptpl_file", "anagrpid", "no_auto_visible"],
-        )?;
-        let nguid = match ns.opt_str("nguid")? {
-            Some(s) => Some(hex_bytes::<16>(m, "nguid", &s)?),
-            None => None,
-        };
-        let eui64 = match ns.opt_str("eui64")? {
-            Some(s) => Some(hex_bytes::<8>(m, "eui64", &s)?),
-            None => None,
-        };
-        let nsid = s.add_namespace(
-            &ns.str("bdev_name")?,
-            ns.opt_u32("nsid")?.unwrap_or(0),
-            ns.opt_uuid("uuid")?,
-            nguid,
-            eui64,
-        )?;
+    t.add("nvmf_subsystem_add_ns", |_, p: AddNs| {
+        let s = subsystem(&p.nqn)?;
+        let ns = p.namespace()?;
+        let nsid = s.add_namespace(&ns.bdev_name, ns.nsid, ns.uuid, ns.nguid, ns.eui64)?;
         Ok(json!(nsid))
     });
-    t.add("nvmf_subsystem_remove_ns", |_, p| {
-        let p = Params::new(
-            "nvmf_subsystem_remove_ns",
-            p,
-            &["nqn", "nsid"],
-            &["tgt_name"],
-        )?;
-        subsystem(&p.str("nqn")?)?.remove_namespace(p.u32("nsid")?)?;
+    t.add("nvmf_subsystem_remove_ns", |_, p: RemoveNs| {
+        subsystem(&p.nqn)?.remove_namespace(p.nsid)?;
         Ok(Value::Bool(true))
     });
     for (m, add) in [
         ("nvmf_subsystem_add_host", true),
         ("nvmf_subsystem_remove_host", false),
     ] {
-        t.add(m, move |_, p| {
-            let p = Params::new(
-                m,
-                p,
-                &["nqn", "host"],
-                &["tgt_name", "psk", "dhchap_key", "dhchap_ctrlr_key"],
-            )?;
-            let s = subsystem(&p.str("nqn")?)?;
-            let host = p.str("host")?;
+        t.add(m, move |_, p: Host| {
+            let s = subsystem(&p.nqn)?;
+            let host = p.host;
             strata_nvmf::target::subsystem::validate_nqn(&host)?;
             let mut st = s.state.lock();
             if add {
@@ -283,35 +107,21 @@ pub fn register(t: &mut MethodTable) {
             Ok(Value::Bool(true))
         });
     }
-    t.add("nvmf_subsystem_allow_any_host", |_, p| {
-        let p = Params::new(
-            "nvmf_subsystem_allow_any_host",
-            p,
-            &["nqn", "allow_any_host"],
-            &["tgt_name"],
-        )?;
-        let s = subsystem(&p.str("nqn")?)?;
-        let allow = p.opt_bool("allow_any_host")?.ok_or_else(|| {
-            RpcError::invalid_params(
-                "nvmf_subsystem_allow_any_host: missing required parameter 'allow_any_host'",
-            )
-        })?;
-        s.state.lock().allow_any_host = allow;
+    t.add("nvmf_subsystem_allow_any_host", |_, p: AllowAnyHost| {
+        subsystem(&p.nqn)?.state.lock().allow_any_host = p.allow_any_host;
         Ok(Value::Bool(true))
     });
-    t.add("nvmf_get_subsystems", |_, p| {
-        let p = Params::new("nvmf_get_subsystems", p, &["nqn"], &["tgt_name"])?;
-        let subs = match p.opt_str("nqn")? {
-            Some(n) => vec![subsystem(&n)?],
+    t.add("nvmf_get_subsystems", |_, p: GetSubsystems| {
+        let subs = match &p.nqn {
+            Some(n) => vec![subsystem(n)?],
             None => Target::get().subsystems(),
         };
         Ok(Value::Array(
             subs.iter().map(|s| subsystem_json(s)).collect(),
         ))
     });
-    t.add("nvmf_subsystem_get_controllers", |_, p| {
-        let p = Params::new("nvmf_subsystem_get_controllers", p, &["nqn"], &["tgt_name"])?;
-        let s = subsystem(&p.str("nqn")?)?;
+    t.add("nvmf_subsystem_get_controllers", |_, p: ByNqn| {
+        let s = subsystem(&p.nqn)?;
         let v: Vec<Value> = s
             .controllers()
             .iter()
@@ -327,9 +137,8 @@ pub fn register(t: &mut MethodTable) {
             .collect();
         Ok(Value::Array(v))
     });
-    t.add("nvmf_subsystem_get_qpairs", |ctx, p| {
-        let p = Params::new("nvmf_subsystem_get_qpairs", p, &["nqn"], &["tgt_name"])?;
-        let nqn = p.str("nqn")?;
+    t.add("nvmf_subsystem_get_qpairs", |ctx, p: ByNqn| {
+        let nqn = p.nqn;
         subsystem(&nqn)?;
         let mut out = Vec::new();
         for r in 0..ctx.reactors.len() {
@@ -359,8 +168,7 @@ pub fn register(t: &mut MethodTable) {
         }
         Ok(Value::Array(out))
     });
-    t.add("nvmf_get_stats", |ctx, p| {
-        Params::new("nvmf_get_stats", p, &[], &["tgt_name"])?;
+    t.add("nvmf_get_stats", |ctx, _: GetStats| {
         let mut groups = Vec::new();
         for r in 0..ctx.reactors.len() {
             let (admin, io) = ctx
