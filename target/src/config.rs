@@ -129,9 +129,10 @@ pub fn load(path: &Path, methods: &MethodTable) -> Result<usize, ConfigError> {
 
 /// The current configuration, in the format `load` reads.
 pub fn save() -> Value {
-    let mut bdev: Vec<Value> = registry::list()
-        .iter()
-        .filter_map(|h| h.bdev.config())
+    // Module-wide settings first, then the bdevs in registration order.
+    let mut bdev: Vec<Value> = strata_bdev::module::config_entries()
+        .into_iter()
+        .chain(registry::list().iter().filter_map(|h| h.bdev.config()))
         .map(|c| json!({ "method": c.method, "params": c.params }))
         .collect();
     bdev.push(json!({ "method": "bdev_wait_for_examine" }));
