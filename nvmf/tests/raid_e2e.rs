@@ -283,3 +283,78 @@ fn restart_with_a_member_missing_then_the_stale_member_back() {
     t.stop();
     assert_parity(&files);
 }
+
+#[test]
+fn a_rebuild_killed_midway_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = member_files(dir.path());
+    // 1: all members; write version 1 over every block of the first 4 MiB.
+    let t = Tgt::start(dir.path(), &files, true, "all");
+    let mut c = t.connect(NQN);
+    for b in 0..1024u64 {
+        c.write_blocks(1, b, &pattern(b, 1)).unwrap();
+    }
+    drop(c);
+    t.stop();
+    // 2: D3 missing; overwrite the even blocks.
+    let t = Tgt::start(dir.path(), &files[..3], false, "missing");
+    let mut c = t.connect(NQN);
+    for b in (0..1024u64).step_by(2) {
+        c.write_blocks(1, b, &pattern(b, 2)).unwrap();
+    }
+    drop(c);
+    // D3 comes back while the target runs, with rebuilds limited to 2 MB/s: kill -9 once
+    // the rebuild is well past its first checkpoint.
+    t.rpc(&["bdev_raid_set_options", "-b", "2"]);
+    let f3 = files[3].to_str().unwrap();
+    t.rpc(&["bdev_uring_create", f3, "D3", "4096"]);
+    let t0 = Instant::now();
+    let done_before = loop {
+        let v = t.rpc(&["bdev_raid_get_bdevs", "all"]);
+        let p = v[0]["process"]["progress"]["percent"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if p >= 40.0 {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "rebuild did not progress: {v}\n{}",
+            t.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    t.kill9();
+    // 3: all members configured: the rebuild resumes where its checkpoint says, not at 0.
+    let t = Tgt::start(dir.path(), &files, false, "resumed");
+    let t0 = Instant::now();
+    loop {
+        let r = t.wait_idle();
+        if r["num_base_bdevs_operational"] == 4 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "member not rebuilt: {r}\n{}",
+            t.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = t.log_text();
+    assert!(
+        log.contains("rebuild resumed from its checkpoint"),
+        "rebuild at {done_before}% was not resumed:\n{log}"
+    );
+    assert!(log.contains("rebuild complete"), "{log}");
+    let mut c = t.connect(NQN);
+    for b in 0..1024u64 {
+        let v = if b % 2 == 0 { 2 } else { 1 };
+        assert!(
+            c.read_blocks(1, b, 1).unwrap() == pattern(b, v),
+            "block {b} after the resumed rebuild"
+        );
+    }
+    drop(c);
+    t.stop();
+    assert_parity(&files);
+}

@@ -44,6 +44,8 @@ pub struct Array {
     live: Vec<AtomicU8>,
     /// Stripes below the cursor are valid on a rebuilding member.
     pub rebuild_cursor: AtomicU64,
+    /// The cursor as last persisted (the job's checkpoint): a restarted rebuild resumes here.
+    pub rebuild_checkpoint: AtomicU64,
     /// Bumped whenever a slot's bdev changes: channels then refresh their member channels.
     pub epoch: AtomicU64,
     offline: AtomicBool,
@@ -110,6 +112,7 @@ impl Array {
             slots: RwLock::new(slots),
             live,
             rebuild_cursor: AtomicU64::new(0),
+            rebuild_checkpoint: AtomicU64::new(0),
             epoch: AtomicU64::new(1),
             offline: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -206,12 +209,22 @@ impl Array {
         s.base = Some(base);
         s.state = MemberState::Rebuilding;
         self.rebuild_cursor.store(0, Ordering::Release);
+        self.rebuild_checkpoint.store(0, Ordering::Release);
         self.live[slot].store(LIVE_REBUILDING, Ordering::Release);
         drop(slots);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(m) = &self.meta {
             m.bump();
         }
+    }
+
+    /// A rebuild target attached after a restart resumes at its persisted checkpoint: the
+    /// stripes below it are rebuilt and durable on the member, and it took every write to
+    /// them since (its superblock is of the newest generation).
+    pub fn resume_rebuild_at(&self, checkpoint: u64) {
+        let c = checkpoint.min(self.geo.stripes());
+        self.rebuild_cursor.store(c, Ordering::Release);
+        self.rebuild_checkpoint.store(c, Ordering::Release);
     }
 
     /// The rebuild finished: the member serves all stripes.
@@ -222,6 +235,7 @@ impl Array {
         }
         slots[slot].state = MemberState::Active;
         self.live[slot].store(LIVE_ACTIVE, Ordering::Release);
+        self.rebuild_checkpoint.store(0, Ordering::Release);
         drop(slots);
         if let Some(m) = &self.meta {
             m.bump();
@@ -259,6 +273,7 @@ impl Array {
             bitmap_bits: self.meta.as_ref().map_or(0, |m| m.bits),
             states: slots.iter().map(|s| s.state).collect(),
             concat: self.geo.concat.clone(),
+            rebuild_checkpoint: self.rebuild_checkpoint.load(Ordering::Acquire),
         }
     }
 

@@ -630,7 +630,13 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
         let trusted: Vec<bool> = (0..n)
             .map(|i| best.states[i] == MemberState::Active && by_slot[i].is_some())
             .collect();
-        let want_all = (0..n).all(|i| best.states[i] != MemberState::Active || trusted[i]);
+        // Every member that was in sync, and a rebuild target that can resume from its
+        // checkpoint (assembling without it would throw its progress away).
+        let want_all = (0..n).all(|i| match best.states[i] {
+            MemberState::Active => trusted[i],
+            MemberState::Rebuilding if best.rebuild_checkpoint > 0 => by_slot[i].is_some(),
+            _ => true,
+        });
         let have = trusted.iter().filter(|t| **t).count();
         let enough = have + best.level.tolerance(n) >= n;
         if !(want_all || degraded_ok && enough) {
@@ -652,11 +658,20 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
         let slots: Vec<(Option<String>, bool)> = (0..n)
             .map(|i| (by_slot[i].map(|c| c.bdev.clone()), trusted[i]))
             .collect();
+        // A member that was being rebuilt and took every metadata write since resumes at
+        // the checkpoint; any other untrusted member is rebuilt from the start.
+        let resume = (0..n).find_map(|i| {
+            let c = by_slot[i]?;
+            (best.states[i] == MemberState::Rebuilding
+                && c.sb.generation == best.generation
+                && best.rebuild_checkpoint > 0)
+                .then_some((i, best.rebuild_checkpoint))
+        });
         p.remove(&uuid);
-        (best, slots, bitmap)
+        (best, slots, bitmap, resume)
     };
-    let (best, slots, bitmap) = plan;
-    if let Err(e) = bring_up(&best, &slots, bitmap) {
+    let (best, slots, bitmap, resume) = plan;
+    if let Err(e) = bring_up(&best, &slots, bitmap, resume) {
         tracing::error!(raid = %best.name, error = %e, "RAID assembly failed");
     }
 }
@@ -665,6 +680,7 @@ fn bring_up(
     best: &Superblock,
     members: &[(Option<String>, bool)],
     bitmap: Vec<u64>,
+    resume: Option<(usize, u64)>,
 ) -> Result<(), BdevError> {
     let mut slots = Vec::with_capacity(best.members);
     let mut stale = None;
@@ -754,6 +770,9 @@ fn bring_up(
     let rebuild_slot = stale.map(|(i, c)| {
         tracing::warn!(raid = %best.name, bdev = %c.name, slot = i, "member is stale (older generation or failed): rebuilding it");
         array.attach_rebuild_target(i, c);
+        if let Some((_, checkpoint)) = resume.filter(|(r, _)| *r == i) {
+            array.resume_rebuild_at(checkpoint);
+        }
         i
     });
     start_background(&array, rebuild_slot);

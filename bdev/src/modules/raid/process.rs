@@ -15,7 +15,7 @@ use crate::volume::persist::{self, MetaWrite, MetaWriter};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strata_reactor::dma;
 
 impl MetaWriter for RaidChannel {
@@ -91,6 +91,22 @@ impl RaidChannel {
             }
         }
         out
+    }
+
+    /// Persists a rebuild's progress: stripes below `cursor` are rebuilt on `slot`. The
+    /// member is flushed first, so the checkpoint never claims data the member could lose.
+    async fn checkpoint_rebuild(&self, slot: usize, cursor: u64) {
+        let p = self.mio_abs(slot, IoType::Flush, 0, 0, Bufs::new());
+        if self.wait_all(vec![(slot, p)]).await.is_err() {
+            return;
+        }
+        self.array
+            .rebuild_checkpoint
+            .store(cursor, Ordering::Release);
+        if let Some(m) = &self.array.meta {
+            m.bump();
+        }
+        self.persist().await;
     }
 
     /// Rebuilds rows of `stripe` onto `slot`. Retries when a source member fails.
@@ -199,6 +215,9 @@ impl RaidChannel {
     }
 }
 
+/// How often a rebuild persists its progress (a restart resumes from there).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The array's job rate limit, MB/s (0: unlimited).
 fn rate_limit() -> u64 {
     super::options().process_max_bandwidth_mb_sec
@@ -219,8 +238,15 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
     };
     let mut run = JobRun::new(&job);
     let stripe_bytes = per_stripe * array.block_size as u64;
+    // A rebuild resumed after a restart starts at its checkpoint.
+    let first = array.rebuild_cursor.load(Ordering::Acquire).min(stripes);
+    if first > 0 {
+        tracing::info!(raid = %array.name, target = %target, stripe = first, "rebuild resumed from its checkpoint");
+    }
+    job.set_done(first * stripe_bytes);
+    let mut checkpointed = Instant::now();
     let mut ok = true;
-    for s in 0..stripes {
+    for s in first..stripes {
         if array.stopping.load(Ordering::Acquire) || array.live(slot) != LIVE_REBUILDING {
             ok = false;
             break;
@@ -239,6 +265,10 @@ pub async fn rebuild(array: Arc<Array>, slot: usize) {
         if run.step(stripe_bytes, rate_limit()).await.is_err() {
             ok = false;
             break;
+        }
+        if checkpointed.elapsed() >= CHECKPOINT_INTERVAL && s + 1 < stripes {
+            ch.checkpoint_rebuild(slot, s + 1).await;
+            checkpointed = Instant::now();
         }
     }
     if ok && array.rebuild_done(slot) {

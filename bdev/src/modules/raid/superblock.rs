@@ -40,6 +40,7 @@ const REGION_AT: usize = 32;
 const BITS_AT: usize = 40;
 const NAME_AT: usize = 48;
 const NAME_MAX: usize = 64;
+const REBUILD_CHECKPOINT_AT: usize = 112;
 /// Per member: state (1 byte), then at +8 its concat size.
 const MEMBERS_AT: usize = 120;
 const MEMBER_BYTES: usize = 24;
@@ -83,6 +84,9 @@ pub struct Superblock {
     pub states: Vec<MemberState>,
     /// concat: data blocks per member.
     pub concat: Vec<u64>,
+    /// Stripes a rebuilding member holds rebuilt and durable: a restarted rebuild resumes
+    /// here (0 when no rebuild runs).
+    pub rebuild_checkpoint: u64,
 }
 
 /// Bitmap blocks for `bits` bits at `block_size`.
@@ -183,6 +187,7 @@ impl Superblock {
             put_u64(b, MEMBER_BLOCKS_AT, self.member_blocks);
             put_u64(b, REGION_AT, self.region_stripes);
             put_u64(b, BITS_AT, self.bitmap_bits);
+            put_u64(b, REBUILD_CHECKPOINT_AT, self.rebuild_checkpoint);
             let name = self.name.as_bytes();
             let n = name.len().min(NAME_MAX);
             b[NAME_AT..NAME_AT + n].copy_from_slice(&name[..n]);
@@ -230,6 +235,7 @@ impl Superblock {
             bitmap_bits: get_u64(b, BITS_AT),
             states,
             concat,
+            rebuild_checkpoint: get_u64(b, REBUILD_CHECKPOINT_AT),
         };
         if sb.strip_blocks == 0 || sb.region_stripes == 0 || sb.block_size == 0 {
             return Err(SbError::Corrupt("geometry"));
@@ -267,6 +273,7 @@ mod tests {
                 MemberState::Rebuilding,
             ],
             concat: vec![],
+            rebuild_checkpoint: 0,
         }
     }
 
