@@ -1,9 +1,10 @@
 //! Connection set-up: ICReq, Fabrics commands (Connect, Property Get/Set, Disconnect).
 
 use super::*;
+use crate::tcp::framer::HeaderBytes;
 
 impl Connection {
-    pub(super) fn on_icreq(&self, hdr: &[u8; 132]) -> Result<(), Fatal> {
+    pub(super) fn on_icreq(&self, hdr: &HeaderBytes) -> Result<(), Fatal> {
         let req = IcReq::read_from_bytes(&hdr[..128]).map_err(|_| Fatal::Closed)?;
         if req.pfv != 0 {
             return Err(Fatal::Pdu(

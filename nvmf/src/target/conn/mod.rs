@@ -16,7 +16,7 @@ use crate::spec::fabrics::{self, ConnectCmd, ConnectData, PropertyCmd};
 use crate::spec::status::{self, Status};
 use crate::spec::{get_cstr, Cqe, Sqe};
 use crate::tcp::pdu::{
-    self, fes, pdu_type, CapsuleCmdHdr, CommonHeader, DataHdr, IcReq, PduError, PduLayout, Receiver,
+    self, fes, pdu_type, CapsuleCmdHdr, DataHdr, IcReq, PduError, PduLayout, Receiver,
 };
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -2,6 +2,9 @@
 
 use super::tx::{TX_BACKLOG_BYTES, TX_BACKLOG_PDUS};
 use super::*;
+use crate::tcp::framer::{Frame, Framer, HeaderBytes, RxLimits, MAX_HEADER_WITH_DIGEST};
+use crate::tcp::pdu::DIGEST_LEN;
+use std::cell::RefMut;
 
 /// Where the payload of the PDU being received goes.
 pub(super) enum Sink {
@@ -16,7 +19,7 @@ pub(super) enum Sink {
 
 /// A PDU whose header is in and whose payload is still arriving.
 pub(super) struct DataRx {
-    hdr: [u8; 132],
+    hdr: HeaderBytes,
     layout: PduLayout,
     /// Padding bytes between header and data still to skip.
     pad: usize,
@@ -73,185 +76,178 @@ impl Connection {
             if s.phase == Phase::Closed {
                 return Ok(());
             }
-            let avail = s.se - s.sp;
             let rx = std::mem::replace(&mut s.rx, Rx::Header);
-            match rx {
-                Rx::Header => {
-                    // A host that sends commands but does not read the answers must not
-                    // make us queue without bound: take no new command until it reads.
-                    if s.tx.len() > TX_BACKLOG_PDUS || s.tx_owned > TX_BACKLOG_BYTES {
-                        if !s.stalled {
-                            tracing::warn!(
-                                pdus = s.tx.len(),
-                                bytes = s.tx_owned,
-                                "host is not reading its responses: receive paused"
-                            );
-                        }
-                        s.stalled = true;
-                        return Ok(());
-                    }
-                    if avail < pdu::COMMON_HEADER_LEN {
-                        if !self.fill(&mut s)? {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    let sp = s.sp;
-                    let ch = CommonHeader::read_from_bytes(&s.staging[sp..sp + 8])
-                        .map_err(|_| Fatal::Closed)?;
-                    let max_data = self.max_data_for(&s, ch.pdu_type);
-                    let layout = PduLayout::of(&ch, Receiver::Controller, s.digests, max_data)
-                        .map_err(|e| Fatal::Pdu(e, s.staging[sp..sp + 8].to_vec()))?;
-                    let hb = layout.header_bytes();
-                    if avail < hb {
-                        if !self.fill(&mut s)? {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    let mut hdr = [0u8; 132];
-                    hdr[..hb].copy_from_slice(&s.staging[sp..sp + hb]);
-                    if layout.hdgst {
-                        let want = u32::from_le_bytes([
-                            hdr[layout.hlen],
-                            hdr[layout.hlen + 1],
-                            hdr[layout.hlen + 2],
-                            hdr[layout.hlen + 3],
-                        ]);
-                        if pdu::digest(&[&hdr[..layout.hlen]]) != want {
-                            return Err(Fatal::Pdu(
-                                PduError {
-                                    fes: fes::HEADER_DIGEST_ERROR,
-                                    fei: 0,
-                                },
-                                hdr[..hb].to_vec(),
-                            ));
-                        }
-                    }
-                    s.sp += hb;
-                    if layout.data_len == 0 {
-                        drop(s);
-                        self.dispatch(&hdr, layout, None)?;
-                        continue;
-                    }
-                    let Some(sink) = self.data_sink(&mut s, &hdr, &layout)? else {
-                        // No DMA buffer for the payload right now: leave the PDU unparsed
-                        // (backpressure) and retry from the periodic tick.
-                        s.sp -= hb;
-                        s.stalled = true;
-                        return Ok(());
-                    };
-                    let pad = layout.data_off - hb;
-                    s.rx = Rx::Data(DataRx {
-                        hdr,
-                        layout,
-                        pad,
-                        sink,
-                        got: 0,
-                    });
-                }
-                Rx::Data(mut d) => {
-                    // Skip padding between header and data.
-                    let skip = d.pad.min(avail);
-                    s.sp += skip;
-                    d.pad -= skip;
-                    let want = d.layout.data_len - d.got;
-                    let avail = s.se - s.sp;
-                    if d.pad == 0 && want > 0 && avail > 0 {
-                        let n = want.min(avail);
-                        let sp = s.sp;
-                        let state: &mut State = &mut s;
-                        sink_write(
-                            &mut d.sink,
-                            &mut state.reqs,
-                            d.got,
-                            &state.staging[sp..sp + n],
-                        );
-                        s.sp += n;
-                        d.got += n;
-                    }
-                    let want = d.layout.data_len - d.got;
-                    if d.pad > 0 || want > 0 {
-                        if d.pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp && !s.drained {
-                            // Straight into the data buffer.
-                            let r = {
-                                let state: &mut State = &mut s;
-                                match sink_slice(&mut d.sink, &mut state.reqs, d.got, want) {
-                                    Some(dst) => (&self.stream).read(dst),
-                                    None => Ok(0),
-                                }
-                            };
-                            match r {
-                                Ok(0) => return Err(Fatal::Closed),
-                                Ok(n) => {
-                                    d.got += n;
-                                    s.drained = n < want;
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                    s.rx = Rx::Data(d);
-                                    return Ok(());
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(_) => return Err(Fatal::Closed),
-                            }
-                            s.rx = Rx::Data(d);
-                            continue;
-                        }
-                        s.rx = Rx::Data(d);
-                        if !self.fill(&mut s)? {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    if d.layout.ddgst {
-                        if s.se - s.sp < 4 {
-                            s.rx = Rx::Data(d);
-                            if !self.fill(&mut s)? {
-                                return Ok(());
-                            }
-                            continue;
-                        }
-                        let sp = s.sp;
-                        let want = u32::from_le_bytes([
-                            s.staging[sp],
-                            s.staging[sp + 1],
-                            s.staging[sp + 2],
-                            s.staging[sp + 3],
-                        ]);
-                        s.sp += 4;
-                        let have = sink_digest(&d.sink, &s.reqs, d.layout.data_len);
-                        if have != want {
-                            // A data digest error fails the command, not the connection.
-                            drop(s);
-                            let DataRx {
-                                hdr, layout, sink, ..
-                            } = d;
-                            self.data_digest_error(&hdr, layout, sink);
-                            continue;
-                        }
-                    }
-                    drop(s);
-                    let DataRx {
-                        hdr, layout, sink, ..
-                    } = d;
-                    self.dispatch(&hdr, layout, Some(sink))?;
-                }
+            let more = match rx {
+                Rx::Header => self.receive_header(s)?,
+                Rx::Data(d) => self.receive_data(s, d)?,
+            };
+            if !more {
+                return Ok(());
             }
         }
     }
 
-    pub(super) fn max_data_for(&self, s: &State, t: u8) -> usize {
-        match t {
-            pdu_type::CAPSULE_CMD => {
-                if s.qid == Some(0) || s.qid.is_none() {
-                    ADMIN_IN_CAPSULE as usize
-                } else {
-                    s.in_capsule as usize
-                }
-            }
-            pdu_type::H2C_DATA => s.maxh2cdata as usize,
-            _ => pdu::TERM_REQ_MAX_DATA,
+    /// The receive framer for this queue's negotiated state (built per header: a few words,
+    /// no lock, no allocation).
+    fn framer(s: &State) -> Framer {
+        let capsule = if s.qid == Some(0) || s.qid.is_none() {
+            ADMIN_IN_CAPSULE
+        } else {
+            s.in_capsule
+        };
+        Framer {
+            rx: Receiver::Controller,
+            digests: s.digests,
+            limits: RxLimits {
+                capsule: capsule as usize,
+                transfer: s.maxh2cdata as usize,
+            },
         }
+    }
+
+    /// At a PDU boundary: frames the next header in staging and dispatches it, or decides
+    /// where its payload goes. Ok(false): stop receiving for now.
+    fn receive_header(&self, mut s: RefMut<'_, State>) -> Result<bool, Fatal> {
+        // A host that sends commands but does not read the answers must not make us queue
+        // without bound: take no new command until it reads.
+        if s.tx.len() > TX_BACKLOG_PDUS || s.tx_owned > TX_BACKLOG_BYTES {
+            if !s.stalled {
+                tracing::warn!(
+                    pdus = s.tx.len(),
+                    bytes = s.tx_owned,
+                    "host is not reading its responses: receive paused"
+                );
+            }
+            s.stalled = true;
+            return Ok(false);
+        }
+        let (sp, se) = (s.sp, s.se);
+        let layout = match Self::framer(&s).header(&s.staging[sp..se]) {
+            Ok(Frame::Header(l)) => l,
+            Ok(Frame::Need(_)) => return self.fill(&mut s),
+            Err(r) => {
+                let quoted = s.staging[sp..sp + r.quote].to_vec();
+                return Err(Fatal::Pdu(r.error, quoted));
+            }
+        };
+        let hb = layout.header_bytes();
+        let mut hdr: HeaderBytes = [0; MAX_HEADER_WITH_DIGEST];
+        hdr[..hb].copy_from_slice(&s.staging[sp..sp + hb]);
+        s.sp += hb;
+        if layout.data_len == 0 {
+            drop(s);
+            self.dispatch(&hdr, layout, None)?;
+            return Ok(true);
+        }
+        let Some(sink) = self.data_sink(&mut s, &hdr, &layout)? else {
+            // No DMA buffer for the payload right now: leave the PDU unparsed
+            // (backpressure) and retry from the periodic tick.
+            s.sp -= hb;
+            s.stalled = true;
+            return Ok(false);
+        };
+        let pad = layout.data_off - hb;
+        s.rx = Rx::Data(DataRx {
+            hdr,
+            layout,
+            pad,
+            sink,
+            got: 0,
+        });
+        Ok(true)
+    }
+
+    /// Inside a PDU's payload: padding, data (from staging, or read straight into the data
+    /// buffer when large), then the data digest. Ok(false): stop receiving for now.
+    fn receive_data(&self, mut s: RefMut<'_, State>, mut d: DataRx) -> Result<bool, Fatal> {
+        // Skip padding between header and data.
+        let avail = s.se - s.sp;
+        let skip = d.pad.min(avail);
+        s.sp += skip;
+        d.pad -= skip;
+        let want = d.layout.data_len - d.got;
+        let avail = s.se - s.sp;
+        if d.pad == 0 && want > 0 && avail > 0 {
+            let n = want.min(avail);
+            let sp = s.sp;
+            let state: &mut State = &mut s;
+            sink_write(
+                &mut d.sink,
+                &mut state.reqs,
+                d.got,
+                &state.staging[sp..sp + n],
+            );
+            s.sp += n;
+            d.got += n;
+        }
+        let want = d.layout.data_len - d.got;
+        if d.pad > 0 || want > 0 {
+            if d.pad == 0 && want >= DIRECT_READ_MIN && s.se == s.sp && !s.drained {
+                return self.read_direct(s, d, want);
+            }
+            s.rx = Rx::Data(d);
+            return self.fill(&mut s);
+        }
+        if d.layout.ddgst {
+            if s.se - s.sp < DIGEST_LEN {
+                s.rx = Rx::Data(d);
+                return self.fill(&mut s);
+            }
+            let sp = s.sp;
+            s.sp += DIGEST_LEN;
+            let ok = sink_digest_ok(
+                &d.sink,
+                &s.reqs,
+                d.layout.data_len,
+                &s.staging[sp..sp + DIGEST_LEN],
+            );
+            if !ok {
+                // A data digest error fails the command, not the connection.
+                drop(s);
+                let DataRx {
+                    hdr, layout, sink, ..
+                } = d;
+                self.data_digest_error(&hdr, layout, sink);
+                return Ok(true);
+            }
+        }
+        drop(s);
+        let DataRx {
+            hdr, layout, sink, ..
+        } = d;
+        self.dispatch(&hdr, layout, Some(sink))?;
+        Ok(true)
+    }
+
+    /// Reads the rest of a large payload straight into its data buffer (staging is empty).
+    fn read_direct(
+        &self,
+        mut s: RefMut<'_, State>,
+        mut d: DataRx,
+        want: usize,
+    ) -> Result<bool, Fatal> {
+        let r = {
+            let state: &mut State = &mut s;
+            match sink_slice(&mut d.sink, &mut state.reqs, d.got, want) {
+                Some(dst) => (&self.stream).read(dst),
+                None => Ok(0),
+            }
+        };
+        match r {
+            Ok(0) => return Err(Fatal::Closed),
+            Ok(n) => {
+                d.got += n;
+                s.drained = n < want;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                s.rx = Rx::Data(d);
+                return Ok(false);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fatal::Closed),
+        }
+        s.rx = Rx::Data(d);
+        Ok(true)
     }
 
     /// Decides where a PDU's payload goes (before it arrives).
@@ -259,7 +255,7 @@ impl Connection {
     pub(super) fn data_sink(
         &self,
         s: &mut State,
-        hdr: &[u8; 132],
+        hdr: &HeaderBytes,
         layout: &PduLayout,
     ) -> Result<Option<Sink>, Fatal> {
         match layout.pdu_type {
@@ -307,7 +303,7 @@ impl Connection {
         }
     }
 
-    pub(super) fn data_digest_error(&self, hdr: &[u8; 132], layout: PduLayout, sink: Sink) {
+    pub(super) fn data_digest_error(&self, hdr: &HeaderBytes, layout: PduLayout, sink: Sink) {
         tracing::warn!(peer = %self.peer, "data digest error");
         match (layout.pdu_type, sink) {
             (pdu_type::CAPSULE_CMD, _) => {
@@ -332,7 +328,7 @@ impl Connection {
 
     pub(super) fn dispatch(
         &self,
-        hdr: &[u8; 132],
+        hdr: &HeaderBytes,
         layout: PduLayout,
         sink: Option<Sink>,
     ) -> Result<(), Fatal> {
@@ -389,13 +385,14 @@ pub(super) fn sink_slice<'a>(
     }
 }
 
-pub(super) fn sink_digest(sink: &Sink, reqs: &[Req], len: usize) -> u32 {
-    match sink {
-        Sink::Capsule(b) => pdu::digest(&[&b.as_slice()[..len]]),
-        Sink::Term(v) => pdu::digest(&[&v[..len]]),
+pub(super) fn sink_digest_ok(sink: &Sink, reqs: &[Req], len: usize, received: &[u8]) -> bool {
+    let data = match sink {
+        Sink::Capsule(b) => &b.as_slice()[..len],
+        Sink::Term(v) => &v[..len],
         Sink::H2c { slot, off } => match &reqs[*slot as usize].buf {
-            Some(b) => pdu::digest(&[&b.as_slice()[*off..*off + len]]),
-            None => 0,
+            Some(b) => &b.as_slice()[*off..*off + len],
+            None => return false,
         },
-    }
+    };
+    Framer::data_digest_ok(data, received)
 }

@@ -1,6 +1,7 @@
 //! Transmit: the PDU queue, responses, vectored writes.
 
 use super::*;
+use crate::tcp::framer::MAX_HEADER_WITH_DIGEST;
 
 pub(super) enum TxData {
     None,
@@ -45,7 +46,7 @@ impl Connection {
     pub(super) fn queue_raw(&self, bytes: Vec<u8>, close_after: bool) {
         let mut s = self.st.borrow_mut();
         let hdr = pdu::HeaderBuf {
-            bytes: [0; 132],
+            bytes: [0; MAX_HEADER_WITH_DIGEST],
             len: 0,
         };
         s.push_tx(TxPdu {
