@@ -83,15 +83,8 @@ impl Connection {
     }
 
     pub(super) fn on_connect(&self, sqe: Sqe, data: Option<DmaBuf>) {
-        let invalid = |ipo: u32, iattr: u32, why: &str| {
-            tracing::warn!(peer = %self.peer, why, "Connect refused");
-            // Result: IPO (offset of the bad field) in bits 15:0, IATTR (1: in the data) in 23:16.
-            self.respond_now(
-                sqe.cid,
-                status::CONNECT_INVALID_PARAMETERS,
-                ipo | (iattr << 16),
-            );
-        };
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
         if self.st.borrow().ctrl.is_some() {
             tracing::warn!(peer = %self.peer, "second Connect on a queue");
             self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
@@ -132,94 +125,125 @@ impl Connection {
             self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
             return;
         }
+        if cmd.qid == 0 {
+            self.connect_admin_queue(&sqe, &cmd, &cd, subsys, &hostnqn, &subnqn);
+        } else {
+            self.connect_io_queue(&sqe, &cmd, &cd, subsys, &hostnqn);
+        }
+    }
+
+    /// Connect for queue 0: a new controller.
+    fn connect_admin_queue(
+        &self,
+        sqe: &Sqe,
+        cmd: &ConnectCmd,
+        cd: &ConnectData,
+        subsys: Arc<Subsystem>,
+        hostnqn: &str,
+        subnqn: &str,
+    ) {
         let opts = self.target.options();
         let limits = self.target.limits();
-        if cmd.qid == 0 {
-            if cmd.sqsize as u32 + 1 > opts.max_aq_depth as u32 || cmd.sqsize < 1 {
-                invalid(44, 0, "admin queue size out of range");
-                return;
-            }
-            if cd.cntlid != 0xffff && cd.cntlid != 0xfffe {
-                invalid(16, 1, "static controller id requested");
-                return;
-            }
-            let Some(cntlid) = self.target.alloc_cntlid() else {
-                self.respond_now(sqe.cid, status::CONNECT_CONTROLLER_BUSY, 0);
-                return;
-            };
-            let ctrl = Controller::new(
-                cntlid,
-                subsys.clone(),
-                &hostnqn,
-                cd.hostid,
-                cmd.kato,
-                limits,
-            );
-            ctrl.touch_keepalive();
-            // The admin queue lives on this reactor: events are delivered there, looked up by
-            // token (nothing reactor-local crosses threads).
-            let reactor = strata_reactor::current_index().unwrap_or(0);
-            let token = self.token;
-            *ctrl.aer_notify.lock() = Some(Box::new(move || {
-                if let Some(f) = strata_reactor::framework() {
-                    let _ = f.send(reactor, move || {
-                        if let Some(c) = SockGroup::connection(token) {
-                            c.deliver_events();
-                        }
-                    });
-                }
-            }));
-            subsys.state.lock().controllers.push(Arc::downgrade(&ctrl));
-            self.target.remember_controller(&ctrl);
-            {
-                let mut s = self.st.borrow_mut();
-                s.qid = Some(0);
-                s.sq_size = cmd.sqsize;
-                s.sqflow_disabled = cmd.cattr & 0x04 != 0;
-                s.ctrl = Some(ctrl.clone());
-                s.subsys = Some(subsys.clone());
-                s.in_capsule = ADMIN_IN_CAPSULE;
-            }
-            tracing::info!(peer = %self.peer, cntlid, nqn = %subnqn, host = %hostnqn, kato_ms = cmd.kato, "admin queue connected");
-            self.respond_now(sqe.cid, Status::SUCCESS, cntlid as u32);
-        } else {
-            let Some(ctrl) = subsys
-                .controllers()
-                .into_iter()
-                .find(|c| c.cntlid == cd.cntlid)
-            else {
-                invalid(16, 1, &format!("unknown controller id {}", cd.cntlid));
-                return;
-            };
-            if ctrl.hostnqn != hostnqn || ctrl.dead.load(Ordering::Acquire) {
-                invalid(512, 1, "host does not own that controller");
-                return;
-            }
-            if !ctrl.is_enabled() {
-                self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
-                return;
-            }
-            // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
-            if cmd.qid > limits.max_io_qpairs {
-                invalid(42, 0, "queue id out of range");
-                return;
-            }
-            if cmd.sqsize < 1 || cmd.sqsize as u32 + 1 > opts.max_queue_depth as u32 {
-                invalid(44, 0, "queue size out of range");
-                return;
-            }
-            ctrl.io_qpairs.fetch_add(1, Ordering::AcqRel);
-            {
-                let mut s = self.st.borrow_mut();
-                s.qid = Some(cmd.qid);
-                s.sq_size = cmd.sqsize;
-                s.sqflow_disabled = cmd.cattr & 0x04 != 0;
-                s.ctrl = Some(ctrl.clone());
-                s.subsys = Some(subsys.clone());
-                s.in_capsule = opts.in_capsule_data_size;
-            }
-            tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid = cmd.qid, "I/O queue connected");
-            self.respond_now(sqe.cid, Status::SUCCESS, ctrl.cntlid as u32);
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
+        if cmd.sqsize as u32 + 1 > opts.max_aq_depth as u32 || cmd.sqsize < 1 {
+            invalid(44, 0, "admin queue size out of range");
+            return;
         }
+        if cd.cntlid != 0xffff && cd.cntlid != 0xfffe {
+            invalid(16, 1, "static controller id requested");
+            return;
+        }
+        let Some(cntlid) = self.target.alloc_cntlid() else {
+            self.respond_now(sqe.cid, status::CONNECT_CONTROLLER_BUSY, 0);
+            return;
+        };
+        let ctrl = Controller::new(cntlid, subsys.clone(), hostnqn, cd.hostid, cmd.kato, limits);
+        ctrl.touch_keepalive();
+        // The admin queue lives on this reactor: events are delivered there, looked up by
+        // token (nothing reactor-local crosses threads).
+        let reactor = strata_reactor::current_index().unwrap_or(0);
+        let token = self.token;
+        *ctrl.aer_notify.lock() = Some(Box::new(move || {
+            if let Some(f) = strata_reactor::framework() {
+                let _ = f.send(reactor, move || {
+                    if let Some(c) = SockGroup::connection(token) {
+                        c.deliver_events();
+                    }
+                });
+            }
+        }));
+        subsys.state.lock().controllers.push(Arc::downgrade(&ctrl));
+        self.target.remember_controller(&ctrl);
+        {
+            let mut s = self.st.borrow_mut();
+            s.qid = Some(0);
+            s.sq_size = cmd.sqsize;
+            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.ctrl = Some(ctrl.clone());
+            s.subsys = Some(subsys.clone());
+            s.in_capsule = ADMIN_IN_CAPSULE;
+        }
+        tracing::info!(peer = %self.peer, cntlid, nqn = %subnqn, host = %hostnqn, kato_ms = cmd.kato, "admin queue connected");
+        self.respond_now(sqe.cid, Status::SUCCESS, cntlid as u32);
+    }
+
+    /// Connect for an I/O queue of an existing, enabled controller of this host.
+    fn connect_io_queue(
+        &self,
+        sqe: &Sqe,
+        cmd: &ConnectCmd,
+        cd: &ConnectData,
+        subsys: Arc<Subsystem>,
+        hostnqn: &str,
+    ) {
+        let opts = self.target.options();
+        let limits = self.target.limits();
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
+        let Some(ctrl) = subsys
+            .controllers()
+            .into_iter()
+            .find(|c| c.cntlid == cd.cntlid)
+        else {
+            invalid(16, 1, &format!("unknown controller id {}", cd.cntlid));
+            return;
+        };
+        if ctrl.hostnqn != hostnqn || ctrl.dead.load(Ordering::Acquire) {
+            invalid(512, 1, "host does not own that controller");
+            return;
+        }
+        if !ctrl.is_enabled() {
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
+        // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
+        if cmd.qid > limits.max_io_qpairs {
+            invalid(42, 0, "queue id out of range");
+            return;
+        }
+        if cmd.sqsize < 1 || cmd.sqsize as u32 + 1 > opts.max_queue_depth as u32 {
+            invalid(44, 0, "queue size out of range");
+            return;
+        }
+        ctrl.io_qpairs.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut s = self.st.borrow_mut();
+            s.qid = Some(cmd.qid);
+            s.sq_size = cmd.sqsize;
+            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.ctrl = Some(ctrl.clone());
+            s.subsys = Some(subsys.clone());
+            s.in_capsule = opts.in_capsule_data_size;
+        }
+        tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid = cmd.qid, "I/O queue connected");
+        self.respond_now(sqe.cid, Status::SUCCESS, ctrl.cntlid as u32);
+    }
+
+    /// Refuses a Connect for a bad parameter.
+    fn connect_invalid(&self, cid: u16, ipo: u32, iattr: u32, why: &str) {
+        tracing::warn!(peer = %self.peer, why, "Connect refused");
+        // Result: IPO (offset of the bad field) in bits 15:0, IATTR (1: in the data) in 23:16.
+        self.respond_now(cid, status::CONNECT_INVALID_PARAMETERS, ipo | (iattr << 16));
     }
 }
