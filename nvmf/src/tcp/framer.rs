@@ -123,3 +123,41 @@ impl Framer {
 fn read_digest(b: &[u8]) -> Option<u32> {
     <[u8; DIGEST_LEN]>::try_from(b).ok().map(u32::from_le_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Sqe;
+
+    const FRAMER: Framer = Framer {
+        rx: Receiver::Controller,
+        digests: Some((true, false)),
+        limits: RxLimits {
+            capsule: 8192,
+            transfer: 1 << 20,
+        },
+    };
+
+    #[test]
+    fn header_needs_then_frames() {
+        let h = pdu::capsule_cmd(Sqe::default(), true, false, 0);
+        let b = h.as_slice();
+        assert_eq!(FRAMER.header(&b[..3]), Ok(Frame::Need(COMMON_HEADER_LEN)));
+        assert_eq!(FRAMER.header(&b[..8]), Ok(Frame::Need(72 + DIGEST_LEN)));
+        let Ok(Frame::Header(l)) = FRAMER.header(b) else {
+            panic!("whole capsule header not framed");
+        };
+        assert_eq!((l.hlen, l.header_bytes()), (72, 76));
+    }
+
+    #[test]
+    fn header_digest_error_quotes_whole_header() {
+        let h = pdu::capsule_cmd(Sqe::default(), true, false, 0);
+        let mut b = h.as_slice().to_vec();
+        b[74] ^= 1;
+        let r = FRAMER.header(&b).unwrap_err();
+        assert_eq!((r.error.fes, r.quote), (fes::HEADER_DIGEST_ERROR, 76));
+        let t = FRAMER.term_req(r.error, &b[..r.quote]);
+        assert_eq!((t[0], t.len()), (pdu_type::C2H_TERM_REQ, 24 + 76));
+    }
+}
