@@ -6,6 +6,11 @@
 //! Admin commands are answered by the [`Controller`]; I/O commands become bdev I/O on the
 //! reactor's channel to the namespace's bdev. A fatal protocol error sends a C2HTermReq and
 //! closes the connection; nothing another connection owns is touched.
+//!
+//! One file per concern, all working on the one `State` behind the connection's `RefCell`:
+//! `rx` (staging reads, framing through [`crate::tcp::framer`], payload sinks), `tx` (the PDU
+//! queue and vectored writes), `connect` (ICReq, Fabrics Connect and queue set-up), `admin`
+//! (admin commands and held AERs) and `io` (NVMe I/O mapped onto bdev I/O).
 
 use super::controller::{AdminOutcome, Controller, AER_LIMIT};
 use super::subsystem::{Subsystem, SubsystemKind};
@@ -268,7 +273,7 @@ impl Connection {
                 }
                 Err(Fatal::Pdu(e, offending)) => {
                     tracing::warn!(peer = %self.peer, fes = e.fes, fei = e.fei, "fatal NVMe/TCP error, sending C2HTermReq");
-                    let term = pdu::term_req(pdu_type::C2H_TERM_REQ, e, &offending);
+                    let term = Self::framer(&self.st.borrow()).term_req(e, &offending);
                     self.queue_raw(term, true);
                     self.flush();
                     self.close("fatal protocol error");

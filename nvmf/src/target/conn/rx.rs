@@ -89,7 +89,7 @@ impl Connection {
 
     /// The receive framer for this queue's negotiated state (built per header: a few words,
     /// no lock, no allocation).
-    fn framer(s: &State) -> Framer {
+    pub(super) fn framer(s: &State) -> Framer {
         let capsule = if s.qid == Some(0) || s.qid.is_none() {
             ADMIN_IN_CAPSULE
         } else {
