@@ -20,10 +20,11 @@ use super::{cmd, Completion, DataDir, HostError, IoBuf, HOST_PATH_ERROR};
 use crate::spec::cmd::{SglDescriptor, SGL_IN_CAPSULE, SGL_TRANSPORT};
 use crate::spec::status::{self, Status};
 use crate::spec::{Cqe, Sqe};
+use crate::tcp::framer::{Frame, Framer, HeaderBytes, Reject, RxLimits, MAX_HEADER_WITH_DIGEST};
 use crate::tcp::pdu::{
     self, fes, flags, pdu_type, CapsuleCmdHdr, CapsuleRespHdr, CommonHeader, DataHdr, HeaderBuf,
     IcResp, PduError, PduLayout, R2tHdr, Receiver, TermReqHdr, COMMON_HEADER_LEN, DIGEST_LEN,
-    MAX_HEADER_LEN, TERM_REQ_MAX_DATA,
+    TERM_REQ_MAX_DATA,
 };
 
 /// Size of the receive staging buffer (headers and small payloads are read through it).
@@ -220,8 +221,10 @@ pub struct QueuePair {
     tx_off: usize,
     staging: Box<[u8]>,
     state: RxState,
-    hdr: [u8; MAX_HEADER_LEN + DIGEST_LEN],
+    hdr: HeaderBytes,
     hdr_got: usize,
+    /// Header bytes the framer needs before it can say more.
+    hdr_need: usize,
     layout: Option<PduLayout>,
     sink: Sink,
     data_base: usize,
@@ -301,8 +304,9 @@ impl QueuePair {
             tx_off: 0,
             staging: vec![0u8; RX_STAGING].into_boxed_slice(),
             state: RxState::Header,
-            hdr: [0; MAX_HEADER_LEN + DIGEST_LEN],
+            hdr: [0; MAX_HEADER_WITH_DIGEST],
             hdr_got: 0,
+            hdr_need: COMMON_HEADER_LEN,
             layout: None,
             sink: Sink::None,
             data_base: 0,
@@ -640,21 +644,20 @@ impl QueuePair {
             let avail = &input[pos..];
             match self.state {
                 RxState::Header => {
-                    let need = match self.layout {
-                        Some(l) => l.header_bytes(),
-                        None => COMMON_HEADER_LEN,
-                    };
-                    let n = (need - self.hdr_got).min(avail.len());
+                    let n = (self.hdr_need - self.hdr_got).min(avail.len());
                     self.hdr[self.hdr_got..self.hdr_got + n].copy_from_slice(&avail[..n]);
                     self.hdr_got += n;
                     pos += n;
-                    if self.hdr_got < need {
+                    if self.hdr_got < self.hdr_need {
                         continue;
                     }
-                    if self.layout.is_none() {
-                        self.layout = Some(self.check_common_header()?);
-                    } else {
-                        self.on_header()?;
+                    match self.framer().header(&self.hdr[..self.hdr_got]) {
+                        Ok(Frame::Need(n)) => self.hdr_need = n,
+                        Ok(Frame::Header(l)) => {
+                            self.layout = Some(l);
+                            self.on_header()?;
+                        }
+                        Err(r) => return Err(self.reject(r)),
                     }
                 }
                 RxState::Pad(left) => {
@@ -716,46 +719,41 @@ impl QueuePair {
         Ok(())
     }
 
-    fn check_common_header(&mut self) -> Result<PduLayout, HostError> {
-        let ch = match CommonHeader::read_from_bytes(&self.hdr[..COMMON_HEADER_LEN]) {
-            Ok(c) => c,
-            Err(_) => return Err(self.fatal(fes::INVALID_HEADER_FIELD, 0, "short header")),
-        };
-        let digests = self.ic_done.then_some((self.hdgst, self.ddgst));
-        let max = match ch.pdu_type {
-            pdu_type::C2H_DATA => u32::MAX as usize,
-            pdu_type::C2H_TERM_REQ => TERM_REQ_MAX_DATA,
-            _ => 0,
-        };
-        match PduLayout::of(&ch, Receiver::Host, digests, max) {
-            Ok(l) => Ok(l),
-            Err(e) => Err(self.fatal_pdu(
-                e,
-                format!(
-                    "bad PDU header: {e} (type {:#x} flags {:#x} hlen {} pdo {} plen {})",
-                    ch.pdu_type, ch.flags, ch.hlen, ch.pdo, ch.plen
-                ),
-            )),
+    /// The receive framer for what was negotiated (a few words, built per header).
+    fn framer(&self) -> Framer {
+        Framer {
+            rx: Receiver::Host,
+            digests: self.ic_done.then_some((self.hdgst, self.ddgst)),
+            limits: RxLimits {
+                capsule: 0,
+                transfer: u32::MAX as usize,
+            },
         }
     }
 
-    /// A whole header (and its digest) is in `self.hdr`.
+    /// A header the framer refused: H2CTermReq and a dead connection.
+    fn reject(&mut self, r: Reject) -> HostError {
+        let e = r.error;
+        if e.fes == fes::HEADER_DIGEST_ERROR {
+            // The H2CTermReq quotes the header without its digest.
+            self.hdr_got -= DIGEST_LEN;
+            return self.fatal(e.fes, e.fei, "header digest mismatch");
+        }
+        let msg = match CommonHeader::read_from_bytes(&self.hdr[..COMMON_HEADER_LEN]) {
+            Ok(ch) => format!(
+                "bad PDU header: {e} (type {:#x} flags {:#x} hlen {} pdo {} plen {})",
+                ch.pdu_type, ch.flags, ch.hlen, ch.pdo, ch.plen
+            ),
+            Err(_) => format!("bad PDU header: {e}"),
+        };
+        self.fatal_pdu(e, msg)
+    }
+
+    /// A whole header, its digest checked, is in `self.hdr`.
     fn on_header(&mut self) -> Result<(), HostError> {
         let Some(l) = self.layout else {
             return Err(self.fatal(fes::PDU_SEQUENCE_ERROR, 0, "no layout"));
         };
-        if l.hdgst {
-            let want = pdu::digest(&[&self.hdr[..l.hlen]]);
-            let got = u32::from_le_bytes([
-                self.hdr[l.hlen],
-                self.hdr[l.hlen + 1],
-                self.hdr[l.hlen + 2],
-                self.hdr[l.hlen + 3],
-            ]);
-            if want != got {
-                return Err(self.fatal(fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch"));
-            }
-        }
         self.pdu_flags = self.hdr[1];
         self.sink = Sink::None;
         self.data_base = 0;
@@ -1010,6 +1008,7 @@ impl QueuePair {
         let l = self.layout.take();
         self.state = RxState::Header;
         self.hdr_got = 0;
+        self.hdr_need = COMMON_HEADER_LEN;
         let sink = std::mem::replace(&mut self.sink, Sink::None);
         match sink {
             Sink::Slot(cid) => {
@@ -1022,7 +1021,7 @@ impl QueuePair {
                         .as_ref()
                         .and_then(|b| b.as_slice().get(base..base + len))
                         .unwrap_or(&[]);
-                    if pdu::digest(&[data]) != u32::from_le_bytes(self.dg) {
+                    if !Framer::data_digest_ok(data, &self.dg) {
                         tracing::warn!(qid = self.qid, cid, "C2HData data digest mismatch");
                         slot.data_error = true;
                     }

@@ -1,3 +1,5 @@
-//! The NVMe/TCP transport: PDU codec ([`pdu`]) shared by both sides.
+//! The NVMe/TCP transport, shared by both sides: the PDU codec ([`pdu`]) and the receive
+//! framer ([`framer`]).
 
+pub mod framer;
 pub mod pdu;

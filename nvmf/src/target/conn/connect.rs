@@ -1,0 +1,249 @@
+//! Connection set-up: ICReq, Fabrics commands (Connect, Property Get/Set, Disconnect).
+
+use super::*;
+use crate::tcp::framer::HeaderBytes;
+
+impl Connection {
+    pub(super) fn on_icreq(&self, hdr: &HeaderBytes) -> Result<(), Fatal> {
+        let req = IcReq::read_from_bytes(&hdr[..128]).map_err(|_| Fatal::Closed)?;
+        if req.pfv != 0 {
+            return Err(Fatal::Pdu(
+                PduError {
+                    fes: fes::UNSUPPORTED_PARAMETER,
+                    fei: 8,
+                },
+                hdr[..128].to_vec(),
+            ));
+        }
+        if req.hpda > 31 {
+            return Err(Fatal::Pdu(PduError::field(10), hdr[..128].to_vec()));
+        }
+        let hd = req.dgst & 1 != 0;
+        let dd = req.dgst & 2 != 0;
+        let maxh2c = self.target.options().max_io_size.max(4096);
+        {
+            let mut s = self.st.borrow_mut();
+            if s.phase != Phase::AwaitIcReq {
+                return Err(Fatal::Pdu(
+                    PduError {
+                        fes: fes::PDU_SEQUENCE_ERROR,
+                        fei: 0,
+                    },
+                    hdr[..128].to_vec(),
+                ));
+            }
+            s.digests = Some((hd, dd));
+            s.maxh2cdata = maxh2c;
+            s.phase = Phase::Ready;
+        }
+        let resp = pdu::ic_resp(0, hd, dd, maxh2c);
+        self.queue_raw(zerocopy::IntoBytes::as_bytes(&resp).to_vec(), false);
+        Ok(())
+    }
+
+    pub(super) fn on_fabrics(&self, sqe: Sqe, data: Option<DmaBuf>) {
+        match sqe.fctype() {
+            fabrics::FCTYPE_CONNECT => self.on_connect(sqe, data),
+            fabrics::FCTYPE_PROPERTY_GET | fabrics::FCTYPE_PROPERTY_SET => {
+                let (qid, ctrl) = {
+                    let s = self.st.borrow();
+                    (s.qid, s.ctrl.clone())
+                };
+                let (Some(ctrl), Some(0)) = (ctrl, qid) else {
+                    self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+                    return;
+                };
+                let p = PropertyCmd::from_sqe(&sqe);
+                let (st, v) = if sqe.fctype() == fabrics::FCTYPE_PROPERTY_GET {
+                    match ctrl.property_get(p.offset, p.eight_bytes) {
+                        Ok(v) => (Status::SUCCESS, v),
+                        Err(e) => (e, 0),
+                    }
+                } else {
+                    match ctrl.property_set(p.offset, p.eight_bytes, p.value) {
+                        Ok(()) => (Status::SUCCESS, 0),
+                        Err(e) => (e, 0),
+                    }
+                };
+                let mut s = self.st.borrow_mut();
+                let mut cqe = self.cqe(&mut s, sqe.cid, st, v as u32);
+                cqe.dw1 = (v >> 32) as u32;
+                drop(s);
+                self.queue_resp(cqe, None);
+            }
+            fabrics::FCTYPE_DISCONNECT => {
+                self.respond_now(sqe.cid, Status::SUCCESS, 0);
+                let mut s = self.st.borrow_mut();
+                if let Some(last) = s.tx.back_mut() {
+                    last.close_after = true;
+                }
+            }
+            _ => self.respond_now(sqe.cid, status::INVALID_OPCODE, 0),
+        }
+    }
+
+    pub(super) fn on_connect(&self, sqe: Sqe, data: Option<DmaBuf>) {
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
+        if self.st.borrow().ctrl.is_some() {
+            tracing::warn!(peer = %self.peer, "second Connect on a queue");
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
+        let cmd = ConnectCmd::from_sqe(&sqe);
+        if cmd.recfmt != 0 {
+            self.respond_now(sqe.cid, status::CONNECT_INCOMPATIBLE_FORMAT, 0);
+            return;
+        }
+        let Some(buf) = data.filter(|b| b.len() >= 1024) else {
+            invalid(0, 1, "no Connect data in the capsule");
+            return;
+        };
+        let Ok(cd) = ConnectData::read_from_bytes(&buf.as_slice()[..1024]) else {
+            invalid(0, 1, "bad Connect data");
+            return;
+        };
+        let (Some(subnqn), Some(hostnqn)) = (get_cstr(&cd.subnqn), get_cstr(&cd.hostnqn)) else {
+            invalid(256, 1, "NQN is not a string");
+            return;
+        };
+        let Some(subsys) = self.target.find_subsystem(&subnqn) else {
+            invalid(256, 1, &format!("unknown subsystem {subnqn}"));
+            return;
+        };
+        if subsys.kind == SubsystemKind::Nvme && !self.target.listener_allowed(&subsys, &self.local)
+        {
+            invalid(
+                256,
+                1,
+                &format!("subsystem {subnqn} does not listen on {}", self.local),
+            );
+            return;
+        }
+        if !subsys.host_allowed(&hostnqn) {
+            tracing::warn!(peer = %self.peer, host = %hostnqn, nqn = %subnqn, "Connect refused: host not allowed");
+            self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
+            return;
+        }
+        if cmd.qid == 0 {
+            self.connect_admin_queue(&sqe, &cmd, &cd, subsys, &hostnqn, &subnqn);
+        } else {
+            self.connect_io_queue(&sqe, &cmd, &cd, subsys, &hostnqn);
+        }
+    }
+
+    /// Connect for queue 0: a new controller.
+    fn connect_admin_queue(
+        &self,
+        sqe: &Sqe,
+        cmd: &ConnectCmd,
+        cd: &ConnectData,
+        subsys: Arc<Subsystem>,
+        hostnqn: &str,
+        subnqn: &str,
+    ) {
+        let opts = self.target.options();
+        let limits = self.target.limits();
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
+        if cmd.sqsize as u32 + 1 > opts.max_aq_depth as u32 || cmd.sqsize < 1 {
+            invalid(44, 0, "admin queue size out of range");
+            return;
+        }
+        if cd.cntlid != 0xffff && cd.cntlid != 0xfffe {
+            invalid(16, 1, "static controller id requested");
+            return;
+        }
+        let Some(cntlid) = self.target.alloc_cntlid() else {
+            self.respond_now(sqe.cid, status::CONNECT_CONTROLLER_BUSY, 0);
+            return;
+        };
+        let ctrl = Controller::new(cntlid, subsys.clone(), hostnqn, cd.hostid, cmd.kato, limits);
+        ctrl.touch_keepalive();
+        // The admin queue lives on this reactor: events are delivered there, looked up by
+        // token (nothing reactor-local crosses threads).
+        let reactor = strata_reactor::current_index().unwrap_or(0);
+        let token = self.token;
+        *ctrl.aer_notify.lock() = Some(Box::new(move || {
+            if let Some(f) = strata_reactor::framework() {
+                let _ = f.send(reactor, move || {
+                    if let Some(c) = SockGroup::connection(token) {
+                        c.deliver_events();
+                    }
+                });
+            }
+        }));
+        subsys.state.lock().controllers.push(Arc::downgrade(&ctrl));
+        self.target.remember_controller(&ctrl);
+        {
+            let mut s = self.st.borrow_mut();
+            s.qid = Some(0);
+            s.sq_size = cmd.sqsize;
+            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.ctrl = Some(ctrl.clone());
+            s.subsys = Some(subsys.clone());
+            s.in_capsule = ADMIN_IN_CAPSULE;
+        }
+        tracing::info!(peer = %self.peer, cntlid, nqn = %subnqn, host = %hostnqn, kato_ms = cmd.kato, "admin queue connected");
+        self.respond_now(sqe.cid, Status::SUCCESS, cntlid as u32);
+    }
+
+    /// Connect for an I/O queue of an existing, enabled controller of this host.
+    fn connect_io_queue(
+        &self,
+        sqe: &Sqe,
+        cmd: &ConnectCmd,
+        cd: &ConnectData,
+        subsys: Arc<Subsystem>,
+        hostnqn: &str,
+    ) {
+        let opts = self.target.options();
+        let limits = self.target.limits();
+        let invalid =
+            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
+        let Some(ctrl) = subsys
+            .controllers()
+            .into_iter()
+            .find(|c| c.cntlid == cd.cntlid)
+        else {
+            invalid(16, 1, &format!("unknown controller id {}", cd.cntlid));
+            return;
+        };
+        if ctrl.hostnqn != hostnqn || ctrl.dead.load(Ordering::Acquire) {
+            invalid(512, 1, "host does not own that controller");
+            return;
+        }
+        if !ctrl.is_enabled() {
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
+        // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
+        if cmd.qid > limits.max_io_qpairs {
+            invalid(42, 0, "queue id out of range");
+            return;
+        }
+        if cmd.sqsize < 1 || cmd.sqsize as u32 + 1 > opts.max_queue_depth as u32 {
+            invalid(44, 0, "queue size out of range");
+            return;
+        }
+        ctrl.io_qpairs.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut s = self.st.borrow_mut();
+            s.qid = Some(cmd.qid);
+            s.sq_size = cmd.sqsize;
+            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.ctrl = Some(ctrl.clone());
+            s.subsys = Some(subsys.clone());
+            s.in_capsule = opts.in_capsule_data_size;
+        }
+        tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid = cmd.qid, "I/O queue connected");
+        self.respond_now(sqe.cid, Status::SUCCESS, ctrl.cntlid as u32);
+    }
+
+    /// Refuses a Connect for a bad parameter.
+    fn connect_invalid(&self, cid: u16, ipo: u32, iattr: u32, why: &str) {
+        tracing::warn!(peer = %self.peer, why, "Connect refused");
+        // Result: IPO (offset of the bad field) in bits 15:0, IATTR (1: in the data) in 23:16.
+        self.respond_now(cid, status::CONNECT_INVALID_PARAMETERS, ipo | (iattr << 16));
+    }
+}

@@ -1,0 +1,406 @@
+//! One NVMe/TCP queue pair: a TCP connection, owned by one reactor.
+//!
+//! Receive: bytes are read into a 64 KiB staging buffer and parsed PDU by PDU; a payload
+//! that has not arrived yet is read straight into the command's DMA buffer. Send: PDUs
+//! queue as header bytes plus a range of a DMA buffer and go out with vectored writes.
+//! Admin commands are answered by the [`Controller`]; I/O commands become bdev I/O on the
+//! reactor's channel to the namespace's bdev. A fatal protocol error sends a C2HTermReq and
+//! closes the connection; nothing another connection owns is touched.
+//!
+//! One file per concern, all working on the one `State` behind the connection's `RefCell`:
+//! `rx` (staging reads, framing through [`crate::tcp::framer`], payload sinks), `tx` (the PDU
+//! queue and vectored writes), `connect` (ICReq, Fabrics Connect and queue set-up), `admin`
+//! (admin commands and held AERs) and `io` (NVMe I/O mapped onto bdev I/O).
+
+use super::controller::{AdminOutcome, Controller, AER_LIMIT};
+use super::subsystem::{Subsystem, SubsystemKind};
+use super::transport::SockGroup;
+use super::Target;
+use crate::spec::cmd::{direction, Direction, SGL_IN_CAPSULE, SGL_TRANSPORT};
+use crate::spec::fabrics::{self, ConnectCmd, ConnectData, PropertyCmd};
+use crate::spec::status::{self, Status};
+use crate::spec::{get_cstr, Cqe, Sqe};
+use crate::tcp::pdu::{
+    self, fes, pdu_type, CapsuleCmdHdr, DataHdr, IcReq, PduError, PduLayout, Receiver,
+};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use strata_bdev::{BdevIo, IoChannel, IoSink, IoStatus, IoType};
+use strata_reactor::dma::{self, DmaBuf};
+use zerocopy::FromBytes;
+
+mod admin;
+mod connect;
+mod io;
+mod rx;
+mod tx;
+
+use rx::Rx;
+use tx::{TxData, TxPdu};
+
+const STAGING: usize = 64 << 10;
+/// Payload bytes still missing above which we read straight into the data buffer.
+const DIRECT_READ_MIN: usize = 4096;
+/// In-capsule data the admin queue accepts (the transport spec's minimum).
+const ADMIN_IN_CAPSULE: u32 = 8192;
+/// iovecs per writev: a batch of 4 KiB read responses is 3 each (header, data, response),
+/// so QD-sized batches go out in one call (Linux allows 1024).
+const MAX_TX_IOV: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitIcReq,
+    Ready,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqState {
+    Free,
+    /// Waiting for a DMA buffer.
+    NeedBuffer,
+    /// Waiting for H2CData after an R2T.
+    AwaitH2c,
+    /// Bdev I/O in flight.
+    Executing,
+    /// Response queued, slot freed once sent.
+    Sending,
+}
+
+struct Req {
+    state: ReqState,
+    sqe: Sqe,
+    buf: Option<DmaBuf>,
+    /// Bytes the command transfers.
+    len: u32,
+    /// Current R2T window.
+    r2t_off: u32,
+    r2t_len: u32,
+    h2c_got: u32,
+    /// Outstanding bdev I/Os (DSM issues several).
+    pending: u32,
+    status: Status,
+}
+
+impl Req {
+    fn new() -> Req {
+        Req {
+            state: ReqState::Free,
+            sqe: Sqe::default(),
+            buf: None,
+            len: 0,
+            r2t_off: 0,
+            r2t_len: 0,
+            h2c_got: 0,
+            pending: 0,
+            status: Status::SUCCESS,
+        }
+    }
+}
+
+/// Namespace channel cache entry.
+struct NsChannel {
+    nsid: u32,
+    ch: IoChannel,
+    block_size: u32,
+}
+
+struct State {
+    phase: Phase,
+    digests: Option<(bool, bool)>,
+    maxh2cdata: u32,
+    qid: Option<u16>,
+    ctrl: Option<Arc<Controller>>,
+    subsys: Option<Arc<Subsystem>>,
+    sq_head: u16,
+    sq_size: u16,
+    sqflow_disabled: bool,
+    staging: Vec<u8>,
+    sp: usize,
+    se: usize,
+    rx: Rx,
+    reqs: Vec<Req>,
+    free: Vec<u16>,
+    need_buffer: VecDeque<u16>,
+    tx: VecDeque<TxPdu>,
+    ns_cache: Vec<NsChannel>,
+    ns_gen: u64,
+    held_aers: Vec<u16>,
+    in_capsule: u32,
+    /// The socket returned less than asked on the last read.
+    drained: bool,
+    /// Receive paused: a payload waits for a DMA buffer, or the host is not reading its
+    /// responses (retried by `tick`).
+    stalled: bool,
+    /// Bytes of admin response data (log pages, identify) queued and not yet sent.
+    tx_owned: usize,
+    /// Transport settings, copied at creation (the hot path takes no lock).
+    max_io_size: u32,
+    c2h_success: bool,
+}
+
+impl State {
+    /// Queues a PDU for sending, counting the response data it owns.
+    fn push_tx(&mut self, p: TxPdu) {
+        if let TxData::Owned(d) = &p.data {
+            self.tx_owned += d.len();
+        }
+        self.tx.push_back(p);
+    }
+
+    /// Asks the host for the request's data from `off` (at most MAXH2CDATA bytes).
+    fn push_r2t(&mut self, slot: u16, off: u32) {
+        let maxh2c = self.maxh2cdata;
+        let hd = self.digests.is_some_and(|d| d.0);
+        let r = &mut self.reqs[slot as usize];
+        r.r2t_off = off;
+        r.r2t_len = (r.len - off).min(maxh2c);
+        r.h2c_got = 0;
+        let hdr = pdu::r2t(r.sqe.cid, slot, off, r.r2t_len, hd);
+        self.push_tx(TxPdu {
+            hdr,
+            data: TxData::None,
+            ddgst: None,
+            sent: 0,
+            free_slot: None,
+            close_after: false,
+        });
+    }
+}
+
+/// A queue pair. Lives on one reactor; `!Send`.
+pub struct Connection {
+    pub(crate) stream: TcpStream,
+    pub(crate) token: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    st: RefCell<State>,
+    me: Weak<Connection>,
+    group: Weak<SockGroup>,
+    target: &'static Target,
+}
+
+enum Fatal {
+    Pdu(PduError, Vec<u8>),
+    Closed,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        stream: TcpStream,
+        token: u64,
+        group: Weak<SockGroup>,
+        target: &'static Target,
+    ) -> std::io::Result<Rc<Self>> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let opts = target.options();
+        let depth = opts.max_queue_depth.max(ADMIN_DEPTH) as usize;
+        Ok(Rc::new_cyclic(|me| Connection {
+            stream,
+            token,
+            peer,
+            local,
+            st: RefCell::new(State {
+                phase: Phase::AwaitIcReq,
+                digests: None,
+                maxh2cdata: 0,
+                qid: None,
+                ctrl: None,
+                subsys: None,
+                sq_head: 0,
+                sq_size: 0,
+                sqflow_disabled: false,
+                staging: vec![0; STAGING],
+                sp: 0,
+                se: 0,
+                rx: Rx::Header,
+                reqs: (0..depth).map(|_| Req::new()).collect(),
+                free: (0..depth as u16).rev().collect(),
+                need_buffer: VecDeque::new(),
+                tx: VecDeque::with_capacity(depth * 2),
+                ns_cache: Vec::new(),
+                ns_gen: u64::MAX,
+                held_aers: Vec::new(),
+                in_capsule: 0,
+                drained: false,
+                stalled: false,
+                tx_owned: 0,
+                max_io_size: opts.max_io_size,
+                c2h_success: opts.c2h_success,
+            }),
+            me: me.clone(),
+            group,
+            target,
+        }))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.st.borrow().phase == Phase::Closed
+    }
+
+    pub fn controller(&self) -> Option<Arc<Controller>> {
+        self.st.borrow().ctrl.clone()
+    }
+
+    pub fn qid(&self) -> Option<u16> {
+        self.st.borrow().qid
+    }
+
+    pub fn has_pending_tx(&self) -> bool {
+        !self.st.borrow().tx.is_empty()
+    }
+
+    /// Readiness from the socket group.
+    pub(crate) fn on_event(&self, readable: bool, writable: bool) {
+        if self.is_closed() {
+            return;
+        }
+        if readable {
+            self.st.borrow_mut().drained = false;
+            match self.receive() {
+                Ok(()) => {}
+                Err(Fatal::Closed) => {
+                    self.close("peer closed the connection");
+                    return;
+                }
+                Err(Fatal::Pdu(e, offending)) => {
+                    tracing::warn!(peer = %self.peer, fes = e.fes, fei = e.fei, "fatal NVMe/TCP error, sending C2HTermReq");
+                    let term = Self::framer(&self.st.borrow()).term_req(e, &offending);
+                    self.queue_raw(term, true);
+                    self.flush();
+                    self.close("fatal protocol error");
+                    return;
+                }
+            }
+        }
+        if readable || writable {
+            self.flush();
+        }
+    }
+
+    /// Periodic work: retry commands waiting for buffers, drop dead controllers' queues,
+    /// keep-alive expiry.
+    pub(crate) fn tick(&self) {
+        if self.is_closed() {
+            return;
+        }
+        let (ctrl, is_admin) = {
+            let s = self.st.borrow();
+            (s.ctrl.clone(), s.qid == Some(0))
+        };
+        if let Some(c) = ctrl {
+            if c.dead.load(Ordering::Acquire) {
+                self.close("controller is gone");
+                return;
+            }
+            if is_admin && c.keepalive_expired() {
+                tracing::warn!(cntlid = c.cntlid, nqn = %c.subsys.nqn, host = %c.hostnqn, "keep-alive timeout: controller failed");
+                c.dead.store(true, Ordering::Release);
+                self.close("keep-alive timeout");
+                return;
+            }
+        }
+        self.retry_need_buffer();
+        let stalled = std::mem::take(&mut self.st.borrow_mut().stalled);
+        if stalled {
+            self.on_event(true, false);
+        }
+        self.flush();
+    }
+
+    pub fn close(&self, why: &str) {
+        let ctrl = {
+            let mut s = self.st.borrow_mut();
+            if s.phase == Phase::Closed {
+                return;
+            }
+            s.phase = Phase::Closed;
+            s.tx.clear();
+            s.tx_owned = 0;
+            s.held_aers.clear();
+            s.need_buffer.clear();
+            let ctrl = s.ctrl.take();
+            if let (Some(c), Some(q)) = (&ctrl, s.qid) {
+                if q == 0 {
+                    c.dead.store(true, Ordering::Release);
+                } else {
+                    c.io_qpairs.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            ctrl
+        };
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        tracing::info!(peer = %self.peer, why, cntlid = ctrl.as_ref().map(|c| c.cntlid), "NVMe/TCP connection closed");
+        if let Some(c) = ctrl {
+            if self.qid() == Some(0) || c.dead.load(Ordering::Acquire) {
+                self.target.forget_controller(&c);
+            }
+        }
+        if let Some(g) = self.group.upgrade() {
+            g.remove(self.token);
+        }
+    }
+
+    // ---- commands ----------------------------------------------------------------------
+
+    fn cqe(&self, s: &mut State, cid: u16, st: Status, dw0: u32) -> Cqe {
+        s.sq_head = if s.sq_size == 0 {
+            0
+        } else {
+            (s.sq_head + 1) % (s.sq_size + 1)
+        };
+        Cqe {
+            dw0,
+            dw1: 0,
+            sqhd: if s.sqflow_disabled { 0xffff } else { s.sq_head },
+            sqid: s.qid.unwrap_or(0),
+            cid,
+            status: st.to_cqe_status(),
+        }
+    }
+
+    /// Responds at once to a command that never took a slot.
+    fn respond_now(&self, cid: u16, st: Status, dw0: u32) {
+        let mut s = self.st.borrow_mut();
+        let cqe = self.cqe(&mut s, cid, st, dw0);
+        drop(s);
+        self.queue_resp(cqe, None);
+    }
+
+    fn on_command(&self, sqe: Sqe, data: Option<DmaBuf>) {
+        if sqe.opcode == crate::spec::cmd::admin::FABRICS {
+            self.on_fabrics(sqe, data);
+            return;
+        }
+        let (qid, connected) = {
+            let s = self.st.borrow();
+            (s.qid, s.ctrl.is_some())
+        };
+        if connected && qid != Some(0) {
+            // Hot path: no reference counting, no lock.
+            self.on_io(sqe, data);
+            return;
+        }
+        let ctrl = self.st.borrow().ctrl.clone();
+        let Some(ctrl) = ctrl else {
+            tracing::warn!(peer = %self.peer, opcode = sqe.opcode, "command before Connect");
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        };
+        if qid == Some(0) {
+            self.on_admin(&ctrl, sqe, data);
+        } else {
+            self.on_io(sqe, data);
+        }
+    }
+}
+
+const ADMIN_DEPTH: u16 = 128;
