@@ -122,6 +122,18 @@ impl TgtProcess {
         };
         let addr = t.addr();
         wait_listening(&mut t.child, Some(&t.log), &[addr]);
+        // The JSON-RPC server comes up after the configuration's listeners (and replaces a
+        // socket file a killed target left behind): wait until it answers connections too.
+        let t0 = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&t.sock).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "RPC socket {} never came up:\n{}",
+                t.sock.display(),
+                t.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         t
     }
 
