@@ -77,6 +77,9 @@ struct Fan {
 /// A fan-out's children: (member slot, child I/O), in data order.
 type Children = SmallVec<[(usize, BdevIo); 8]>;
 
+/// Children one fan-out may have (the child index field of the tag).
+const MAX_CHILDREN: usize = 0xffff;
+
 /// A child's completion tag: fan index, member slot, child index.
 fn child_tag(fan: u32, slot: usize, child: usize) -> u64 {
     fan as u64 | (slot as u64 & 0xffff) << 32 | (child as u64 & 0xffff) << 48
@@ -204,9 +207,16 @@ impl RaidChannel {
         let mut children = Children::new();
         let mut ok = true;
         let t = io.io_type;
-        let mut carver = Carver::new(std::mem::take(&mut io.bufs));
+        // Only data-carrying I/Os lend their buffers out.
+        let mut carver = Carver::new(if t.carries_blocks() {
+            std::mem::take(&mut io.bufs)
+        } else {
+            Bufs::new()
+        });
         self.pieces_of(&io, |p| {
-            if !ok {
+            // A child's index must fit its completion tag; bigger I/Os take the slow path.
+            if !ok || children.len() >= MAX_CHILDREN {
+                ok = false;
                 return;
             }
             let m = geo.member_of(p.stripe, Role::Data(p.strip));
@@ -238,7 +248,11 @@ impl RaidChannel {
         let (mut lba, end) = (io.offset_blocks, io.offset_blocks + io.num_blocks);
         let mut ok = true;
         let carries = io.io_type.carries_blocks();
-        let mut carver = Carver::new(std::mem::take(&mut io.bufs));
+        let mut carver = Carver::new(if carries {
+            std::mem::take(&mut io.bufs)
+        } else {
+            Bufs::new()
+        });
         while lba < end {
             let Some((m, off)) = geo.concat_locate(lba) else {
                 ok = false;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::spec::cmd::io;
+use strata_bdev::bufs::{join_into, Bufs};
 
 impl Connection {
     // ---- I/O commands ------------------------------------------------------------------
@@ -290,6 +291,17 @@ pub(super) fn bdev_status(io: &BdevIo) -> Status {
     }
 }
 
+/// Whether a completed read carries its data in one buffer of at least `len` bytes (every
+/// layer gives the parts it carved back, joined; this rejoins what a layer did not).
+fn whole_read_buffer(bio: &mut BdevIo, len: usize) -> bool {
+    if bio.bufs.len() > 1 {
+        let mut joined = Bufs::new();
+        join_into(&mut joined, std::mem::take(&mut bio.bufs));
+        bio.bufs = joined;
+    }
+    bio.bufs.len() == 1 && bio.bufs[0].len() >= len
+}
+
 impl IoSink for Connection {
     fn io_done(self: Rc<Self>, mut bio: BdevIo, tag: u64) {
         let slot = tag as u16;
@@ -307,8 +319,16 @@ impl IoSink for Connection {
             return;
         }
         let sqe = r.sqe;
-        let final_status = r.status;
+        let mut final_status = r.status;
         let data_len = r.len as usize;
+        if final_status.is_success()
+            && matches!(sqe.opcode, io::READ | io::VENDOR_CHECKSUM | io::COMPARE)
+            && !whole_read_buffer(&mut bio, data_len)
+        {
+            tracing::error!(peer = %self.peer, cid = sqe.cid, segments = bio.bufs.len(),
+                "a read's buffer came back from the bdev in pieces or short: failing the command");
+            final_status = status::INTERNAL_ERROR;
+        }
         if final_status.is_success() && matches!(sqe.opcode, io::READ | io::VENDOR_CHECKSUM) {
             r.buf = bio.bufs.pop();
             r.state = ReqState::Sending;
