@@ -256,32 +256,43 @@ fn restart_with_a_member_missing_then_the_stale_member_back() {
     t.stop();
     // 3: the stale member is back: rebuilt, not trusted.
     let t = Tgt::start(dir.path(), &files, false, "back");
-    let t0 = Instant::now();
-    loop {
-        let r = t.wait_idle();
-        if r["num_base_bdevs_operational"] == 4 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "stale member not rebuilt: {r}\n{}",
-            t.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_operational("stale member not rebuilt");
     let log = t.log_text();
     assert!(log.contains("rebuild complete"), "{log}");
+    assert_even_odd_versions(&t, 512, "after rebuild");
+    t.stop();
+    assert_parity(&files);
+}
+
+impl Tgt {
+    /// Waits until every member is operational (jobs idle).
+    fn wait_operational(&self, what: &str) {
+        let t0 = Instant::now();
+        loop {
+            let r = self.wait_idle();
+            if r["num_base_bdevs_operational"] == 4 {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "{what}: {r}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Blocks `0..n` read back version 2 where even, version 1 where odd.
+fn assert_even_odd_versions(t: &Tgt, n: u64, when: &str) {
     let mut c = t.connect(NQN);
-    for b in 0..512u64 {
+    for b in 0..n {
         let v = if b % 2 == 0 { 2 } else { 1 };
         assert!(
             c.read_blocks(1, b, 1).unwrap() == pattern(b, v),
-            "block {b} after rebuild"
+            "block {b} {when}"
         );
     }
-    drop(c);
-    t.stop();
-    assert_parity(&files);
 }
 
 #[test]
@@ -327,34 +338,14 @@ fn a_rebuild_killed_midway_resumes_from_its_checkpoint() {
     t.kill9();
     // 3: all members configured: the rebuild resumes where its checkpoint says, not at 0.
     let t = Tgt::start(dir.path(), &files, false, "resumed");
-    let t0 = Instant::now();
-    loop {
-        let r = t.wait_idle();
-        if r["num_base_bdevs_operational"] == 4 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "member not rebuilt: {r}\n{}",
-            t.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_operational("member not rebuilt");
     let log = t.log_text();
     assert!(
         log.contains("rebuild resumed from its checkpoint"),
         "rebuild at {done_before}% was not resumed:\n{log}"
     );
     assert!(log.contains("rebuild complete"), "{log}");
-    let mut c = t.connect(NQN);
-    for b in 0..1024u64 {
-        let v = if b % 2 == 0 { 2 } else { 1 };
-        assert!(
-            c.read_blocks(1, b, 1).unwrap() == pattern(b, v),
-            "block {b} after the resumed rebuild"
-        );
-    }
-    drop(c);
+    assert_even_odd_versions(&t, 1024, "after the resumed rebuild");
     t.stop();
     assert_parity(&files);
 }
