@@ -15,6 +15,8 @@ done
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# bench/perf.sh reads strata-perf's JSON with jq.
+command -v jq >/dev/null || need+=(jq)
 # ISA-L (XOR, P+Q, CRC32C, GF(2^8) kernels), linked by isal/build.rs through pkg-config.
 if ! { command -v pkg-config >/dev/null && pkg-config --exists libisal; } &&
    ! dpkg -s libisal-dev >/dev/null 2>&1; then
