@@ -249,6 +249,34 @@ pub(crate) fn crc32_iscsi_raw(data: &[u8], mut crc: u32) -> u32 {
     crc
 }
 
+/// ISA-L's raw CRC32C over memory given by pointer (memory another thread may be writing,
+/// as a device's would be).
+///
+/// # Safety
+/// `ptr..ptr + len` must be mapped and readable for the duration of the call.
+pub(crate) unsafe fn crc32_iscsi_ptr(ptr: *const u8, len: usize, mut crc: u32) -> u32 {
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(MAX_CALL_LEN);
+        // SAFETY: inside the caller's readable range; n <= 2^30 fits an int; crc32_iscsi
+        // only reads through the pointer and has no alignment requirement.
+        crc = unsafe { crc32_iscsi(ptr.add(done).cast_mut(), n as c_int, crc) };
+        done += n;
+    }
+    crc
+}
+
+/// Continues a standard CRC32C over memory read in place, not through a reference: memory
+/// that other threads may be writing meanwhile (a RAM disk's store), read the way a DMA
+/// engine reads it (the result is then unspecified, never undefined).
+///
+/// # Safety
+/// `ptr..ptr + len` must be mapped and readable for the duration of the call.
+pub unsafe fn crc32c_append_in_place(crc: u32, ptr: *const u8, len: usize) -> u32 {
+    // SAFETY: the caller's contract is crc32_iscsi_ptr's.
+    !unsafe { crc32_iscsi_ptr(ptr, len, !crc) }
+}
+
 /// Product in GF(2^8) (polynomial 0x11d).
 pub(crate) fn gf_mul_u8(a: u8, b: u8) -> u8 {
     // SAFETY: pure function of two bytes (table look-ups); no pointers.

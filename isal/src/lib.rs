@@ -33,6 +33,7 @@ pub mod raid;
 pub mod raid6;
 
 pub use crc::{crc32c, crc32c_append};
+pub use ffi::crc32c_append_in_place;
 pub use raid::{pq_check, pq_gen, xor_acc, xor_check, xor_gen};
 pub use raid6::{
     raid6_recover, raid6_recover_data_and_p, raid6_recover_data_and_q, raid6_recover_two_data,

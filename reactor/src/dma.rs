@@ -668,6 +668,17 @@ impl DmaRegion {
         true
     }
 
+    /// The address of bytes `off..off+len`, for code that reads the region in place without
+    /// a reference (a CRC engine over a raw pointer), or None if out of bounds. Valid while
+    /// the region is borrowed.
+    pub fn raw_range(&self, off: usize, len: usize) -> Option<*const u8> {
+        if !self.in_bounds(off, len) {
+            return None;
+        }
+        // SAFETY: bounds checked: the offset stays inside the mapping.
+        Some(unsafe { self.as_ptr().add(off) }.cast_const())
+    }
+
     /// Hands the bytes at `off..off+len` to `f` in consecutive pieces (checksums), each a
     /// private copy. False if out of bounds.
     pub fn visit_at(&self, off: usize, len: usize, mut f: impl FnMut(&[u8])) -> bool {

@@ -2,7 +2,7 @@
 
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
-use crate::io::{BdevIo, IoStatus, IoType};
+use crate::io::{BdevIo, ChecksumAlg, IoStatus, IoType};
 use crate::kernels;
 use crate::modules::validate_block_size;
 use crate::registry;
@@ -150,11 +150,22 @@ impl MallocBdev {
                 for i in 0..count {
                     let c_off = off + i * chunk;
                     let c_len = chunk.min(off + len - c_off);
-                    let mut h = kernels::ChunkHasher::new(io.checksum_alg);
-                    if self.mem.visit_at(c_off, c_len, |d| h.update(d)) {
-                        io.put_digest(i, &h.finish());
-                    } else {
-                        ok = false;
+                    // CRC32C reads the store in place; SHA-256 through private copies.
+                    let digest = match io.checksum_alg {
+                        ChecksumAlg::Crc32c => {
+                            kernels::crc32c_append_region(0, &self.mem, c_off, c_len)
+                                .map(|c| smallvec::SmallVec::from_slice(&c.to_le_bytes()))
+                        }
+                        ChecksumAlg::Sha256 => {
+                            let mut h = kernels::ChunkHasher::new(io.checksum_alg);
+                            self.mem
+                                .visit_at(c_off, c_len, |d| h.update(d))
+                                .then(|| h.finish())
+                        }
+                    };
+                    match digest {
+                        Some(d) => io.put_digest(i, &d),
+                        None => ok = false,
                     }
                 }
                 ok
