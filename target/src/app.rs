@@ -90,8 +90,10 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
         return Err(e);
     }
 
-    let server = RpcServer::start(&opts.rpc_socket, lock, methods)?;
+    // Signals first: once the RPC socket answers, a client may send SIGTERM at once, and it
+    // must stop the target in order rather than kill it.
     watch_signals(shutdown_tx)?;
+    let server = RpcServer::start(&opts.rpc_socket, lock, methods)?;
     tracing::info!("strata-tgt ready");
 
     let why = shutdown_rx.recv().unwrap_or("channel closed");
