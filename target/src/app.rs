@@ -77,7 +77,7 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
             Some(path) => {
                 crate::config::load(path, &methods)?;
                 // Arrays whose members all appeared are up; bring up degraded ones too.
-                strata_bdev::modules::finish_examine();
+                strata_bdev::module::finish_examine();
             }
             None if !opts.no_default => embedded_default(&opts, &methods)?,
             None => {}

@@ -20,10 +20,6 @@ use crate::error::BdevError;
 use crate::module::BdevModule;
 use crate::registry;
 
-/// Compatibility paths: the examine plumbing lives in the volume framework.
-pub use crate::module::finish_examine;
-pub use crate::volume::examine::wait_for_examine;
-
 /// Block sizes strata accepts: powers of two from 512 B to 64 KiB.
 pub fn validate_block_size(bs: u32) -> Result<(), BdevError> {
     if !(512..=65536).contains(&bs) || !bs.is_power_of_two() {

@@ -612,11 +612,6 @@ impl ChanState {
         if t == IoType::Reset {
             return Start::Done(io, IoStatus::Success);
         }
-        // The kernel fills a read's buffers: refuse ones this I/O may not write (a bug
-        // above, not a device fault: the caller must not fail the member for it).
-        if t == IoType::Read && !io.bufs.iter().all(|b| b.is_writable()) {
-            return Start::Done(io, IoStatus::InvalidArgument);
-        }
         let Some(&idx) = self.free.last() else {
             return Start::Busy(io);
         };

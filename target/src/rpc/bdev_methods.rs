@@ -106,7 +106,7 @@ pub fn register(t: &mut MethodTable) {
         }))
     });
     t.add("bdev_wait_for_examine", |_, _: NoParams| {
-        strata_bdev::modules::finish_examine();
+        strata_bdev::module::finish_examine();
         ok()
     });
     register_raid(t);

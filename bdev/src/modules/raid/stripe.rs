@@ -177,10 +177,10 @@ impl RaidChannel {
         self.wait_count(v).await.1
     }
 
-    /// As [`Self::wait_all`], also counting the I/Os that succeeded.
+    /// As [`Self::wait_all`], also counting the I/Os that succeeded. The I/Os' buffers are
+    /// dropped as they come back (nothing is collected: writes need none back).
     pub(super) async fn wait_count(&self, v: Vec<(usize, Pending)>) -> (usize, Result<(), Step>) {
-        let (_, ok, res) = self.wait_bufs(v).await;
-        (ok, res)
+        self.wait_each(v, drop).await
     }
 
     /// As [`Self::wait_count`], also giving back each I/O's buffers, in order (reads fill
@@ -189,12 +189,23 @@ impl RaidChannel {
         &self,
         v: Vec<(usize, Pending)>,
     ) -> (Vec<Bufs>, usize, Result<(), Step>) {
+        let mut got = Vec::with_capacity(v.len());
+        let (ok, res) = self.wait_each(v, |b| got.push(b)).await;
+        (got, ok, res)
+    }
+
+    /// Waits for member I/Os in order, handing each one's buffers to `back`. Failed members
+    /// are marked; `Retry` if any failed.
+    async fn wait_each(
+        &self,
+        v: Vec<(usize, Pending)>,
+        mut back: impl FnMut(Bufs),
+    ) -> (usize, Result<(), Step>) {
         let mut out = Ok(());
         let mut ok = 0;
-        let mut got = Vec::with_capacity(v.len());
         for (slot, p) in v {
             let (st, bufs) = p.finish().await;
-            got.push(bufs);
+            back(bufs);
             match st {
                 IoStatus::Success => ok += 1,
                 IoStatus::Failed | IoStatus::Removed => {
@@ -206,7 +217,7 @@ impl RaidChannel {
                 other => out = Err(Step::Fail(other)),
             }
         }
-        (got, ok, out)
+        (ok, out)
     }
 
     pub(super) async fn run_slow(&self, io: &mut BdevIo) -> IoStatus {
