@@ -105,6 +105,11 @@ impl IntentBitmap {
         s.state_gen = s.generation;
     }
 
+    /// Records a change to persist that host writes need not wait for (a job's checkpoint).
+    pub fn bump_unordered(&self) {
+        self.st.lock().generation += 1;
+    }
+
     /// The generation that holds the newest member states: writes wait for it before they
     /// are acknowledged (bitmap-only changes do not hold them up).
     pub fn state_generation(&self) -> u64 {

@@ -103,10 +103,11 @@ impl RaidChannel {
         self.array
             .rebuild_checkpoint
             .store(cursor, Ordering::Release);
+        // Not a member-state change: host writes do not wait for this metadata write.
         if let Some(m) = &self.array.meta {
-            m.bump();
+            m.bump_unordered();
         }
-        self.persist().await;
+        self.persist_all().await;
     }
 
     /// Rebuilds rows of `stripe` onto `slot`. Retries when a source member fails.
