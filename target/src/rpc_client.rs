@@ -31,8 +31,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::rpc::params::bdev::{MallocCreateArgs, NullCreateArgs};
-use crate::rpc::params::CliParams;
 use serde_json::{json, Map, Value};
 
 /// The socket strata-tgt listens on by default (`strata-tgt -r PATH` changes it).
@@ -387,43 +385,47 @@ pub fn size_mib_to_num_blocks(total_size_mib: f64, block_size: u32) -> Result<u6
     Ok(num_blocks)
 }
 
-/// Params of `bdev_malloc_create` from rpc.py's arguments
-/// (`bdev_malloc_create [-b NAME] [-u UUID] TOTAL_SIZE_MB BLOCK_SIZE`).
-pub fn bdev_malloc_create_params(
-    name: Option<&str>,
-    uuid: Option<&str>,
-    total_size_mib: f64,
-    block_size: u32,
-) -> Result<Value, ArgError> {
-    let args = MallocCreateArgs {
-        name: name.map(str::to_string),
-        uuid: uuid.map(str::to_string),
-        total_size: total_size_mib,
-        block_size,
-    };
-    Ok(args.to_params()?.unwrap_or_else(|| json!({})))
-}
-
-/// Params of `bdev_null_create` from rpc.py's arguments
-/// (`bdev_null_create NAME TOTAL_SIZE_MB BLOCK_SIZE [-u UUID]`).
-pub fn bdev_null_create_params(
-    name: &str,
-    total_size_mib: f64,
-    block_size: u32,
-    uuid: Option<&str>,
-) -> Result<Value, ArgError> {
-    let args = NullCreateArgs {
-        name: name.to_string(),
-        total_size: total_size_mib,
-        block_size,
-        uuid: uuid.map(str::to_string),
-    };
-    Ok(args.to_params()?.unwrap_or_else(|| json!({})))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::params::bdev::{MallocCreateArgs, NullCreateArgs};
+    use crate::rpc::params::CliParams;
+
+    // The create params as strata-rpc builds them from rpc.py's arguments.
+    /// Params of `bdev_malloc_create` from rpc.py's arguments
+    /// (`bdev_malloc_create [-b NAME] [-u UUID] TOTAL_SIZE_MB BLOCK_SIZE`).
+    fn bdev_malloc_create_params(
+        name: Option<&str>,
+        uuid: Option<&str>,
+        total_size_mib: f64,
+        block_size: u32,
+    ) -> Result<Value, ArgError> {
+        let args = MallocCreateArgs {
+            name: name.map(str::to_string),
+            uuid: uuid.map(str::to_string),
+            total_size: total_size_mib,
+            block_size,
+        };
+        Ok(args.to_params()?.unwrap_or_else(|| json!({})))
+    }
+
+    /// Params of `bdev_null_create` from rpc.py's arguments
+    /// (`bdev_null_create NAME TOTAL_SIZE_MB BLOCK_SIZE [-u UUID]`).
+    fn bdev_null_create_params(
+        name: &str,
+        total_size_mib: f64,
+        block_size: u32,
+        uuid: Option<&str>,
+    ) -> Result<Value, ArgError> {
+        let args = NullCreateArgs {
+            name: name.to_string(),
+            total_size: total_size_mib,
+            block_size,
+            uuid: uuid.map(str::to_string),
+        };
+        Ok(args.to_params()?.unwrap_or_else(|| json!({})))
+    }
+
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::thread;

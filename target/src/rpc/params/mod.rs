@@ -68,15 +68,10 @@ pub fn parse_uuid(method: &str, key: &str, s: Option<&str>) -> Result<Option<Uui
 
 /// A block size: a power of two from 512 to 65536.
 pub fn check_block_size(method: &str, key: &str, bs: u32) -> Result<u32, RpcError> {
-    if (512..=65536).contains(&bs) && bs.is_power_of_two() {
-        Ok(bs)
-    } else {
-        Err(invalid(
-            method,
-            key,
-            "must be a power of two between 512 and 65536",
-        ))
-    }
+    // The bdev layer's rule, reported under the parameter's name.
+    strata_bdev::modules::validate_block_size(bs)
+        .map(|()| bs)
+        .map_err(|_| invalid(method, key, "must be a power of two between 512 and 65536"))
 }
 
 /// What a `strata-rpc` subcommand sends as `params`: `None` for an empty object (rpc.py sends
@@ -213,7 +208,6 @@ fn expected(exp: &dyn de::Expected) -> String {
     match exp.as_str() {
         "u8" | "u16" | "u32" | "u64" => "expected a non-negative integer".into(),
         "a boolean" => "expected true or false".into(),
-        e if e.starts_with("struct ") => "expected an object".into(),
         e => format!("expected {e}"),
     }
 }
@@ -307,7 +301,8 @@ impl<'de> Deserializer<'de> for ValueDe {
                 fields,
                 value: None,
             }),
-            other => ValueDe(other).deserialize_any(v),
+            // An array would fill the fields by position: refuse anything but an object.
+            _ => Err(ParamError::Value("expected an object".into())),
         }
     }
 
@@ -442,6 +437,11 @@ mod tests {
         assert_eq!(
             err(json!({"name": "x", "inner": "s"})),
             "m: invalid parameter 'inner': expected an object"
+        );
+        assert_eq!(
+            err(json!({"name": "x", "inner": ["by position"]})),
+            "m: invalid parameter 'inner': expected an object",
+            "an array must not fill a nested object's fields by position"
         );
         assert_eq!(
             err(json!({"name": "x", "inner": {}})),
