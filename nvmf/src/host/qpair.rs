@@ -655,7 +655,7 @@ impl QueuePair {
                         Ok(Frame::Need(n)) => self.hdr_need = n,
                         Ok(Frame::Header(l)) => {
                             self.layout = Some(l);
-                            self.on_header()?;
+                            self.on_header(l)?;
                         }
                         Err(r) => return Err(self.reject(r)),
                     }
@@ -736,8 +736,8 @@ impl QueuePair {
         let e = r.error;
         if e.fes == fes::HEADER_DIGEST_ERROR {
             // The H2CTermReq quotes the header without its digest.
-            self.hdr_got -= DIGEST_LEN;
-            return self.fatal(e.fes, e.fei, "header digest mismatch");
+            let quote = self.hdr_got.saturating_sub(DIGEST_LEN);
+            return self.fatal_quoting(e.fes, e.fei, "header digest mismatch", quote);
         }
         let msg = match CommonHeader::read_from_bytes(&self.hdr[..COMMON_HEADER_LEN]) {
             Ok(ch) => format!(
@@ -750,10 +750,7 @@ impl QueuePair {
     }
 
     /// A whole header, its digest checked, is in `self.hdr`.
-    fn on_header(&mut self) -> Result<(), HostError> {
-        let Some(l) = self.layout else {
-            return Err(self.fatal(fes::PDU_SEQUENCE_ERROR, 0, "no layout"));
-        };
+    fn on_header(&mut self, l: PduLayout) -> Result<(), HostError> {
         self.pdu_flags = self.hdr[1];
         self.sink = Sink::None;
         self.data_base = 0;
@@ -1100,7 +1097,12 @@ impl QueuePair {
     /// is at a PDU boundary) and fail the connection.
     fn fatal(&mut self, fes: u16, fei: u32, msg: &str) -> HostError {
         let hlen = self.layout.map(|l| l.hlen).unwrap_or(self.hdr_got);
-        let offending = &self.hdr[..hlen.min(self.hdr_got).min(self.hdr.len())];
+        self.fatal_quoting(fes, fei, msg, hlen)
+    }
+
+    /// As [`Self::fatal`], quoting the first `quote` header bytes received.
+    fn fatal_quoting(&mut self, fes: u16, fei: u32, msg: &str, quote: usize) -> HostError {
+        let offending = &self.hdr[..quote.min(self.hdr_got).min(self.hdr.len())];
         tracing::warn!(
             qid = self.qid,
             peer = %self.peer,
@@ -1110,7 +1112,7 @@ impl QueuePair {
             "NVMe/TCP protocol error: {msg}"
         );
         if self.tx_off == 0 {
-            let t = pdu::term_req(pdu_type::H2C_TERM_REQ, PduError { fes, fei }, offending);
+            let t = self.framer().term_req(PduError { fes, fei }, offending);
             let _ = (&self.stream).write(&t);
         }
         self.die(HostError::Protocol(format!(

@@ -8,13 +8,11 @@
 
 use super::pdu::{
     self, fes, pdu_type, CommonHeader, PduError, PduLayout, Receiver, COMMON_HEADER_LEN,
-    DIGEST_LEN, MAX_HEADER_LEN, TERM_REQ_MAX_DATA,
+    DIGEST_LEN, TERM_REQ_MAX_DATA,
 };
 use zerocopy::FromBytes;
 
-/// Largest header strata accepts plus its header digest: what a receiver must hold to
-/// look at a whole header.
-pub const MAX_HEADER_WITH_DIGEST: usize = MAX_HEADER_LEN + DIGEST_LEN;
+pub use super::pdu::MAX_HEADER_WITH_DIGEST;
 
 /// A received header with its digest, as the receiver keeps it.
 pub type HeaderBytes = [u8; MAX_HEADER_WITH_DIGEST];

@@ -45,6 +45,9 @@ pub const DIGEST_LEN: usize = 4;
 pub const TERM_REQ_MAX_DATA: usize = 152;
 /// Largest header strata accepts (IC PDUs).
 pub const MAX_HEADER_LEN: usize = 128;
+/// Largest header strata accepts plus its header digest: what a receiver must hold to
+/// look at a whole header.
+pub const MAX_HEADER_WITH_DIGEST: usize = MAX_HEADER_LEN + DIGEST_LEN;
 
 #[repr(C)]
 #[derive(
@@ -305,7 +308,7 @@ pub fn digest(parts: &[&[u8]]) -> u32 {
 /// An encoded header (with its header digest when enabled), ready to send.
 #[derive(Clone, Copy)]
 pub struct HeaderBuf {
-    pub bytes: [u8; MAX_HEADER_LEN + DIGEST_LEN],
+    pub bytes: [u8; MAX_HEADER_WITH_DIGEST],
     pub len: usize,
 }
 
@@ -324,7 +327,7 @@ impl HeaderBuf {
     pub fn new<T: IntoBytes + Immutable>(hdr: &T, hdgst: bool) -> HeaderBuf {
         let b = hdr.as_bytes();
         let mut out = HeaderBuf {
-            bytes: [0; MAX_HEADER_LEN + DIGEST_LEN],
+            bytes: [0; MAX_HEADER_WITH_DIGEST],
             len: b.len(),
         };
         out.bytes[..b.len()].copy_from_slice(b);

@@ -83,8 +83,6 @@ impl Connection {
     }
 
     pub(super) fn on_connect(&self, sqe: Sqe, data: Option<DmaBuf>) {
-        let invalid =
-            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
         if self.st.borrow().ctrl.is_some() {
             tracing::warn!(peer = %self.peer, "second Connect on a queue");
             self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
@@ -96,24 +94,25 @@ impl Connection {
             return;
         }
         let Some(buf) = data.filter(|b| b.len() >= 1024) else {
-            invalid(0, 1, "no Connect data in the capsule");
+            self.connect_invalid(sqe.cid, 0, 1, "no Connect data in the capsule");
             return;
         };
         let Ok(cd) = ConnectData::read_from_bytes(&buf.as_slice()[..1024]) else {
-            invalid(0, 1, "bad Connect data");
+            self.connect_invalid(sqe.cid, 0, 1, "bad Connect data");
             return;
         };
         let (Some(subnqn), Some(hostnqn)) = (get_cstr(&cd.subnqn), get_cstr(&cd.hostnqn)) else {
-            invalid(256, 1, "NQN is not a string");
+            self.connect_invalid(sqe.cid, 256, 1, "NQN is not a string");
             return;
         };
         let Some(subsys) = self.target.find_subsystem(&subnqn) else {
-            invalid(256, 1, &format!("unknown subsystem {subnqn}"));
+            self.connect_invalid(sqe.cid, 256, 1, &format!("unknown subsystem {subnqn}"));
             return;
         };
         if subsys.kind == SubsystemKind::Nvme && !self.target.listener_allowed(&subsys, &self.local)
         {
-            invalid(
+            self.connect_invalid(
+                sqe.cid,
                 256,
                 1,
                 &format!("subsystem {subnqn} does not listen on {}", self.local),
@@ -144,14 +143,12 @@ impl Connection {
     ) {
         let opts = self.target.options();
         let limits = self.target.limits();
-        let invalid =
-            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
         if cmd.sqsize as u32 + 1 > opts.max_aq_depth as u32 || cmd.sqsize < 1 {
-            invalid(44, 0, "admin queue size out of range");
+            self.connect_invalid(sqe.cid, 44, 0, "admin queue size out of range");
             return;
         }
         if cd.cntlid != 0xffff && cd.cntlid != 0xfffe {
-            invalid(16, 1, "static controller id requested");
+            self.connect_invalid(sqe.cid, 16, 1, "static controller id requested");
             return;
         }
         let Some(cntlid) = self.target.alloc_cntlid() else {
@@ -199,18 +196,21 @@ impl Connection {
     ) {
         let opts = self.target.options();
         let limits = self.target.limits();
-        let invalid =
-            |ipo: u32, iattr: u32, why: &str| self.connect_invalid(sqe.cid, ipo, iattr, why);
         let Some(ctrl) = subsys
             .controllers()
             .into_iter()
             .find(|c| c.cntlid == cd.cntlid)
         else {
-            invalid(16, 1, &format!("unknown controller id {}", cd.cntlid));
+            self.connect_invalid(
+                sqe.cid,
+                16,
+                1,
+                &format!("unknown controller id {}", cd.cntlid),
+            );
             return;
         };
         if ctrl.hostnqn != hostnqn || ctrl.dead.load(Ordering::Acquire) {
-            invalid(512, 1, "host does not own that controller");
+            self.connect_invalid(sqe.cid, 512, 1, "host does not own that controller");
             return;
         }
         if !ctrl.is_enabled() {
@@ -219,11 +219,11 @@ impl Connection {
         }
         // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
         if cmd.qid > limits.max_io_qpairs {
-            invalid(42, 0, "queue id out of range");
+            self.connect_invalid(sqe.cid, 42, 0, "queue id out of range");
             return;
         }
         if cmd.sqsize < 1 || cmd.sqsize as u32 + 1 > opts.max_queue_depth as u32 {
-            invalid(44, 0, "queue size out of range");
+            self.connect_invalid(sqe.cid, 44, 0, "queue size out of range");
             return;
         }
         ctrl.io_qpairs.fetch_add(1, Ordering::AcqRel);
