@@ -576,13 +576,23 @@ pub fn is_uuid(s: &str) -> bool {
 
 /// `n` distinct TCP ports of 127.0.0.1 that were free a moment ago (bound all at once, then
 /// released), for targets' NVMe/TCP listeners.
+/// Never a port this process handed out before: tests of one binary run in parallel, and the
+/// kernel may give a just-released port to the next `bind(0)`.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut used = HANDED_OUT.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            ports.push(port);
+        }
+        held.push(l);
+    }
+    ports
 }
 
 /// One TCP port of 127.0.0.1 that was free a moment ago.

@@ -20,12 +20,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A free loopback port, never one this process handed out before: the tests of one binary
+/// run in parallel, and the kernel may give a just-released port to the next `bind(0)`,
+/// so two targets started at once could be told the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut used = HANDED_OUT.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until `addrs` all accept connections; fails with the target's log if the process
