@@ -68,9 +68,12 @@ struct Fan {
     status: IoStatus,
     /// A member failed under a read: redo the parent on the degraded path.
     retry: bool,
-    /// The parent's buffers while the children own them: each child's part, by child
-    /// index, and the bytes past the transfer. Empty when the I/O carries no data.
+    /// The children own consecutive parts of the parent's buffers.
+    carried: bool,
+    /// With several children: each child's part once it is back, by child index (one child
+    /// hands its part straight back to the parent).
     parts: SmallVec<[Bufs; 8]>,
+    /// The bytes past the transfer.
     rest: Bufs,
 }
 
@@ -151,8 +154,9 @@ impl RaidChannel {
         f.pending = pending;
         f.status = IoStatus::Success;
         f.retry = false;
+        f.carried = carried;
         f.parts.clear();
-        if carried {
+        if carried && pending > 1 {
             f.parts.resize_with(pending as usize, Bufs::new);
         }
         f.rest = rest;
@@ -384,8 +388,12 @@ impl IoSink for RaidChannel {
         let finished = {
             let mut fans = self.fans.borrow_mut();
             let f = &mut fans[idx];
-            if let Some(p) = f.parts.get_mut(k) {
-                *p = part;
+            // One child: its part is the parent's whole transfer.
+            let mut single = None;
+            match f.parts.get_mut(k) {
+                Some(p) => *p = part,
+                None if f.carried => single = Some(part),
+                None => {}
             }
             if !st.is_success() {
                 if member_failed && self.array.level().has_redundancy() {
@@ -399,7 +407,10 @@ impl IoSink for RaidChannel {
             f.pending -= 1;
             if f.pending == 0 {
                 f.parent.take().map(|mut p| {
-                    if !f.parts.is_empty() {
+                    if let Some(part) = single {
+                        p.bufs = part;
+                        join_into(&mut p.bufs, std::mem::take(&mut f.rest));
+                    } else if !f.parts.is_empty() {
                         let mut bufs = Bufs::new();
                         for part in f.parts.drain(..) {
                             join_into(&mut bufs, part);
