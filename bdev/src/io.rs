@@ -121,6 +121,9 @@ pub enum IoStatus {
     Unsupported,
     /// The bdev was removed.
     Removed,
+    /// The path to the device failed (a lost connection to a remote namespace); the device
+    /// itself may be fine and the I/O may succeed on another path or after a reconnect.
+    PathError,
 }
 
 impl IoStatus {

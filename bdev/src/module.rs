@@ -26,10 +26,25 @@ pub trait BdevModule: Send + Sync {
     }
 }
 
-/// The modules with hooks, in the order their hooks run (volumes before the volumes that
-/// stack on them: a mirror's legs may be RAID volumes).
-pub fn modules() -> &'static [&'static dyn BdevModule] {
-    crate::modules::BUILTIN
+/// Modules of upper crates (the NVMe/TCP remote bdev lives in strata-nvmf), added at start-up.
+static EXTRA: parking_lot::RwLock<Vec<&'static dyn BdevModule>> =
+    parking_lot::RwLock::new(Vec::new());
+
+/// Adds a module defined outside this crate. Its hooks run before the built-in volume
+/// modules' (it provides base bdevs that volumes stack on). Adding one twice is a no-op.
+pub fn register(m: &'static dyn BdevModule) {
+    let mut e = EXTRA.write();
+    if !e.iter().any(|x| x.name() == m.name()) {
+        e.push(m);
+    }
+}
+
+/// The modules with hooks, in the order their hooks run (base-bdev modules first, then
+/// volumes before the volumes that stack on them: a mirror's legs may be RAID volumes).
+pub fn modules() -> Vec<&'static dyn BdevModule> {
+    let mut v = EXTRA.read().clone();
+    v.extend_from_slice(crate::modules::BUILTIN);
+    v
 }
 
 /// Lets every module look at a newly registered bdev.

@@ -17,6 +17,9 @@ use std::sync::Arc;
 pub enum BdevEvent {
     /// The bdev is being unregistered; close the descriptor.
     Remove,
+    /// The path to the device came back after a failure (a remote namespace reconnected):
+    /// I/O that failed with `PathError` may now succeed. A mirror resyncs the leg.
+    PathRestored,
 }
 
 type EventFn = Arc<dyn Fn(BdevEvent) + Send + Sync>;
@@ -112,6 +115,21 @@ pub fn unregister(name: &str) -> Result<(), BdevError> {
     bdev.on_unregister();
     tracing::info!(bdev = name, "bdev unregistered");
     Ok(())
+}
+
+/// Tells every opener of `name` about `ev` (called by the bdev's module, from any thread).
+/// Unknown names are ignored: the bdev may just have been removed.
+pub fn notify(name: &str, ev: BdevEvent) {
+    let callbacks: Vec<EventFn> = {
+        let r = REGISTRY.lock();
+        match r.entries.iter().find(|e| e.bdev.name() == name) {
+            Some(e) => e.descs.iter().map(|(_, f)| f.clone()).collect(),
+            None => return,
+        }
+    };
+    for cb in callbacks {
+        cb(ev);
+    }
 }
 
 /// Looks up a bdev by name.

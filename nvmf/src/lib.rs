@@ -3,9 +3,11 @@
 //! [`spec`] holds the NVMe data structures (commands, completions, Identify, log pages,
 //! status codes) as checked `#[repr(C)]` types; [`tcp`] the NVMe/TCP PDU codec; [`target`]
 //! the target side (subsystems, controllers, queue pairs on reactors, discovery); [`host`]
-//! the initiator used by tests, strata-perf and remote bdevs.
+//! the initiator used by tests and strata-perf; [`remote`] the remote bdev built on it (a
+//! namespace of another NVMe/TCP target as a local bdev, SPDK's `bdev_nvme`).
 
 pub mod host;
+pub mod remote;
 pub mod spec;
 pub mod target;
 pub mod tcp;

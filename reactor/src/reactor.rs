@@ -153,6 +153,9 @@ impl Reactor {
     ) -> Result<PollerHandle, ReactorError> {
         let period_ticks = period.map(clock::duration_to_ticks).unwrap_or(0);
         if let Some(fd) = fd {
+            // A dead poller's fd leaves epoll only when its entry is purged; purge first, or
+            // purging later would take a reused fd number (this new one) out of epoll.
+            self.purge_dead_pollers();
             let tok = self.next_poller_token.get();
             self.next_poller_token.set(tok + 1);
             self.epoll.add(fd, tok).map_err(ReactorError::Os)?;
@@ -258,19 +261,24 @@ impl Reactor {
             }
         }
         if dead {
-            let mut ps = self.pollers.borrow_mut();
-            ps.retain(|p| {
-                if !p.alive.get() {
-                    if let Some(fd) = p.fd {
-                        let _ = self.epoll.delete(fd);
-                    }
-                    false
-                } else {
-                    true
-                }
-            });
+            self.purge_dead_pollers();
         }
         busy
+    }
+
+    /// Drops unregistered pollers and takes their fds out of epoll.
+    fn purge_dead_pollers(&self) {
+        let mut ps = self.pollers.borrow_mut();
+        ps.retain(|p| {
+            if !p.alive.get() {
+                if let Some(fd) = p.fd {
+                    let _ = self.epoll.delete(fd);
+                }
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Earliest tick at which a timer or periodic poller is due.

@@ -65,6 +65,7 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     };
     let reactors = ReactorSet::start(&cores, mode)?;
     reactors.install_global();
+    strata_nvmf::remote::init();
 
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded::<&'static str>();
     let methods = MethodTable::new(AppContext {

@@ -5,7 +5,7 @@
 use crate::channel::IoChannel;
 use crate::error::BdevError;
 use crate::io::IoType;
-use crate::registry::{self, BdevDesc};
+use crate::registry::{self, BdevDesc, BdevEvent};
 use parking_lot::Mutex;
 
 pub struct ClaimedBase {
@@ -45,7 +45,21 @@ impl ClaimedBase {
         owner: &str,
         on_remove: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, BdevError> {
-        let desc = registry::open(base, move |_| on_remove())?;
+        Self::open_with_events(base, owner, move |ev| {
+            if ev == BdevEvent::Remove {
+                on_remove()
+            }
+        })
+    }
+
+    /// Opens and claims `base` for `owner`; `on_event` sees every event of the base (removal,
+    /// a restored path), on any thread.
+    pub fn open_with_events(
+        base: &str,
+        owner: &str,
+        on_event: impl Fn(BdevEvent) + Send + Sync + 'static,
+    ) -> Result<Self, BdevError> {
+        let desc = registry::open(base, on_event)?;
         desc.claim(owner)?;
         let b = desc.bdev().clone();
         let mut supported = [false; IoType::COUNT];

@@ -176,12 +176,18 @@ pub fn xor_write(nsid: u32, slba: u64, nlb: u32) -> Sqe {
 
 /// strata's checksum: one CRC32C per `chunk` blocks (0 means 1).
 pub fn checksum(nsid: u32, slba: u64, nlb: u32, chunk: u32) -> Sqe {
+    checksum_with(nsid, slba, nlb, chunk, io::CHECKSUM_CRC32C)
+}
+
+/// strata's checksum with the digest `alg` ([`io::CHECKSUM_CRC32C`], [`io::CHECKSUM_SHA256`]).
+pub fn checksum_with(nsid: u32, slba: u64, nlb: u32, chunk: u32, alg: u32) -> Sqe {
     let mut s = rw(io::VENDOR_CHECKSUM, nsid, slba, nlb);
     s.cdw13 = chunk;
+    s.cdw14 = alg;
     s
 }
 
-/// Bytes of data a checksum command returns.
+/// Bytes of data a CRC32C checksum command returns.
 pub fn checksum_len(nlb: u32, chunk: u32) -> usize {
     4 * (nlb as usize).div_ceil(chunk.max(1) as usize)
 }

@@ -52,6 +52,8 @@ pub struct ControllerOptions {
     pub hostid: Option<[u8; 16]>,
     /// Limit for set-up steps and blocking admin commands.
     pub timeout: Duration,
+    /// Local address to connect from (SPDK's `hostaddr`).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for ControllerOptions {
@@ -66,6 +68,7 @@ impl Default for ControllerOptions {
             hostnqn: None,
             hostid: None,
             timeout: Duration::from_secs(10),
+            source: None,
         }
     }
 }
@@ -174,6 +177,7 @@ impl Controller {
             ddgst: opts.ddgst,
             icd_limit: ADMIN_ICD,
             timeout: opts.timeout,
+            source: opts.source,
         };
         let (admin, cntlid) = QueuePair::connect(addr, &aopts, &params)?;
         let mut c = Controller {
@@ -276,6 +280,7 @@ impl Controller {
                 ddgst: self.opts.ddgst,
                 icd_limit: self.io_icd,
                 timeout: self.opts.timeout,
+                source: self.opts.source,
             };
             let params = ConnectParams {
                 subnqn: self.subnqn.clone(),
@@ -618,6 +623,16 @@ impl Controller {
             }
         }
         r.map(|_| n)
+    }
+
+    /// Whether a Keep Alive has waited longer than half the keep-alive timeout for its
+    /// answer (a silent peer: the next one would be due already).
+    pub fn keep_alive_overdue(&self) -> bool {
+        self.ka_outstanding
+            && self.opts.kato_ms > 0
+            && self.last_ka.elapsed()
+                > Duration::from_millis(self.opts.kato_ms as u64 / 2)
+                    .max(Duration::from_millis(100))
     }
 
     pub fn pop_admin_completion(&mut self) -> Option<Completion> {

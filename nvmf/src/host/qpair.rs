@@ -52,6 +52,8 @@ pub struct QueuePairOptions {
     pub icd_limit: usize,
     /// Limit for connection set-up (TCP connect, ICReq/ICResp, Fabrics Connect).
     pub timeout: Duration,
+    /// Local address to connect from (SPDK's `hostaddr`); by default the kernel picks one.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for QueuePairOptions {
@@ -63,8 +65,28 @@ impl Default for QueuePairOptions {
             ddgst: false,
             icd_limit: 8192,
             timeout: Duration::from_secs(10),
+            source: None,
         }
     }
+}
+
+/// A TCP connection to `addr`, from `source` if given.
+fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, HostError> {
+    let Some(ip) = source else {
+        return Ok(TcpStream::connect_timeout(&addr, timeout)?);
+    };
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+        .map_err(|e| {
+            HostError::InvalidArgument(format!("cannot bind to host address {ip}: {e}"))
+        })?;
+    sock.connect_timeout(&SockAddr::from(addr), timeout)?;
+    Ok(sock.into())
 }
 
 /// What the Fabrics Connect command carries.
@@ -280,7 +302,7 @@ impl QueuePair {
         if opts.depth == 0 {
             return Err(HostError::InvalidArgument("queue depth 0".into()));
         }
-        let stream = TcpStream::connect_timeout(&addr, opts.timeout)?;
+        let stream = tcp_connect(addr, opts.source, opts.timeout)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         let depth = opts.depth;

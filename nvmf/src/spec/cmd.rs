@@ -108,9 +108,14 @@ pub mod io {
     /// strata: XOR the payload into the stored blocks (`new = old ^ data`). Host to
     /// controller; SLBA in CDW10/11, NLB (0-based) in CDW12 bits 15:0, like Write.
     pub const VENDOR_XOR_WRITE: u8 = 0x81;
-    /// strata: return a CRC32C (u32 LE) per chunk of CDW13 blocks (0 means 1) over SLBA/NLB.
-    /// Controller to host; the data length is 4 × ceil(NLB / chunk).
+    /// strata: return a digest per chunk of CDW13 blocks (0 means 1) over SLBA/NLB; CDW14
+    /// selects the digest ([`CHECKSUM_CRC32C`]: u32 LE, [`CHECKSUM_SHA256`]: 32 bytes).
+    /// Controller to host; the data length is digest size × ceil(NLB / chunk).
     pub const VENDOR_CHECKSUM: u8 = 0x82;
+    /// CDW14 of [`VENDOR_CHECKSUM`]: CRC32C (the default, 0).
+    pub const CHECKSUM_CRC32C: u32 = 0;
+    /// CDW14 of [`VENDOR_CHECKSUM`]: SHA-256.
+    pub const CHECKSUM_SHA256: u32 = 1;
 }
 
 /// Identify CNS values.

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use strata_target::rpc::params::{bdev, framework, mirror, nvmf, ByName, CliParams, NoParams};
+use strata_target::rpc::params::{
+    bdev, framework, mirror, nvme, nvmf, ByName, CliParams, NoParams,
+};
 use strata_target::rpc_client::{
     error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
     DEFAULT_SOCKET_PATH,
@@ -144,6 +146,16 @@ methods! {
     "bdev_mirror_add_leg" => BdevMirrorAddLeg(mirror::MirrorAddLeg),
     /// Change a mirror's options.
     "bdev_mirror_set_options" => BdevMirrorSetOptions(mirror::MirrorSetOptions),
+    /// Attach a namespace of a remote NVMe/TCP target as bdevs NAMEn1, NAMEn2, ...
+    "bdev_nvme_attach_controller" => BdevNvmeAttachController(nvme::NvmeAttach),
+    /// Detach a remote controller (its bdevs are removed).
+    "bdev_nvme_detach_controller" => BdevNvmeDetachController(nvme::NvmeDetach),
+    /// List remote controllers and their connection state.
+    "bdev_nvme_get_controllers" => BdevNvmeGetControllers(nvme::NvmeGetControllers),
+    /// Drop and re-establish a remote controller's connection.
+    "bdev_nvme_reset_controller" => BdevNvmeResetController(nvme::NvmeReset),
+    /// Options for controllers attached later (timeouts, retries, keep-alive).
+    "bdev_nvme_set_options" => BdevNvmeSetOptions(nvme::NvmeSetOptions),
     /// List bdevs (all, or the one named).
     "bdev_get_bdevs" => BdevGetBdevs(bdev::GetBdevs),
     /// I/O statistics of bdevs (all, or the one named).

@@ -52,3 +52,15 @@ impl From<BdevError> for RpcError {
         RpcError::new(code, e.to_string())
     }
 }
+
+impl From<strata_nvmf::remote::RemoteError> for RpcError {
+    fn from(e: strata_nvmf::remote::RemoteError) -> Self {
+        use strata_nvmf::remote::RemoteError;
+        let code = match &e {
+            RemoteError::Invalid(_) => INVALID_PARAMS,
+            RemoteError::Bdev(BdevError::Invalid(_)) => INVALID_PARAMS,
+            other => other.errno() as i64,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}

@@ -1,11 +1,12 @@
 //! JSON-RPC: the server ([`server`]), the methods' parameter structs ([`params`]), errors
 //! ([`error`]) and the method table, filled by one module per area ([`bdev_methods`],
-//! [`framework_methods`], [`mirror_methods`], [`nvmf_methods`]).
+//! [`framework_methods`], [`mirror_methods`], [`nvme_methods`], [`nvmf_methods`]).
 
 pub mod bdev_methods;
 pub mod error;
 pub mod framework_methods;
 pub mod mirror_methods;
+pub mod nvme_methods;
 pub mod nvmf_methods;
 pub mod params;
 pub mod server;
@@ -42,6 +43,7 @@ impl MethodTable {
         framework_methods::register(&mut t);
         bdev_methods::register(&mut t);
         mirror_methods::register(&mut t);
+        nvme_methods::register(&mut t);
         nvmf_methods::register(&mut t);
         Arc::new(t)
     }

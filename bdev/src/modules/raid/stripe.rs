@@ -208,7 +208,7 @@ impl RaidChannel {
             back(bufs);
             match st {
                 IoStatus::Success => ok += 1,
-                IoStatus::Failed | IoStatus::Removed => {
+                IoStatus::Failed | IoStatus::Removed | IoStatus::PathError => {
                     self.array.fail_member(slot, "I/O error");
                     if out.is_ok() {
                         out = Err(Step::Retry);

@@ -3,6 +3,7 @@
 use super::*;
 use crate::spec::cmd::io;
 use strata_bdev::bufs::{join_into, Bufs};
+use strata_bdev::ChecksumAlg;
 
 impl Connection {
     // ---- I/O commands ------------------------------------------------------------------
@@ -59,7 +60,13 @@ impl Connection {
         let max_io = self.st.borrow().max_io_size as u64;
         let len = match sqe.opcode {
             io::READ | io::WRITE | io::VENDOR_XOR_WRITE | io::COMPARE => sqe.nlb() * bs as u64,
-            io::VENDOR_CHECKSUM => 4 * sqe.nlb().div_ceil(sqe.cdw13.max(1) as u64),
+            io::VENDOR_CHECKSUM => match checksum_alg(sqe.cdw14) {
+                Some(alg) => alg.digest_len() as u64 * sqe.nlb().div_ceil(sqe.cdw13.max(1) as u64),
+                None => {
+                    self.finish(slot, status::INVALID_FIELD, 0);
+                    return;
+                }
+            },
             io::DATASET_MANAGEMENT => (((sqe.cdw10 & 0xff) + 1) * 16) as u64,
             io::FLUSH | io::WRITE_ZEROES => 0,
             _ => {
@@ -213,6 +220,8 @@ impl Connection {
                 let mut bio = BdevIo::new(t, sqe.slba(), sqe.nlb());
                 if t == IoType::Checksum {
                     bio.chunk_blocks = sqe.cdw13.max(1);
+                    // Checked when the command arrived.
+                    bio.checksum_alg = checksum_alg(sqe.cdw14).unwrap_or_default();
                 }
                 bio.bufs.push(b);
                 ios.push(bio);
@@ -282,6 +291,7 @@ pub(super) fn bdev_status(io: &BdevIo) -> Status {
         IoStatus::InvalidArgument => status::INVALID_FIELD,
         IoStatus::Unsupported => status::INVALID_OPCODE,
         IoStatus::Removed => status::NAMESPACE_NOT_READY,
+        IoStatus::PathError => crate::host::HOST_PATH_ERROR,
         IoStatus::Aborted => status::ABORT_REQUESTED,
         IoStatus::NoMemory | IoStatus::Pending => status::INTERNAL_ERROR.retryable(),
         IoStatus::Failed => match io.io_type {
@@ -404,5 +414,14 @@ impl IoSink for Connection {
         if let Some(g) = self.group.upgrade() {
             g.mark_dirty(self.token);
         }
+    }
+}
+
+/// The digest CDW14 of a checksum command selects, if it is one strata computes.
+fn checksum_alg(cdw14: u32) -> Option<ChecksumAlg> {
+    match cdw14 {
+        io::CHECKSUM_CRC32C => Some(ChecksumAlg::Crc32c),
+        io::CHECKSUM_SHA256 => Some(ChecksumAlg::Sha256),
+        _ => None,
     }
 }

@@ -11,6 +11,7 @@
 pub mod bdev;
 pub mod framework;
 pub mod mirror;
+pub mod nvme;
 pub mod nvmf;
 
 use super::error::RpcError;

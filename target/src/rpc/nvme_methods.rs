@@ -1,0 +1,30 @@
+//! Remote-bdev methods (`bdev_nvme_*`, SPDK's): namespaces of other NVMe/TCP targets as
+//! bdevs. Connecting blocks, so these run on the RPC thread, not on a reactor.
+
+use super::bdev_methods::ok;
+use super::params::nvme::{NvmeAttach, NvmeDetach, NvmeGetControllers, NvmeReset, NvmeSetOptions};
+use super::MethodTable;
+use serde_json::Value;
+use strata_nvmf::remote;
+
+pub fn register(t: &mut MethodTable) {
+    t.add("bdev_nvme_attach_controller", |_, p: NvmeAttach| {
+        let names = remote::attach(p.options()?)?;
+        Ok(Value::from(names))
+    });
+    t.add("bdev_nvme_detach_controller", |_, p: NvmeDetach| {
+        remote::detach(&p.name)?;
+        ok()
+    });
+    t.add("bdev_nvme_get_controllers", |_, p: NvmeGetControllers| {
+        Ok(Value::Array(remote::controllers(p.name.as_deref())?))
+    });
+    t.add("bdev_nvme_reset_controller", |_, p: NvmeReset| {
+        remote::reset(&p.name)?;
+        ok()
+    });
+    t.add("bdev_nvme_set_options", |_, p: NvmeSetOptions| {
+        remote::set_options(p.options()?)?;
+        ok()
+    });
+}
