@@ -17,6 +17,10 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # bench/perf.sh reads strata-perf's JSON with jq.
 command -v jq >/dev/null || need+=(jq)
+# Multi-node tests cut links between loopback addresses with nftables and delay/drop with
+# tc netem (iproute2).
+command -v nft >/dev/null || need+=(nftables)
+command -v tc >/dev/null || need+=(iproute2)
 # ISA-L (XOR, P+Q, CRC32C, GF(2^8) kernels), linked by isal/build.rs through pkg-config.
 if ! { command -v pkg-config >/dev/null && pkg-config --exists libisal; } &&
    ! dpkg -s libisal-dev >/dev/null 2>&1; then

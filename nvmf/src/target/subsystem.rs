@@ -181,10 +181,12 @@ impl Subsystem {
             nsid
         };
         let me = Arc::downgrade(self);
-        let desc = registry::open(bdev_name, move |_| {
+        let desc = registry::open(bdev_name, move |ev| {
             // The bdev is going away: take the namespace out (hot remove).
-            if let Some(s) = me.upgrade() {
-                let _ = s.remove_namespace(nsid);
+            if ev == strata_bdev::BdevEvent::Remove {
+                if let Some(s) = me.upgrade() {
+                    let _ = s.remove_namespace(nsid);
+                }
             }
         })?;
         desc.claim(&format!("NVMe-oF target {}", self.nqn))?;

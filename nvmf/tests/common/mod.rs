@@ -73,6 +73,9 @@ pub struct TgtProcess {
     pub child: std::process::Child,
     pub dir: PathBuf,
     pub sock: PathBuf,
+    /// Loopback address the node serves NVMe/TCP on (127.0.0.1, or 127.0.0.2, 127.0.0.3, ...
+    /// for the nodes of a multi-node test).
+    pub ip: String,
     pub port: u16,
     pub log: PathBuf,
 }
@@ -91,13 +94,37 @@ impl TgtProcess {
     pub fn launch(
         dir: &Path,
         tag: &str,
+        bdevs: Vec<serde_json::Value>,
+        nqn: &str,
+        ns_bdev: &str,
+        extra: &[&str],
+    ) -> TgtProcess {
+        Self::launch_on(
+            "127.0.0.1",
+            free_port(),
+            dir,
+            tag,
+            bdevs,
+            nqn,
+            ns_bdev,
+            extra,
+        )
+    }
+
+    /// Like [`TgtProcess::launch`], serving on `ip:port`, with its RPC socket at
+    /// `dir/rpc-{ip}.sock` (several nodes may share a directory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_on(
+        ip: &str,
+        port: u16,
+        dir: &Path,
+        tag: &str,
         mut bdevs: Vec<serde_json::Value>,
         nqn: &str,
         ns_bdev: &str,
         extra: &[&str],
     ) -> TgtProcess {
         use serde_json::json;
-        let port = free_port();
         bdevs.push(json!({ "method": "bdev_wait_for_examine" }));
         let cfg = json!({ "subsystems": [
             { "subsystem": "bdev", "config": bdevs },
@@ -106,13 +133,17 @@ impl TgtProcess {
                 { "method": "nvmf_create_subsystem", "params": { "nqn": nqn, "allow_any_host": true } },
                 { "method": "nvmf_subsystem_add_ns", "params": { "nqn": nqn, "namespace": { "bdev_name": ns_bdev, "nsid": 1 } } },
                 { "method": "nvmf_subsystem_add_listener", "params": { "nqn": nqn, "listen_address":
-                    { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string() } } }
+                    { "trtype": "TCP", "adrfam": "IPv4", "traddr": ip, "trsvcid": port.to_string() } } }
             ]}
         ]});
         let cfg_path = dir.join(format!("cfg-{tag}.json"));
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         let log = dir.join(format!("tgt-{tag}.log"));
-        let sock = dir.join("rpc.sock");
+        let sock = if ip == "127.0.0.1" {
+            dir.join("rpc.sock")
+        } else {
+            dir.join(format!("rpc-{ip}.sock"))
+        };
         let child = std::process::Command::new(bin("strata-tgt"))
             .args(["-m", "0x3"])
             .args(extra)
@@ -128,6 +159,7 @@ impl TgtProcess {
             child,
             dir: dir.to_path_buf(),
             sock,
+            ip: ip.to_string(),
             port,
             log,
         };
@@ -149,7 +181,7 @@ impl TgtProcess {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
+        format!("{}:{}", self.ip, self.port).parse().unwrap()
     }
 
     pub fn log_text(&self) -> String {
@@ -180,5 +212,64 @@ impl TgtProcess {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         self.log_text()
+    }
+}
+
+/// A silent link cut between two loopback addresses: an nftables table of its own whose
+/// input chain drops every packet from `a` to `b` and from `b` to `a` (no RST, no ICMP: the
+/// peers notice only by timeouts, like a pulled cable). Dropping the value removes the table.
+pub struct LinkCut {
+    table: String,
+}
+
+fn nft(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("nft")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("nft {args:?}: {e} (scripts/setup.sh installs nftables; tests run as root)")
+        })
+}
+
+impl LinkCut {
+    pub fn new(a: &str, b: &str) -> LinkCut {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let table = format!(
+            "strata_cut_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let chain = "{ type filter hook input priority 0 ; policy accept ; }";
+        let script = format!(
+            "add table inet {table}\nadd chain inet {table} input {chain}\n\
+             add rule inet {table} input ip saddr {a} ip daddr {b} drop\n\
+             add rule inet {table} input ip saddr {b} ip daddr {a} drop\n"
+        );
+        let path = std::env::temp_dir().join(format!("{table}.nft"));
+        std::fs::write(&path, script).unwrap();
+        let out = nft(&["-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LinkCut { table }
+    }
+
+    /// Restores the link.
+    pub fn heal(self) {}
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let out = nft(&["delete", "table", "inet", &self.table]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: could not remove nftables table {}: {}",
+                self.table,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

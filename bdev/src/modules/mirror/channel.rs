@@ -53,7 +53,10 @@ pub struct MirrorChannel {
 
 /// Statuses that mean the leg itself is broken (rather than the request).
 fn leg_fault(st: IoStatus) -> bool {
-    matches!(st, IoStatus::Failed | IoStatus::Removed | IoStatus::Aborted)
+    matches!(
+        st,
+        IoStatus::Failed | IoStatus::Removed | IoStatus::Aborted | IoStatus::PathError
+    )
 }
 
 impl MirrorChannel {

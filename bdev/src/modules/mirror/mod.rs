@@ -22,7 +22,7 @@ use crate::error::BdevError;
 use crate::io::ChecksumAlg;
 use crate::module::BdevModule;
 use crate::modules::base::ClaimedBase;
-use crate::registry;
+use crate::registry::{self, BdevEvent};
 use crate::volume::examine;
 use crate::volume::intent::IntentBitmap;
 use crate::wait;
@@ -126,12 +126,47 @@ fn leg_removed(mirror_name: &str, bdev: &str) {
     }
 }
 
+/// The path to a failed leg came back (a remote leg reconnected): resync it from the
+/// bitmap, with no operator step. Runs the same steps as `bdev_mirror_add_leg` with the
+/// leg's own bdev, on a reactor.
+fn leg_returned(mirror_name: &str, bdev: &str) {
+    let Some(m) = mirror(mirror_name) else { return };
+    let Some(slot) = m.slot_of(bdev) else { return };
+    if m.ctl.lock().legs[slot].state != LegState::Failed {
+        return;
+    }
+    let Some(fw) = strata_reactor::framework() else {
+        return;
+    };
+    tracing::info!(mirror = %mirror_name, leg = %bdev, "failed leg is reachable again: resyncing it");
+    let (name, leg) = (mirror_name.to_string(), bdev.to_string());
+    let started = fw.spawn_on(0, move || async move {
+        // A job may still be winding down after the failure; give it a moment.
+        for _ in 0..50 {
+            let Some(m) = mirror(&name) else { return };
+            if !m.job.is_busy() {
+                break;
+            }
+            strata_reactor::sleep(Duration::from_millis(100)).await;
+        }
+        if let Err(e) = add_leg(&name, &leg).await {
+            tracing::error!(mirror = %name, leg = %leg, error = %e, "automatic resync of the returned leg did not start");
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!(mirror = %mirror_name, error = %e, "cannot start the leg's resync");
+    }
+}
+
 fn open_leg(base: &str, mirror_name: &str) -> Result<Arc<ClaimedBase>, BdevError> {
     let (m, b) = (mirror_name.to_string(), base.to_string());
-    Ok(Arc::new(ClaimedBase::open_with(
+    Ok(Arc::new(ClaimedBase::open_with_events(
         base,
         mirror_name,
-        move || leg_removed(&m, &b),
+        move |ev| match ev {
+            BdevEvent::Remove => leg_removed(&m, &b),
+            BdevEvent::PathRestored => leg_returned(&m, &b),
+        },
     )?))
 }
 
