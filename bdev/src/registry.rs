@@ -61,6 +61,28 @@ impl std::fmt::Debug for BdevHandle {
 }
 
 /// Adds a bdev. Names are unique.
+/// Whether new bdevs are examined as they register (SPDK's `bdev_auto_examine`). A node
+/// that only exports raw devices to other nodes turns it off, so it does not assemble the
+/// volumes whose superblocks those devices carry (that is the remote node's business).
+static AUTO_EXAMINE: AtomicBool = AtomicBool::new(true);
+
+pub fn set_auto_examine(on: bool) {
+    AUTO_EXAMINE.store(on, Ordering::Release);
+}
+
+pub fn auto_examine() -> bool {
+    AUTO_EXAMINE.load(Ordering::Acquire)
+}
+
+/// Lets the modules examine `name` now (`bdev_examine`, with auto-examine off).
+pub fn examine(name: &str) -> Result<(), BdevError> {
+    if get(name).is_none() {
+        return Err(BdevError::NotFound(name.to_string()));
+    }
+    crate::module::examine(name);
+    Ok(())
+}
+
 pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
     let name = bdev.name().to_string();
     let mut r = REGISTRY.lock();
@@ -89,7 +111,9 @@ pub fn register(bdev: Arc<dyn Bdev>) -> Result<(), BdevError> {
         descs: Vec::new(),
     });
     drop(r);
-    crate::module::examine(&name);
+    if auto_examine() {
+        crate::module::examine(&name);
+    }
     Ok(())
 }
 

@@ -24,17 +24,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use strata_nvmf::host::blocking::BlockingController;
-use strata_nvmf::host::HostError;
 
 mod common;
+use common::writes::{self, pattern, write_next, Blocks, Writers};
 use common::TgtProcess;
 
-const BS: usize = 4096;
+const BS: usize = writes::BS;
 const NQN: &str = "nqn.2026-11.io.strata:mirror";
 const MIRROR: &str = "M0";
 const LEG_MIB: u64 = 24;
@@ -52,13 +48,6 @@ const VOLUME_BLOCKS: u64 = (LEG_MIB * MIB) / (BS as u64) - DATA_OFFSET_BLOCKS;
 const BITMAP_OFFSET: u64 = 4096;
 /// How long a background job or a state change may take.
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn pattern(lba: u64, version: u32) -> Vec<u8> {
-    let seed = lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version as u64;
-    (0..BS)
-        .map(|j| (seed.rotate_left((j % 64) as u32) as u8) ^ (j as u8))
-        .collect()
-}
 
 /// `bdev_mirror_create` params of the first start (initial sync on by default).
 fn create_params() -> Value {
@@ -295,50 +284,8 @@ fn plant(path: &Path, lba: u64, data: &[u8]) {
     f.sync_all().unwrap();
 }
 
-/// Per block: the last acknowledged version, and a version whose write was in flight.
-#[derive(Clone, Copy, Default)]
-struct BlockState {
-    acked: u32,
-    in_flight: Option<u32>,
-}
-
-type Blocks = Arc<Mutex<Vec<BlockState>>>;
-
 fn new_blocks() -> Blocks {
-    Arc::new(Mutex::new(vec![
-        BlockState::default();
-        VOLUME_BLOCKS as usize
-    ]))
-}
-
-/// Writes the next version of blocks `lba..lba + n`: recorded in flight first, acknowledged
-/// when the write completes.
-fn write_next(
-    c: &mut BlockingController,
-    blocks: &Blocks,
-    lba: u64,
-    n: u64,
-) -> Result<(), HostError> {
-    let mut data = Vec::with_capacity(n as usize * BS);
-    let mut versions = Vec::with_capacity(n as usize);
-    {
-        let mut st = blocks.lock().unwrap();
-        for b in lba..lba + n {
-            let v = st[b as usize].acked + 1;
-            st[b as usize].in_flight = Some(v);
-            versions.push(v);
-            data.extend_from_slice(&pattern(b, v));
-        }
-    }
-    c.write_blocks(1, lba, &data)?;
-    let mut st = blocks.lock().unwrap();
-    for (b, v) in (lba..lba + n).zip(versions) {
-        st[b as usize] = BlockState {
-            acked: v,
-            in_flight: None,
-        };
-    }
-    Ok(())
+    writes::new_blocks(VOLUME_BLOCKS)
 }
 
 /// Writes version 1 of every block of `lba..end` in 1 MiB writes.
@@ -355,67 +302,18 @@ fn write_sequential(t: &Tgt, blocks: &Blocks, lba: u64, end: u64) {
 /// Reads the whole volume through NVMe/TCP: every block holds its acknowledged version, the
 /// version that was in flight, or zeros if it was never written. Returns the image.
 fn check_volume(t: &Tgt, blocks: &Blocks) -> Vec<u8> {
-    let st = blocks.lock().unwrap().clone();
     let mut c = t.connect(NQN);
     let img = c.read_blocks(1, 0, VOLUME_BLOCKS).unwrap();
     assert_eq!(img.len(), VOLUME_BLOCKS as usize * BS);
-    for (b, s) in st.iter().enumerate() {
-        let got = &img[b * BS..(b + 1) * BS];
-        let ok = (s.acked == 0 && got.iter().all(|&x| x == 0))
-            || (s.acked > 0 && got == pattern(b as u64, s.acked).as_slice())
-            || s.in_flight
-                .is_some_and(|v| got == pattern(b as u64, v).as_slice());
-        assert!(
-            ok,
-            "block {b}: acknowledged version {} (in flight {:?}) does not read back\n{}",
-            s.acked,
-            s.in_flight,
-            t.log_text()
-        );
+    if let Err(e) = writes::check_image(&img, blocks) {
+        panic!("{e}\n{}", t.log_text());
     }
     img
 }
 
-/// Four threads writing 1..=8 blocks at random offsets of the volume's first `span` blocks;
-/// each owns the 64-block areas whose index is its number modulo 4.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<u64>>,
-}
-
-impl Writers {
-    fn start(t: &Tgt, blocks: &Blocks, span: u64, seed: u64) -> Writers {
-        let areas = span / 64;
-        assert!(areas >= 4, "span too small: {span}");
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..4u64)
-            .map(|w| {
-                let (blocks, stop, mut c) = (blocks.clone(), stop.clone(), t.connect(NQN));
-                std::thread::spawn(move || {
-                    let mut rng = SmallRng::seed_from_u64(seed * 4 + w);
-                    let mut n_acked = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let area = rng.gen_range(0..areas / 4) * 4 + w;
-                        let n = rng.gen_range(1..=8u64);
-                        let lba = area * 64 + rng.gen_range(0..=64 - n);
-                        if write_next(&mut c, &blocks, lba, n).is_err() {
-                            break;
-                        }
-                        n_acked += 1;
-                    }
-                    n_acked
-                })
-            })
-            .collect();
-        Writers { stop, threads }
-    }
-
-    /// Stops the writers (once the target is killed their writes fail) and returns how many
-    /// writes were acknowledged.
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|h| h.join().unwrap()).sum()
-    }
+/// Four writers on the volume's first `span` blocks (see [`writes::Writers`]).
+fn writers(t: &Tgt, blocks: &Blocks, span: u64, seed: u64) -> Writers {
+    Writers::start(|| t.connect(NQN), blocks, span, seed, false)
 }
 
 /// Starts a target creating the mirror on fresh legs and waits for the initial sync.
@@ -453,12 +351,12 @@ fn kill_9_in_sync_under_writes_loses_nothing_and_the_legs_converge() {
     let dir = tempfile::tempdir().unwrap();
     let (legs, t) = start_synced(dir.path());
     let blocks = new_blocks();
-    let writers = Writers::start(&t, &blocks, VOLUME_BLOCKS, 1);
+    let writers = writers(&t, &blocks, VOLUME_BLOCKS, 1);
     std::thread::sleep(Duration::from_millis(2000));
     let m = t.mirror();
     assert_eq!(m["state"], "in_sync", "{m}");
     let log1 = t.kill9();
-    let acked = writers.finish();
+    let (acked, _) = writers.finish();
     assert!(
         acked > 50,
         "too few writes before the kill: {acked}\n{log1}"
@@ -486,10 +384,10 @@ fn split_survives_kill_9_and_resume_copies_only_the_changed_regions() {
     // Writes confined to the first 6 regions (of 23).
     let span = 6 * REGION_BLOCKS;
     let blocks = new_blocks();
-    let writers = Writers::start(&t, &blocks, span, 2);
+    let writers = writers(&t, &blocks, span, 2);
     std::thread::sleep(Duration::from_millis(2000));
     let log1 = t.kill9();
-    let acked = writers.finish();
+    let (acked, _) = writers.finish();
     assert!(
         acked > 50,
         "too few writes before the kill: {acked}\n{log1}"
@@ -575,7 +473,7 @@ fn kill_9_in_the_middle_of_a_resync_under_writes() {
         m["job"]["kind"] == "resync"
     });
     assert!(percent(&m) < 100.0, "{m}");
-    let writers = Writers::start(&t, &blocks, VOLUME_BLOCKS, 3);
+    let writers = writers(&t, &blocks, VOLUME_BLOCKS, 3);
     std::thread::sleep(Duration::from_millis(1000));
     let m = t.mirror();
     assert_eq!(
@@ -584,7 +482,7 @@ fn kill_9_in_the_middle_of_a_resync_under_writes() {
     );
     assert!(percent(&m) < 100.0, "{m}");
     let log1 = t.kill9();
-    let acked = writers.finish();
+    let (acked, _) = writers.finish();
     assert!(
         acked > 20,
         "too few writes before the kill: {acked}\n{log1}"

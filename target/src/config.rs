@@ -47,8 +47,6 @@ fn ignored(method: &str) -> bool {
     ];
     const METHODS: &[&str] = &[
         "framework_set_scheduler",
-        "bdev_set_options",
-        "bdev_nvme_set_options",
         "bdev_nvme_set_hotplug",
         "bdev_iscsi_set_options",
         "bdev_raid_set_options",
@@ -129,9 +127,13 @@ pub fn load(path: &Path, methods: &MethodTable) -> Result<usize, ConfigError> {
 
 /// The current configuration, in the format `load` reads.
 pub fn save() -> Value {
-    // Module-wide settings first, then the bdevs in registration order.
-    let mut bdev: Vec<Value> = strata_bdev::module::config_entries()
-        .into_iter()
+    // Layer and module-wide settings first, then the bdevs in registration order.
+    let opts = strata_bdev::ConfigEntry {
+        method: "bdev_set_options",
+        params: json!({ "bdev_auto_examine": registry::auto_examine() }),
+    };
+    let mut bdev: Vec<Value> = std::iter::once(opts)
+        .chain(strata_bdev::module::config_entries())
         .chain(registry::list().iter().filter_map(|h| h.bdev.config()))
         .map(|c| json!({ "method": c.method, "params": c.params }))
         .collect();

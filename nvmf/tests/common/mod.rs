@@ -2,6 +2,8 @@
 //! binaries, free ports, waiting for a listener, and signals.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod writes;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;

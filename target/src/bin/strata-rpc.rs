@@ -146,6 +146,10 @@ methods! {
     "bdev_mirror_add_leg" => BdevMirrorAddLeg(mirror::MirrorAddLeg),
     /// Change a mirror's options.
     "bdev_mirror_set_options" => BdevMirrorSetOptions(mirror::MirrorSetOptions),
+    /// Layer options (auto-examine).
+    "bdev_set_options" => BdevSetOptions(bdev::BdevSetOptions),
+    /// Examine one bdev now (with auto-examine off).
+    "bdev_examine" => BdevExamine(ByName),
     /// Attach a namespace of a remote NVMe/TCP target as bdevs NAMEn1, NAMEn2, ...
     "bdev_nvme_attach_controller" => BdevNvmeAttachController(nvme::NvmeAttach),
     /// Detach a remote controller (its bdevs are removed).

@@ -105,6 +105,17 @@ pub fn register(t: &mut MethodTable) {
             "bdevs": list.iter().map(iostat_json).collect::<Vec<_>>(),
         }))
     });
+    t.add(
+        "bdev_set_options",
+        |_, p: super::params::bdev::BdevSetOptions| {
+            registry::set_auto_examine(p.bdev_auto_examine);
+            ok()
+        },
+    );
+    t.add("bdev_examine", |_, p: ByName| {
+        registry::examine(&p.name)?;
+        ok()
+    });
     t.add("bdev_wait_for_examine", |_, _: NoParams| {
         strata_bdev::module::finish_examine();
         ok()

@@ -364,6 +364,29 @@ pub struct GetBdevs {
 }
 impl SpdkParams for GetBdevs {}
 
+/// `bdev_set_options`: strata acts on `bdev_auto_examine`; SPDK's pool and cache sizes
+/// have no counterpart (strata's pools are sized by the iobuf options).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BdevSetOptions {
+    /// Examine bdevs as they appear (false: only on `bdev_examine`).
+    #[arg(long = "disable-auto-examine", action = clap::ArgAction::SetFalse)]
+    #[serde(default = "yes")]
+    pub bdev_auto_examine: bool,
+}
+impl SpdkParams for BdevSetOptions {
+    const IGNORED: &'static [&'static str] = &[
+        "bdev_io_pool_size",
+        "bdev_io_cache_size",
+        "iobuf_small_cache_size",
+        "iobuf_large_cache_size",
+    ];
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// `bdev_get_iostat`.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]

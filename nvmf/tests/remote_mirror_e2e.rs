@@ -1,0 +1,348 @@
+//! A mirror whose secondary leg lives on another node, between real `strata-tgt` processes
+//! on their own loopback addresses: node A (the mirror, its primary leg, the host's export)
+//! attaches node B's namespace with `bdev_nvme_attach_controller`. Proves that:
+//! - with a local raid5 primary and a raid5 secondary on node B, a silent link cut in the
+//!   middle of a write load degrades the mirror without failing a host write, and when the
+//!   link comes back the mirror resyncs the leg by itself (no RPC); afterwards node B alone
+//!   (node A stopped) holds every acknowledged write;
+//! - `kill -9` of node B under writes: the mirror runs on, and when B restarts the leg is
+//!   resynced by itself; `kill -9` of node A under writes: after A restarts the mirror is
+//!   re-assembled from the superblocks of its local and remote legs, resynced, and no
+//!   acknowledged write is lost, on either node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::writes::{self, Blocks, Writers, BS};
+use common::{free_port, LinkCut, TgtProcess};
+
+const NQN_A: &str = "nqn.2026-12.io.strata:mirror-a";
+const NQN_B: &str = "nqn.2026-12.io.strata:leg-b";
+const MIRROR: &str = "M0";
+const KATO_MS: u64 = 2000;
+const FAST_FAIL_S: u64 = 4;
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy)]
+struct Pair {
+    a: &'static str,
+    b: &'static str,
+}
+const PAIR_CUT: Pair = Pair {
+    a: "127.0.0.8",
+    b: "127.0.0.9",
+};
+const PAIR_KILL: Pair = Pair {
+    a: "127.0.0.10",
+    b: "127.0.0.11",
+};
+
+fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
+    let mut s =
+        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let resp: Value = loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "no response to {method}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+            break v;
+        }
+    };
+    match resp.get("error") {
+        Some(e) => Err((
+            e["code"].as_i64().unwrap(),
+            e["message"].as_str().unwrap_or("").into(),
+        )),
+        None => Ok(resp["result"].clone()),
+    }
+}
+
+fn mirror(a: &TgtProcess) -> Value {
+    let v = rpc_call(&a.sock, "bdev_mirror_get", &json!({ "name": MIRROR }))
+        .unwrap_or_else(|e| panic!("bdev_mirror_get: {e:?}\n{}", a.log_text()));
+    v[0].clone()
+}
+
+fn wait_state(a: &TgtProcess, want: &str, within: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let m = mirror(a);
+        if m["state"] == want && m["job"].is_null() {
+            return m;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "mirror not {want}: {m}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn remote_attach(p: Pair, b_port: u16) -> Value {
+    json!({ "method": "bdev_nvme_attach_controller", "params": {
+        "name": "R", "trtype": "TCP", "traddr": p.b, "trsvcid": b_port.to_string(),
+        "subnqn": NQN_B, "hostaddr": p.a, "ctrlr_loss_timeout_sec": -1,
+        "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": FAST_FAIL_S } })
+}
+
+fn set_options() -> Value {
+    json!({ "method": "bdev_nvme_set_options", "params": { "keep_alive_timeout_ms": KATO_MS } })
+}
+
+fn malloc(name: &str, blocks: u64) -> Value {
+    json!({ "method": "bdev_malloc_create", "params": { "name": name, "num_blocks": blocks, "block_size": BS } })
+}
+
+fn raid5(name: &str, members: &[&str]) -> Value {
+    json!({ "method": "bdev_raid_create", "params": { "name": name, "raid_level": "raid5",
+        "strip_size_kb": 64, "base_bdevs": members } })
+}
+
+fn uring(name: &str, file: &Path) -> Value {
+    json!({ "method": "bdev_uring_create", "params": { "name": name, "filename": file, "block_size": BS } })
+}
+
+fn create_mirror(primary: &str) -> Value {
+    json!({ "method": "bdev_mirror_create", "params": { "name": MIRROR, "primary": primary,
+        "secondary": "Rn1", "region_size_kb": 1024, "scan_chunk_kb": 64 } })
+}
+
+fn make_file(dir: &Path, name: &str, mib: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(mib << 20).unwrap();
+    p
+}
+
+fn host(t: &TgtProcess, nqn: &str) -> strata_nvmf::host::blocking::BlockingController {
+    let opts = strata_nvmf::host::controller::ControllerOptions {
+        io_queues: 1,
+        queue_depth: 8,
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut h = strata_nvmf::host::blocking::BlockingController::connect(t.addr(), nqn, opts)
+        .expect("connect");
+    h.set_timeout(Duration::from_secs(60));
+    h
+}
+
+/// The volume through node A's export checks against the record.
+fn check_through(a: &TgtProcess, blocks: &Blocks, volume_blocks: u64) {
+    let img = host(a, NQN_A).read_blocks(1, 0, volume_blocks).unwrap();
+    if let Err(e) = writes::check_image(&img, blocks) {
+        panic!("through node A: {e}\n{}", a.log_text());
+    }
+}
+
+/// Node B's namespace alone holds the volume at `data_offset` blocks.
+fn check_on_b(b: &TgtProcess, blocks: &Blocks, data_offset: u64, volume_blocks: u64) {
+    let img = host(b, NQN_B)
+        .read_blocks(1, data_offset, volume_blocks)
+        .unwrap();
+    if let Err(e) = writes::check_image(&img, blocks) {
+        panic!("on node B alone: {e}\n{}", b.log_text());
+    }
+}
+
+fn writers(a: &TgtProcess, blocks: &Blocks, span: u64, seed: u64, keep_going: bool) -> Writers {
+    Writers::start(|| host(a, NQN_A), blocks, span, seed, keep_going)
+}
+
+#[test]
+fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
+    let p = PAIR_CUT;
+    let dir = tempfile::tempdir().unwrap();
+    let members = ["B0", "B1", "B2"];
+    let mut bcfg: Vec<Value> = members.iter().map(|m| malloc(m, 4096)).collect();
+    bcfg.push(raid5("BR", &members));
+    let b = TgtProcess::launch_on(
+        p.b,
+        free_port(),
+        dir.path(),
+        "b",
+        bcfg,
+        NQN_B,
+        "BR",
+        &["--interrupt-mode"],
+    );
+    let local = ["A0", "A1", "A2"];
+    let mut acfg: Vec<Value> = local.iter().map(|m| malloc(m, 4096)).collect();
+    acfg.extend([
+        raid5("AR", &local),
+        set_options(),
+        remote_attach(p, b.port),
+        create_mirror("AR"),
+    ]);
+    let a = TgtProcess::launch_on(
+        p.a,
+        free_port(),
+        dir.path(),
+        "a",
+        acfg,
+        NQN_A,
+        MIRROR,
+        &["--interrupt-mode"],
+    );
+    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let volume = m["num_blocks"].as_u64().unwrap();
+    let data_offset = m["data_offset_blocks"].as_u64().unwrap();
+    let span = volume / 64 * 64;
+    let blocks = writes::new_blocks(volume);
+
+    let w = writers(&a, &blocks, span, 21, false);
+    std::thread::sleep(Duration::from_secs(1));
+    let cut = LinkCut::new(p.a, p.b);
+    // Past keep-alive loss detection and fast_io_fail: the leg is out, writes go on.
+    let t0 = Instant::now();
+    loop {
+        let m = mirror(&a);
+        if m["state"] == "degraded" {
+            eprintln!("mirror degraded {:?} after the cut", t0.elapsed());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "mirror not degraded: {m}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    drop(cut);
+    let t1 = Instant::now();
+    let mut saw_job = false;
+    loop {
+        let m = mirror(&a);
+        saw_job |= m["job"]["kind"] == "resync";
+        if m["state"] == "in_sync" && m["job"].is_null() {
+            break;
+        }
+        assert!(
+            t1.elapsed() < JOB_TIMEOUT,
+            "mirror did not resync by itself: {m}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = mirror(&a)["last_job"].clone();
+    eprintln!(
+        "resynced {:?} after the link came back (job seen: {saw_job}); last job {last}",
+        t1.elapsed()
+    );
+    assert_eq!(last["kind"], "resync", "{last}");
+    let (acked, failed) = w.finish();
+    assert_eq!(
+        failed,
+        0,
+        "host writes failed during the cut\n{}",
+        a.log_text()
+    );
+    assert!(acked > 20, "only {acked} writes acknowledged");
+    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    check_through(&a, &blocks, volume);
+    a.stop();
+    check_on_b(&b, &blocks, data_offset, volume);
+    b.stop();
+}
+
+#[test]
+fn kill_9_of_either_node_loses_no_acknowledged_write() {
+    let p = PAIR_KILL;
+    let dir = tempfile::tempdir().unwrap();
+    let leg_a = make_file(dir.path(), "leg-a", 24);
+    let leg_b = make_file(dir.path(), "leg-b", 24);
+    let b_port = free_port();
+    let a_port = free_port();
+    // Node B only exports the leg: it must not assemble the mirror from the leg's
+    // superblock when it restarts (that is node A's volume).
+    let start_b = |tag: &str| {
+        let cfg = vec![
+            json!({ "method": "bdev_set_options", "params": { "bdev_auto_examine": false } }),
+            uring("BF", &leg_b),
+        ];
+        TgtProcess::launch_on(
+            p.b,
+            b_port,
+            dir.path(),
+            tag,
+            cfg,
+            NQN_B,
+            "BF",
+            &["--interrupt-mode"],
+        )
+    };
+    let start_a = |tag: &str, create: bool| {
+        let mut cfg = vec![uring("AF", &leg_a), set_options(), remote_attach(p, b_port)];
+        if create {
+            cfg.push(create_mirror("AF"));
+        }
+        TgtProcess::launch_on(
+            p.a,
+            a_port,
+            dir.path(),
+            tag,
+            cfg,
+            NQN_A,
+            MIRROR,
+            &["--interrupt-mode"],
+        )
+    };
+    let b = start_b("b1");
+    let a = start_a("a1", true);
+    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let volume = m["num_blocks"].as_u64().unwrap();
+    let data_offset = m["data_offset_blocks"].as_u64().unwrap();
+    let span = volume / 64 * 64;
+    let blocks = writes::new_blocks(volume);
+
+    // kill -9 of node B: the mirror runs on and resyncs the leg when B is back.
+    let w = writers(&a, &blocks, span, 31, false);
+    std::thread::sleep(Duration::from_secs(1));
+    b.kill9();
+    let t0 = Instant::now();
+    while mirror(&a)["state"] != "degraded" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not degraded after B died\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let b = start_b("b2");
+    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let (acked, failed) = w.finish();
+    assert_eq!(
+        failed,
+        0,
+        "host writes failed while B was down\n{}",
+        a.log_text()
+    );
+    assert!(acked > 10, "only {acked} writes");
+    check_through(&a, &blocks, volume);
+
+    // kill -9 of node A: after the restart the mirror comes back from both superblocks.
+    let w = writers(&a, &blocks, span, 32, false);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = a.kill9();
+    let (acked, _) = w.finish();
+    assert!(acked > 10, "only {acked} writes before the kill\n{log}");
+    let a = start_a("a2", false);
+    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    check_through(&a, &blocks, volume);
+    a.stop();
+    check_on_b(&b, &blocks, data_offset, volume);
+    b.stop();
+}
