@@ -346,3 +346,118 @@ fn kill_9_of_either_node_loses_no_acknowledged_write() {
     check_on_b(&b, &blocks, data_offset, volume);
     b.stop();
 }
+
+const PAIR_SCAN: Pair = Pair {
+    a: "127.0.0.12",
+    b: "127.0.0.13",
+};
+
+fn data_received(a: &TgtProcess) -> u64 {
+    let v = rpc_call(
+        &a.sock,
+        "bdev_nvme_get_controllers",
+        &json!({ "name": "R" }),
+    )
+    .unwrap();
+    v[0]["ctrlrs"][0]["strata"]["data_bytes_received"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_job_done(a: &TgtProcess, kind: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let m = mirror(a);
+        if m["job"].is_null() && m["last_job"]["kind"] == kind {
+            return m;
+        }
+        assert!(
+            t0.elapsed() < JOB_TIMEOUT,
+            "{kind} did not finish: {m}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scrub and a checksum resume of two identical legs, one of them remote, move checksums
+/// over the wire, not data: at most 1 % of the volume is received from node B.
+#[test]
+fn scans_across_the_wire_move_checksums_not_data() {
+    let p = PAIR_SCAN;
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 16384; // 64 MiB legs
+    let b = TgtProcess::launch_on(
+        p.b,
+        free_port(),
+        dir.path(),
+        "b",
+        vec![malloc("BM", blocks)],
+        NQN_B,
+        "BM",
+        &["--interrupt-mode"],
+    );
+    let mut create = create_mirror("AM");
+    create["params"]["checksum"] = json!("sha256");
+    let acfg = vec![
+        malloc("AM", blocks),
+        set_options(),
+        remote_attach(p, b.port),
+        create,
+    ];
+    let a = TgtProcess::launch_on(
+        p.a,
+        free_port(),
+        dir.path(),
+        "a",
+        acfg,
+        NQN_A,
+        MIRROR,
+        &["--interrupt-mode"],
+    );
+    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let volume_bytes = m["num_blocks"].as_u64().unwrap() * BS as u64;
+    // Some data, so the checksums are not all of zeroes.
+    let mut h = host(&a, NQN_A);
+    for lba in (0..m["num_blocks"].as_u64().unwrap()).step_by(977) {
+        h.write_blocks(1, lba, &writes::pattern(lba, 1)).unwrap();
+    }
+    drop(h);
+
+    let before = data_received(&a);
+    rpc_call(&a.sock, "bdev_mirror_verify", &json!({ "name": MIRROR })).unwrap();
+    let m = wait_job_done(&a, "scrub");
+    let scrub = data_received(&a) - before;
+    assert_eq!(m["last_job"]["mismatches"], 0, "{m}");
+    eprintln!(
+        "scrub of {volume_bytes} bytes: {scrub} bytes received from the remote leg ({:.3} %)",
+        scrub as f64 * 100.0 / volume_bytes as f64
+    );
+    assert!(
+        scrub * 100 <= volume_bytes,
+        "scrub moved {scrub} bytes of {volume_bytes}"
+    );
+
+    rpc_call(&a.sock, "bdev_mirror_split", &json!({ "name": MIRROR })).unwrap();
+    let before = data_received(&a);
+    rpc_call(
+        &a.sock,
+        "bdev_mirror_resume",
+        &json!({ "name": MIRROR, "mode": "checksum" }),
+    )
+    .unwrap();
+    let m = wait_job_done(&a, "scan");
+    let scan = data_received(&a) - before;
+    assert_eq!(m["last_job"]["copied_bytes"], 0, "{m}");
+    eprintln!(
+        "checksum resume of {volume_bytes} bytes: {scan} bytes received ({:.3} %)",
+        scan as f64 * 100.0 / volume_bytes as f64
+    );
+    assert!(
+        scan * 100 <= volume_bytes,
+        "scan moved {scan} bytes of {volume_bytes}"
+    );
+    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.stop();
+    b.stop();
+}

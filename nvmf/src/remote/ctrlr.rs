@@ -24,6 +24,7 @@ use crate::host::{Controller, ControllerOptions, HostError, NamespaceInfo, Queue
 use crate::spec::cmd::io as op;
 use crate::spec::log::{self, lid, CommandEffectsLog};
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -62,6 +63,15 @@ struct Status {
     down_since: Option<Instant>,
 }
 
+/// Data bytes a reactor's queue pair moved (command payloads, not PDU headers).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Read and checksum data received from the remote.
+    pub received: AtomicU64,
+    /// Write and XOR-write data sent to it.
+    pub sent: AtomicU64,
+}
+
 /// A controller as reactors and RPCs see it. See the module documentation.
 pub struct Shared {
     pub id: u64,
@@ -84,6 +94,8 @@ pub struct Shared {
     pub max_xfer: AtomicUsize,
     /// One slot per reactor: the queue pair waiting for that reactor, with its generation.
     pub handoff: Vec<Mutex<Option<(u64, QueuePair)>>>,
+    /// Data bytes moved, per reactor (each written by its reactor only).
+    pub traffic: Vec<CachePadded<Traffic>>,
     pub(crate) events: Sender<Event>,
     status: Mutex<Status>,
     /// Bdevs of this controller.
@@ -104,6 +116,13 @@ impl Shared {
             "failed"
         };
         let bdevs: Vec<String> = self.bdevs.lock().iter().map(|b| b.name.clone()).collect();
+        let sum = |f: fn(&Traffic) -> &AtomicU64| -> u64 {
+            self.traffic
+                .iter()
+                .map(|t| f(t).load(Ordering::Relaxed))
+                .sum()
+        };
+        let (received, sent) = (sum(|t| &t.received), sum(|t| &t.sent));
         json!({
             "name": self.name,
             "ctrlrs": [{
@@ -125,6 +144,8 @@ impl Shared {
                     "io_failing_fast": self.fast_fail.load(Ordering::Relaxed),
                     "down_for_ms": st.down_since.map(|t| t.elapsed().as_millis() as u64),
                     "last_error": st.last_error,
+                    "data_bytes_received": received,
+                    "data_bytes_sent": sent,
                 },
             }],
         })
@@ -257,6 +278,9 @@ pub(crate) fn attach(
         vendor: AtomicBool::new(false),
         max_xfer: AtomicUsize::new(1 << 20),
         handoff: (0..reactors).map(|_| Mutex::new(None)).collect(),
+        traffic: (0..reactors)
+            .map(|_| CachePadded::new(Traffic::default()))
+            .collect(),
         events: tx,
         status: Mutex::new(Status::default()),
         bdevs: Mutex::new(Vec::new()),

@@ -164,6 +164,8 @@ struct State {
 /// One reactor's queue pair to a controller. See the module documentation.
 pub struct IoQueue {
     shared: Arc<Shared>,
+    /// This reactor's index (its traffic counters).
+    reactor: usize,
     me: Weak<IoQueue>,
     st: RefCell<State>,
     poller: RefCell<Option<PollerHandle>>,
@@ -175,13 +177,15 @@ pub(crate) fn get_or_create(shared: &Arc<Shared>) -> Result<Rc<IoQueue>, BdevErr
     if let Some(q) = QUEUES.with(|m| m.borrow().get(&shared.id).cloned()) {
         return Ok(q);
     }
-    if strata_reactor::current_index().is_none() {
+    let Some(reactor) = strata_reactor::current_index().filter(|&i| i < shared.traffic.len())
+    else {
         return Err(BdevError::Reactor(
             strata_reactor::ReactorError::NotOnReactor,
         ));
-    }
+    };
     let q = Rc::new_cyclic(|me| IoQueue {
         shared: shared.clone(),
+        reactor,
         me: me.clone(),
         st: RefCell::new(State {
             qp: None,
@@ -500,16 +504,22 @@ impl IoQueue {
                 return;
             };
             let expect = part.len as usize;
-            let is_read = matches!(
-                r.io.as_ref().map(|i| i.io_type),
-                Some(IoType::Read | IoType::Checksum)
-            );
+            let t = r.io.as_ref().map(|i| i.io_type);
+            let is_read = matches!(t, Some(IoType::Read | IoType::Checksum));
             let (s, transferred) = (c.status(), c.transferred);
             match c.data {
                 Some(IoBuf::Dma(b)) => part.buf = Some(b),
                 Some(IoBuf::Heap(_)) | None => {}
             }
             if s.is_success() {
+                let traffic = &self.shared.traffic[self.reactor];
+                if is_read {
+                    traffic
+                        .received
+                        .fetch_add(transferred as u64, Ordering::Relaxed);
+                } else if matches!(t, Some(IoType::Write | IoType::XorWrite)) {
+                    traffic.sent.fetch_add(expect as u64, Ordering::Relaxed);
+                }
                 if is_read && transferred as usize != expect {
                     tracing::error!(ctrlr = %self.shared.name, got = transferred, expect, "short read from the remote");
                     r.failed = Some(IoStatus::Failed);
