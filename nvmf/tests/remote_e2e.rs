@@ -512,3 +512,74 @@ fn attach_errors_and_save_config() {
     a.stop();
     b.stop();
 }
+
+const PAIR_NS: Pair = Pair {
+    a: "127.0.0.14",
+    b: "127.0.0.15",
+};
+
+fn bdev_names(t: &TgtProcess) -> Vec<String> {
+    let v = rpc_call(&t.sock, "bdev_get_bdevs", &json!({})).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_bdevs(a: &TgtProcess, what: &str, cond: impl Fn(&[String]) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let names = bdev_names(a);
+        if cond(&names) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{what}: bdevs {names:?}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A namespace added on the remote subsystem appears as a bdev, one removed is hot-removed
+/// (Asynchronous Event Request + Changed Namespace List, no reconnect needed).
+#[test]
+fn namespace_changes_on_the_remote_reach_the_bdevs() {
+    let p = PAIR_NS;
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_b(dir.path(), p);
+    let a = start_a(dir.path(), p, &b, false);
+    rpc_call(
+        &b.sock,
+        "bdev_malloc_create",
+        &json!({ "name": "M1", "num_blocks": 1024, "block_size": BS }),
+    )
+    .unwrap();
+    rpc_call(
+        &b.sock,
+        "nvmf_subsystem_add_ns",
+        &json!({ "nqn": NQN_B, "namespace": { "bdev_name": "M1", "nsid": 2 } }),
+    )
+    .unwrap();
+    wait_bdevs(&a, "new namespace", |n| n.iter().any(|x| x == "Rn2"));
+    let rn2 = rpc_call(&a.sock, "bdev_get_bdevs", &json!({ "name": "Rn2" })).unwrap();
+    assert_eq!(rn2[0]["num_blocks"], 1024, "{rn2}");
+    rpc_call(
+        &b.sock,
+        "nvmf_subsystem_remove_ns",
+        &json!({ "nqn": NQN_B, "nsid": 2 }),
+    )
+    .unwrap();
+    wait_bdevs(&a, "removed namespace", |n| !n.iter().any(|x| x == "Rn2"));
+    // The first namespace is untouched and still works.
+    let mut h = host(&a);
+    h.write_blocks(1, 5, &vec![9u8; BS]).unwrap();
+    assert_eq!(h.read_blocks(1, 5, 1).unwrap(), vec![9u8; BS]);
+    let info = rpc_call(&a.sock, "bdev_nvme_get_controllers", &json!({})).unwrap();
+    assert_eq!(info[0]["ctrlrs"][0]["strata"]["reconnects"], 0, "{info}");
+    drop(h);
+    a.stop();
+    b.stop();
+}

@@ -112,6 +112,11 @@ pub fn set_num_queues(n: u16) -> Sqe {
     set_features(crate::spec::cmd::feature::NUMBER_OF_QUEUES, v | (v << 16))
 }
 
+/// Asynchronous Event Request: completes when the controller has an event to report.
+pub fn async_event_request() -> Sqe {
+    admin_sqe(admin::ASYNC_EVENT_REQUEST, 0)
+}
+
 pub fn keep_alive() -> Sqe {
     admin_sqe(admin::KEEP_ALIVE, 0)
 }

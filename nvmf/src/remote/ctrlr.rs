@@ -20,7 +20,10 @@
 use super::bdev::RemoteBdev;
 use super::{queue, AttachOptions, NvmeOptions, RemoteError};
 use crate::host::controller::default_hostnqn;
-use crate::host::{Controller, ControllerOptions, HostError, NamespaceInfo, QueuePair};
+use crate::host::{
+    cmd, Controller, ControllerOptions, DataDir, HostError, NamespaceInfo, QueuePair,
+};
+use crate::spec::cmd::feature;
 use crate::spec::cmd::io as op;
 use crate::spec::log::{self, lid, CommandEffectsLog};
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
@@ -311,6 +314,7 @@ pub(crate) fn attach(
     }
     tracing::info!(ctrlr = %s.name, addr = %addr, subnqn = %s.opts.subnqn, bdevs = ?names,
         vendor_commands = s.vendor.load(Ordering::Relaxed), "NVMe/TCP controller attached");
+    arm_events(&s, &mut c);
     let s2 = s.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("nvme-{}", s.name))
@@ -404,7 +408,9 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
         }
         if let Some(c) = ctrl.as_mut() {
             let r = c.poll_admin();
-            while c.pop_admin_completion().is_some() {}
+            while let Some(done) = c.pop_admin_completion() {
+                on_admin_completion(&s, c, done);
+            }
             let why = match r {
                 Err(e) => Some(format!("admin queue: {e}")),
                 Ok(_) if c.keep_alive_overdue() => Some("keep-alive not answered".to_string()),
@@ -450,7 +456,8 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
         match connect_once(&s, limit) {
             Ok(mut c) => {
                 install(&s, &mut c);
-                check_namespaces(&s, &c);
+                sync_namespaces(&s, &c);
+                arm_events(&s, &mut c);
                 s.status.lock().reconnects += 1;
                 tracing::info!(ctrlr = %s.name, cntlid = c.cntlid(), down_ms = down_for.as_millis() as u64, "NVMe/TCP controller reconnected");
                 ctrl = Some(c);
@@ -512,19 +519,81 @@ fn lose(s: &Shared, ctrl: &mut Option<Controller>, why: &str) {
     }
 }
 
-/// After a reconnect: a namespace that went away is hot-removed; one that changed size is
-/// resized (never read past the end).
-fn check_namespaces(s: &Arc<Shared>, c: &Controller) {
+/// Brings the bdevs in line with the controller's namespaces (after a reconnect or a
+/// namespace-change event): a namespace that went away (or was reformatted) is hot-removed,
+/// one that changed size is resized (I/O past the new end is refused, never sent), a new
+/// one gets a bdev.
+fn sync_namespaces(s: &Arc<Shared>, c: &Controller) {
     let bdevs: Vec<Arc<RemoteBdev>> = s.bdevs.lock().clone();
-    for b in bdevs {
+    for b in &bdevs {
         match c.namespace(b.nsid) {
             Some(ns) if ns.block_size == b.block_size => b.resize(ns.nsze),
             Some(_) | None => {
-                tracing::error!(ctrlr = %s.name, bdev = %b.name, "namespace gone (or reformatted) after reconnect: removing the bdev");
+                tracing::error!(ctrlr = %s.name, bdev = %b.name, "namespace gone (or reformatted): removing the bdev");
                 s.bdevs.lock().retain(|x| x.name != b.name);
                 let _ = registry::unregister(&b.name);
             }
         }
+    }
+    for ns in c.namespaces() {
+        if bdevs.iter().any(|b| b.nsid == ns.nsid) {
+            continue;
+        }
+        let b = Arc::new(RemoteBdev::new(s, ns, c.identify_data().oncs));
+        match registry::register(b.clone()) {
+            Ok(()) => {
+                tracing::info!(ctrlr = %s.name, bdev = %b.name, "new remote namespace");
+                s.bdevs.lock().push(b);
+            }
+            Err(e) => {
+                tracing::error!(ctrlr = %s.name, bdev = %b.name, error = %e, "cannot register the new namespace")
+            }
+        }
+    }
+}
+
+/// Cookie of the Asynchronous Event Request kept outstanding on the admin queue.
+const AER_COOKIE: u64 = 0xae;
+/// AEC bit 8: namespace attribute notices.
+const AEC_NS_NOTICES: u32 = 1 << 8;
+
+/// Asks for namespace-change notices and leaves an Asynchronous Event Request outstanding.
+fn arm_events(s: &Shared, c: &mut Controller) {
+    if let Err(e) = c.set_features(feature::ASYNC_EVENT_CONFIG, AEC_NS_NOTICES) {
+        tracing::warn!(ctrlr = %s.name, error = %e, "no asynchronous event notices: namespace changes are seen at the next reconnect");
+        return;
+    }
+    if let Err(e) = c.submit_admin(cmd::async_event_request(), DataDir::None, AER_COOKIE) {
+        tracing::warn!(ctrlr = %s.name, error = %e, "cannot submit an asynchronous event request");
+    }
+}
+
+/// An admin completion the control thread did not wait for: the asynchronous event.
+fn on_admin_completion(s: &Arc<Shared>, c: &mut Controller, done: crate::host::Completion) {
+    if done.cookie != AER_COOKIE {
+        return;
+    }
+    if !done.is_success() {
+        tracing::warn!(ctrlr = %s.name, status = ?done.status(), "asynchronous event request failed");
+        return;
+    }
+    let dw0 = done.cqe.dw0;
+    let (kind, info, page) = (dw0 & 7, (dw0 >> 8) & 0xff, ((dw0 >> 16) & 0xff) as u8);
+    tracing::info!(ctrlr = %s.name, kind, info, log_page = page, "asynchronous event");
+    // Reading the log page clears the event; then the namespaces are read again.
+    if page != 0 {
+        let _ = c.get_log_page(page, 0, 4096, 0);
+    }
+    if kind == 2 && info == 0 {
+        match c.scan_namespaces() {
+            Ok(()) => sync_namespaces(s, c),
+            Err(e) => {
+                tracing::error!(ctrlr = %s.name, error = %e, "cannot read the namespaces after a change event")
+            }
+        }
+    }
+    if let Err(e) = c.submit_admin(cmd::async_event_request(), DataDir::None, AER_COOKIE) {
+        tracing::warn!(ctrlr = %s.name, error = %e, "cannot re-submit the asynchronous event request");
     }
 }
 

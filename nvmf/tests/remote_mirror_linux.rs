@@ -1,0 +1,256 @@
+//! The Linux kernel as the host of a mirror whose secondary is on another node: a QEMU guest
+//! (`scripts/linux-host/run-guest.sh`) writes a pattern to node A's mirror — primary a local
+//! raid5, secondary a raid5 on node B reached with `bdev_nvme_attach_controller` — while this
+//! test cuts the link between the nodes (nftables) and restores it. The mirror must resync by
+//! itself; the guest then checks the data through A and, with A stopped, reads it from node
+//! B's export of the leg alone (`scripts/linux-host/remote-mirror-guest.sh` has the steps).
+//!
+//! The only allowed skip: `scripts/linux-host/install.sh` exits 3 ("SKIPPED: ...") when QEMU
+//! cannot run here at all.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, LinkCut, TgtProcess};
+
+const A: &str = "127.0.0.16";
+const B: &str = "127.0.0.17";
+const NQN_A: &str = "nqn.2026-12.io.strata:kmirror-a";
+const NQN_B: &str = "nqn.2026-12.io.strata:kleg-b";
+const BS: u64 = 4096;
+/// MiB the guest writes per pass.
+const MIB: u64 = 24;
+const GUEST_TIMEOUT_S: u64 = 420;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let resp: Value = loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "no response to {method}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+            break v;
+        }
+    };
+    match resp.get("error") {
+        Some(e) => Err((
+            e["code"].as_i64().unwrap(),
+            e["message"].as_str().unwrap_or("").into(),
+        )),
+        None => Ok(resp["result"].clone()),
+    }
+}
+
+fn rpc_ok(t: &TgtProcess, method: &str, params: Value) -> Value {
+    rpc_call(&t.sock, method, &params)
+        .unwrap_or_else(|e| panic!("{method} {params}: {e:?}\n{}", t.log_text()))
+}
+
+fn mirror(a: &TgtProcess) -> Value {
+    rpc_ok(a, "bdev_mirror_get", json!({ "name": "M0" }))[0].clone()
+}
+
+fn raid5(prefix: &str) -> Vec<Value> {
+    let members: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+    let mut v: Vec<Value> = members
+        .iter()
+        .map(|m| json!({ "method": "bdev_malloc_create", "params": { "name": m, "num_blocks": 4096, "block_size": BS } }))
+        .collect();
+    v.push(
+        json!({ "method": "bdev_raid_create", "params": { "name": format!("{prefix}R"),
+        "raid_level": "raid5", "strip_size_kb": 64, "base_bdevs": members } }),
+    );
+    v
+}
+
+/// A second listener on 127.0.0.1 for the guest (QEMU user networking reaches only that).
+fn guest_listener(t: &TgtProcess, nqn: &str) -> u16 {
+    let port = free_port();
+    rpc_ok(
+        t,
+        "nvmf_subsystem_add_listener",
+        json!({ "nqn": nqn, "listen_address":
+        { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string() } }),
+    );
+    port
+}
+
+fn wait_file(share: &Path, name: &str, guest: &mut std::process::Child, within: Duration) {
+    let t0 = Instant::now();
+    while !share.join(name).exists() {
+        if let Some(st) = guest.try_wait().unwrap() {
+            panic!(
+                "guest ended ({st}) before writing {name}:\n{}",
+                guest_log(share)
+            );
+        }
+        assert!(
+            t0.elapsed() < within,
+            "guest did not write {name}:\n{}",
+            guest_log(share)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn guest_log(share: &Path) -> String {
+    std::fs::read_to_string(share.join("guest-output.log")).unwrap_or_default()
+}
+
+#[test]
+fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
+    let install = Command::new(repo().join("scripts/linux-host/install.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if install.status.code() == Some(3) {
+        eprintln!("{}", String::from_utf8_lossy(&install.stdout));
+        return;
+    }
+    assert!(
+        install.status.success(),
+        "install.sh failed:\n{}{}",
+        String::from_utf8_lossy(&install.stdout),
+        String::from_utf8_lossy(&install.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = TgtProcess::launch_on(
+        B,
+        free_port(),
+        dir.path(),
+        "b",
+        raid5("B"),
+        NQN_B,
+        "BR",
+        &["--interrupt-mode"],
+    );
+    let mut acfg = raid5("A");
+    acfg.extend([
+        json!({ "method": "bdev_nvme_set_options", "params": { "keep_alive_timeout_ms": 2000 } }),
+        json!({ "method": "bdev_nvme_attach_controller", "params": { "name": "R", "trtype": "TCP",
+            "traddr": B, "trsvcid": b.port.to_string(), "subnqn": NQN_B, "hostaddr": A,
+            "ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 4 } }),
+        json!({ "method": "bdev_mirror_create", "params": { "name": "M0", "primary": "AR", "secondary": "Rn1" } }),
+    ]);
+    let a = TgtProcess::launch_on(
+        A,
+        free_port(),
+        dir.path(),
+        "a",
+        acfg,
+        NQN_A,
+        "M0",
+        &["--interrupt-mode"],
+    );
+    let t0 = Instant::now();
+    while !(mirror(&a)["state"] == "in_sync" && mirror(&a)["job"].is_null()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "initial sync: {}",
+            mirror(&a)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = mirror(&a);
+    assert!(m["num_blocks"].as_u64().unwrap() >= MIB * 256, "{m}");
+    let data_offset = m["data_offset_blocks"].as_u64().unwrap();
+    let a_port = guest_listener(&a, NQN_A);
+    let b_port = guest_listener(&b, NQN_B);
+
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let script = repo().join("scripts/linux-host/remote-mirror-guest.sh");
+    let command = format!(
+        "A_PORT={a_port} A_NQN={NQN_A} B_PORT={b_port} B_NQN={NQN_B} DATA_OFFSET={data_offset} MIB={MIB} bash {}",
+        script.display()
+    );
+    let mut guest = Command::new(repo().join("scripts/linux-host/run-guest.sh"))
+        .args(["--timeout", &GUEST_TIMEOUT_S.to_string(), "--share"])
+        .arg(&share)
+        .args(["--", &command])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("run-guest.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("run-guest.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(GUEST_TIMEOUT_S);
+
+    wait_file(&share, "writing", &mut guest, limit);
+    let cut = LinkCut::new(A, B);
+    let t0 = Instant::now();
+    while mirror(&a)["state"] != "degraded" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not degraded: {}\n{}",
+            mirror(&a),
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("mirror degraded {:?} after the cut", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    drop(cut);
+    std::fs::write(share.join("healed"), b"").unwrap();
+
+    wait_file(&share, "written", &mut guest, limit);
+    let t0 = Instant::now();
+    loop {
+        let m = mirror(&a);
+        if m["state"] == "in_sync" && m["job"].is_null() {
+            eprintln!(
+                "in sync {:?} after the guest's last pass; last job {}",
+                t0.elapsed(),
+                m["last_job"]
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no resync by itself: {m}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(share.join("resynced"), b"").unwrap();
+
+    wait_file(&share, "verified-a", &mut guest, limit);
+    a.stop();
+    std::fs::write(share.join("a-stopped"), b"").unwrap();
+
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = guest.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "guest did not finish:\n{}",
+            guest_log(&share)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = guest_log(&share);
+    println!("{log}");
+    assert!(
+        status.success() && log.contains("ALL STEPS OK"),
+        "guest failed ({status}):\n{log}\n{}",
+        std::fs::read_to_string(dir.path().join("run-guest.err")).unwrap_or_default()
+    );
+    b.stop();
+}
