@@ -461,3 +461,90 @@ fn scans_across_the_wire_move_checksums_not_data() {
     a.stop();
     b.stop();
 }
+
+const PAIR_SPLIT: Pair = Pair { a: "127.0.0.18", b: "127.0.0.19" };
+
+fn write_version(t: &TgtProcess, nqn: &str, nsid: u32, lbas: std::ops::Range<u64>, v: u32) {
+    let mut h = host(t, nqn);
+    for lba in lbas {
+        h.write_blocks(nsid, lba, &writes::pattern(lba, v)).unwrap();
+    }
+}
+
+fn check_versions(img: &[u8], want: &dyn Fn(u64) -> u32, what: &str) {
+    for (i, b) in img.chunks(BS).enumerate() {
+        let v = want(i as u64);
+        assert!(b == writes::pattern(i as u64, v).as_slice(), "{what}: block {i} is not version {v}");
+    }
+}
+
+/// Node A's mirror loses node B (link cut) and writes on; node A stops; node B's operator
+/// brings the mirror up from B's leg alone and writes there too. When node A restarts with
+/// both legs, neither leg may silently win: the mirror is held with state split_brain until
+/// the operator keeps one leg; the other is then overwritten from it.
+#[test]
+fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
+    let p = PAIR_SPLIT;
+    let dir = tempfile::tempdir().unwrap();
+    let leg_a = make_file(dir.path(), "leg-a", 8);
+    let leg_b = make_file(dir.path(), "leg-b", 8);
+    let (a_port, b_port) = (free_port(), free_port());
+    let b_export = |tag: &str| {
+        let cfg = vec![
+            json!({ "method": "bdev_set_options", "params": { "bdev_auto_examine": false } }),
+            uring("BF", &leg_b),
+        ];
+        TgtProcess::launch_on(p.b, b_port, dir.path(), tag, cfg, NQN_B, "BF", &["--interrupt-mode"])
+    };
+    let b = b_export("b1");
+    let cfg = vec![uring("AF", &leg_a), set_options(), remote_attach(p, b_port), create_mirror("AF")];
+    let a = TgtProcess::launch_on(p.a, a_port, dir.path(), "a1", cfg, NQN_A, MIRROR, &["--interrupt-mode"]);
+    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let data_offset = m["data_offset_blocks"].as_u64().unwrap();
+    write_version(&a, NQN_A, 1, 0..64, 1);
+
+    // Apart: A writes v2 to 0..32 while B is unreachable.
+    let cut = LinkCut::new(p.a, p.b);
+    write_version(&a, NQN_A, 1, 0..32, 2);
+    wait_state(&a, "degraded", Duration::from_secs(30));
+    a.stop();
+    drop(cut);
+    // Node B brings the mirror up from its own leg (auto-examine on) and writes v3 to 16..48.
+    b.stop();
+    let bcfg = vec![uring("BF", &leg_b)];
+    let b = TgtProcess::launch_on(p.b, b_port, dir.path(), "b2", bcfg, NQN_B, MIRROR, &["--interrupt-mode"]);
+    assert_eq!(mirror(&b)["state"], "degraded", "{}", b.log_text());
+    write_version(&b, NQN_B, 1, 16..48, 3);
+    b.stop();
+
+    // Both legs back on node A: held, not assembled.
+    let b = b_export("b3");
+    let cfg = vec![
+        uring("AF", &leg_a),
+        set_options(),
+        remote_attach(p, b_port),
+        malloc("X", 256),
+    ];
+    let a = TgtProcess::launch_on(p.a, a_port, dir.path(), "a2", cfg, NQN_A, "X", &["--interrupt-mode"]);
+    let m = mirror(&a);
+    assert_eq!(m["state"], "split_brain", "{m}\n{}", a.log_text());
+    let legs: Vec<&str> = m["legs"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert!(legs.contains(&"AF") && legs.contains(&"Rn1"), "{m}");
+    assert!(a.log_text().contains("split brain"), "no split brain in the log");
+    let bdevs = rpc_call(&a.sock, "bdev_get_bdevs", &json!({ "name": MIRROR }));
+    assert!(bdevs.is_err(), "the mirror was brought up: {bdevs:?}");
+    // Keep a leg that is not one: refused.
+    let (code, msg) = rpc_call(&a.sock, "bdev_mirror_resolve_split_brain", &json!({ "name": MIRROR, "keep": "X" })).unwrap_err();
+    assert_eq!(code, -32602, "{msg}");
+    // Keep node A's leg: v2 on 0..32, v1 on 32..64; B's v3 is gone from both legs.
+    rpc_call(&a.sock, "bdev_mirror_resolve_split_brain", &json!({ "name": MIRROR, "keep": "AF" })).unwrap();
+    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    rpc_call(&a.sock, "nvmf_subsystem_add_ns", &json!({ "nqn": NQN_A, "namespace": { "bdev_name": MIRROR, "nsid": 2 } })).unwrap();
+    let want = |lba: u64| if lba < 32 { 2 } else { 1 };
+    let img = host(&a, NQN_A).read_blocks(2, 0, 64).unwrap();
+    check_versions(&img, &want, "through node A");
+    a.stop();
+    let img = host(&b, NQN_B).read_blocks(1, data_offset, 64).unwrap();
+    check_versions(&img, &want, "node B's leg");
+    b.stop();
+}

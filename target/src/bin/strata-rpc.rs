@@ -146,6 +146,8 @@ methods! {
     "bdev_mirror_add_leg" => BdevMirrorAddLeg(mirror::MirrorAddLeg),
     /// Change a mirror's options.
     "bdev_mirror_set_options" => BdevMirrorSetOptions(mirror::MirrorSetOptions),
+    /// Bring up a mirror held for split brain from one leg (the other's changes are lost).
+    "bdev_mirror_resolve_split_brain" => BdevMirrorResolveSplitBrain(mirror::MirrorResolveSplitBrain),
     /// Layer options (auto-examine).
     "bdev_set_options" => BdevSetOptions(bdev::BdevSetOptions),
     /// Examine one bdev now (with auto-examine off).

@@ -2,7 +2,8 @@
 
 use super::bdev_methods::{ok, on_reactor};
 use super::params::mirror::{
-    MirrorAddLeg, MirrorCreate, MirrorGet, MirrorResume, MirrorSetOptions, MirrorVerify,
+    MirrorAddLeg, MirrorCreate, MirrorGet, MirrorResolveSplitBrain, MirrorResume, MirrorSetOptions,
+    MirrorVerify,
 };
 use super::params::ByName;
 use super::MethodTable;
@@ -38,6 +39,10 @@ pub fn register(t: &mut MethodTable) {
     });
     t.add("bdev_mirror_add_leg", |_, p: MirrorAddLeg| {
         on_reactor(move || async move { mirror::add_leg(&p.name, &p.base_bdev).await })?;
+        ok()
+    });
+    t.add("bdev_mirror_resolve_split_brain", |_, p: MirrorResolveSplitBrain| {
+        on_reactor(move || async move { mirror::resolve_split_brain(&p.name, &p.keep).await })?;
         ok()
     });
     t.add("bdev_mirror_set_options", |_, p: MirrorSetOptions| {

@@ -580,9 +580,21 @@ pub async fn set_options(name: &str, o: SetOptions) -> Result<(), BdevError> {
 
 /// `bdev_mirror_get`: one mirror, or all.
 pub fn get(name: Option<&str>) -> Result<Vec<Value>, BdevError> {
+    let held: Vec<Value> = SPLIT_BRAIN.lock().values().cloned().collect();
     match name {
-        Some(n) => Ok(vec![find(n)?.info()]),
-        None => Ok(MIRRORS.lock().iter().map(|m| m.info()).collect()),
+        Some(n) => match find(n) {
+            Ok(m) => Ok(vec![m.info()]),
+            Err(e) => held
+                .into_iter()
+                .find(|v| v["name"] == n)
+                .map(|v| vec![v])
+                .ok_or(e),
+        },
+        None => {
+            let mut v: Vec<Value> = MIRRORS.lock().iter().map(|m| m.info()).collect();
+            v.extend(held);
+            Ok(v)
+        }
     }
 }
 
@@ -597,6 +609,60 @@ struct Candidate {
 }
 
 static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> = LazyLock::new(Default::default);
+/// Mirrors refused for split brain, as `bdev_mirror_get` shows them.
+static SPLIT_BRAIN: LazyLock<Mutex<HashMap<Uuid, Value>>> = LazyLock::new(Default::default);
+
+fn split_brain_info(x: &Candidate, y: &Candidate, why: &str) -> Value {
+    let leg = |c: &Candidate| {
+        serde_json::json!({
+            "name": c.bdev,
+            "generation": c.sb.generation,
+            "role": volume::role_name(c.sb.role),
+            "state": c.sb.legs[c.sb.role].name(),
+            "says_other_is": c.sb.legs[1 - c.sb.role].name(),
+        })
+    };
+    serde_json::json!({
+        "name": x.sb.name,
+        "uuid": x.sb.mirror_uuid.to_string(),
+        "state": "split_brain",
+        "legs": [leg(x), leg(y)],
+        "error": why,
+    })
+}
+
+/// `bdev_mirror_resolve_split_brain`: brings up the mirror refused for split brain from the
+/// leg `keep`; the other leg's changes since the split are overwritten from `keep` (DRBD's
+/// discard-my-data on the other side).
+pub async fn resolve_split_brain(name: &str, keep: &str) -> Result<(), BdevError> {
+    let uuid = SPLIT_BRAIN
+        .lock()
+        .iter()
+        .find(|(_, v)| v["name"] == name)
+        .map(|(u, _)| *u)
+        .ok_or_else(|| {
+            invalid(format!(
+                "mirror {name} is not held for split brain (bdev_mirror_get lists such mirrors with state split_brain)"
+            ))
+        })?;
+    let p = {
+        let mut pend = PENDING.lock();
+        let cands = pend
+            .get_mut(&uuid)
+            .ok_or_else(|| invalid(format!("the legs of mirror {name} are gone")))?;
+        if !cands.iter().any(|c| c.bdev == keep) {
+            return Err(invalid(format!("{keep} is not a leg of mirror {name}")));
+        }
+        let p = plan(cands, true, Some(keep))
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(format!("mirror {name}: {keep} cannot be brought up")))?;
+        pend.remove(&uuid);
+        SPLIT_BRAIN.lock().remove(&uuid);
+        p
+    };
+    tracing::warn!(mirror = %name, keep, "split brain resolved by the operator: the other leg's changes since the split are overwritten");
+    bring_up(p).await
+}
 
 /// The module's hooks: re-assembly from superblocks.
 pub struct MirrorModule;
@@ -715,8 +781,36 @@ struct Plan {
     bitmap: Option<Vec<u64>>,
 }
 
-fn plan(cands: &[Candidate], degraded_ok: bool) -> Result<Option<Plan>, String> {
-    let Some(best) = cands.iter().max_by_key(|c| c.sb.generation) else {
+/// Two legs each ran the mirror without the other and took writes (split brain): each one's
+/// own superblock says it holds the data and the other leg does not. A single running mirror
+/// never writes that (it records a failed leg only on the leg that stays), so this means two
+/// instances — one per node — were brought up from one leg each.
+fn split_brain<'a>(cands: &'a [Candidate]) -> Option<(&'a Candidate, &'a Candidate)> {
+    let claims = |c: &Candidate| {
+        let me = c.sb.role;
+        c.sb.legs[me] == LegState::InSync
+            && matches!(c.sb.legs[1 - me], LegState::Failed | LegState::Missing)
+    };
+    let mut it = cands.iter().filter(|c| claims(c));
+    let x = it.next()?;
+    // (Each instance made its own leg the primary, so both may say role 0.)
+    it.find(|y| y.bdev != x.bdev).map(|y| (x, y))
+}
+
+fn plan(cands: &[Candidate], degraded_ok: bool, keep: Option<&str>) -> Result<Option<Plan>, String> {
+    if keep.is_none() {
+        if let Some((x, y)) = split_brain(cands) {
+            return Err(format!(
+                "split brain: legs {} (generation {}) and {} (generation {}) each took writes without the other;                  nothing is brought up. Keep one leg's data and overwrite the other's with                  bdev_mirror_resolve_split_brain {{\"name\": \"{}\", \"keep\": \"{}\" or \"{}\"}}",
+                x.bdev, x.sb.generation, y.bdev, y.sb.generation, x.sb.name, x.bdev, y.bdev
+            ));
+        }
+    }
+    let best = match keep {
+        Some(k) => cands.iter().find(|c| c.bdev == k),
+        None => cands.iter().max_by_key(|c| c.sb.generation),
+    };
+    let Some(best) = best else {
         return Ok(None);
     };
     let b = &best.sb;
@@ -758,6 +852,22 @@ fn plan(cands: &[Candidate], degraded_ok: bool) -> Result<Option<Plan>, String> 
     if b.flags & FLAG_BITMAP_UNTRUSTED != 0 {
         bitmap = None;
     }
+    if keep.is_some() {
+        // The discarded leg's changes since the split are in its own bitmap: copy those
+        // regions back from the kept leg too (a damaged bitmap on either side: scan).
+        // The kept leg becomes the primary (slot 0); the other is overwritten from it.
+        let kept = legs[b.role].take();
+        let discarded = legs[o].take().map(|(n, _)| (n, LegState::Failed));
+        legs = [kept, discarded];
+        if let Some(c) = other {
+            match (&mut bitmap, &c.bitmap) {
+                (Some(bm), Some(x)) if c.sb.flags & FLAG_BITMAP_UNTRUSTED == 0 => {
+                    bm.iter_mut().zip(x).for_each(|(w, x)| *w |= x)
+                }
+                _ => bitmap = None,
+            }
+        }
+    }
     Ok(Some(Plan {
         best: b.clone(),
         legs,
@@ -772,14 +882,18 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             return;
         };
         cands.retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
-        match plan(cands, degraded_ok) {
+        match plan(cands, degraded_ok, None) {
             Ok(Some(p)) => {
                 pend.remove(&uuid);
+                SPLIT_BRAIN.lock().remove(&uuid);
                 p
             }
             Ok(None) => return,
             Err(why) => {
                 tracing::error!(mirror = %uuid, "{why}");
+                if let Some((x, y)) = split_brain(cands) {
+                    SPLIT_BRAIN.lock().insert(uuid, split_brain_info(x, y, &why));
+                }
                 return;
             }
         }

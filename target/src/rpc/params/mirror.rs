@@ -157,6 +157,18 @@ pub struct MirrorAddLeg {
 }
 impl SpdkParams for MirrorAddLeg {}
 
+/// `bdev_mirror_resolve_split_brain`: bring up a mirror held for split brain from the leg
+/// `keep`; the other leg's changes since the split are overwritten.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorResolveSplitBrain {
+    pub name: String,
+    /// The leg (bdev) whose data survives.
+    #[arg(short = 'k', long)]
+    pub keep: String,
+}
+impl SpdkParams for MirrorResolveSplitBrain {}
+
 /// `bdev_mirror_set_options`.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
