@@ -462,7 +462,10 @@ fn scans_across_the_wire_move_checksums_not_data() {
     b.stop();
 }
 
-const PAIR_SPLIT: Pair = Pair { a: "127.0.0.18", b: "127.0.0.19" };
+const PAIR_SPLIT: Pair = Pair {
+    a: "127.0.0.18",
+    b: "127.0.0.19",
+};
 
 fn write_version(t: &TgtProcess, nqn: &str, nsid: u32, lbas: std::ops::Range<u64>, v: u32) {
     let mut h = host(t, nqn);
@@ -474,7 +477,10 @@ fn write_version(t: &TgtProcess, nqn: &str, nsid: u32, lbas: std::ops::Range<u64
 fn check_versions(img: &[u8], want: &dyn Fn(u64) -> u32, what: &str) {
     for (i, b) in img.chunks(BS).enumerate() {
         let v = want(i as u64);
-        assert!(b == writes::pattern(i as u64, v).as_slice(), "{what}: block {i} is not version {v}");
+        assert!(
+            b == writes::pattern(i as u64, v).as_slice(),
+            "{what}: block {i} is not version {v}"
+        );
     }
 }
 
@@ -494,11 +500,34 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
             json!({ "method": "bdev_set_options", "params": { "bdev_auto_examine": false } }),
             uring("BF", &leg_b),
         ];
-        TgtProcess::launch_on(p.b, b_port, dir.path(), tag, cfg, NQN_B, "BF", &["--interrupt-mode"])
+        TgtProcess::launch_on(
+            p.b,
+            b_port,
+            dir.path(),
+            tag,
+            cfg,
+            NQN_B,
+            "BF",
+            &["--interrupt-mode"],
+        )
     };
     let b = b_export("b1");
-    let cfg = vec![uring("AF", &leg_a), set_options(), remote_attach(p, b_port), create_mirror("AF")];
-    let a = TgtProcess::launch_on(p.a, a_port, dir.path(), "a1", cfg, NQN_A, MIRROR, &["--interrupt-mode"]);
+    let cfg = vec![
+        uring("AF", &leg_a),
+        set_options(),
+        remote_attach(p, b_port),
+        create_mirror("AF"),
+    ];
+    let a = TgtProcess::launch_on(
+        p.a,
+        a_port,
+        dir.path(),
+        "a1",
+        cfg,
+        NQN_A,
+        MIRROR,
+        &["--interrupt-mode"],
+    );
     let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
     let data_offset = m["data_offset_blocks"].as_u64().unwrap();
     write_version(&a, NQN_A, 1, 0..64, 1);
@@ -512,7 +541,16 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
     // Node B brings the mirror up from its own leg (auto-examine on) and writes v3 to 16..48.
     b.stop();
     let bcfg = vec![uring("BF", &leg_b)];
-    let b = TgtProcess::launch_on(p.b, b_port, dir.path(), "b2", bcfg, NQN_B, MIRROR, &["--interrupt-mode"]);
+    let b = TgtProcess::launch_on(
+        p.b,
+        b_port,
+        dir.path(),
+        "b2",
+        bcfg,
+        NQN_B,
+        MIRROR,
+        &["--interrupt-mode"],
+    );
     assert_eq!(mirror(&b)["state"], "degraded", "{}", b.log_text());
     write_version(&b, NQN_B, 1, 16..48, 3);
     b.stop();
@@ -525,21 +563,53 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
         remote_attach(p, b_port),
         malloc("X", 256),
     ];
-    let a = TgtProcess::launch_on(p.a, a_port, dir.path(), "a2", cfg, NQN_A, "X", &["--interrupt-mode"]);
+    let a = TgtProcess::launch_on(
+        p.a,
+        a_port,
+        dir.path(),
+        "a2",
+        cfg,
+        NQN_A,
+        "X",
+        &["--interrupt-mode"],
+    );
     let m = mirror(&a);
     assert_eq!(m["state"], "split_brain", "{m}\n{}", a.log_text());
-    let legs: Vec<&str> = m["legs"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let legs: Vec<&str> = m["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
     assert!(legs.contains(&"AF") && legs.contains(&"Rn1"), "{m}");
-    assert!(a.log_text().contains("split brain"), "no split brain in the log");
+    assert!(
+        a.log_text().contains("split brain"),
+        "no split brain in the log"
+    );
     let bdevs = rpc_call(&a.sock, "bdev_get_bdevs", &json!({ "name": MIRROR }));
     assert!(bdevs.is_err(), "the mirror was brought up: {bdevs:?}");
     // Keep a leg that is not one: refused.
-    let (code, msg) = rpc_call(&a.sock, "bdev_mirror_resolve_split_brain", &json!({ "name": MIRROR, "keep": "X" })).unwrap_err();
+    let (code, msg) = rpc_call(
+        &a.sock,
+        "bdev_mirror_resolve_split_brain",
+        &json!({ "name": MIRROR, "keep": "X" }),
+    )
+    .unwrap_err();
     assert_eq!(code, -32602, "{msg}");
     // Keep node A's leg: v2 on 0..32, v1 on 32..64; B's v3 is gone from both legs.
-    rpc_call(&a.sock, "bdev_mirror_resolve_split_brain", &json!({ "name": MIRROR, "keep": "AF" })).unwrap();
+    rpc_call(
+        &a.sock,
+        "bdev_mirror_resolve_split_brain",
+        &json!({ "name": MIRROR, "keep": "AF" }),
+    )
+    .unwrap();
     wait_state(&a, "in_sync", JOB_TIMEOUT);
-    rpc_call(&a.sock, "nvmf_subsystem_add_ns", &json!({ "nqn": NQN_A, "namespace": { "bdev_name": MIRROR, "nsid": 2 } })).unwrap();
+    rpc_call(
+        &a.sock,
+        "nvmf_subsystem_add_ns",
+        &json!({ "nqn": NQN_A, "namespace": { "bdev_name": MIRROR, "nsid": 2 } }),
+    )
+    .unwrap();
     let want = |lba: u64| if lba < 32 { 2 } else { 1 };
     let img = host(&a, NQN_A).read_blocks(2, 0, 64).unwrap();
     check_versions(&img, &want, "through node A");

@@ -41,10 +41,13 @@ pub fn register(t: &mut MethodTable) {
         on_reactor(move || async move { mirror::add_leg(&p.name, &p.base_bdev).await })?;
         ok()
     });
-    t.add("bdev_mirror_resolve_split_brain", |_, p: MirrorResolveSplitBrain| {
-        on_reactor(move || async move { mirror::resolve_split_brain(&p.name, &p.keep).await })?;
-        ok()
-    });
+    t.add(
+        "bdev_mirror_resolve_split_brain",
+        |_, p: MirrorResolveSplitBrain| {
+            on_reactor(move || async move { mirror::resolve_split_brain(&p.name, &p.keep).await })?;
+            ok()
+        },
+    );
     t.add("bdev_mirror_set_options", |_, p: MirrorSetOptions| {
         let o = p.options()?;
         on_reactor(move || async move { mirror::set_options(&p.name, o).await })?;

@@ -785,7 +785,7 @@ struct Plan {
 /// own superblock says it holds the data and the other leg does not. A single running mirror
 /// never writes that (it records a failed leg only on the leg that stays), so this means two
 /// instances — one per node — were brought up from one leg each.
-fn split_brain<'a>(cands: &'a [Candidate]) -> Option<(&'a Candidate, &'a Candidate)> {
+fn split_brain(cands: &[Candidate]) -> Option<(&Candidate, &Candidate)> {
     let claims = |c: &Candidate| {
         let me = c.sb.role;
         c.sb.legs[me] == LegState::InSync
@@ -797,7 +797,11 @@ fn split_brain<'a>(cands: &'a [Candidate]) -> Option<(&'a Candidate, &'a Candida
     it.find(|y| y.bdev != x.bdev).map(|y| (x, y))
 }
 
-fn plan(cands: &[Candidate], degraded_ok: bool, keep: Option<&str>) -> Result<Option<Plan>, String> {
+fn plan(
+    cands: &[Candidate],
+    degraded_ok: bool,
+    keep: Option<&str>,
+) -> Result<Option<Plan>, String> {
     if keep.is_none() {
         if let Some((x, y)) = split_brain(cands) {
             return Err(format!(
@@ -892,7 +896,9 @@ async fn assemble(uuid: Uuid, degraded_ok: bool) {
             Err(why) => {
                 tracing::error!(mirror = %uuid, "{why}");
                 if let Some((x, y)) = split_brain(cands) {
-                    SPLIT_BRAIN.lock().insert(uuid, split_brain_info(x, y, &why));
+                    SPLIT_BRAIN
+                        .lock()
+                        .insert(uuid, split_brain_info(x, y, &why));
                 }
                 return;
             }
