@@ -583,3 +583,118 @@ fn namespace_changes_on_the_remote_reach_the_bdevs() {
     a.stop();
     b.stop();
 }
+
+const PAIR_RESTART: Pair = Pair {
+    a: "127.0.0.20",
+    b: "127.0.0.21",
+};
+
+fn bdev_uuid(t: &TgtProcess, name: &str) -> Option<String> {
+    let v = rpc_call(&t.sock, "bdev_get_bdevs", &json!({ "name": name })).ok()?;
+    v[0]["uuid"].as_str().map(str::to_string)
+}
+
+/// Node B comes back with another device under the same NQN and NSID (a new malloc): after
+/// the reconnect the old bdev is hot-removed and a new one (another UUID) takes its place;
+/// nothing written for the old device reaches the new one. Then, with SPDK's default timers
+/// (ctrlr_loss_timeout_sec 0), a lost node B leaves the controller failed with its bdev,
+/// I/O failing, until bdev_nvme_reset_controller brings it back.
+#[test]
+fn a_replaced_remote_device_is_not_taken_for_the_old_one_and_a_failed_controller_waits_for_reset() {
+    let p = PAIR_RESTART;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start_b = |tag: &str| {
+        let bdevs = vec![json!({ "method": "bdev_malloc_create",
+            "params": { "name": "M0", "num_blocks": VOLUME_BLOCKS, "block_size": BS } })];
+        TgtProcess::launch_on(
+            p.b,
+            port,
+            dir.path(),
+            tag,
+            bdevs,
+            NQN_B,
+            "M0",
+            &["--interrupt-mode"],
+        )
+    };
+    let b = start_b("b1");
+    let a = start_a(dir.path(), p, &b, false);
+    let mut h = host(&a);
+    h.write_blocks(1, 0, &vec![5u8; BS]).unwrap();
+    drop(h);
+    let old = bdev_uuid(&a, "Rn1").unwrap();
+    b.kill9();
+    let b = start_b("b2");
+    let t0 = Instant::now();
+    loop {
+        if bdev_uuid(&a, "Rn1").is_some_and(|u| u != old) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "Rn1 not replaced\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        a.log_text().contains("replaced by another device"),
+        "{}",
+        a.log_text()
+    );
+    // The new device reads zeroes: the old one's data did not follow the name.
+    let got = host_of(&b).read_blocks(1, 0, 1).unwrap();
+    assert_eq!(got, vec![0u8; BS]);
+    rpc_call(
+        &a.sock,
+        "bdev_nvme_detach_controller",
+        &json!({ "name": "R" }),
+    )
+    .unwrap();
+
+    // Default timers: one attempt, then failed (bdev kept, I/O fails), reset recovers.
+    let mut params = attach_params(p, &b, false);
+    params["ctrlr_loss_timeout_sec"] = json!(0);
+    params["reconnect_delay_sec"] = json!(0);
+    params["fast_io_fail_timeout_sec"] = json!(0);
+    rpc_call(&a.sock, "bdev_nvme_attach_controller", &params).unwrap();
+    b.kill9();
+    let t0 = Instant::now();
+    while controller_state(&a) != "failed" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not failed: {}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(bdev_uuid(&a, "Rn1").is_some(), "the bdev was removed");
+    let (code, _) = rpc_call(
+        &a.sock,
+        "bdev_nvme_reset_controller",
+        &json!({ "name": "R" }),
+    )
+    .unwrap_err();
+    assert_eq!(code, -5, "reset with node B down must fail");
+    let b = start_b("b3");
+    rpc_call(
+        &a.sock,
+        "bdev_nvme_reset_controller",
+        &json!({ "name": "R" }),
+    )
+    .unwrap();
+    assert_eq!(controller_state(&a), "enabled");
+    a.stop();
+    b.stop();
+}
+
+fn host_of(t: &TgtProcess) -> BlockingController {
+    let opts = strata_nvmf::host::controller::ControllerOptions {
+        io_queues: 1,
+        queue_depth: 8,
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    BlockingController::connect(t.addr(), NQN_B, opts).expect("connect to node B")
+}

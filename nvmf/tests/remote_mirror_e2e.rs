@@ -96,8 +96,10 @@ fn remote_attach(p: Pair, b_port: u16) -> Value {
         "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": FAST_FAIL_S } })
 }
 
+/// Keep-alive 2 s; 4 command slots per queue pair, so the mirror's 1 MiB copies (8
+/// commands of 128 KiB) go out in rounds.
 fn set_options() -> Value {
-    json!({ "method": "bdev_nvme_set_options", "params": { "keep_alive_timeout_ms": KATO_MS } })
+    json!({ "method": "bdev_nvme_set_options", "params": { "keep_alive_timeout_ms": KATO_MS, "io_queue_requests": 4 } })
 }
 
 fn malloc(name: &str, blocks: u64) -> Value {

@@ -81,6 +81,9 @@ pub struct NamespaceInfo {
     /// Size in blocks.
     pub nsze: u64,
     pub id: Box<IdentifyNamespace>,
+    /// The namespace's UUID from its Identification Descriptor list (CNS 03h), if it
+    /// reports one: what tells the same namespace from another one with the same NSID.
+    pub uuid: Option<[u8; 16]>,
 }
 
 impl std::fmt::Debug for NamespaceInfo {
@@ -138,6 +141,23 @@ impl std::fmt::Debug for Controller {
 
 fn status_err(c: Completion) -> Result<Completion, HostError> {
     c.into_result()
+}
+
+/// The UUID (NIDT 3) of a Namespace Identification Descriptor list, if present.
+fn descriptor_uuid(list: &[u8]) -> Option<[u8; 16]> {
+    let mut at = 0;
+    while at + 4 <= list.len() {
+        let (nidt, nidl) = (list[at], list[at + 1] as usize);
+        if nidt == 0 || nidl == 0 {
+            return None;
+        }
+        let body = list.get(at + 4..at + 4 + nidl)?;
+        if nidt == 3 && nidl == 16 {
+            return body.try_into().ok();
+        }
+        at += 4 + nidl;
+    }
+    None
 }
 
 /// The default host NQN for a host ID.
@@ -314,11 +334,16 @@ impl Controller {
                     "namespace {nsid}: LBA data size 2^{lbads}"
                 )));
             }
+            let uuid = self
+                .identify(cns::NS_DESCRIPTOR_LIST, nsid, 0)
+                .ok()
+                .and_then(|d| descriptor_uuid(&d));
             out.push(NamespaceInfo {
                 nsid,
                 block_size: 1 << lbads,
                 nsze: id.nsze,
                 id: Box::new(id),
+                uuid,
             });
         }
         self.namespaces = out;
@@ -370,6 +395,11 @@ impl Controller {
     pub fn io_depth(&self) -> u16 {
         self.io_depth
     }
+    /// Changes the limit of blocking admin commands.
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.opts.timeout = t;
+    }
+
     pub fn options(&self) -> &ControllerOptions {
         &self.opts
     }

@@ -1148,6 +1148,10 @@ impl QueuePair {
     fn die(&mut self, e: HostError) -> HostError {
         if !self.dead {
             self.dead = true;
+            // Drop what the kernel still holds for the peer (reset, not a graceful close):
+            // commands this side has given up on must not be delivered later by TCP
+            // retransmission, after the caller has resent or failed them.
+            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
             self.tx.clear();
             self.tx_off = 0;

@@ -1,7 +1,7 @@
 //! The bdev of one remote namespace, `<controller>n<nsid>`, and its per-reactor channel
 //! (a handle on the reactor's [`IoQueue`] to the controller).
 
-use super::ctrlr::{namespace_uuid, Shared};
+use super::ctrlr::{namespace_identity, namespace_uuid, Shared};
 use super::queue::{self, IoQueue};
 use crate::host::NamespaceInfo;
 use serde_json::{json, Value};
@@ -20,6 +20,9 @@ pub struct RemoteBdev {
     pub name: String,
     pub nsid: u32,
     pub block_size: u32,
+    /// The namespace's identity when the bdev was made (descriptor UUID, NGUID or EUI-64):
+    /// after a reconnect, an NSID with another identity is another device.
+    pub identity: Option<[u8; 16]>,
     num_blocks: AtomicU64,
     uuid: Uuid,
     oncs: u16,
@@ -32,6 +35,7 @@ impl RemoteBdev {
             name: format!("{}n{}", ctrlr.name, ns.nsid),
             nsid: ns.nsid,
             block_size: ns.block_size,
+            identity: namespace_identity(ns),
             num_blocks: AtomicU64::new(ns.nsze),
             uuid: namespace_uuid(&ctrlr.opts.subnqn, ns),
             oncs,

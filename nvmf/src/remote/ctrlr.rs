@@ -59,6 +59,8 @@ pub(crate) enum Event {
 struct Status {
     connected: bool,
     deleting: bool,
+    /// Reconnecting gave up (ctrlr_loss_timeout_sec 0): waiting for a reset or detach.
+    failed: bool,
     cntlid: u16,
     reconnects: u64,
     failed_attempts: u64,
@@ -113,6 +115,8 @@ impl Shared {
             "deleting"
         } else if st.connected {
             "enabled"
+        } else if st.failed {
+            "failed"
         } else if st.down_since.is_some() {
             "resetting"
         } else {
@@ -179,11 +183,11 @@ impl Shared {
         self.handoff.len()
     }
 
-    /// Runs `f(id)` on every reactor (fire and forget).
-    fn on_reactors(&self, f: fn(u64)) {
+    /// Runs `f(id)` on every reactor (fire and forget; in order with earlier messages).
+    fn on_reactors(&self, f: impl Fn(u64) + Clone + Send + 'static) {
         if let Some(fw) = strata_reactor::framework() {
             for i in 0..self.reactors() {
-                let id = self.id;
+                let (id, f) = (self.id, f.clone());
                 let _ = fw.send(i, move || f(id));
             }
         }
@@ -242,6 +246,7 @@ fn install(s: &Shared, c: &mut Controller) {
     {
         let mut st = s.status.lock();
         st.connected = true;
+        st.failed = false;
         st.cntlid = c.cntlid();
         st.down_since = None;
     }
@@ -392,6 +397,7 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
                 if ctrl.is_some() {
                     lose(&s, &mut ctrl, "reset requested");
                 }
+                s.status.lock().failed = false;
                 reset_waiters.push(tx);
                 next_attempt = Instant::now();
             }
@@ -434,7 +440,8 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
             && !s.fast_fail.swap(true, Ordering::AcqRel)
         {
             tracing::warn!(ctrlr = %s.name, secs = s.opts.fast_io_fail_timeout_sec, "fast_io_fail_timeout: failing held and new I/O");
-            s.on_reactors(queue::fail_waiting);
+            let epoch = s.epoch.load(Ordering::Acquire);
+            s.on_reactors(move |id| queue::fail_waiting(id, epoch));
         }
         let loss = s.opts.ctrlr_loss_timeout_sec;
         if loss > 0 && down_for >= Duration::from_secs(loss as u64) {
@@ -455,6 +462,9 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
         }
         match connect_once(&s, limit) {
             Ok(mut c) => {
+                // The attempt's limit was for connecting; admin commands get the normal one.
+                c.set_timeout(ATTACH_TIMEOUT);
+                drop_replaced_namespaces(&s, &c);
                 install(&s, &mut c);
                 sync_namespaces(&s, &c);
                 arm_events(&s, &mut c);
@@ -476,15 +486,32 @@ fn run(s: Arc<Shared>, c: Controller, rx: Receiver<Event>) {
                     st.last_error = Some(e.to_string());
                 }
                 tracing::warn!(ctrlr = %s.name, error = %e, "reconnect failed");
-                if loss == 0 {
-                    tracing::error!(ctrlr = %s.name, "reconnect failed and ctrlr_loss_timeout_sec is 0: deleting the controller");
-                    give_up(&s, &mut reset_waiters);
-                    return;
+                for w in reset_waiters.drain(..) {
+                    let _ = w.send(Err(e.to_string()));
                 }
-                next_attempt = Instant::now() + Duration::from_secs(s.opts.reconnect_delay_sec);
+                if loss == 0 {
+                    // SPDK's behaviour without reconnect timers: the controller stays, failed,
+                    // with its bdevs (their I/O fails); a reset retries, detach removes it.
+                    tracing::error!(ctrlr = %s.name, "reconnect failed and ctrlr_loss_timeout_sec is 0: the controller stays failed until bdev_nvme_reset_controller or detach");
+                    if !s.fast_fail.swap(true, Ordering::AcqRel) {
+                        let epoch = s.epoch.load(Ordering::Acquire);
+                        s.on_reactors(move |id| queue::fail_waiting(id, epoch));
+                    }
+                    s.status.lock().failed = true;
+                    next_attempt = far_future();
+                    continue;
+                }
+                next_attempt = Instant::now()
+                    .checked_add(Duration::from_secs(s.opts.reconnect_delay_sec))
+                    .unwrap_or_else(far_future);
             }
         }
     }
+}
+
+/// A moment that never comes (no further automatic attempt).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 86400)
 }
 
 fn give_up(s: &Arc<Shared>, waiters: &mut Vec<Sender<Result<(), String>>>) {
@@ -519,20 +546,37 @@ fn lose(s: &Shared, ctrl: &mut Option<Controller>, why: &str) {
     }
 }
 
-/// Brings the bdevs in line with the controller's namespaces (after a reconnect or a
-/// namespace-change event): a namespace that went away (or was reformatted) is hot-removed,
-/// one that changed size is resized (I/O past the new end is refused, never sent), a new
-/// one gets a bdev.
-fn sync_namespaces(s: &Arc<Shared>, c: &Controller) {
+/// The bdevs whose namespace is gone, reformatted or replaced by another device (a
+/// different identity under the same NSID): hot-removed. Runs before a new connection's
+/// queue pairs are handed out, after their held I/O was failed, so nothing meant for the old
+/// device reaches the new one.
+fn drop_replaced_namespaces(s: &Arc<Shared>, c: &Controller) {
     let bdevs: Vec<Arc<RemoteBdev>> = s.bdevs.lock().clone();
     for b in &bdevs {
-        match c.namespace(b.nsid) {
-            Some(ns) if ns.block_size == b.block_size => b.resize(ns.nsze),
-            Some(_) | None => {
-                tracing::error!(ctrlr = %s.name, bdev = %b.name, "namespace gone (or reformatted): removing the bdev");
-                s.bdevs.lock().retain(|x| x.name != b.name);
-                let _ = registry::unregister(&b.name);
-            }
+        let same = c.namespace(b.nsid).is_some_and(|ns| {
+            ns.block_size == b.block_size && namespace_identity(ns) == b.identity
+        });
+        if same {
+            continue;
+        }
+        tracing::error!(ctrlr = %s.name, bdev = %b.name, "namespace gone, reformatted or replaced by another device: removing the bdev");
+        s.bdevs.lock().retain(|x| x.name != b.name);
+        let (id, nsid) = (s.id, b.nsid);
+        s.on_reactors(move |_| queue::fail_nsid(id, nsid));
+        let _ = registry::unregister(&b.name);
+    }
+}
+
+/// Brings the bdevs in line with the controller's namespaces (after a reconnect or a
+/// namespace-change event): one that went away or changed identity is hot-removed, one that
+/// changed size is resized (I/O past the new end is refused, never sent), a new one gets a
+/// bdev.
+fn sync_namespaces(s: &Arc<Shared>, c: &Controller) {
+    drop_replaced_namespaces(s, c);
+    let bdevs: Vec<Arc<RemoteBdev>> = s.bdevs.lock().clone();
+    for b in &bdevs {
+        if let Some(ns) = c.namespace(b.nsid) {
+            b.resize(ns.nsze);
         }
     }
     for ns in c.namespaces() {
@@ -597,10 +641,26 @@ fn on_admin_completion(s: &Arc<Shared>, c: &mut Controller, done: crate::host::C
     }
 }
 
-/// Identity of a namespace as a bdev (NGUID if it has one, else derived from the NQN).
-pub(crate) fn namespace_uuid(subnqn: &str, ns: &NamespaceInfo) -> uuid::Uuid {
+/// What identifies a namespace (descriptor UUID, else NGUID, else EUI-64), if anything.
+pub(crate) fn namespace_identity(ns: &NamespaceInfo) -> Option<[u8; 16]> {
+    if let Some(u) = ns.uuid.filter(|u| *u != [0; 16]) {
+        return Some(u);
+    }
     if ns.id.nguid != [0; 16] {
-        uuid::Uuid::from_bytes(ns.id.nguid)
+        return Some(ns.id.nguid);
+    }
+    if ns.id.eui64 != [0; 8] {
+        let mut v = [0; 16];
+        v[..8].copy_from_slice(&ns.id.eui64);
+        return Some(v);
+    }
+    None
+}
+
+/// The bdev's UUID: the namespace's identity, else derived from the NQN and NSID.
+pub(crate) fn namespace_uuid(subnqn: &str, ns: &NamespaceInfo) -> uuid::Uuid {
+    if let Some(id) = namespace_identity(ns) {
+        uuid::Uuid::from_bytes(id)
     } else {
         uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,

@@ -50,6 +50,8 @@ struct Part {
     buf: Option<DmaBuf>,
     /// Buffer bytes beyond the transfer: no command, kept to give the buffers back whole.
     spare: bool,
+    /// Sent in the current attempt (in flight or completed).
+    sent: bool,
 }
 
 impl Part {
@@ -60,6 +62,7 @@ impl Part {
             len: buf.as_ref().map(|b| b.len() as u32).unwrap_or(0),
             buf,
             spare: false,
+            sent: false,
         }
     }
     fn spare(buf: DmaBuf) -> Part {
@@ -126,7 +129,9 @@ fn spare_all(bufs: Bufs, parts: &mut Parts) {
     parts.extend(bufs.into_iter().map(Part::spare));
 }
 
-/// A bdev I/O in this queue: waiting, or in flight as `pending` commands.
+/// A bdev I/O in this queue. It waits in `waiting` until all its commands are sent (in
+/// rounds when it has more commands than the queue has free slots), then completes when the
+/// last one does.
 #[derive(Default)]
 struct Req {
     io: Option<BdevIo>,
@@ -134,19 +139,33 @@ struct Req {
     parts: Parts,
     /// Commands sent and not completed.
     pending: u16,
-    /// Worst NVMe-level outcome of the commands so far.
+    /// Commands of this attempt not sent yet (the request is in `waiting` while > 0).
+    unsent: u16,
+    /// Worst NVMe-level outcome of the commands so far (no further commands are sent).
     failed: Option<IoStatus>,
-    /// A command was failed by a lost connection (retried after the reconnect).
+    /// A command was failed by this host's lost connection (resent after the reconnect).
     path_failed: bool,
-    /// A command failed with a retryable status (retried `bdev_retry_count` times).
+    /// A command failed with a retryable status (resent `bdev_retry_count` times).
     retry: bool,
     retries: u32,
     submitted_at: u64,
 }
 
 impl Req {
-    fn commands(&self) -> usize {
-        self.parts.iter().filter(|p| !p.spare).count()
+    fn commands(&self) -> u16 {
+        self.parts.iter().filter(|p| !p.spare).count() as u16
+    }
+    fn io_type(&self) -> Option<IoType> {
+        self.io.as_ref().map(|i| i.io_type)
+    }
+    /// Starts a new attempt: every command is to be sent again.
+    fn rearm(&mut self) {
+        for p in self.parts.iter_mut() {
+            p.sent = false;
+        }
+        self.unsent = self.commands();
+        self.path_failed = false;
+        self.retry = false;
     }
 }
 
@@ -228,9 +247,20 @@ pub(crate) fn disconnect(id: u64, epoch: u64) {
     with_queue(id, |q| q.disconnect(epoch, "controller reset"))
 }
 
-/// Message from the control thread: the fast-fail timer fired.
-pub(crate) fn fail_waiting(id: u64) {
-    with_queue(id, |q| q.fail_waiting(IoStatus::PathError))
+/// Message from the control thread: the fast-fail timer of the outage that ended
+/// connection `epoch` fired (ignored by a queue already on a newer connection).
+pub(crate) fn fail_waiting(id: u64, epoch: u64) {
+    with_queue(id, |q| {
+        if q.st.borrow().epoch <= epoch {
+            q.fail_waiting(IoStatus::PathError)
+        }
+    })
+}
+
+/// Message from the control thread: namespace `nsid` is gone (or is another device now):
+/// its held I/O fails instead of reaching whatever answers to that NSID after the reconnect.
+pub(crate) fn fail_nsid(id: u64, nsid: u32) {
+    with_queue(id, |q| q.fail_nsid(nsid))
 }
 
 /// Message from the control thread: the controller is being deleted.
@@ -321,9 +351,8 @@ impl IoQueue {
             r.parts = parts;
             r.pending = 0;
             r.failed = None;
-            r.path_failed = false;
-            r.retry = false;
             r.retries = 0;
+            r.rearm();
             st.waiting.push_back(idx);
         }
         if self.st.borrow().qp.is_none() && self.shared.fast_fail.load(Ordering::Acquire) {
@@ -391,21 +420,22 @@ impl IoQueue {
         Ok(())
     }
 
-    /// Sends waiting requests while there are command slots.
+    /// Sends waiting requests' commands while there are command slots, in arrival order.
     fn drain_waiting(&self) {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         let Some(qp) = st.qp.as_mut() else { return };
-        // Requests none of whose commands went out (every submission refused).
+        // Requests that ended with nothing in flight (every submission refused).
         let mut refused: SmallVec<[u32; 2]> = SmallVec::new();
         while let Some(&idx) = st.waiting.front() {
-            let r = &mut st.reqs[idx as usize];
-            if qp.is_dead() || !qp.is_initialized() || qp.free_slots() < r.commands() {
+            if qp.is_dead() || !qp.is_initialized() || qp.free_slots() == 0 {
                 break;
             }
-            st.waiting.pop_front();
-            r.submitted_at = clock::ticks();
-            let Some(io) = r.io.as_ref() else { continue };
+            let r = &mut st.reqs[idx as usize];
+            let Some(io) = r.io.as_ref() else {
+                st.waiting.pop_front();
+                continue;
+            };
             let ctx = CmdCtx {
                 t: io.io_type,
                 nsid: r.nsid,
@@ -414,21 +444,35 @@ impl IoQueue {
                 io_lba: io.offset_blocks,
                 io_blocks: io.num_blocks,
             };
+            if r.pending == 0 {
+                r.submitted_at = clock::ticks();
+            }
             for (k, part) in r.parts.iter_mut().enumerate() {
-                if part.spare {
+                if part.spare || part.sent {
                     continue;
+                }
+                if qp.free_slots() == 0 {
+                    break;
                 }
                 let (sqe, data) = command(&ctx, part);
                 let cookie = ((idx as u64) << 16) | k as u64;
-                // Cannot fail: the queue pair is alive, initialized and has the slots.
+                part.sent = true;
+                r.unsent -= 1;
+                // Cannot fail: the queue pair is alive, initialized and has a slot.
                 match qp.submit(sqe, data, cookie) {
                     Ok(_) => r.pending += 1,
                     Err(e) => {
                         tracing::error!(ctrlr = %self.shared.name, error = %e, "submission refused");
                         r.failed = Some(IoStatus::Failed);
+                        r.unsent = 0;
+                        break;
                     }
                 }
             }
+            if r.unsent > 0 {
+                break; // the rest of this request goes when slots free up
+            }
+            st.waiting.pop_front();
             if r.pending == 0 {
                 refused.push(idx);
             }
@@ -467,99 +511,124 @@ impl IoQueue {
         if n > 0 {
             self.drain_waiting();
         }
-        n > 0
+        // Data still queued for the socket: stay busy, since only readability wakes an
+        // idle reactor in interrupt mode.
+        let tx = self.st.borrow().qp.as_ref().is_some_and(|q| q.tx_pending());
+        n > 0 || tx
     }
 
     /// Handles every completion the queue pair holds; returns how many.
     fn reap(&self) -> usize {
         let mut n = 0;
         loop {
-            let c = {
+            let (c, local) = {
                 let mut st = self.st.borrow_mut();
-                match st.qp.as_mut().and_then(|qp| qp.pop_completion()) {
-                    Some(c) => c,
+                let Some(qp) = st.qp.as_mut() else { return n };
+                // A dead queue pair's path errors are its own, not the remote's.
+                let local = qp.is_dead();
+                match qp.pop_completion() {
+                    Some(c) => (c, local),
                     None => return n,
                 }
             };
             n += 1;
-            self.on_completion(c);
+            if let Some((io, s)) = self.on_completion(c, local) {
+                io.complete(s);
+            }
         }
     }
 
-    fn on_completion(&self, c: Completion) {
+    /// One command completed. `local`: a path error in it was made by this host when its
+    /// connection died (the command may not have reached the remote). Returns the I/O when
+    /// the request is finished, for the caller to complete.
+    fn on_completion(&self, c: Completion, local: bool) -> Option<(BdevIo, IoStatus)> {
         let idx = (c.cookie >> 16) as usize;
         let k = (c.cookie & 0xffff) as usize;
-        let finished = {
-            let mut st = self.st.borrow_mut();
-            let retry_limit = self.shared.nvme.bdev_retry_count;
-            let Some(r) = st
-                .reqs
-                .get_mut(idx)
-                .filter(|r| r.io.is_some() && r.pending > 0)
-            else {
-                tracing::warn!(ctrlr = %self.shared.name, cookie = c.cookie, "completion for no request");
-                return;
-            };
-            let Some(part) = r.parts.get_mut(k) else {
-                return;
-            };
-            let expect = part.len as usize;
-            let t = r.io.as_ref().map(|i| i.io_type);
-            let is_read = matches!(t, Some(IoType::Read | IoType::Checksum));
-            let (s, transferred) = (c.status(), c.transferred);
-            match c.data {
-                Some(IoBuf::Dma(b)) => part.buf = Some(b),
-                Some(IoBuf::Heap(_)) | None => {}
-            }
-            if s.is_success() {
-                let traffic = &self.shared.traffic[self.reactor];
-                if is_read {
-                    traffic
-                        .received
-                        .fetch_add(transferred as u64, Ordering::Relaxed);
-                } else if matches!(t, Some(IoType::Write | IoType::XorWrite)) {
-                    traffic.sent.fetch_add(expect as u64, Ordering::Relaxed);
-                }
-                if is_read && transferred as usize != expect {
-                    tracing::error!(ctrlr = %self.shared.name, got = transferred, expect, "short read from the remote");
-                    r.failed = Some(IoStatus::Failed);
-                }
-            } else if s == HOST_PATH_ERROR {
-                r.path_failed = true;
-            } else if !s.dnr && (retry_limit < 0 || r.retries < retry_limit as u32) {
-                r.retry = true;
-            } else {
-                r.failed = Some(nvme_to_io_status(s));
-            }
-            r.pending -= 1;
-            if r.pending > 0 {
-                return;
-            }
-            self.finish_locked(&mut st, idx as u32)
+        let mut st = self.st.borrow_mut();
+        let retry_limit = self.shared.nvme.bdev_retry_count;
+        let destroyed = st.destroyed;
+        let Some(r) = st
+            .reqs
+            .get_mut(idx)
+            .filter(|r| r.io.is_some() && r.pending > 0)
+        else {
+            tracing::warn!(ctrlr = %self.shared.name, cookie = c.cookie, "completion for no request");
+            return None;
         };
-        if let Some((io, s)) = finished {
-            io.complete(s);
+        let t = r.io_type();
+        let Some(part) = r.parts.get_mut(k) else {
+            return None;
+        };
+        let expect = part.len as usize;
+        let is_read = matches!(t, Some(IoType::Read | IoType::Checksum));
+        let (s, transferred) = (c.status(), c.transferred);
+        match c.data {
+            Some(IoBuf::Dma(b)) => part.buf = Some(b),
+            Some(IoBuf::Heap(_)) | None => {}
         }
+        if s.is_success() {
+            let traffic = &self.shared.traffic[self.reactor];
+            if is_read {
+                traffic
+                    .received
+                    .fetch_add(transferred as u64, Ordering::Relaxed);
+            } else if matches!(t, Some(IoType::Write | IoType::XorWrite)) {
+                traffic.sent.fetch_add(expect as u64, Ordering::Relaxed);
+            }
+            if is_read && transferred as usize != expect {
+                tracing::error!(ctrlr = %self.shared.name, got = transferred, expect, "short read from the remote");
+                r.failed = Some(IoStatus::Failed);
+            }
+        } else if s == HOST_PATH_ERROR && local {
+            r.path_failed = true;
+        } else if t == Some(IoType::XorWrite) {
+            // Never resent: the remote may have applied it, and applying it twice undoes it.
+            r.failed = Some(nvme_to_io_status(s));
+        } else if !s.dnr && (retry_limit < 0 || r.retries < retry_limit as u32) {
+            r.retry = true;
+        } else {
+            r.failed = Some(nvme_to_io_status(s));
+        }
+        r.pending -= 1;
+        if r.pending > 0 {
+            return None;
+        }
+        if r.unsent > 0 {
+            // Part of the request is still to be sent (it is at the head of `waiting`).
+            if r.failed.is_none() && !r.path_failed && !r.retry {
+                return None;
+            }
+            let xor = t == Some(IoType::XorWrite);
+            let fast_fail = self.shared.fast_fail.load(Ordering::Acquire);
+            if r.failed.is_none() && !xor && !fast_fail && !destroyed {
+                // Start over with every command (idempotent), still first in line.
+                if r.retry {
+                    r.retries += 1;
+                }
+                r.rearm();
+                return None;
+            }
+            r.unsent = 0;
+            let i = idx as u32;
+            st.waiting.retain(|&w| w != i);
+        }
+        self.finish_locked(&mut st, idx as u32)
     }
 
     /// All commands of request `idx` are done: retry it, or give the I/O back.
     fn finish_locked(&self, st: &mut State, idx: u32) -> Option<(BdevIo, IoStatus)> {
         let fast_fail = self.shared.fast_fail.load(Ordering::Acquire);
         let r = &mut st.reqs[idx as usize];
-        let t = r.io.as_ref().map(|i| i.io_type);
+        let xor = r.io_type() == Some(IoType::XorWrite);
         let status = if let Some(f) = r.failed {
             f
-        } else if r.path_failed {
-            if t == Some(IoType::XorWrite) || fast_fail || st.destroyed {
-                IoStatus::PathError
-            } else {
-                r.path_failed = false;
-                st.waiting.push_back(idx);
-                return None;
+        } else if r.path_failed && (xor || fast_fail || st.destroyed) {
+            IoStatus::PathError
+        } else if r.path_failed || r.retry {
+            if r.retry {
+                r.retries += 1;
             }
-        } else if r.retry {
-            r.retry = false;
-            r.retries += 1;
+            r.rearm();
             st.waiting.push_back(idx);
             return None;
         } else {
@@ -579,6 +648,8 @@ impl IoQueue {
             join_into(&mut bufs, part.buf);
         }
         io.bufs = bufs;
+        r.pending = 0;
+        r.unsent = 0;
         st.free.push(idx);
         io
     }
@@ -596,7 +667,8 @@ impl IoQueue {
     }
 
     /// Closes the queue pair if it is older than `epoch`; its outstanding commands complete
-    /// with a path error and their requests wait for the next connection (or fail).
+    /// with a path error and their requests wait for the next connection (or fail). I/O
+    /// finished here completes from a later call stack (this may run inside a submit).
     fn disconnect(&self, epoch: u64, why: &str) {
         let qp = {
             let mut st = self.st.borrow_mut();
@@ -610,24 +682,59 @@ impl IoQueue {
         tracing::debug!(ctrlr = %self.shared.name, why, "closing I/O queue");
         qp.close();
         while let Some(c) = qp.pop_completion() {
-            self.on_completion(c);
+            if let Some((io, s)) = self.on_completion(c, true) {
+                io.complete_deferred(s);
+            }
         }
         if self.shared.fast_fail.load(Ordering::Acquire) || self.st.borrow().destroyed {
             self.fail_waiting(IoStatus::PathError);
         }
     }
 
-    /// Fails every waiting request with `status`.
+    fn fail_nsid(&self, nsid: u32) {
+        let mut done: SmallVec<[BdevIo; 4]> = SmallVec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            let ours: SmallVec<[u32; 8]> = st
+                .waiting
+                .iter()
+                .copied()
+                .filter(|&i| st.reqs[i as usize].nsid == nsid)
+                .collect();
+            st.waiting.retain(|&i| !ours.contains(&i));
+            for idx in ours {
+                let r = &mut st.reqs[idx as usize];
+                r.unsent = 0;
+                if r.pending > 0 {
+                    r.failed.get_or_insert(IoStatus::Removed);
+                    continue;
+                }
+                done.push(self.release(&mut st, idx));
+            }
+        }
+        for io in done {
+            io.complete_deferred(IoStatus::Removed);
+        }
+    }
+
+    /// Fails every waiting request with `status` (from a later call stack). A request with
+    /// commands still in flight stops sending and fails when they complete.
     fn fail_waiting(&self, status: IoStatus) {
-        loop {
-            let io = {
-                let mut st = self.st.borrow_mut();
-                let Some(idx) = st.waiting.pop_front() else {
-                    return;
-                };
-                self.release(&mut st, idx)
-            };
-            io.complete(status);
+        let mut done: SmallVec<[BdevIo; 4]> = SmallVec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            while let Some(idx) = st.waiting.pop_front() {
+                let r = &mut st.reqs[idx as usize];
+                r.unsent = 0;
+                if r.pending > 0 {
+                    r.failed.get_or_insert(status);
+                    continue;
+                }
+                done.push(self.release(&mut st, idx));
+            }
+        }
+        for io in done {
+            io.complete_deferred(status);
         }
     }
 

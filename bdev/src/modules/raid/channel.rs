@@ -381,7 +381,10 @@ impl IoSink for RaidChannel {
         let t = child.io_type;
         let part = std::mem::take(&mut child.bufs);
         drop(child);
-        let member_failed = matches!(st, IoStatus::Failed | IoStatus::Removed);
+        let member_failed = matches!(
+            st,
+            IoStatus::Failed | IoStatus::Removed | IoStatus::PathError
+        );
         if member_failed {
             self.array.fail_member(slot, "I/O error");
         }
