@@ -556,9 +556,7 @@ impl IoQueue {
             return None;
         };
         let t = r.io_type();
-        let Some(part) = r.parts.get_mut(k) else {
-            return None;
-        };
+        let part = r.parts.get_mut(k)?;
         let expect = part.len as usize;
         let is_read = matches!(t, Some(IoType::Read | IoType::Checksum));
         let (s, transferred) = (c.status(), c.transferred);
