@@ -17,6 +17,10 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # bench/perf.sh reads strata-perf's JSON with jq.
 command -v jq >/dev/null || need+=(jq)
+# The etcd client (etcd-client, gRPC) compiles etcd's protobuf files with protoc; the
+# cluster-store tests start a real etcd on a loopback port.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v etcd >/dev/null || need+=(etcd-server)
 # Multi-node tests cut links between loopback addresses with nftables and delay/drop with
 # tc netem (iproute2).
 command -v nft >/dev/null || need+=(nftables)

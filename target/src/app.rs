@@ -23,6 +23,8 @@ pub struct AppOptions {
     pub nvmf_addr: String,
     pub nvmf_port: u16,
     pub discovery_port: u16,
+    /// etcd endpoint of the cluster store (none: volumes work from superblocks alone).
+    pub etcd: Option<String>,
 }
 
 /// NQN of the embedded default subsystem.
@@ -40,6 +42,8 @@ pub enum AppError {
     Default(strata_bdev::BdevError),
     #[error("embedded default export: {0}")]
     DefaultExport(String),
+    #[error("cluster store: {0}")]
+    Cluster(#[from] crate::cluster::EtcdError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -66,6 +70,10 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     let reactors = ReactorSet::start(&cores, mode)?;
     reactors.install_global();
     strata_nvmf::remote::init();
+    // Before any config: volumes assembled from it read their records there.
+    if let Some(ep) = &opts.etcd {
+        strata_bdev::volume::cluster::install(crate::cluster::EtcdStore::connect(ep)?);
+    }
 
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded::<&'static str>();
     let methods = MethodTable::new(AppContext {

@@ -17,6 +17,7 @@
 //! assemble, config entries), a `Body` for its superblock and a `MetaWriter` for its
 //! members, and runs its background work as jobs.
 
+pub mod cluster;
 pub mod examine;
 pub mod intent;
 pub mod job;

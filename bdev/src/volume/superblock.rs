@@ -161,6 +161,10 @@ macro_rules! state_codes {
             pub fn name(self) -> &'static str {
                 match self { $($ty::$v => $name),+ }
             }
+            /// The state of a name RPCs report (and the cluster store keeps).
+            pub fn from_name(n: &str) -> Option<Self> {
+                match n { $($name => Some($ty::$v),)+ _ => None }
+            }
         }
     };
 }

@@ -90,6 +90,8 @@ methods! {
     "spdk_get_version" => SpdkGetVersion(NoParams),
     /// Reactors and their pollers.
     "framework_get_reactors" => FrameworkGetReactors(NoParams),
+    /// The cluster store (etcd) in use and the volume records in it.
+    "framework_get_cluster_store" => FrameworkGetClusterStore(NoParams),
     /// Create a RAM-backed bdev.
     "bdev_malloc_create" => BdevMallocCreate(bdev::MallocCreateArgs),
     /// Delete a malloc bdev.

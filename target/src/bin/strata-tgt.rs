@@ -43,6 +43,10 @@ struct Cli {
     /// Port of the embedded default's discovery listener.
     #[arg(long = "discovery-port", default_value_t = 8009)]
     discovery_port: u16,
+    /// Keep volume member states in etcd (http://HOST:PORT): written before a state change
+    /// is acted on, and preferred over the superblocks at start-up.
+    #[arg(long = "etcd")]
+    etcd: Option<String>,
     /// Number of 8 KiB I/O buffers.
     #[arg(long = "iobuf-small-count", default_value_t = IobufOptions::default().small_count)]
     iobuf_small_count: usize,
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
         nvmf_addr: cli.nvmf_addr,
         nvmf_port: cli.nvmf_port,
         discovery_port: cli.discovery_port,
+        etcd: cli.etcd,
         iobuf: IobufOptions {
             small_count: cli.iobuf_small_count,
             large_count: cli.iobuf_large_count,

@@ -2,11 +2,14 @@
 
 use super::params::framework::KillInstance;
 use super::params::NoParams;
-use super::MethodTable;
+use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use strata_reactor::clock;
 
 pub fn register(t: &mut MethodTable) {
+    t.add("framework_get_cluster_store", |_, _: NoParams| {
+        cluster_store()
+    });
     t.add("spdk_get_version", |_, _: NoParams| {
         let v = env!("CARGO_PKG_VERSION");
         let mut parts = v.split('.').map(|x| x.parse::<u64>().unwrap_or(0));
@@ -49,4 +52,31 @@ pub fn register(t: &mut MethodTable) {
         let _ = ctx.shutdown.send(sig);
         Ok(Value::Bool(true))
     });
+}
+
+/// `framework_get_cluster_store`: the cluster store in use and the volume records in it.
+fn cluster_store() -> Result<Value, RpcError> {
+    let Some(store) = strata_bdev::volume::cluster::store() else {
+        return Ok(json!({ "endpoint": null, "records": [] }));
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    store.list(
+        "/strata/".into(),
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    let kvs = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .map_err(|_| RpcError::internal("the cluster store did not answer"))?
+        .map_err(|e| RpcError::new(-(libc::EIO as i64), format!("cluster store: {e}")))?;
+    let records: Vec<Value> = kvs
+        .into_iter()
+        .map(|(key, v)| {
+            let value = serde_json::from_slice::<Value>(&v)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&v).into_owned()));
+            json!({ "key": key, "value": value })
+        })
+        .collect();
+    Ok(json!({ "endpoint": store.endpoint(), "records": records }))
 }

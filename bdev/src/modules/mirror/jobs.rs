@@ -134,8 +134,10 @@ impl MetaWriter for Mirror {
     }
 }
 
-/// Returns (written to at least one leg, some leg failed).
+/// Returns (written to at least one leg, some leg failed). The cluster store (if any) gets
+/// the leg states first: they are recorded there before the change is acted on.
 async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
+    super::record::write(m, snap.generation).await;
     let targets: Vec<(usize, IoChannel, u64)> = {
         let c = m.ctl.lock();
         (0..2)

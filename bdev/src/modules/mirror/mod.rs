@@ -7,6 +7,7 @@
 //! - [`channel`]: the per-reactor I/O path (reads from one leg, writes to both).
 //! - [`jobs`]: metadata writes, resync / scan / scrub, housekeeping.
 //! - [`superblock`]: the on-leg format.
+//! - [`record`]: its leg states in the cluster store (optional).
 //!
 //! This module holds the operations behind the `bdev_mirror_*` RPCs and examine: a bdev
 //! carrying a mirror superblock is held until its partner appears (or, at the end of
@@ -15,6 +16,7 @@
 
 pub mod channel;
 pub mod jobs;
+pub mod record;
 pub mod superblock;
 pub mod volume;
 
@@ -653,7 +655,7 @@ pub async fn resolve_split_brain(name: &str, keep: &str) -> Result<(), BdevError
         if !cands.iter().any(|c| c.bdev == keep) {
             return Err(invalid(format!("{keep} is not a leg of mirror {name}")));
         }
-        let p = plan(cands, true, Some(keep))
+        let p = plan(cands, true, Some(keep), None)
             .map_err(invalid)?
             .ok_or_else(|| invalid(format!("mirror {name}: {keep} cannot be brought up")))?;
         pend.remove(&uuid);
@@ -801,6 +803,7 @@ fn plan(
     cands: &[Candidate],
     degraded_ok: bool,
     keep: Option<&str>,
+    rec: Option<&record::Record>,
 ) -> Result<Option<Plan>, String> {
     if keep.is_none() {
         if let Some((x, y)) = split_brain(cands) {
@@ -838,7 +841,30 @@ fn plan(
     if other.is_none() && !degraded_ok {
         return Ok(None);
     }
-    if other.is_none() && b.legs[b.role] != LegState::InSync {
+    // The cluster record wins where it says a leg is out of sync (its superblock may have
+    // been lost or rolled back); the bitmap is then not trusted.
+    let mut overridden = false;
+    if let (Some(r), None) = (rec, keep) {
+        for (name, state) in legs.iter_mut().flatten() {
+            match r.leg_state(name) {
+                Some(st) if *state == LegState::InSync && st != LegState::InSync => {
+                    tracing::warn!(mirror = %b.name, leg = %name, superblock = state.name(), cluster = st.name(), "the cluster store says this leg is out of sync: it is not trusted");
+                    *state = st;
+                    overridden = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    let lone_state = legs[b.role].as_ref().map(|l| l.1);
+    if other.is_none() && lone_state != Some(LegState::InSync) {
+        if overridden {
+            return Err(format!(
+                "leg {} is out of sync by the cluster store's record (generation {}): waiting for the other leg",
+                best.bdev,
+                rec.map_or(0, |r| r.generation)
+            ));
+        }
         return Err(format!(
             "leg {} is {} (it does not hold the latest data): waiting for the other leg",
             best.bdev,
@@ -853,8 +879,17 @@ fn plan(
             _ => bitmap = None,
         }
     }
-    if b.flags & FLAG_BITMAP_UNTRUSTED != 0 {
+    if b.flags & FLAG_BITMAP_UNTRUSTED != 0
+        || overridden
+        || rec.is_some_and(|r| r.generation > b.generation)
+    {
         bitmap = None;
+    }
+    // The primary must hold the data: an in-sync leg goes first.
+    let in_sync =
+        |l: &Option<(String, LegState)>| l.as_ref().is_some_and(|l| l.1 == LegState::InSync);
+    if keep.is_none() && !in_sync(&legs[0]) && in_sync(&legs[1]) {
+        legs.swap(0, 1);
     }
     if keep.is_some() {
         // The discarded leg's changes since the split are in its own bitmap: copy those
@@ -880,13 +915,20 @@ fn plan(
 }
 
 async fn assemble(uuid: Uuid, degraded_ok: bool) {
+    let rec = match record::read(uuid).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(mirror = %uuid, error = %e, "cluster store unreachable: the mirror is not brought up from superblocks alone");
+            return;
+        }
+    };
     let p = {
         let mut pend = PENDING.lock();
         let Some(cands) = pend.get_mut(&uuid) else {
             return;
         };
         cands.retain(|c| registry::get(&c.bdev).is_some_and(|h| h.claimed_by.is_none()));
-        match plan(cands, degraded_ok, None) {
+        match plan(cands, degraded_ok, None, rec.as_ref()) {
             Ok(Some(p)) => {
                 pend.remove(&uuid);
                 SPLIT_BRAIN.lock().remove(&uuid);

@@ -129,6 +129,8 @@ pub struct Mirror {
     pub last_job: Mutex<Option<Value>>,
     /// Set while the mirror is being deleted or unregistered: jobs stop.
     pub stopping: AtomicBool,
+    /// The leg states last written to the cluster store (written again only on a change).
+    pub recorded: Mutex<Option<super::record::Record>>,
     supported: [bool; IoType::COUNT],
     boundary: u64,
 }
@@ -176,6 +178,7 @@ impl Mirror {
             job: JobSlot::default(),
             last_job: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            recorded: Mutex::new(None),
             supported,
             boundary,
         };

@@ -1,0 +1,64 @@
+//! An optional cluster store for volume state (Mayastor keeps nexus child state in etcd the
+//! same way): a key-value service outside the nodes that says which members of a volume are
+//! in sync. When one is installed, a volume writes its member states there before it acts
+//! on a change (before the superblocks, before a write waiting on the change is
+//! acknowledged), and at assembly the record wins over the superblocks: a member it marks
+//! out of sync is never promoted, even if the superblock that said so was lost.
+//!
+//! The bdev layer only defines the interface ([`ClusterStore`]); the daemon installs an
+//! implementation (etcd, `strata-tgt --etcd URL`). Without one, volumes work from their
+//! superblocks alone.
+
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// Callback of a store operation (called once, on any thread).
+pub type Done<T> = Box<dyn FnOnce(Result<T, String>) + Send>;
+
+/// A key-value store shared by the nodes.
+pub trait ClusterStore: Send + Sync {
+    /// Where it is (for logs and `framework_get_cluster_store`).
+    fn endpoint(&self) -> String;
+    /// Stores `value` under `key`, durably, then calls `done`.
+    fn put(&self, key: String, value: Vec<u8>, done: Done<()>);
+    /// The value under `key`, if any.
+    fn get(&self, key: String, done: Done<Option<Vec<u8>>>);
+    /// Every (key, value) whose key starts with `prefix`.
+    fn list(&self, prefix: String, done: Done<Vec<(String, Vec<u8>)>>);
+}
+
+static STORE: RwLock<Option<Arc<dyn ClusterStore>>> = RwLock::new(None);
+
+/// Installs the store (at start-up, before any volume is assembled).
+pub fn install(store: Arc<dyn ClusterStore>) {
+    *STORE.write() = Some(store);
+}
+
+/// The installed store, if any.
+pub fn store() -> Option<Arc<dyn ClusterStore>> {
+    STORE.read().clone()
+}
+
+/// Awaits a store operation from a reactor task.
+async fn call<T: Send + 'static>(op: impl FnOnce(Done<T>)) -> Result<T, String> {
+    let (tx, rx) = strata_reactor::oneshot::channel();
+    op(Box::new(move |r| tx.send(r)));
+    rx.await
+        .map_err(|_| "cluster store dropped the request".to_string())?
+}
+
+/// `put` from a reactor task. Ok(()) also when no store is installed.
+pub async fn put(key: String, value: Vec<u8>) -> Result<(), String> {
+    match store() {
+        Some(s) => call(|d| s.put(key, value, d)).await,
+        None => Ok(()),
+    }
+}
+
+/// `get` from a reactor task; Ok(None) when no store is installed.
+pub async fn get(key: String) -> Result<Option<Vec<u8>>, String> {
+    match store() {
+        Some(s) => call(|d| s.get(key, d)).await,
+        None => Ok(None),
+    }
+}
