@@ -477,10 +477,10 @@ impl IoQueue {
                 refused.push(idx);
             }
         }
-        let dead = {
-            let _ = qp.flush();
-            qp.is_dead()
-        };
+        // No write here: the queue pair's poller sends everything queued in this reactor
+        // turn with one writev (a submission always happens in a busy turn, which the
+        // reactor follows with another turn, pollers included, before it may sleep).
+        let dead = qp.is_dead();
         let mut done: SmallVec<[(BdevIo, IoStatus); 2]> = SmallVec::new();
         for idx in refused {
             done.extend(self.finish_locked(st, idx));
