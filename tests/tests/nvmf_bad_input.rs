@@ -1861,3 +1861,78 @@ fn bad_icreq_is_fatal() {
 
     assert_serves(&mut t);
 }
+
+// ------------------------------------------------------------------------------------------
+// Limits: host NQN format, SQSIZE, duplicate command IDs
+// ------------------------------------------------------------------------------------------
+
+/// A Connect whose HOSTNQN is not a NUL-terminated NQN (256 bytes with no NUL, or not an NQN
+/// at all) gets Connect Invalid Parameters pointing at HOSTNQN (offset 512 in the data).
+#[test]
+fn connect_with_a_bad_host_nqn_is_refused() {
+    let mut t = start();
+    for (what, hostnqn) in [
+        ("256 bytes without a NUL", vec![b'a'; 256]),
+        ("not an NQN", b"not-an-nqn".to_vec()),
+    ] {
+        let ident = new_ident();
+        let mut h = Host::ic(t.port, &ident, 0);
+        let mut d = connect_data(&ident, 0xFFFF, NQN);
+        d[512..768].fill(0);
+        d[512..512 + hostnqn.len()].copy_from_slice(&hostnqn);
+        let c = h.cmd(&connect_sqe(0, 31), &d, what);
+        c.assert_status(SCT_COMMAND_SPECIFIC, SC_CONNECT_INVALID_PARAMETERS, what);
+        assert_connect_ipo(c.dw0, 512, what);
+    }
+    assert!(
+        wait_log(&t, "HOSTNQN is not a NUL-terminated NQN"),
+        "no log line"
+    );
+    assert_serves(&mut t);
+}
+
+/// A queue connected with SQSIZE 3 (4 entries) takes at most 4 commands at once: a fifth,
+/// while four writes wait for their data, is refused with an error status (and gets no R2T).
+/// A second command with the CID of one in flight is refused (Command ID Conflict) and does
+/// not disturb the first, which completes when its data arrives.
+#[test]
+fn queue_size_and_command_ids_are_enforced() {
+    const SC_COMMAND_ID_CONFLICT: u8 = 0x03;
+    let mut t = start();
+    let ident = new_ident();
+    let (_a, cntlid) = admin(t.port, &ident, NQN);
+    let mut q = io_queue(t.port, &ident, cntlid, 0, 3, NQN);
+    let len = 16 * BLOCK;
+    let mut held = Vec::new();
+    for i in 0..4u64 {
+        held.push(q.write_r2t_start(i * 16, len));
+    }
+    let mut s = rw_sqe(IO_WRITE, 1, 100, (len / BLOCK) as u32);
+    set_sgl(&mut s, SGL_TRANSPORT_DATA_BLOCK, len as u32);
+    let c = q.cmd(&s, &[], "fifth command on a 4-entry queue");
+    assert!(!c.ok(), "the fifth command was accepted: {}", c.describe());
+    // The same CID as the first held write: refused, the first one unharmed.
+    let cid0 = held[0].0;
+    let mut dup = read_sqe(1, 0, 1);
+    put_u16(&mut dup, 2, cid0);
+    let bytes = q.capsule(&dup, &[]);
+    q.send(&bytes);
+    let c = q.completion(cid0, "a command with a CID in flight");
+    c.assert_status(0, SC_COMMAND_ID_CONFLICT, "duplicate CID");
+    // Complete the four writes: each gets its data and succeeds.
+    for (i, (cid, r2t)) in held.iter().enumerate() {
+        let ttag = r2t.u16_at(10);
+        let data = pattern(i as u64, len);
+        let pdu = q.h2c_data(*cid, ttag, 0, &data, true);
+        q.send(&pdu);
+        q.completion(*cid, "held write").assert_ok("held write");
+    }
+    let r = q.read(0, 16);
+    r.assert_ok("read back");
+    assert!(
+        r.data == pattern(0, len),
+        "the first write's data did not land"
+    );
+    assert!(wait_log(&t, "command ID already in flight"), "no log line");
+    assert_serves(&mut t);
+}

@@ -101,8 +101,19 @@ impl Connection {
             self.connect_invalid(sqe.cid, 0, 1, "bad Connect data");
             return;
         };
-        let (Some(subnqn), Some(hostnqn)) = (get_cstr(&cd.subnqn), get_cstr(&cd.hostnqn)) else {
-            self.connect_invalid(sqe.cid, 256, 1, "NQN is not a string");
+        // Both NQNs are NUL-terminated strings in their 256-byte fields, in NQN format.
+        let nqn_field = |f: &[u8]| {
+            f.contains(&0)
+                .then(|| get_cstr(f))
+                .flatten()
+                .filter(|n| crate::target::subsystem::validate_nqn(n).is_ok())
+        };
+        let Some(subnqn) = nqn_field(&cd.subnqn) else {
+            self.connect_invalid(sqe.cid, 256, 1, "SUBNQN is not a NUL-terminated NQN");
+            return;
+        };
+        let Some(hostnqn) = nqn_field(&cd.hostnqn) else {
+            self.connect_invalid(sqe.cid, 512, 1, "HOSTNQN is not a NUL-terminated NQN");
             return;
         };
         let Some(subsys) = self.target.find_subsystem(&subnqn) else {

@@ -50,12 +50,29 @@ impl Connection {
             self.respond_now(sqe.cid, status::INVALID_NAMESPACE, 0);
             return;
         };
+        // Never two commands with one CID in flight, and at most SQSIZE + 1 outstanding
+        // (the queue size the host asked for at Connect).
+        let (word, bit) = (sqe.cid as usize / 64, 1u64 << (sqe.cid % 64));
+        if s.cids_in_flight[word] & bit != 0 {
+            drop(s);
+            tracing::warn!(peer = %self.peer, cid = sqe.cid, "command ID already in flight");
+            self.respond_now(sqe.cid, status::COMMAND_ID_CONFLICT, 0);
+            return;
+        }
+        let outstanding = s.reqs.len() - s.free.len();
+        if s.sq_size > 0 && outstanding > s.sq_size as usize {
+            drop(s);
+            tracing::warn!(peer = %self.peer, outstanding, "more commands outstanding than the queue size the host asked for");
+            self.respond_now(sqe.cid, status::COMMAND_ID_CONFLICT, 0);
+            return;
+        }
         let Some(slot) = self.take_slot(&mut s, sqe) else {
             drop(s);
             tracing::warn!(peer = %self.peer, "more commands outstanding than the queue size");
             self.respond_now(sqe.cid, status::COMMAND_ID_CONFLICT, 0);
             return;
         };
+        s.cids_in_flight[word] |= bit;
         drop(s);
         let max_io = self.st.borrow().max_io_size as u64;
         let len = match sqe.opcode {

@@ -126,6 +126,9 @@ struct State {
     rx: Rx,
     reqs: Vec<Req>,
     free: Vec<u16>,
+    /// One bit per CID with an I/O command in flight (a second command with the same CID
+    /// is refused).
+    cids_in_flight: Box<[u64]>,
     need_buffer: VecDeque<u16>,
     tx: VecDeque<TxPdu>,
     ns_cache: Vec<NsChannel>,
@@ -224,6 +227,7 @@ impl Connection {
                 rx: Rx::Header,
                 reqs: (0..depth).map(|_| Req::new()).collect(),
                 free: (0..depth as u16).rev().collect(),
+                cids_in_flight: vec![0u64; 65536 / 64].into_boxed_slice(),
                 need_buffer: VecDeque::new(),
                 tx: VecDeque::with_capacity(depth * 2),
                 ns_cache: Vec::new(),

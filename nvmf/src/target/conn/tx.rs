@@ -166,6 +166,8 @@ impl Connection {
                             let r = &mut s.reqs[slot as usize];
                             r.state = ReqState::Free;
                             r.buf = None;
+                            let cid = r.sqe.cid as usize;
+                            s.cids_in_flight[cid / 64] &= !(1u64 << (cid % 64));
                             s.free.push(slot);
                         }
                         if p.close_after {
