@@ -1936,3 +1936,59 @@ fn queue_size_and_command_ids_are_enforced() {
     assert!(wait_log(&t, "command ID already in flight"), "no log line");
     assert_serves(&mut t);
 }
+
+/// Hosts that go quiet cannot hold a connection or buffers: with `connect_timeout_ms` and
+/// `data_wait_timeout_ms` of 500 ms, a connection that sends no ICReq, or an ICReq but no
+/// Connect, is closed; a write whose data never comes after its R2T fails with Transient
+/// Transport Error (its buffer released) and the queue goes on serving.
+#[test]
+fn quiet_hosts_time_out() {
+    let port = free_ports(1)[0];
+    let t = Target::start(&["--no-default"]);
+    t.rpc_ok(
+        "nvmf_create_transport",
+        json!({"trtype": "TCP", "data_wait_timeout_ms": 500, "connect_timeout_ms": 500}),
+    );
+    t.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": NUM_BLOCKS, "block_size": BLOCK}),
+    );
+    t.rpc_ok(
+        "nvmf_create_subsystem",
+        json!({"nqn": NQN, "allow_any_host": true}),
+    );
+    t.rpc_ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+    );
+    t.rpc_ok(
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+            "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+    );
+    let mut t = Tgt { t, port };
+    let ident = new_ident();
+    let t0 = Instant::now();
+    Host::tcp(port, &ident).expect_closed("a connection without ICReq");
+    Host::ic(port, &ident, 0).expect_closed("a connection without Connect");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "handshake limit not applied"
+    );
+    assert!(wait_log(&t, "no ICReq and Connect in time"), "no log line");
+
+    let (_a, mut q) = association(port, 0);
+    let (cid, _) = q.write_r2t_start(0, 16 * BLOCK);
+    let c = q.completion(cid, "a write whose data never comes");
+    c.assert_status(0, SC_TRANSIENT_TRANSPORT_ERROR, "write without its data");
+    assert!(
+        wait_log(&t, "write data did not arrive in time"),
+        "no log line"
+    );
+    let data = pattern(77, BLOCK);
+    q.write_ic(3, &data).assert_ok("the queue still writes");
+    let r = q.read(3, 1);
+    r.assert_ok("and reads");
+    assert!(r.data == data);
+    assert_serves(&mut t);
+}

@@ -68,6 +68,8 @@ pub const COMMAND_ID_CONFLICT: Status = Status::generic(0x03);
 pub const DATA_TRANSFER_ERROR: Status = Status::generic(0x04);
 pub const INTERNAL_ERROR: Status = Status::generic(0x06);
 pub const ABORT_REQUESTED: Status = Status::generic(0x07);
+/// The transport could not move the command's data (here: it did not arrive in time).
+pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
 pub const ABORTED_SQ_DELETION: Status = Status::generic(0x08);
 pub const INVALID_NAMESPACE: Status = Status::generic(0x0b);
 pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0c);

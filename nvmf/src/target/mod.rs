@@ -66,6 +66,12 @@ pub struct TransportOptions {
     pub buf_cache_size: u32,
     pub sock_priority: u32,
     pub abort_timeout_sec: u32,
+    /// strata: a write whose H2CData has not all arrived this long after its R2T fails
+    /// (Transient Transport Error) and its buffer is released (0: no limit).
+    pub data_wait_timeout_ms: u32,
+    /// strata: a connection that has not completed ICReq and Fabrics Connect this long after
+    /// it was accepted is closed (0: no limit).
+    pub connect_timeout_ms: u32,
 }
 
 impl Default for TransportOptions {
@@ -83,6 +89,8 @@ impl Default for TransportOptions {
             buf_cache_size: 32,
             sock_priority: 0,
             abort_timeout_sec: 1,
+            data_wait_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
         }
     }
 }

@@ -85,6 +85,8 @@ struct Req {
     /// Outstanding bdev I/Os (DSM issues several).
     pending: u32,
     status: Status,
+    /// When the request began waiting for H2CData (ticks).
+    since: u64,
 }
 
 impl Req {
@@ -99,6 +101,7 @@ impl Req {
             h2c_got: 0,
             pending: 0,
             status: Status::SUCCESS,
+            since: 0,
         }
     }
 }
@@ -145,6 +148,11 @@ struct State {
     /// Transport settings, copied at creation (the hot path takes no lock).
     max_io_size: u32,
     c2h_success: bool,
+    /// When the connection was accepted, and the data-wait and handshake limits (ticks; 0:
+    /// none).
+    accepted: u64,
+    data_wait_ticks: u64,
+    connect_ticks: u64,
 }
 
 impl State {
@@ -158,6 +166,8 @@ impl State {
 
     /// Asks the host for the request's data from `off` (at most MAXH2CDATA bytes).
     fn push_r2t(&mut self, slot: u16, off: u32) {
+        // The data-wait clock runs from each R2T.
+        self.reqs[slot as usize].since = strata_reactor::clock::ticks();
         let maxh2c = self.maxh2cdata;
         let hd = self.digests.is_some_and(|d| d.0);
         let r = &mut self.reqs[slot as usize];
@@ -239,6 +249,9 @@ impl Connection {
                 tx_owned: 0,
                 max_io_size: opts.max_io_size,
                 c2h_success: opts.c2h_success,
+                accepted: strata_reactor::clock::ticks(),
+                data_wait_ticks: ms_ticks(opts.data_wait_timeout_ms),
+                connect_ticks: ms_ticks(opts.connect_timeout_ms),
             }),
             me: me.clone(),
             group,
@@ -312,12 +325,50 @@ impl Connection {
                 return;
             }
         }
+        if self.timeouts() {
+            return;
+        }
         self.retry_need_buffer();
         let stalled = std::mem::take(&mut self.st.borrow_mut().stalled);
         if stalled {
             self.on_event(true, false);
         }
         self.flush();
+    }
+
+    /// Handshake and data-wait limits, so a host cannot hold a connection or buffers by
+    /// going quiet. Returns whether the connection was closed.
+    fn timeouts(&self) -> bool {
+        let now = strata_reactor::clock::ticks();
+        let late: smallvec::SmallVec<[u16; 4]> = {
+            let s = self.st.borrow();
+            if s.qid.is_none()
+                && s.connect_ticks > 0
+                && now.saturating_sub(s.accepted) > s.connect_ticks
+            {
+                drop(s);
+                tracing::warn!(peer = %self.peer, "no ICReq and Connect in time: closing the connection");
+                self.close("handshake timeout");
+                return true;
+            }
+            if s.data_wait_ticks == 0 {
+                return false;
+            }
+            s.reqs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.state == ReqState::AwaitH2c && now.saturating_sub(r.since) > s.data_wait_ticks
+                })
+                .map(|(i, _)| i as u16)
+                .collect()
+        };
+        for slot in late {
+            let cid = self.st.borrow().reqs[slot as usize].sqe.cid;
+            tracing::warn!(peer = %self.peer, cid, "write data did not arrive in time: command failed, buffer released");
+            self.finish(slot, status::TRANSIENT_TRANSPORT_ERROR, 0);
+        }
+        false
     }
 
     pub fn close(&self, why: &str) {
@@ -408,3 +459,7 @@ impl Connection {
 }
 
 const ADMIN_DEPTH: u16 = 128;
+
+fn ms_ticks(ms: u32) -> u64 {
+    strata_reactor::clock::duration_to_ticks(std::time::Duration::from_millis(ms as u64))
+}

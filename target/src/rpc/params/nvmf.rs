@@ -59,6 +59,14 @@ pub struct CreateTransport {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_timeout_sec: Option<u32>,
+    /// strata: fail a write whose data does not arrive within this many ms of its R2T.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_wait_timeout_ms: Option<u32>,
+    /// strata: close a connection that has not connected within this many ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u32>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
@@ -110,6 +118,8 @@ impl CreateTransport {
             buf_cache_size: self.buf_cache_size.unwrap_or(d.buf_cache_size),
             sock_priority: self.sock_priority.unwrap_or(d.sock_priority),
             abort_timeout_sec: self.abort_timeout_sec.unwrap_or(d.abort_timeout_sec),
+            data_wait_timeout_ms: self.data_wait_timeout_ms.unwrap_or(d.data_wait_timeout_ms),
+            connect_timeout_ms: self.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
         })
     }
 }
