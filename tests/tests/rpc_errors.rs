@@ -459,3 +459,66 @@ fn twenty_concurrent_clients() {
     let names: Vec<Value> = t.bdevs().iter().map(|b| b["name"].clone()).collect();
     assert_eq!(names, vec![json!("Malloc0")]);
 }
+
+#[test]
+fn a_client_over_the_connection_limit_gets_a_json_error() {
+    let t = Target::start(&[]);
+    // Open connections until one is refused: the refusal comes unasked, before any request.
+    let mut held: Vec<RpcConn> = Vec::new();
+    let refusal = loop {
+        assert!(held.len() <= 64, "more than 64 connections were accepted");
+        let mut c = t.connect();
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        match c.read_value() {
+            Ok(Some(v)) => break (c, v),
+            Ok(None) => panic!("connection {} closed without a JSON-RPC error", held.len()),
+            Err(_) => {
+                c.stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                assert!(c.call("spdk_get_version", Value::Null).is_ok());
+                held.push(c);
+            }
+        }
+    };
+    let (mut extra, r) = refusal;
+    assert!(
+        held.len() >= 60,
+        "refused after only {} connections",
+        held.len()
+    );
+    assert_eq!(r["jsonrpc"], "2.0", "{r}");
+    assert_eq!(r["id"], Value::Null, "{r}");
+    assert_eq!(r["error"]["code"], -32603, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("too many"),
+        "{r}"
+    );
+    extra
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_closed(&mut extra);
+    // One closed: a new client is served again (once the server has seen the close).
+    held.pop();
+    let t0 = Instant::now();
+    loop {
+        let mut c = t.connect();
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        if c.read_value().is_err() {
+            c.stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            assert!(c.call("spdk_get_version", Value::Null).is_ok());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no service after a connection was freed"
+        );
+    }
+}

@@ -125,6 +125,18 @@ impl RpcServer {
     }
 }
 
+/// Tells a client over the connection limit why it is closed: one JSON-RPC error (id null,
+/// as for a request that could not be read), then the close.
+fn refuse(mut stream: std::os::unix::net::UnixStream) {
+    use std::io::Write;
+    let err = RpcError::internal(format!(
+        "too many JSON-RPC connections (at most {MAX_CONNECTIONS}); try again later"
+    ));
+    let body = serde_json::json!({ "jsonrpc": "2.0", "id": null, "error": err.to_json() });
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.write_all(body.to_string().as_bytes());
+}
+
 fn accept_loop(listener: UnixListener, methods: Arc<MethodTable>, stop: Arc<AtomicBool>) {
     let live = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Acquire) {
@@ -132,6 +144,7 @@ fn accept_loop(listener: UnixListener, methods: Arc<MethodTable>, stop: Arc<Atom
             Ok((stream, _)) => {
                 if live.load(Ordering::Acquire) >= MAX_CONNECTIONS {
                     tracing::warn!("RPC: too many connections, refusing one");
+                    refuse(stream);
                     continue;
                 }
                 live.fetch_add(1, Ordering::AcqRel);
