@@ -1992,3 +1992,53 @@ fn quiet_hosts_time_out() {
     assert!(r.data == data);
     assert_serves(&mut t);
 }
+
+/// With a limit of 4 connections (per host, then per listener), a fifth connection is closed
+/// at once and logged, the four keep their service, and closing two makes room again.
+#[test]
+fn connection_limits_refuse_only_new_connections() {
+    for (opt, log) in [
+        (
+            "max_connections_per_host",
+            "too many connections from this host",
+        ),
+        (
+            "max_connections_per_listener",
+            "too many connections on this listener",
+        ),
+    ] {
+        let port = free_ports(1)[0];
+        let t = Target::start(&["--no-default"]);
+        t.rpc_ok("nvmf_create_transport", json!({"trtype": "TCP", opt: 4}));
+        t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": "Malloc0", "num_blocks": NUM_BLOCKS, "block_size": BLOCK}),
+        );
+        t.rpc_ok(
+            "nvmf_create_subsystem",
+            json!({"nqn": NQN, "allow_any_host": true}),
+        );
+        t.rpc_ok(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+        );
+        t.rpc_ok(
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+                "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+        );
+        let mut t = Tgt { t, port };
+        let (mut a1, mut q1) = association(port, 0);
+        let (a2, q2) = association(port, 0);
+        Host::tcp(port, &new_ident()).expect_closed(&format!("{opt}: a fifth connection"));
+        assert!(wait_log(&t, log), "{opt}: no log line");
+        let data = pattern(5, BLOCK);
+        q1.write_ic(9, &data)
+            .assert_ok("an existing queue still writes");
+        assert!(q1.read(9, 1).data == data, "{opt}: read back");
+        a1.prop_get(PROP_CSTS).assert_ok("an existing admin queue");
+        drop((a2, q2));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_serves(&mut t);
+    }
+}

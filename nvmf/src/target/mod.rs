@@ -72,6 +72,11 @@ pub struct TransportOptions {
     /// strata: a connection that has not completed ICReq and Fabrics Connect this long after
     /// it was accepted is closed (0: no limit).
     pub connect_timeout_ms: u32,
+    /// strata: most connections one host (IP address) may hold, over all listeners (0: no
+    /// limit); a connection beyond it is closed at once.
+    pub max_connections_per_host: u32,
+    /// strata: most connections on one listener (0: no limit).
+    pub max_connections_per_listener: u32,
 }
 
 impl Default for TransportOptions {
@@ -91,6 +96,8 @@ impl Default for TransportOptions {
             abort_timeout_sec: 1,
             data_wait_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
+            max_connections_per_host: 1024,
+            max_connections_per_listener: 4096,
         }
     }
 }

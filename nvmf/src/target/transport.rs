@@ -18,6 +18,8 @@ use strata_reactor::sys::Epoll;
 pub struct SockGroup {
     epoll: Epoll,
     conns: RefCell<HashMap<u64, Rc<Connection>>>,
+    /// The connection-limit places the connections hold (released when they go).
+    places: RefCell<HashMap<u64, ConnPlace>>,
     writers: RefCell<Vec<u64>>,
     events: RefCell<Vec<(u64, u32)>>,
     /// Connections with responses queued since the last flush.
@@ -43,6 +45,7 @@ impl SockGroup {
         let g = Rc::new(SockGroup {
             epoll,
             conns: RefCell::new(HashMap::new()),
+            places: RefCell::new(HashMap::new()),
             writers: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::with_capacity(64)),
             dirty: RefCell::new(Vec::with_capacity(64)),
@@ -91,7 +94,7 @@ impl SockGroup {
         })
     }
 
-    fn add(self: &Rc<Self>, stream: TcpStream, target: &'static Target) {
+    fn add(self: &Rc<Self>, stream: TcpStream, target: &'static Target, place: ConnPlace) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let fd = stream.as_raw_fd();
@@ -108,12 +111,14 @@ impl SockGroup {
         }
         tracing::info!(peer = %conn.peer, local = %conn.local, reactor = strata_reactor::current_index(), "NVMe/TCP connection accepted");
         self.conns.borrow_mut().insert(token, conn);
+        self.places.borrow_mut().insert(token, place);
     }
 
     pub(crate) fn remove(&self, token: u64) {
         if let Some(c) = self.conns.borrow_mut().remove(&token) {
             let _ = self.epoll.delete(c.stream.as_raw_fd());
         }
+        self.places.borrow_mut().remove(&token);
         self.writers.borrow_mut().retain(|t| *t != token);
     }
 
@@ -216,6 +221,7 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
         .ok_or_else(|| std::io::Error::other("reactors are not running"))?;
     let reactors = f.len();
     let next = Arc::new(AtomicUsize::new(0));
+    let live = Arc::new(AtomicUsize::new(0));
     f.send(0, move || {
         let fd = l.as_raw_fd();
         // In poll mode every poller runs every turn; new connections are rare, so try
@@ -237,10 +243,15 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
                 let mut did = false;
                 loop {
                     match l.accept() {
-                        Ok((stream, _)) => {
+                        Ok((stream, peer)) => {
                             did = true;
+                            let Some(place) = ConnPlace::take(&live, peer.ip(), bound, target)
+                            else {
+                                drop(stream); // refused: closed at once
+                                continue;
+                            };
                             let idx = next.fetch_add(1, Ordering::Relaxed) % reactors;
-                            hand_over(idx, stream, target);
+                            hand_over(idx, stream, target, place);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
@@ -264,19 +275,79 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
     Ok(Listener { addr: bound, stop })
 }
 
-fn hand_over(idx: usize, stream: TcpStream, target: &'static Target) {
+fn hand_over(idx: usize, stream: TcpStream, target: &'static Target, place: ConnPlace) {
     let here = strata_reactor::current_index();
     if here == Some(idx) {
         if let Some(g) = SockGroup::current() {
-            g.add(stream, target);
+            g.add(stream, target, place);
         }
         return;
     }
     if let Some(f) = strata_reactor::framework() {
         let _ = f.send(idx, move || {
             if let Some(g) = SockGroup::current() {
-                g.add(stream, target);
+                g.add(stream, target, place);
             }
         });
+    }
+}
+
+/// Connections per host (peer IP address), over all listeners.
+static PER_HOST: parking_lot::Mutex<Option<HashMap<std::net::IpAddr, usize>>> =
+    parking_lot::Mutex::new(None);
+
+/// A connection's place under the listener's and its host's connection limits; dropping it
+/// (when the connection goes) gives the place back.
+pub(crate) struct ConnPlace {
+    listener: Arc<AtomicUsize>,
+    host: std::net::IpAddr,
+}
+
+impl ConnPlace {
+    /// A place for a new connection from `host` on the listener whose count is `live`, or
+    /// None (logged) when either limit is reached: the connection is then closed at once,
+    /// and the ones already there are not affected.
+    fn take(
+        live: &Arc<AtomicUsize>,
+        host: std::net::IpAddr,
+        bound: SocketAddr,
+        target: &'static Target,
+    ) -> Option<ConnPlace> {
+        let o = target.options();
+        let mut hosts = PER_HOST.lock();
+        let per_host = hosts.get_or_insert_with(HashMap::new);
+        let from_host = per_host.get(&host).copied().unwrap_or(0);
+        let on_listener = live.load(Ordering::Acquire);
+        if o.max_connections_per_host > 0 && from_host >= o.max_connections_per_host as usize {
+            tracing::warn!(%host, listener = %bound, connections = from_host, limit = o.max_connections_per_host, "NVMe/TCP connection refused: too many connections from this host");
+            return None;
+        }
+        if o.max_connections_per_listener > 0
+            && on_listener >= o.max_connections_per_listener as usize
+        {
+            tracing::warn!(%host, listener = %bound, connections = on_listener, limit = o.max_connections_per_listener, "NVMe/TCP connection refused: too many connections on this listener");
+            return None;
+        }
+        *per_host.entry(host).or_insert(0) += 1;
+        live.fetch_add(1, Ordering::AcqRel);
+        Some(ConnPlace {
+            listener: live.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for ConnPlace {
+    fn drop(&mut self) {
+        self.listener.fetch_sub(1, Ordering::AcqRel);
+        let mut hosts = PER_HOST.lock();
+        if let Some(m) = hosts.as_mut() {
+            if let Some(n) = m.get_mut(&self.host) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.host);
+                }
+            }
+        }
     }
 }

@@ -67,6 +67,14 @@ pub struct CreateTransport {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u32>,
+    /// strata: most connections from one host (IP address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_host: Option<u32>,
+    /// strata: most connections on one listener.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_listener: Option<u32>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
@@ -120,6 +128,12 @@ impl CreateTransport {
             abort_timeout_sec: self.abort_timeout_sec.unwrap_or(d.abort_timeout_sec),
             data_wait_timeout_ms: self.data_wait_timeout_ms.unwrap_or(d.data_wait_timeout_ms),
             connect_timeout_ms: self.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
+            max_connections_per_host: self
+                .max_connections_per_host
+                .unwrap_or(d.max_connections_per_host),
+            max_connections_per_listener: self
+                .max_connections_per_listener
+                .unwrap_or(d.max_connections_per_listener),
         })
     }
 }
