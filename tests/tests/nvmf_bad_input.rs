@@ -1990,6 +1990,13 @@ fn quiet_hosts_time_out() {
     let r = q.read(3, 1);
     r.assert_ok("and reads");
     assert!(r.data == data);
+    // A host that stops half-way through an H2CData payload loses the connection.
+    let (_a2, mut q2) = association(port, 0);
+    let (cid, r2t) = q2.write_r2t_start(0, 16 * BLOCK);
+    let pdu = q2.h2c_data(cid, r2t.u16_at(10), 0, &pattern(78, 16 * BLOCK), true);
+    q2.send(&pdu[..pdu.len() / 2]);
+    q2.expect_closed("a write stalled in the middle of its data");
+    assert!(wait_log(&t, "stalled in the middle of a PDU"), "no log line");
     assert_serves(&mut t);
 }
 

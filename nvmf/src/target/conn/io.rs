@@ -148,6 +148,9 @@ impl Connection {
         let ch = {
             let mut s = self.st.borrow_mut();
             let r = &mut s.reqs[slot as usize];
+            if r.state != ReqState::AwaitH2c {
+                return; // ended meanwhile (it cannot be: see `timeouts`); never run it twice
+            }
             r.h2c_got += n;
             if r.h2c_got < r.r2t_len {
                 return;

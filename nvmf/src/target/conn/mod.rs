@@ -354,14 +354,25 @@ impl Connection {
             if s.data_wait_ticks == 0 {
                 return false;
             }
-            s.reqs
+            let late: smallvec::SmallVec<[u16; 4]> = s
+                .reqs
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| {
                     r.state == ReqState::AwaitH2c && now.saturating_sub(r.since) > s.data_wait_ticks
                 })
                 .map(|(i, _)| i as u16)
-                .collect()
+                .collect();
+            // A host that stops in the middle of an H2CData payload: the request cannot be
+            // ended under the receiver's feet, so the connection goes (freeing everything).
+            if let Some(slot) = s.rx.h2c_slot().filter(|x| late.contains(x)) {
+                let cid = s.reqs[slot as usize].sqe.cid;
+                drop(s);
+                tracing::warn!(peer = %self.peer, cid, "write data stalled in the middle of a PDU: closing the connection");
+                self.close("H2CData stalled");
+                return true;
+            }
+            late
         };
         for slot in late {
             let cid = self.st.borrow().reqs[slot as usize].sqe.cid;

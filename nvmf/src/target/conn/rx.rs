@@ -36,6 +36,19 @@ pub(super) enum Rx {
     Data(DataRx),
 }
 
+impl Rx {
+    /// The request whose H2CData payload is arriving right now, if any.
+    pub(super) fn h2c_slot(&self) -> Option<u16> {
+        match self {
+            Rx::Data(DataRx {
+                sink: Sink::H2c { slot, .. },
+                ..
+            }) => Some(*slot),
+            _ => None,
+        }
+    }
+}
+
 impl Connection {
     // ---- receive -----------------------------------------------------------------------
 
@@ -320,7 +333,10 @@ impl Connection {
                 }
             }
             (_, Sink::H2c { slot, .. }) => {
-                self.finish(slot, status::DATA_TRANSFER_ERROR.retryable(), 0);
+                // Only a request still waiting for its data (not one a timeout already ended).
+                if self.st.borrow().reqs[slot as usize].state == ReqState::AwaitH2c {
+                    self.finish(slot, status::DATA_TRANSFER_ERROR.retryable(), 0);
+                }
             }
             _ => {}
         }
