@@ -1996,7 +1996,10 @@ fn quiet_hosts_time_out() {
     let pdu = q2.h2c_data(cid, r2t.u16_at(10), 0, &pattern(78, 16 * BLOCK), true);
     q2.send(&pdu[..pdu.len() / 2]);
     q2.expect_closed("a write stalled in the middle of its data");
-    assert!(wait_log(&t, "stalled in the middle of a PDU"), "no log line");
+    assert!(
+        wait_log(&t, "stalled in the middle of a PDU"),
+        "no log line"
+    );
     assert_serves(&mut t);
 }
 

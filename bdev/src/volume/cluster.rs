@@ -39,12 +39,20 @@ pub fn store() -> Option<Arc<dyn ClusterStore>> {
     STORE.read().clone()
 }
 
-/// Awaits a store operation from a reactor task.
+/// The longest a volume waits for the store on one operation: a store that does not answer
+/// must not hold host I/O (the superblocks still carry the state).
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Awaits a store operation from a reactor task, at most [`DEADLINE`].
 async fn call<T: Send + 'static>(op: impl FnOnce(Done<T>)) -> Result<T, String> {
+    use futures_util::future::{select, Either};
     let (tx, rx) = strata_reactor::oneshot::channel();
     op(Box::new(move |r| tx.send(r)));
-    rx.await
-        .map_err(|_| "cluster store dropped the request".to_string())?
+    let timer = strata_reactor::sleep(DEADLINE);
+    match select(std::pin::pin!(rx), std::pin::pin!(timer)).await {
+        Either::Left((r, _)) => r.map_err(|_| "cluster store dropped the request".to_string())?,
+        Either::Right(_) => Err(format!("cluster store did not answer within {DEADLINE:?}")),
+    }
 }
 
 /// `put` from a reactor task. Ok(()) also when no store is installed.

@@ -843,6 +843,9 @@ fn plan(
     }
     // The cluster record wins where it says a leg is out of sync (its superblock may have
     // been lost or rolled back); the bitmap is then not trusted.
+    // A record older than the newest superblock missed a change (the store was down): the
+    // superblocks know better then.
+    let rec = rec.filter(|r| r.generation >= b.generation);
     let mut overridden = false;
     if let (Some(r), None) = (rec, keep) {
         for (name, state) in legs.iter_mut().flatten() {

@@ -332,11 +332,11 @@ impl Connection {
                     self.queue_resp(cqe, None);
                 }
             }
-            (_, Sink::H2c { slot, .. }) => {
-                // Only a request still waiting for its data (not one a timeout already ended).
-                if self.st.borrow().reqs[slot as usize].state == ReqState::AwaitH2c {
-                    self.finish(slot, status::DATA_TRANSFER_ERROR.retryable(), 0);
-                }
+            // Only a request still waiting for its data (not one a timeout already ended).
+            (_, Sink::H2c { slot, .. })
+                if self.st.borrow().reqs[slot as usize].state == ReqState::AwaitH2c =>
+            {
+                self.finish(slot, status::DATA_TRANSFER_ERROR.retryable(), 0);
             }
             _ => {}
         }
