@@ -151,7 +151,7 @@ fn leg_returned(mirror_name: &str, bdev: &str) {
             }
             strata_reactor::sleep(Duration::from_millis(100)).await;
         }
-        if let Err(e) = add_leg(&name, &leg).await {
+        if let Err(e) = add_leg_from(&name, &leg, true).await {
             tracing::error!(mirror = %name, leg = %leg, error = %e, "automatic resync of the returned leg did not start");
         }
     });
@@ -482,6 +482,12 @@ pub async fn verify(name: &str, repair: bool) -> Result<(), BdevError> {
 /// Attaches `base` in place of the failed or missing leg and resyncs it: from the bitmap
 /// if the bdev carries this mirror's superblock and the bitmap is trusted, else in full.
 pub async fn add_leg(name: &str, base: &str) -> Result<(), BdevError> {
+    add_leg_from(name, base, false).await
+}
+
+/// `add_leg`; `automatic`: the leg came back by itself (examine, a restored path), so a leg
+/// that ran on its own (split brain) is refused instead of overwritten.
+async fn add_leg_from(name: &str, base: &str, automatic: bool) -> Result<(), BdevError> {
     let m = find(name)?;
     if registry::get(base).is_none() {
         return Err(BdevError::NotFound(base.into()));
@@ -519,12 +525,30 @@ pub async fn add_leg(name: &str, base: &str) -> Result<(), BdevError> {
         )));
     }
     // A returning leg of this mirror needs only the changes; any other bdev a full copy.
-    let ours = match b.channel() {
+    let sb = match b.channel() {
         Ok(ch) => read_superblock_from(&ch)
             .await
-            .is_some_and(|(sb, _)| sb.mirror_uuid == m.uuid),
-        Err(_) => false,
+            .filter(|(sb, _)| sb.mirror_uuid == m.uuid)
+            .map(|(sb, _)| sb),
+        Err(_) => None,
     };
+    let ours = sb.is_some();
+    // A returning leg whose own superblock says it held the data while this mirror's other
+    // leg was out ran as a mirror of its own (split brain): its changes are not in our
+    // bitmap. Brought back by itself it is refused; the operator's add_leg overwrites it.
+    if automatic {
+        if let Some(sb) = sb.as_ref().filter(|sb| {
+            sb.legs[sb.role] == LegState::InSync
+                && matches!(sb.legs[1 - sb.role], LegState::Failed | LegState::Missing)
+        }) {
+            b.release();
+            return Err(invalid(format!(
+                "split brain: {base} (generation {}) took writes as a mirror of its own while apart; \
+                 not resynced automatically. bdev_mirror_add_leg {name} {base} overwrites its changes",
+                sb.generation
+            )));
+        }
+    }
     let kind = {
         let mut c = m.ctl.lock();
         let kind = if ours && c.bitmap_trusted {
@@ -748,7 +772,7 @@ async fn examine(name: &str) {
                     return;
                 }
                 if !m.job.is_busy() {
-                    match add_leg(&m.name, &name).await {
+                    match add_leg_from(&m.name, &name, true).await {
                         Err(BdevError::Claimed { .. }) if m.job.is_busy() => {}
                         Err(e) => {
                             tracing::info!(bdev = %name, mirror = %m.name, error = %e, "returning leg not added");
@@ -984,6 +1008,15 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
     let dirty = intent.dirty_count();
     // The primary is the newest superblock's primary if present, else the other leg
     // (plan() only lets a lone leg through if it holds the data).
+    // The planned primary holds the data: if it cannot be opened, the other leg may serve
+    // only if it is in sync too.
+    if p.legs[0].is_some() && legs[0].base.is_none() && legs[1].state != LegState::InSync {
+        opened.iter().for_each(|c| c.release());
+        return Err(invalid(format!(
+            "mirror {}: the leg that holds the data cannot be opened; not brought up",
+            b.name
+        )));
+    }
     let primary = usize::from(legs[0].base.is_none());
     let sec = 1 - primary;
     let sec_present = legs[sec].base.is_some();
