@@ -7,18 +7,16 @@
 //! mirror still treats B's leg as stale, resyncs it, and both legs hold the newest data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use serde_json::{json, Value};
-use std::io::{Read, Write};
+use serde_json::json;
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::writes::{pattern, BS};
-use common::{free_port, LinkCut, TgtProcess};
+use common::{free_port, rpc_call, uring_cfg as uring, LinkCut, TgtProcess};
 
 const A: &str = "127.0.0.22";
 const B: &str = "127.0.0.23";
@@ -72,73 +70,10 @@ impl Drop for Etcd {
     }
 }
 
-fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let resp: Value = loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "no response to {method}");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            break v;
-        }
-    };
-    match resp.get("error") {
-        Some(e) => Err((
-            e["code"].as_i64().unwrap(),
-            e["message"].as_str().unwrap_or("").into(),
-        )),
-        None => Ok(resp["result"].clone()),
-    }
-}
-
-fn mirror(a: &TgtProcess) -> Value {
-    rpc_call(&a.sock, "bdev_mirror_get", &json!({ "name": "M0" }))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", a.log_text()))[0]
-        .clone()
-}
-
-fn wait_state(a: &TgtProcess, want: &str) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let m = mirror(a);
-        if m["state"] == want && m["job"].is_null() {
-            return m;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "not {want}: {m}\n{}",
-            a.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn uring(name: &str, file: &Path) -> Value {
-    json!({ "method": "bdev_uring_create", "params": { "name": name, "filename": file, "block_size": BS } })
-}
-
 fn file(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
     p
-}
-
-fn host(t: &TgtProcess, nqn: &str) -> strata_nvmf::host::blocking::BlockingController {
-    let opts = strata_nvmf::host::controller::ControllerOptions {
-        io_queues: 1,
-        queue_depth: 8,
-        timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let mut h =
-        strata_nvmf::host::blocking::BlockingController::connect(t.addr(), nqn, opts).unwrap();
-    h.set_timeout(Duration::from_secs(60));
-    h
 }
 
 fn check(img: &[u8], what: &str) {
@@ -195,7 +130,7 @@ fn leg_states_in_etcd_survive_lost_superblocks_and_a_stale_leg_is_not_promoted()
         "M0",
         &extra,
     );
-    let m = wait_state(&a, "in_sync");
+    let m = a.wait_mirror_state("M0", "in_sync", Duration::from_secs(60));
     let meta_bytes = m["data_offset_blocks"].as_u64().unwrap() * BS as u64;
     // Node A's metadata while both legs are in sync: what "losing" the newer one brings back.
     let mut old_meta = vec![0u8; meta_bytes as usize];
@@ -203,7 +138,7 @@ fn leg_states_in_etcd_survive_lost_superblocks_and_a_stale_leg_is_not_promoted()
         .unwrap()
         .read_exact_at(&mut old_meta, 0)
         .unwrap();
-    let mut h = host(&a, NQN_A);
+    let mut h = a.host(NQN_A);
     for lba in 0..64 {
         h.write_blocks(1, lba, &pattern(lba, 1)).unwrap();
     }
@@ -211,12 +146,12 @@ fn leg_states_in_etcd_survive_lost_superblocks_and_a_stale_leg_is_not_promoted()
 
     // B misses v2 of blocks 0..32: the record in etcd says its leg failed.
     let cut = LinkCut::new(A, B);
-    let mut h = host(&a, NQN_A);
+    let mut h = a.host(NQN_A);
     for lba in 0..32 {
         h.write_blocks(1, lba, &pattern(lba, 2)).unwrap();
     }
     drop(h);
-    wait_state(&a, "degraded");
+    a.wait_mirror_state("M0", "degraded", Duration::from_secs(60));
     let store = rpc_call(&a.sock, "framework_get_cluster_store", &json!({})).unwrap();
     assert_eq!(store["endpoint"], etcd.url.as_str(), "{store}");
     let rec = &store["records"][0]["value"];
@@ -247,23 +182,23 @@ fn leg_states_in_etcd_survive_lost_superblocks_and_a_stale_leg_is_not_promoted()
         "M0",
         &extra,
     );
-    wait_state(&a, "in_sync");
+    a.wait_mirror_state("M0", "in_sync", Duration::from_secs(60));
     assert!(
         a.log_text()
             .contains("the cluster store says this leg is out of sync"),
         "{}",
         a.log_text()
     );
-    let last = mirror(&a)["last_job"].clone();
+    let last = a.mirror_get("M0")["last_job"].clone();
     assert!(last["kind"] == "scan" || last["kind"] == "resync", "{last}");
     check(
-        &host(&a, NQN_A).read_blocks(1, 0, 64).unwrap(),
+        &a.host(NQN_A).read_blocks(1, 0, 64).unwrap(),
         "through node A",
     );
-    let off = mirror(&a)["data_offset_blocks"].as_u64().unwrap();
+    let off = a.mirror_get("M0")["data_offset_blocks"].as_u64().unwrap();
     a.stop();
     check(
-        &host(&b, NQN_B).read_blocks(1, off, 64).unwrap(),
+        &b.host(NQN_B).read_blocks(1, off, 64).unwrap(),
         "node B's leg",
     );
     b.stop();

@@ -20,15 +20,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::writes::{self, pattern, write_next, Blocks, Writers};
-use common::TgtProcess;
+use common::{rpc_call, TgtProcess};
 
 const BS: usize = writes::BS;
 const NQN: &str = "nqn.2026-11.io.strata:mirror";
@@ -52,43 +50,6 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 /// `bdev_mirror_create` params of the first start (initial sync on by default).
 fn create_params() -> Value {
     json!({ "name": MIRROR, "primary": "D0", "secondary": "D1", "region_size_kb": 1024, "scan_chunk_kb": 64 })
-}
-
-/// One JSON-RPC request on a fresh connection to the target's socket:
-/// `Ok(result)` or `Err((code, message))`.
-fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let mut s =
-        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    s.write_all(req.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("sending {method}: {e}"));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let resp: Value = loop {
-        let n = s
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("reading the response to {method}: {e}"));
-        assert!(
-            n > 0,
-            "connection closed without a complete response to {method}: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            break v;
-        }
-    };
-    match resp.get("error") {
-        Some(e) => Err((
-            e["code"]
-                .as_i64()
-                .unwrap_or_else(|| panic!("error without code: {resp}")),
-            e["message"].as_str().unwrap_or("").to_string(),
-        )),
-        None => Ok(resp["result"].clone()),
-    }
 }
 
 type Tgt = TgtProcess;

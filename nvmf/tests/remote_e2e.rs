@@ -16,8 +16,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use strata_nvmf::host::blocking::BlockingController;
@@ -25,7 +23,7 @@ use strata_nvmf::host::{cmd, DataDir, HostError, IoBuf};
 use strata_nvmf::spec::cmd::io as op;
 
 mod common;
-use common::{free_port, LinkCut, TgtProcess};
+use common::{free_port, rpc_call, LinkCut, TgtProcess};
 
 const BS: usize = 4096;
 /// Each test has its own pair of loopback addresses (A, B): a link cut drops everything
@@ -55,31 +53,6 @@ const VOLUME_BLOCKS: u64 = 2048;
 const MAX_IO_BLOCKS: u64 = 16;
 const KATO_MS: u64 = 2000;
 const FAST_FAIL_S: u64 = 4;
-
-fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let mut s =
-        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let resp: Value = loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "no response to {method}");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            break v;
-        }
-    };
-    match resp.get("error") {
-        Some(e) => Err((
-            e["code"].as_i64().unwrap(),
-            e["message"].as_str().unwrap_or("").into(),
-        )),
-        None => Ok(resp["result"].clone()),
-    }
-}
 
 /// Node B: a malloc namespace exported on 127.0.0.3.
 fn start_b(dir: &Path, p: Pair) -> TgtProcess {
@@ -120,18 +93,6 @@ fn start_a(dir: &Path, p: Pair, b: &TgtProcess, digests: bool) -> TgtProcess {
         "Rn1",
         &["--interrupt-mode"],
     )
-}
-
-fn host(a: &TgtProcess) -> BlockingController {
-    let opts = strata_nvmf::host::controller::ControllerOptions {
-        io_queues: 1,
-        queue_depth: 8,
-        timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let mut h = BlockingController::connect(a.addr(), NQN_A, opts).expect("connect to node A");
-    h.set_timeout(Duration::from_secs(60));
-    h
 }
 
 fn controller_state(a: &TgtProcess) -> String {
@@ -337,7 +298,7 @@ fn model_checked_io_across_link_cuts(p: Pair, digests: bool, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let b = start_b(dir.path(), p);
     let a = start_a(dir.path(), p, &b, digests);
-    let mut h = host(&a);
+    let mut h = a.host(NQN_A);
     let mut m = Model::new();
     let mut rng = SmallRng::seed_from_u64(seed);
 
@@ -499,7 +460,7 @@ fn attach_errors_and_save_config() {
         .any(|e| e["method"] == "bdev_nvme_set_options"));
     // Reset: reconnects and the namespace keeps working.
     rpc_call(sock, "bdev_nvme_reset_controller", &json!({ "name": "R" })).unwrap();
-    let mut h = host(&a);
+    let mut h = a.host(NQN_A);
     h.write_blocks(1, 0, &vec![7u8; BS]).unwrap();
     assert_eq!(h.read_blocks(1, 0, 1).unwrap(), vec![7u8; BS]);
     drop(h);
@@ -574,7 +535,7 @@ fn namespace_changes_on_the_remote_reach_the_bdevs() {
     .unwrap();
     wait_bdevs(&a, "removed namespace", |n| !n.iter().any(|x| x == "Rn2"));
     // The first namespace is untouched and still works.
-    let mut h = host(&a);
+    let mut h = a.host(NQN_A);
     h.write_blocks(1, 5, &vec![9u8; BS]).unwrap();
     assert_eq!(h.read_blocks(1, 5, 1).unwrap(), vec![9u8; BS]);
     let info = rpc_call(&a.sock, "bdev_nvme_get_controllers", &json!({})).unwrap();
@@ -620,7 +581,7 @@ fn a_replaced_remote_device_is_not_taken_for_the_old_one_and_a_failed_controller
     };
     let b = start_b("b1");
     let a = start_a(dir.path(), p, &b, false);
-    let mut h = host(&a);
+    let mut h = a.host(NQN_A);
     h.write_blocks(1, 0, &vec![5u8; BS]).unwrap();
     drop(h);
     let old = bdev_uuid(&a, "Rn1").unwrap();
@@ -644,7 +605,7 @@ fn a_replaced_remote_device_is_not_taken_for_the_old_one_and_a_failed_controller
         a.log_text()
     );
     // The new device reads zeroes: the old one's data did not follow the name.
-    let got = host_of(&b).read_blocks(1, 0, 1).unwrap();
+    let got = b.host(NQN_B).read_blocks(1, 0, 1).unwrap();
     assert_eq!(got, vec![0u8; BS]);
     rpc_call(
         &a.sock,
@@ -687,14 +648,4 @@ fn a_replaced_remote_device_is_not_taken_for_the_old_one_and_a_failed_controller
     assert_eq!(controller_state(&a), "enabled");
     a.stop();
     b.stop();
-}
-
-fn host_of(t: &TgtProcess) -> BlockingController {
-    let opts = strata_nvmf::host::controller::ControllerOptions {
-        io_queues: 1,
-        queue_depth: 8,
-        timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    BlockingController::connect(t.addr(), NQN_B, opts).expect("connect to node B")
 }

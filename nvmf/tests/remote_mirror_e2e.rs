@@ -12,14 +12,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::writes::{self, Blocks, Writers, BS};
-use common::{free_port, LinkCut, TgtProcess};
+use common::{free_port, rpc_call, uring_cfg as uring, LinkCut, TgtProcess};
 
 const NQN_A: &str = "nqn.2026-12.io.strata:mirror-a";
 const NQN_B: &str = "nqn.2026-12.io.strata:leg-b";
@@ -41,53 +39,6 @@ const PAIR_KILL: Pair = Pair {
     a: "127.0.0.10",
     b: "127.0.0.11",
 };
-
-fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let mut s =
-        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let resp: Value = loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "no response to {method}");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            break v;
-        }
-    };
-    match resp.get("error") {
-        Some(e) => Err((
-            e["code"].as_i64().unwrap(),
-            e["message"].as_str().unwrap_or("").into(),
-        )),
-        None => Ok(resp["result"].clone()),
-    }
-}
-
-fn mirror(a: &TgtProcess) -> Value {
-    let v = rpc_call(&a.sock, "bdev_mirror_get", &json!({ "name": MIRROR }))
-        .unwrap_or_else(|e| panic!("bdev_mirror_get: {e:?}\n{}", a.log_text()));
-    v[0].clone()
-}
-
-fn wait_state(a: &TgtProcess, want: &str, within: Duration) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let m = mirror(a);
-        if m["state"] == want && m["job"].is_null() {
-            return m;
-        }
-        assert!(
-            t0.elapsed() < within,
-            "mirror not {want}: {m}\n{}",
-            a.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn remote_attach(p: Pair, b_port: u16) -> Value {
     json!({ "method": "bdev_nvme_attach_controller", "params": {
@@ -111,10 +62,6 @@ fn raid5(name: &str, members: &[&str]) -> Value {
         "strip_size_kb": 64, "base_bdevs": members } })
 }
 
-fn uring(name: &str, file: &Path) -> Value {
-    json!({ "method": "bdev_uring_create", "params": { "name": name, "filename": file, "block_size": BS } })
-}
-
 fn create_mirror(primary: &str) -> Value {
     json!({ "method": "bdev_mirror_create", "params": { "name": MIRROR, "primary": primary,
         "secondary": "Rn1", "region_size_kb": 1024, "scan_chunk_kb": 64 } })
@@ -127,22 +74,9 @@ fn make_file(dir: &Path, name: &str, mib: u64) -> PathBuf {
     p
 }
 
-fn host(t: &TgtProcess, nqn: &str) -> strata_nvmf::host::blocking::BlockingController {
-    let opts = strata_nvmf::host::controller::ControllerOptions {
-        io_queues: 1,
-        queue_depth: 8,
-        timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let mut h = strata_nvmf::host::blocking::BlockingController::connect(t.addr(), nqn, opts)
-        .expect("connect");
-    h.set_timeout(Duration::from_secs(60));
-    h
-}
-
 /// The volume through node A's export checks against the record.
 fn check_through(a: &TgtProcess, blocks: &Blocks, volume_blocks: u64) {
-    let img = host(a, NQN_A).read_blocks(1, 0, volume_blocks).unwrap();
+    let img = a.host(NQN_A).read_blocks(1, 0, volume_blocks).unwrap();
     if let Err(e) = writes::check_image(&img, blocks) {
         panic!("through node A: {e}\n{}", a.log_text());
     }
@@ -150,7 +84,8 @@ fn check_through(a: &TgtProcess, blocks: &Blocks, volume_blocks: u64) {
 
 /// Node B's namespace alone holds the volume at `data_offset` blocks.
 fn check_on_b(b: &TgtProcess, blocks: &Blocks, data_offset: u64, volume_blocks: u64) {
-    let img = host(b, NQN_B)
+    let img = b
+        .host(NQN_B)
         .read_blocks(1, data_offset, volume_blocks)
         .unwrap();
     if let Err(e) = writes::check_image(&img, blocks) {
@@ -159,7 +94,7 @@ fn check_on_b(b: &TgtProcess, blocks: &Blocks, data_offset: u64, volume_blocks: 
 }
 
 fn writers(a: &TgtProcess, blocks: &Blocks, span: u64, seed: u64, keep_going: bool) -> Writers {
-    Writers::start(|| host(a, NQN_A), blocks, span, seed, keep_going)
+    Writers::start(|| a.host(NQN_A), blocks, span, seed, keep_going)
 }
 
 #[test]
@@ -197,7 +132,7 @@ fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
         MIRROR,
         &["--interrupt-mode"],
     );
-    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let m = a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     let volume = m["num_blocks"].as_u64().unwrap();
     let data_offset = m["data_offset_blocks"].as_u64().unwrap();
     let span = volume / 64 * 64;
@@ -209,7 +144,7 @@ fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
     // Past keep-alive loss detection and fast_io_fail: the leg is out, writes go on.
     let t0 = Instant::now();
     loop {
-        let m = mirror(&a);
+        let m = a.mirror_get(MIRROR);
         if m["state"] == "degraded" {
             eprintln!("mirror degraded {:?} after the cut", t0.elapsed());
             break;
@@ -226,7 +161,7 @@ fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
     let t1 = Instant::now();
     let mut saw_job = false;
     loop {
-        let m = mirror(&a);
+        let m = a.mirror_get(MIRROR);
         saw_job |= m["job"]["kind"] == "resync";
         if m["state"] == "in_sync" && m["job"].is_null() {
             break;
@@ -238,7 +173,7 @@ fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let last = mirror(&a)["last_job"].clone();
+    let last = a.mirror_get(MIRROR)["last_job"].clone();
     eprintln!(
         "resynced {:?} after the link came back (job seen: {saw_job}); last job {last}",
         t1.elapsed()
@@ -252,7 +187,7 @@ fn remote_raid5_leg_survives_a_link_cut_and_resyncs_by_itself() {
         a.log_text()
     );
     assert!(acked > 20, "only {acked} writes acknowledged");
-    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     check_through(&a, &blocks, volume);
     a.stop();
     check_on_b(&b, &blocks, data_offset, volume);
@@ -303,7 +238,7 @@ fn kill_9_of_either_node_loses_no_acknowledged_write() {
     };
     let b = start_b("b1");
     let a = start_a("a1", true);
-    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let m = a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     let volume = m["num_blocks"].as_u64().unwrap();
     let data_offset = m["data_offset_blocks"].as_u64().unwrap();
     let span = volume / 64 * 64;
@@ -314,7 +249,7 @@ fn kill_9_of_either_node_loses_no_acknowledged_write() {
     std::thread::sleep(Duration::from_secs(1));
     b.kill9();
     let t0 = Instant::now();
-    while mirror(&a)["state"] != "degraded" {
+    while a.mirror_get(MIRROR)["state"] != "degraded" {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "not degraded after B died\n{}",
@@ -324,7 +259,7 @@ fn kill_9_of_either_node_loses_no_acknowledged_write() {
     }
     std::thread::sleep(Duration::from_secs(1));
     let b = start_b("b2");
-    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     let (acked, failed) = w.finish();
     assert_eq!(
         failed,
@@ -342,7 +277,7 @@ fn kill_9_of_either_node_loses_no_acknowledged_write() {
     let (acked, _) = w.finish();
     assert!(acked > 10, "only {acked} writes before the kill\n{log}");
     let a = start_a("a2", false);
-    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     check_through(&a, &blocks, volume);
     a.stop();
     check_on_b(&b, &blocks, data_offset, volume);
@@ -369,7 +304,7 @@ fn data_received(a: &TgtProcess) -> u64 {
 fn wait_job_done(a: &TgtProcess, kind: &str) -> Value {
     let t0 = Instant::now();
     loop {
-        let m = mirror(a);
+        let m = a.mirror_get(MIRROR);
         if m["job"].is_null() && m["last_job"]["kind"] == kind {
             return m;
         }
@@ -417,10 +352,10 @@ fn scans_across_the_wire_move_checksums_not_data() {
         MIRROR,
         &["--interrupt-mode"],
     );
-    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let m = a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     let volume_bytes = m["num_blocks"].as_u64().unwrap() * BS as u64;
     // Some data, so the checksums are not all of zeroes.
-    let mut h = host(&a, NQN_A);
+    let mut h = a.host(NQN_A);
     for lba in (0..m["num_blocks"].as_u64().unwrap()).step_by(977) {
         h.write_blocks(1, lba, &writes::pattern(lba, 1)).unwrap();
     }
@@ -459,7 +394,7 @@ fn scans_across_the_wire_move_checksums_not_data() {
         scan * 100 <= volume_bytes,
         "scan moved {scan} bytes of {volume_bytes}"
     );
-    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     a.stop();
     b.stop();
 }
@@ -470,7 +405,7 @@ const PAIR_SPLIT: Pair = Pair {
 };
 
 fn write_version(t: &TgtProcess, nqn: &str, nsid: u32, lbas: std::ops::Range<u64>, v: u32) {
-    let mut h = host(t, nqn);
+    let mut h = t.host(nqn);
     for lba in lbas {
         h.write_blocks(nsid, lba, &writes::pattern(lba, v)).unwrap();
     }
@@ -530,14 +465,14 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
         MIRROR,
         &["--interrupt-mode"],
     );
-    let m = wait_state(&a, "in_sync", JOB_TIMEOUT);
+    let m = a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     let data_offset = m["data_offset_blocks"].as_u64().unwrap();
     write_version(&a, NQN_A, 1, 0..64, 1);
 
     // Apart: A writes v2 to 0..32 while B is unreachable.
     let cut = LinkCut::new(p.a, p.b);
     write_version(&a, NQN_A, 1, 0..32, 2);
-    wait_state(&a, "degraded", Duration::from_secs(30));
+    a.wait_mirror_state(MIRROR, "degraded", Duration::from_secs(30));
     a.stop();
     drop(cut);
     // Node B brings the mirror up from its own leg (auto-examine on) and writes v3 to 16..48.
@@ -553,7 +488,12 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
         MIRROR,
         &["--interrupt-mode"],
     );
-    assert_eq!(mirror(&b)["state"], "degraded", "{}", b.log_text());
+    assert_eq!(
+        b.mirror_get(MIRROR)["state"],
+        "degraded",
+        "{}",
+        b.log_text()
+    );
     write_version(&b, NQN_B, 1, 16..48, 3);
     b.stop();
 
@@ -575,7 +515,7 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
         "X",
         &["--interrupt-mode"],
     );
-    let m = mirror(&a);
+    let m = a.mirror_get(MIRROR);
     assert_eq!(m["state"], "split_brain", "{m}\n{}", a.log_text());
     let legs: Vec<&str> = m["legs"]
         .as_array()
@@ -605,7 +545,7 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
         &json!({ "name": MIRROR, "keep": "AF" }),
     )
     .unwrap();
-    wait_state(&a, "in_sync", JOB_TIMEOUT);
+    a.wait_mirror_state(MIRROR, "in_sync", JOB_TIMEOUT);
     rpc_call(
         &a.sock,
         "nvmf_subsystem_add_ns",
@@ -613,10 +553,10 @@ fn split_brain_is_refused_until_the_operator_keeps_one_leg() {
     )
     .unwrap();
     let want = |lba: u64| if lba < 32 { 2 } else { 1 };
-    let img = host(&a, NQN_A).read_blocks(2, 0, 64).unwrap();
+    let img = a.host(NQN_A).read_blocks(2, 0, 64).unwrap();
     check_versions(&img, &want, "through node A");
     a.stop();
-    let img = host(&b, NQN_B).read_blocks(1, data_offset, 64).unwrap();
+    let img = b.host(NQN_B).read_blocks(1, data_offset, 64).unwrap();
     check_versions(&img, &want, "node B's leg");
     b.stop();
 }

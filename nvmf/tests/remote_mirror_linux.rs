@@ -10,14 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, LinkCut, TgtProcess};
+use common::{free_port, rpc_call, LinkCut, TgtProcess};
 
 const A: &str = "127.0.0.16";
 const B: &str = "127.0.0.17";
@@ -32,37 +30,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn rpc_call(sock: &Path, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let req = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let resp: Value = loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "no response to {method}");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-            break v;
-        }
-    };
-    match resp.get("error") {
-        Some(e) => Err((
-            e["code"].as_i64().unwrap(),
-            e["message"].as_str().unwrap_or("").into(),
-        )),
-        None => Ok(resp["result"].clone()),
-    }
-}
-
 fn rpc_ok(t: &TgtProcess, method: &str, params: Value) -> Value {
     rpc_call(&t.sock, method, &params)
         .unwrap_or_else(|e| panic!("{method} {params}: {e:?}\n{}", t.log_text()))
-}
-
-fn mirror(a: &TgtProcess) -> Value {
-    rpc_ok(a, "bdev_mirror_get", json!({ "name": "M0" }))[0].clone()
 }
 
 fn raid5(prefix: &str) -> Vec<Value> {
@@ -159,15 +129,15 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
         &["--interrupt-mode"],
     );
     let t0 = Instant::now();
-    while !(mirror(&a)["state"] == "in_sync" && mirror(&a)["job"].is_null()) {
+    while !(a.mirror_get("M0")["state"] == "in_sync" && a.mirror_get("M0")["job"].is_null()) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "initial sync: {}",
-            mirror(&a)
+            a.mirror_get("M0")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let m = mirror(&a);
+    let m = a.mirror_get("M0");
     assert!(m["num_blocks"].as_u64().unwrap() >= MIB * 256, "{m}");
     let data_offset = m["data_offset_blocks"].as_u64().unwrap();
     let a_port = guest_listener(&a, NQN_A);
@@ -194,11 +164,11 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
     wait_file(&share, "writing", &mut guest, limit);
     let cut = LinkCut::new(A, B);
     let t0 = Instant::now();
-    while mirror(&a)["state"] != "degraded" {
+    while a.mirror_get("M0")["state"] != "degraded" {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "not degraded: {}\n{}",
-            mirror(&a),
+            a.mirror_get("M0"),
             a.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -211,7 +181,7 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
     wait_file(&share, "written", &mut guest, limit);
     let t0 = Instant::now();
     loop {
-        let m = mirror(&a);
+        let m = a.mirror_get("M0");
         if m["state"] == "in_sync" && m["job"].is_null() {
             eprintln!(
                 "in sync {:?} after the guest's last pass; last job {}",

@@ -1937,18 +1937,12 @@ fn queue_size_and_command_ids_are_enforced() {
     assert_serves(&mut t);
 }
 
-/// Hosts that go quiet cannot hold a connection or buffers: with `connect_timeout_ms` and
-/// `data_wait_timeout_ms` of 500 ms, a connection that sends no ICReq, or an ICReq but no
-/// Connect, is closed; a write whose data never comes after its R2T fails with Transient
-/// Transport Error (its buffer released) and the queue goes on serving.
-#[test]
-fn quiet_hosts_time_out() {
+/// A target without the embedded default: a transport created with `transport` (its
+/// params), Malloc0 exported as namespace 1 of NQN on a free port.
+fn start_with_transport(transport: serde_json::Value) -> Tgt {
     let port = free_ports(1)[0];
     let t = Target::start(&["--no-default"]);
-    t.rpc_ok(
-        "nvmf_create_transport",
-        json!({"trtype": "TCP", "data_wait_timeout_ms": 500, "connect_timeout_ms": 500}),
-    );
+    t.rpc_ok("nvmf_create_transport", transport);
     t.rpc_ok(
         "bdev_malloc_create",
         json!({"name": "Malloc0", "num_blocks": NUM_BLOCKS, "block_size": BLOCK}),
@@ -1966,7 +1960,19 @@ fn quiet_hosts_time_out() {
         json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
             "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
     );
-    let mut t = Tgt { t, port };
+    Tgt { t, port }
+}
+
+/// Hosts that go quiet cannot hold a connection or buffers: with `connect_timeout_ms` and
+/// `data_wait_timeout_ms` of 500 ms, a connection that sends no ICReq, or an ICReq but no
+/// Connect, is closed; a write whose data never comes after its R2T fails with Transient
+/// Transport Error (its buffer released) and the queue goes on serving.
+#[test]
+fn quiet_hosts_time_out() {
+    let mut t = start_with_transport(
+        json!({"trtype": "TCP", "data_wait_timeout_ms": 500, "connect_timeout_ms": 500}),
+    );
+    let port = t.port;
     let ident = new_ident();
     let t0 = Instant::now();
     Host::tcp(port, &ident).expect_closed("a connection without ICReq");
@@ -2017,27 +2023,8 @@ fn connection_limits_refuse_only_new_connections() {
             "too many connections on this listener",
         ),
     ] {
-        let port = free_ports(1)[0];
-        let t = Target::start(&["--no-default"]);
-        t.rpc_ok("nvmf_create_transport", json!({"trtype": "TCP", opt: 4}));
-        t.rpc_ok(
-            "bdev_malloc_create",
-            json!({"name": "Malloc0", "num_blocks": NUM_BLOCKS, "block_size": BLOCK}),
-        );
-        t.rpc_ok(
-            "nvmf_create_subsystem",
-            json!({"nqn": NQN, "allow_any_host": true}),
-        );
-        t.rpc_ok(
-            "nvmf_subsystem_add_ns",
-            json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
-        );
-        t.rpc_ok(
-            "nvmf_subsystem_add_listener",
-            json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-                "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
-        );
-        let mut t = Tgt { t, port };
+        let mut t = start_with_transport(json!({"trtype": "TCP", opt: 4}));
+        let port = t.port;
         let (mut a1, mut q1) = association(port, 0);
         let (a2, q2) = association(port, 0);
         Host::tcp(port, &new_ident()).expect_closed(&format!("{opt}: a fifth connection"));

@@ -538,12 +538,7 @@ fn lose(s: &Shared, ctrl: &mut Option<Controller>, why: &str) {
         st.down_since.get_or_insert_with(Instant::now);
     }
     tracing::error!(ctrlr = %s.name, reason = why, "NVMe/TCP controller lost its connection; reconnecting");
-    let id = s.id;
-    if let Some(fw) = strata_reactor::framework() {
-        for i in 0..s.reactors() {
-            let _ = fw.send(i, move || queue::disconnect(id, epoch));
-        }
-    }
+    s.on_reactors(move |id| queue::disconnect(id, epoch));
 }
 
 /// The bdevs whose namespace is gone, reformatted or replaced by another device (a

@@ -689,46 +689,38 @@ impl IoQueue {
         }
     }
 
-    fn fail_nsid(&self, nsid: u32) {
-        let mut done: SmallVec<[BdevIo; 4]> = SmallVec::new();
-        {
-            let mut st = self.st.borrow_mut();
-            let ours: SmallVec<[u32; 8]> = st
-                .waiting
-                .iter()
-                .copied()
-                .filter(|&i| st.reqs[i as usize].nsid == nsid)
-                .collect();
-            st.waiting.retain(|&i| !ours.contains(&i));
-            for idx in ours {
-                let r = &mut st.reqs[idx as usize];
-                r.unsent = 0;
-                if r.pending > 0 {
-                    r.failed.get_or_insert(IoStatus::Removed);
-                    continue;
-                }
-                done.push(self.release(&mut st, idx));
-            }
-        }
-        for io in done {
-            io.complete_deferred(IoStatus::Removed);
-        }
-    }
-
     /// Fails every waiting request with `status` (from a later call stack). A request with
     /// commands still in flight stops sending and fails when they complete.
     fn fail_waiting(&self, status: IoStatus) {
+        self.fail_waiting_where(status, |_| true)
+    }
+
+    /// Fails the waiting requests of namespace `nsid` (it is gone, or another device now).
+    fn fail_nsid(&self, nsid: u32) {
+        self.fail_waiting_where(IoStatus::Removed, |r| r.nsid == nsid)
+    }
+
+    fn fail_waiting_where(&self, status: IoStatus, which: impl Fn(&Req) -> bool) {
         let mut done: SmallVec<[BdevIo; 4]> = SmallVec::new();
         {
             let mut st = self.st.borrow_mut();
+            let mut keep = VecDeque::new();
             while let Some(idx) = st.waiting.pop_front() {
                 let r = &mut st.reqs[idx as usize];
+                if !which(r) {
+                    keep.push_back(idx);
+                    continue;
+                }
                 r.unsent = 0;
                 if r.pending > 0 {
                     r.failed.get_or_insert(status);
                     continue;
                 }
                 done.push(self.release(&mut st, idx));
+            }
+            // Only non-empty when a filter left some (a namespace's requests were failed).
+            if !keep.is_empty() {
+                st.waiting = keep;
             }
         }
         for io in done {

@@ -275,3 +275,102 @@ impl Drop for LinkCut {
         }
     }
 }
+
+/// One JSON-RPC request on a fresh connection to `sock`: `Ok(result)` or
+/// `Err((code, message))`.
+pub fn rpc_call(
+    sock: &Path,
+    method: &str,
+    params: &serde_json::Value,
+) -> Result<serde_json::Value, (i64, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    s.write_all(req.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("sending {method}: {e}"));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let resp: serde_json::Value = loop {
+        let n = s
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("reading the response to {method}: {e}"));
+        assert!(
+            n > 0,
+            "connection closed without a complete response to {method}: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) {
+            break v;
+        }
+    };
+    match resp.get("error") {
+        Some(e) => Err((
+            e["code"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("error without code: {resp}")),
+            e["message"].as_str().unwrap_or("").to_string(),
+        )),
+        None => Ok(resp["result"].clone()),
+    }
+}
+
+/// `bdev_uring_create` of `file` as `name` (4 KiB blocks), for a config.
+pub fn uring_cfg(name: &str, file: &Path) -> serde_json::Value {
+    serde_json::json!({ "method": "bdev_uring_create",
+        "params": { "name": name, "filename": file, "block_size": writes::BS } })
+}
+
+impl TgtProcess {
+    /// A controller on subsystem `nqn` (one I/O queue of depth 8) that waits up to 60 s per
+    /// command: long enough for I/O a remote bdev holds across a link cut.
+    pub fn host(&self, nqn: &str) -> strata_nvmf::host::blocking::BlockingController {
+        let opts = strata_nvmf::host::controller::ControllerOptions {
+            io_queues: 1,
+            queue_depth: 8,
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut h =
+            strata_nvmf::host::blocking::BlockingController::connect(self.addr(), nqn, opts)
+                .unwrap_or_else(|e| panic!("connect to {nqn} at {}: {e}", self.addr()));
+        h.set_timeout(Duration::from_secs(60));
+        h
+    }
+
+    /// `bdev_mirror_get` of mirror `name`.
+    pub fn mirror_get(&self, name: &str) -> serde_json::Value {
+        rpc_call(
+            &self.sock,
+            "bdev_mirror_get",
+            &serde_json::json!({ "name": name }),
+        )
+        .unwrap_or_else(|e| panic!("bdev_mirror_get {name}: {e:?}\n{}", self.log_text()))[0]
+            .clone()
+    }
+
+    /// Waits until mirror `name` is in `state` with no job running; returns its info.
+    pub fn wait_mirror_state(
+        &self,
+        name: &str,
+        state: &str,
+        within: Duration,
+    ) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let m = self.mirror_get(name);
+            if m["state"] == state && m["job"].is_null() {
+                return m;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "mirror {name} not {state}: {m}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Parameters of the bdev methods (malloc, null, uring/aio, error, delay, RAID, queries).
 
-use super::{check_block_size, invalid, is_false, parse_uuid, BdevNames, CliParams, SpdkParams};
+use super::{
+    check_block_size, invalid, is_false, parse_uuid, yes, BdevNames, CliParams, SpdkParams,
+};
 use crate::rpc::RpcError;
 use crate::rpc_client::{size_mib_to_num_blocks, ArgError};
 use serde::{Deserialize, Serialize};
@@ -381,10 +383,6 @@ impl SpdkParams for BdevSetOptions {
         "iobuf_small_cache_size",
         "iobuf_large_cache_size",
     ];
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// `bdev_get_iostat`.

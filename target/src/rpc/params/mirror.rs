@@ -1,7 +1,7 @@
 //! Parameters of the mirror methods (`bdev_mirror_*`). The `wait` fields are `strata-rpc`'s
 //! own (follow the job the method starts): never sent, refused by the server.
 
-use super::{invalid, is_false, is_true, parse_uuid, SpdkParams};
+use super::{invalid, is_false, is_true, parse_uuid, yes, SpdkParams};
 use crate::rpc::RpcError;
 use serde::{Deserialize, Serialize};
 use strata_bdev::modules::mirror::{volume::ReadPolicy, CreateOptions, ResumeMode, SetOptions};
@@ -14,10 +14,6 @@ fn bad(m: &str, key: &str, v: &str, allowed: &str) -> RpcError {
 fn read_policy(m: &str, v: Option<&str>) -> Result<Option<ReadPolicy>, RpcError> {
     v.map(|v| ReadPolicy::from_name(v).ok_or_else(|| bad(m, "read_policy", v, "primary, balance")))
         .transpose()
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// `bdev_mirror_create`: a mirror of two bdevs (legs).

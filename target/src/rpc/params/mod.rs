@@ -100,6 +100,11 @@ pub(crate) fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// For `#[serde(default = "yes")]`: a flag that is on unless given.
+pub(crate) fn yes() -> bool {
+    true
+}
+
 /// Methods that take no parameters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
