@@ -103,9 +103,14 @@ thread_local! {
     static CURRENT_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// Runs `f` with the current thread's reactor, or returns None off reactor threads.
+/// Runs `f` with the current thread's reactor, or returns None off reactor threads and
+/// while the thread's reactor is being torn down (a task dropped with the reactor, e.g. a
+/// pending timer, must not touch the thread-local being destroyed).
 pub fn with_current<R>(f: impl FnOnce(&Rc<Reactor>) -> R) -> Option<R> {
-    let r = CURRENT.with(|c| c.borrow().clone())?;
+    let r = CURRENT
+        .try_with(|c| c.try_borrow().ok().and_then(|b| b.clone()))
+        .ok()
+        .flatten()?;
     Some(f(&r))
 }
 

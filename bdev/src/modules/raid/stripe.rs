@@ -348,8 +348,11 @@ impl RaidChannel {
         };
         let mut v = Vec::new();
         for m in 0..self.array.geo.members {
-            // Holding the locks pins the rebuild cursor outside [first, last].
-            if !self.array.usable(m, last) {
+            // Holding the locks keeps the rebuild from copying any region in [first, last]
+            // meanwhile, but it may have finished `first` and wait for the next one: a
+            // rebuilding leg takes the write when any region in the range is rebuilt (the
+            // rest it gets again from the rebuild, which copies the same data).
+            if !self.array.usable(m, first) {
                 continue;
             }
             let mut bufs = Bufs::new();
