@@ -21,6 +21,8 @@ command -v jq >/dev/null || need+=(jq)
 # cluster-store tests start a real etcd on a loopback port.
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v etcd >/dev/null || need+=(etcd-server)
+# The metrics test has a real Prometheus scrape strata-tgt --metrics.
+command -v prometheus >/dev/null || need+=(prometheus)
 # Multi-node tests cut links between loopback addresses with nftables and delay/drop with
 # tc netem (iproute2).
 command -v nft >/dev/null || need+=(nftables)

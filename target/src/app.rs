@@ -25,6 +25,8 @@ pub struct AppOptions {
     pub discovery_port: u16,
     /// etcd endpoint of the cluster store (none: volumes work from superblocks alone).
     pub etcd: Option<String>,
+    /// Address (ADDR:PORT) of the Prometheus `/metrics` endpoint; none: not served.
+    pub metrics: Option<String>,
 }
 
 /// NQN of the embedded default subsystem.
@@ -46,6 +48,8 @@ pub enum AppError {
     Cluster(#[from] crate::cluster::EtcdError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Name and geometry of the embedded default volume.
@@ -102,12 +106,19 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     // Signals first: once the RPC socket answers, a client may send SIGTERM at once, and it
     // must stop the target in order rather than kill it.
     watch_signals(shutdown_tx)?;
+    let metrics = match &opts.metrics {
+        Some(addr) => Some(crate::metrics::MetricsServer::start(addr, methods.clone())?),
+        None => None,
+    };
     let server = RpcServer::start(&opts.rpc_socket, lock, methods)?;
     tracing::info!("strata-tgt ready");
 
     let why = shutdown_rx.recv().unwrap_or("channel closed");
     tracing::info!(reason = why, "shutting down");
     server.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     close_connections(&reactors);
     drain_io();
     close_bdevs();

@@ -47,6 +47,9 @@ struct Cli {
     /// is acted on, and preferred over the superblocks at start-up.
     #[arg(long = "etcd")]
     etcd: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long = "metrics")]
+    metrics: Option<String>,
     /// Number of 8 KiB I/O buffers.
     #[arg(long = "iobuf-small-count", default_value_t = IobufOptions::default().small_count)]
     iobuf_small_count: usize,
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         nvmf_port: cli.nvmf_port,
         discovery_port: cli.discovery_port,
         etcd: cli.etcd,
+        metrics: cli.metrics,
         iobuf: IobufOptions {
             small_count: cli.iobuf_small_count,
             large_count: cli.iobuf_large_count,
