@@ -154,6 +154,9 @@ impl ChannelCore {
         {
             return IoStatus::InvalidArgument;
         }
+        if t == IoType::GfXorWrite && io.gf_coef == 0 {
+            return IoStatus::InvalidArgument;
+        }
         if t == IoType::Checksum {
             if io.chunk_blocks == 0 {
                 return IoStatus::InvalidArgument;

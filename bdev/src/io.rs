@@ -29,6 +29,10 @@ pub enum IoType {
     /// The device returns a digest per chunk of `chunk_blocks` blocks: a CRC32C
     /// (little-endian u32) or, by `checksum_alg`, a SHA-256 (32 bytes).
     Checksum = 7,
+    /// The device multiplies the payload by `gf_coef` in GF(2^8) (RAID-6 polynomial 0x11d)
+    /// and XORs the product into what it stores: `new = old ^ coef·buf`. A Q parity device
+    /// implements it (remote parity: data node i sends `g^i · (new ^ old)`).
+    GfXorWrite = 8,
 }
 
 /// The digest a `Checksum` I/O computes per chunk.
@@ -63,7 +67,7 @@ impl ChecksumAlg {
 }
 
 impl IoType {
-    pub const ALL: [IoType; 8] = [
+    pub const ALL: [IoType; 9] = [
         IoType::Read,
         IoType::Write,
         IoType::WriteZeroes,
@@ -72,8 +76,9 @@ impl IoType {
         IoType::Reset,
         IoType::XorWrite,
         IoType::Checksum,
+        IoType::GfXorWrite,
     ];
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,6 +90,7 @@ impl IoType {
             IoType::Reset => "reset",
             IoType::XorWrite => "xor_write",
             IoType::Checksum => "checksum",
+            IoType::GfXorWrite => "gf_xor_write",
         }
     }
 
@@ -94,7 +100,10 @@ impl IoType {
 
     /// Whether the I/O carries `num_blocks * block_size` bytes of data in its buffers.
     pub fn carries_blocks(self) -> bool {
-        matches!(self, IoType::Read | IoType::Write | IoType::XorWrite)
+        matches!(
+            self,
+            IoType::Read | IoType::Write | IoType::XorWrite | IoType::GfXorWrite
+        )
     }
 
     /// Whether `num_blocks` must be non-zero.
@@ -153,6 +162,8 @@ pub struct IoInner {
     /// For `Checksum`: blocks per checksum (1 = one per block), and the digest.
     pub chunk_blocks: u32,
     pub checksum_alg: ChecksumAlg,
+    /// For `GfXorWrite`: the GF(2^8) coefficient the payload is multiplied by (never 0).
+    pub gf_coef: u8,
     /// Block size of the bdev the I/O was last submitted to (set by the channel).
     pub block_size: u32,
     /// Free for the submitter's bookkeeping.
@@ -202,6 +213,7 @@ impl BdevIo {
                 b.status = IoStatus::Pending;
                 b.chunk_blocks = 1;
                 b.checksum_alg = ChecksumAlg::Crc32c;
+                b.gf_coef = 1;
                 b.block_size = 0;
                 b.user_tag = 0;
                 b.submit_ticks = 0;
@@ -216,6 +228,7 @@ impl BdevIo {
                 bufs: SmallVec::new(),
                 chunk_blocks: 1,
                 checksum_alg: ChecksumAlg::Crc32c,
+                gf_coef: 1,
                 block_size: 0,
                 user_tag: 0,
                 submit_ticks: 0,

@@ -33,6 +33,19 @@ pub const XOR_CHECK_ISAL: bool = true;
 /// Whether [`pq_check`] uses ISA-L (`pq_check`) rather than the portable check.
 pub const PQ_CHECK_ISAL: bool = true;
 
+/// `a · b` in GF(2^8) (polynomial 0x11d).
+pub use strata_isal::gf::{gf_inv, gf_mul, gf_pow2};
+
+/// `dest = Σ coefs[j] · sources[j]` in GF(2^8) over whole buffers (ISA-L `ec_encode_data`):
+/// with all coefficients 1 it is an XOR of the sources. Remote parity uses it to scale a
+/// delta for Q, to reconstruct a lost member from P or Q and the survivors, and to verify.
+pub fn gf_combine(coefs: &[u8], sources: &[&[u8]], dest: &mut [u8]) -> Result<(), KernelError> {
+    strata_isal::gf::ec_encode(coefs, sources, &mut [dest])
+}
+
+/// Most sources of one [`gf_combine`] call.
+pub const MAX_COMBINE_SOURCES: usize = strata_isal::gf::MAX_EC_SOURCES;
+
 /// `dst ^= src` over the common length.
 #[inline]
 pub fn xor_into(dst: &mut [u8], src: &[u8]) {

@@ -85,8 +85,9 @@ impl Bdev for MallocBdev {
     fn num_blocks(&self) -> u64 {
         self.num_blocks
     }
-    fn supports(&self, _t: IoType) -> bool {
-        true
+    fn supports(&self, t: IoType) -> bool {
+        // GF XOR writes are a parity volume's (it scales, then XOR-writes here).
+        t != IoType::GfXorWrite
     }
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         Ok(Rc::new(MallocChannel { bdev: self }))
@@ -129,6 +130,8 @@ impl MallocBdev {
             }
             IoType::WriteZeroes | IoType::Unmap => self.mem.zero_at(off, len),
             IoType::Flush | IoType::Reset => true,
+            // Refused by the channel (not supported).
+            IoType::GfXorWrite => false,
             IoType::XorWrite => {
                 // Lock every stripe the range hashes to, in index order (no deadlock).
                 let first = io.offset_blocks as usize;

@@ -4,7 +4,8 @@
 //! through io_uring; also serves SPDK's `aio`). Virtual bdevs for fault injection:
 //! [`error`] and [`delay`], built on [`base::ClaimedBase`] (an opened, claimed base bdev).
 //! Redundancy: [`raid`] (raid0/1/5/6, concat), [`mirror`] (two legs of any kind, split and
-//! resume, checksum resync, scrub). Shared by them: the volume framework,
+//! resume, checksum resync, scrub), [`parity`] (remote parity: data members sending XOR
+//! deltas to P and Q parity volumes on other nodes). Shared by them: the volume framework,
 //! [`crate::volume`] (superblocks, intent bitmap, metadata writes, jobs, examine).
 
 pub mod base;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod malloc;
 pub mod mirror;
 pub mod null;
+pub mod parity;
 pub mod raid;
 pub mod uring;
 

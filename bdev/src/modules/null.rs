@@ -72,7 +72,7 @@ impl Bdev for NullBdev {
         self.num_blocks
     }
     fn supports(&self, t: IoType) -> bool {
-        !matches!(t, IoType::XorWrite | IoType::Checksum)
+        !matches!(t, IoType::XorWrite | IoType::GfXorWrite | IoType::Checksum)
     }
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         Ok(Rc::new(NullChannel))

@@ -243,8 +243,9 @@ impl Bdev for UringBdev {
     fn num_blocks(&self) -> u64 {
         self.num_blocks
     }
-    fn supports(&self, _t: IoType) -> bool {
-        true
+    fn supports(&self, t: IoType) -> bool {
+        // GF XOR writes are a parity volume's (it scales, then XOR-writes here).
+        t != IoType::GfXorWrite
     }
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         UringChannel::create(self)
@@ -612,6 +613,9 @@ impl ChanState {
         if t == IoType::Reset {
             return Start::Done(io, IoStatus::Success);
         }
+        if t == IoType::GfXorWrite {
+            return Start::Done(io, IoStatus::Unsupported);
+        }
         let Some(&idx) = self.free.last() else {
             return Start::Busy(io);
         };
@@ -641,6 +645,7 @@ impl ChanState {
             IoType::XorWrite => (Step::XorRead, true, 0),
             IoType::Checksum => (Step::ChecksumRead, true, 0),
             IoType::Reset => return Start::Done(io, IoStatus::Success),
+            IoType::GfXorWrite => return Start::Done(io, IoStatus::Unsupported),
         };
         let tmp = if needs_tmp {
             match self.alloc_tmp(total, step == Step::ZeroFill) {

@@ -10,6 +10,7 @@
 //!   a volume's members until the disk is as new as memory.
 //! - [`job`]: background jobs (rebuild, resync, scan, scrub, ...) with one progress record
 //!   (percent, bytes, rate, ETA), one pacer ([`pacer`]) and cancel.
+//! - [`locks`]: range locks across reactors (RAID stripes, parity members' block ranges).
 //! - [`examine`]: examine reads counted for `bdev_wait_for_examine`, and assembly of the
 //!   volumes still pending once they end.
 //!
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod examine;
 pub mod intent;
 pub mod job;
+pub mod locks;
 pub mod ondisk;
 pub mod pacer;
 pub mod persist;

@@ -179,6 +179,13 @@ pub fn xor_write(nsid: u32, slba: u64, nlb: u32) -> Sqe {
     rw(io::VENDOR_XOR_WRITE, nsid, slba, nlb)
 }
 
+/// strata's GF XOR write: the payload times `coef` in GF(2^8) is XORed into the blocks.
+pub fn gf_xor_write(nsid: u32, slba: u64, nlb: u32, coef: u8) -> Sqe {
+    let mut s = rw(io::VENDOR_GF_XOR_WRITE, nsid, slba, nlb);
+    s.cdw13 = coef as u32;
+    s
+}
+
 /// strata's checksum: one CRC32C per `chunk` blocks (0 means 1).
 pub fn checksum(nsid: u32, slba: u64, nlb: u32, chunk: u32) -> Sqe {
     checksum_with(nsid, slba, nlb, chunk, io::CHECKSUM_CRC32C)

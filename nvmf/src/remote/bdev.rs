@@ -77,6 +77,7 @@ impl Bdev for RemoteBdev {
             IoType::WriteZeroes => self.oncs & ONCS_WRITE_ZEROES != 0,
             IoType::Unmap => self.oncs & ONCS_DSM != 0,
             IoType::XorWrite | IoType::Checksum => self.ctrlr.vendor.load(Ordering::Acquire),
+            IoType::GfXorWrite => self.ctrlr.gf_xor.load(Ordering::Acquire),
             IoType::Reset => false,
         }
     }

@@ -95,6 +95,8 @@ pub struct Shared {
     /// The remote is a strata target (XOR write and checksum commands are listed in its
     /// Commands Supported log).
     pub vendor: AtomicBool,
+    /// It also lists the GF XOR write (85h) that Q parity volumes take.
+    pub gf_xor: AtomicBool,
     /// Largest transfer per command (MDTS).
     pub max_xfer: AtomicUsize,
     /// One slot per reactor: the queue pair waiting for that reactor, with its generation.
@@ -218,22 +220,25 @@ fn connect_once(s: &Shared, timeout: Duration) -> Result<Controller, HostError> 
     Ok(c)
 }
 
-/// Whether the controller lists strata's XOR write and checksum commands as supported.
-fn has_vendor_commands(c: &mut Controller) -> bool {
+/// Whether the controller lists strata's XOR write and checksum commands as supported,
+/// and its GF XOR write.
+fn has_vendor_commands(c: &mut Controller) -> (bool, bool) {
     let Ok(page) = c.get_log_page(lid::COMMAND_EFFECTS, 0, 4096, 0) else {
-        return false;
+        return (false, false);
     };
     let Ok(l) = CommandEffectsLog::read_from_bytes(&page[..page.len().min(4096)]) else {
-        return false;
+        return (false, false);
     };
-    [op::VENDOR_XOR_WRITE, op::VENDOR_CHECKSUM]
-        .iter()
-        .all(|&o| l.iocs[o as usize] & log::CSE_CSUPP != 0)
+    let has = |o: u8| l.iocs[o as usize] & log::CSE_CSUPP != 0;
+    let vendor = has(op::VENDOR_XOR_WRITE) && has(op::VENDOR_CHECKSUM);
+    (vendor, vendor && has(op::VENDOR_GF_XOR_WRITE))
 }
 
 /// Learns what the new connection offers and hands its I/O queue pairs to the reactors.
 fn install(s: &Shared, c: &mut Controller) {
-    s.vendor.store(has_vendor_commands(c), Ordering::Release);
+    let (vendor, gf_xor) = has_vendor_commands(c);
+    s.vendor.store(vendor, Ordering::Release);
+    s.gf_xor.store(gf_xor, Ordering::Release);
     s.max_xfer
         .store(c.max_transfer().unwrap_or(1 << 20), Ordering::Release);
     let epoch = s.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -284,6 +289,7 @@ pub(crate) fn attach(
         epoch: AtomicU64::new(0),
         fast_fail: AtomicBool::new(false),
         vendor: AtomicBool::new(false),
+        gf_xor: AtomicBool::new(false),
         max_xfer: AtomicUsize::new(1 << 20),
         handoff: (0..reactors).map(|_| Mutex::new(None)).collect(),
         traffic: (0..reactors)

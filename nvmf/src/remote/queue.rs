@@ -369,7 +369,7 @@ impl IoQueue {
         let max_bytes = (self.shared.max_xfer.load(Ordering::Relaxed) as u64).max(bs);
         let (lba, n) = (io.offset_blocks, io.num_blocks);
         match io.io_type {
-            IoType::Read | IoType::Write | IoType::XorWrite => {
+            IoType::Read | IoType::Write | IoType::XorWrite | IoType::GfXorWrite => {
                 let per_cmd = (max_bytes / bs).clamp(1, MAX_NLB);
                 let bufs = std::mem::take(&mut io.bufs);
                 carve(bufs, parts, lba, n, per_cmd, |nlb| nlb * bs, |len| len / bs)?;
@@ -441,6 +441,7 @@ impl IoQueue {
                 nsid: r.nsid,
                 alg: io.checksum_alg,
                 chunk: io.chunk_blocks,
+                coef: io.gf_coef,
                 io_lba: io.offset_blocks,
                 io_blocks: io.num_blocks,
             };
@@ -570,7 +571,10 @@ impl IoQueue {
                 traffic
                     .received
                     .fetch_add(transferred as u64, Ordering::Relaxed);
-            } else if matches!(t, Some(IoType::Write | IoType::XorWrite)) {
+            } else if matches!(
+                t,
+                Some(IoType::Write | IoType::XorWrite | IoType::GfXorWrite)
+            ) {
                 traffic.sent.fetch_add(expect as u64, Ordering::Relaxed);
             }
             if is_read && transferred as usize != expect {
@@ -579,7 +583,7 @@ impl IoQueue {
             }
         } else if s == HOST_PATH_ERROR && local {
             r.path_failed = true;
-        } else if t == Some(IoType::XorWrite) {
+        } else if t.is_some_and(never_resent) {
             // Never resent: the remote may have applied it, and applying it twice undoes it.
             r.failed = Some(nvme_to_io_status(s));
         } else if !s.dnr && (retry_limit < 0 || r.retries < retry_limit as u32) {
@@ -596,7 +600,7 @@ impl IoQueue {
             if r.failed.is_none() && !r.path_failed && !r.retry {
                 return None;
             }
-            let xor = t == Some(IoType::XorWrite);
+            let xor = t.is_some_and(never_resent);
             let fast_fail = self.shared.fast_fail.load(Ordering::Acquire);
             if r.failed.is_none() && !xor && !fast_fail && !destroyed {
                 // Start over with every command (idempotent), still first in line.
@@ -617,7 +621,7 @@ impl IoQueue {
     fn finish_locked(&self, st: &mut State, idx: u32) -> Option<(BdevIo, IoStatus)> {
         let fast_fail = self.shared.fast_fail.load(Ordering::Acquire);
         let r = &mut st.reqs[idx as usize];
-        let xor = r.io_type() == Some(IoType::XorWrite);
+        let xor = r.io_type().is_some_and(never_resent);
         let status = if let Some(f) = r.failed {
             f
         } else if r.path_failed && (xor || fast_fail || st.destroyed) {
@@ -761,8 +765,15 @@ struct CmdCtx {
     nsid: u32,
     alg: ChecksumAlg,
     chunk: u32,
+    coef: u8,
     io_lba: u64,
     io_blocks: u64,
+}
+
+/// XOR writes are never resent: the remote may have applied one, and applying it twice
+/// undoes it.
+fn never_resent(t: IoType) -> bool {
+    matches!(t, IoType::XorWrite | IoType::GfXorWrite)
 }
 
 /// The command for one part of a request, and its data (the part's buffer moves in).
@@ -773,6 +784,7 @@ fn command(c: &CmdCtx, part: &mut Part) -> (Sqe, DataDir) {
         IoType::Read => cmd::read(nsid, lba, nlb),
         IoType::Write => cmd::write(nsid, lba, nlb),
         IoType::XorWrite => cmd::xor_write(nsid, lba, nlb),
+        IoType::GfXorWrite => cmd::gf_xor_write(nsid, lba, nlb, c.coef),
         IoType::Checksum => {
             let a = match c.alg {
                 ChecksumAlg::Crc32c => op::CHECKSUM_CRC32C,

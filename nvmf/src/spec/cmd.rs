@@ -112,6 +112,11 @@ pub mod io {
     /// selects the digest ([`CHECKSUM_CRC32C`]: u32 LE, [`CHECKSUM_SHA256`]: 32 bytes).
     /// Controller to host; the data length is digest size × ceil(NLB / chunk).
     pub const VENDOR_CHECKSUM: u8 = 0x82;
+    /// strata: multiply the payload by the GF(2^8) coefficient in CDW13 bits 7:0 (RAID-6
+    /// polynomial 0x11d; 0 is refused with Invalid Field) and XOR the product into the
+    /// stored blocks (`new = old ^ coef·data`): a Q parity volume's delta update. Host to
+    /// controller (opcode bits 1:0 = 01b), SLBA/NLB like Write.
+    pub const VENDOR_GF_XOR_WRITE: u8 = 0x85;
     /// CDW14 of [`VENDOR_CHECKSUM`]: CRC32C (the default, 0).
     pub const CHECKSUM_CRC32C: u32 = 0;
     /// CDW14 of [`VENDOR_CHECKSUM`]: SHA-256.

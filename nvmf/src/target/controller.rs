@@ -651,6 +651,7 @@ pub fn command_effects() -> log::CommandEffectsLog {
         io::WRITE_ZEROES,
         io::DATASET_MANAGEMENT,
         io::VENDOR_XOR_WRITE,
+        io::VENDOR_GF_XOR_WRITE,
     ] {
         l.iocs[op as usize] = log::CSE_CSUPP | log::CSE_LBCC;
     }

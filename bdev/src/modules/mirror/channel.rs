@@ -323,7 +323,7 @@ impl BdevChannel for MirrorChannel {
             IoType::Write | IoType::WriteZeroes | IoType::Unmap => self.write(io),
             IoType::Flush => self.dispatch(io, None),
             IoType::Reset => io.complete_deferred(IoStatus::Success),
-            IoType::XorWrite => io.complete_deferred(IoStatus::Unsupported),
+            IoType::XorWrite | IoType::GfXorWrite => io.complete_deferred(IoStatus::Unsupported),
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use super::channel::RaidChannel;
 use super::geometry::{Geometry, Level};
-use super::locks::StripeLocks;
 use super::superblock::{MemberState, Superblock};
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
@@ -11,6 +10,7 @@ use crate::io::IoType;
 use crate::modules::base::ClaimedBase;
 use crate::volume::intent::IntentBitmap as Meta;
 use crate::volume::job::{JobSlot, Progress};
+use crate::volume::locks::StripeLocks;
 use parking_lot::RwLock;
 use serde_json::{json, Value};
 use std::rc::Rc;

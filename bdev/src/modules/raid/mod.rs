@@ -11,7 +11,6 @@
 pub mod array;
 pub mod channel;
 pub mod geometry;
-pub mod locks;
 
 pub mod process;
 pub mod stripe;

@@ -77,6 +77,14 @@ impl Connection {
         let max_io = self.st.borrow().max_io_size as u64;
         let len = match sqe.opcode {
             io::READ | io::WRITE | io::VENDOR_XOR_WRITE | io::COMPARE => sqe.nlb() * bs as u64,
+            // The coefficient is CDW13 bits 7:0; 0 (it would erase the delta) or stray high
+            // bits are refused before any data moves.
+            io::VENDOR_GF_XOR_WRITE if sqe.cdw13 == 0 || sqe.cdw13 > 0xff => {
+                tracing::warn!(peer = %self.peer, cdw13 = sqe.cdw13, "GF XOR write with an invalid coefficient");
+                self.finish(slot, status::INVALID_FIELD, 0);
+                return;
+            }
+            io::VENDOR_GF_XOR_WRITE => sqe.nlb() * bs as u64,
             io::VENDOR_CHECKSUM => match checksum_alg(sqe.cdw14) {
                 Some(alg) => alg.digest_len() as u64 * sqe.nlb().div_ceil(sqe.cdw13.max(1) as u64),
                 None => {
@@ -246,13 +254,17 @@ impl Connection {
                 bio.bufs.push(b);
                 ios.push(bio);
             }
-            io::WRITE | io::VENDOR_XOR_WRITE => {
-                let t = if sqe.opcode == io::WRITE {
-                    IoType::Write
-                } else {
-                    IoType::XorWrite
+            io::WRITE | io::VENDOR_XOR_WRITE | io::VENDOR_GF_XOR_WRITE => {
+                let t = match sqe.opcode {
+                    io::WRITE => IoType::Write,
+                    io::VENDOR_XOR_WRITE => IoType::XorWrite,
+                    _ => IoType::GfXorWrite,
                 };
                 let mut bio = BdevIo::new(t, sqe.slba(), sqe.nlb());
+                if t == IoType::GfXorWrite {
+                    // Checked (1..=255) when the command arrived.
+                    bio.gf_coef = sqe.cdw13 as u8;
+                }
                 if let Some(b) = r.buf.take() {
                     bio.bufs.push(b);
                 }

@@ -1,5 +1,7 @@
-//! Stripe locks: writes to one stripe (and rebuild, resync and degraded reads of it) run one
-//! at a time, across all reactors; different stripes proceed in parallel.
+//! Range locks: writes to one stripe (and rebuild, resync and degraded reads of it) run one
+//! at a time, across all reactors; different stripes proceed in parallel. RAID locks by
+//! stripe; a parity member locks the fixed-size block units a write covers, in ascending
+//! order (so two multi-unit lockers never deadlock).
 //!
 //! Waiters park their task's waker (wakers are `Send`), so an unlock on one reactor wakes a
 //! waiter on another. An uncontended lock costs one short mutex hold.
@@ -42,6 +44,17 @@ impl StripeLocks {
             locks: self,
             stripe,
         }
+    }
+}
+
+impl StripeLocks {
+    /// Locks units `first..=last` in ascending order.
+    pub async fn lock_units(&self, first: u64, last: u64) -> Vec<StripeGuard<'_>> {
+        let mut held = Vec::with_capacity((last - first + 1) as usize);
+        for u in first..=last {
+            held.push(self.lock(u).await);
+        }
+        held
     }
 }
 

@@ -1,0 +1,344 @@
+//! A data member's background work, one job at a time through its job slot:
+//!
+//! - **repair** (write hole, returned parity): every region marked in the bitmap is
+//!   compared with the parity's view of this member (its rebuild source on the parity node:
+//!   `X = what P says D_i is`); where they differ, `D ^ X` is XOR-written to the parity
+//!   (scaled by g^i for Q), which makes it hold exactly this member's data. Then the bit
+//!   is cleared.
+//! - **fold**: a member added to a group XORs its existing data into the parity, region
+//!   by region under the region's lock, so a host write sees the region either not yet in
+//!   the parity (no delta) or in it (delta), never half.
+//! - **rebuild**: a replacement member copies every region from the rebuild source
+//!   (regions rebuilt on demand by host I/O are skipped).
+//!
+//! The cursor is checkpointed in the superblock about once a second; a fold region whose
+//! delta may or may not have reached the parity at a crash is covered by its intent bit,
+//! which the repair closes (and then counts the region as folded).
+
+use super::member::ParityMember;
+use super::piece::{self, PIECE_BYTES};
+use super::superblock::MemberState;
+use crate::channel::IoChannel;
+use crate::io::{IoStatus, IoType};
+use crate::volume::job::{JobRun, Progress};
+use crate::volume::persist;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub async fn sync_meta(m: &ParityMember, want: u64) {
+    persist::sync_meta(&m.intent, m, want).await;
+}
+
+pub async fn persist_all(m: &ParityMember) {
+    persist::persist_all(&m.intent, m).await;
+}
+
+pub fn job_info(p: &Progress) -> Value {
+    let r = p.report();
+    json!({
+        "kind": p.kind,
+        "percent": r.percent,
+        "done_bytes": r.done_bytes,
+        "total_bytes": r.total_bytes,
+        "bytes_per_sec": r.bytes_per_sec,
+        "eta_secs": r.eta_secs,
+    })
+}
+
+/// Makes region `r` rebuilt if the member is being rebuilt and it is not (the caller
+/// holds the region's lock units).
+pub async fn ensure_rebuilt(m: &ParityMember, base: &IoChannel, r: u64) -> Result<(), IoStatus> {
+    if m.is_rebuilt(r) {
+        return Ok(());
+    }
+    let src = m
+        .targets
+        .iter()
+        .filter(|t| !t.peer.is_failed())
+        .find_map(|t| t.source.clone())
+        .ok_or(IoStatus::PathError)?;
+    let ch = src.channel().map_err(|_| IoStatus::PathError)?;
+    let (a, n) = m.region_range(r);
+    let piece_blocks = PIECE_BYTES / m.block_size as u64;
+    let mut lba = a;
+    while lba < a + n {
+        let k = (a + n - lba).min(piece_blocks);
+        let data = piece::read(&ch, lba, k).await?;
+        piece::write(base, IoType::Write, m.data_offset + lba, data, 1).await?;
+        lba += k;
+    }
+    m.mark_rebuilt(r);
+    Ok(())
+}
+
+/// Why a job step stopped.
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+/// Runs whatever the member owes: repair of marked regions, then the fold or the rebuild.
+/// Called at start-up, after a parity came back, and by `bdev_parity_member_repair`.
+pub fn start(m: &Arc<ParityMember>) {
+    if m.deleted.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(p) = m.job.reserve(|| Progress::new(job_kind(m), None, 0)) else {
+        m.repair_wanted.store(true, Ordering::Release);
+        return;
+    };
+    let m = m.clone();
+    crate::volume::examine::on_a_reactor(move || async move {
+        let mut p = p;
+        loop {
+            m.repair_wanted.store(false, Ordering::Release);
+            let outcome = run_all(&m, &p).await;
+            let mut info = job_info(&p);
+            match &outcome {
+                Ok(()) => info["state"] = json!("done"),
+                Err(Stop::Cancelled) => info["state"] = json!("cancelled"),
+                Err(Stop::Failed(e)) => {
+                    info["state"] = json!("failed");
+                    info["error"] = json!(e);
+                    tracing::warn!(member = %m.name, error = %e, "parity member job stopped");
+                }
+            }
+            *m.last_job.lock() = Some(info);
+            if m.deleted.load(Ordering::Acquire) || !m.repair_wanted.load(Ordering::Acquire) {
+                break;
+            }
+            m.job.release();
+            match m.job.reserve(|| Progress::new(job_kind(&m), None, 0)) {
+                Some(n) => p = n,
+                None => return,
+            }
+        }
+        m.job.release();
+    });
+}
+
+fn job_kind(m: &ParityMember) -> &'static str {
+    match m.state() {
+        MemberState::Folding => "fold",
+        MemberState::Rebuilding => "rebuild",
+        MemberState::Active => "repair",
+    }
+}
+
+async fn run_all(m: &Arc<ParityMember>, p: &Arc<Progress>) -> Result<(), Stop> {
+    let base = m.base.channel().map_err(|e| Stop::Failed(e.to_string()))?;
+    repair(m, &base, p).await?;
+    match m.state() {
+        MemberState::Folding => walk(m, &base, p, MemberState::Folding).await,
+        MemberState::Rebuilding => walk(m, &base, p, MemberState::Rebuilding).await,
+        MemberState::Active => Ok(()),
+    }
+}
+
+/// Brings every parity (back) up to date with the regions marked in the bitmap.
+async fn repair(m: &ParityMember, base: &IoChannel, _p: &Progress) -> Result<(), Stop> {
+    // Parities are tried again: deltas go to them from now on, and the marked regions
+    // cover everything they missed before.
+    for t in &m.targets {
+        if !t.peer.is_removed() {
+            t.peer.set_ok();
+        }
+    }
+    let dirty = m.intent.dirty_regions();
+    if !dirty.is_empty() {
+        tracing::info!(member = %m.name, regions = dirty.len(), "repairing the parity of marked regions");
+    }
+    let state = m.state();
+    let cursor = m.cursor.load(Ordering::Acquire);
+    let mut repaired = 0u64;
+    for r in dirty {
+        if m.deleted.load(Ordering::Acquire) {
+            return Err(Stop::Cancelled);
+        }
+        match state {
+            // Not in the parity yet: nothing to repair (the fold will take it).
+            MemberState::Folding if r > cursor => {
+                m.intent.clear_region(r);
+                continue;
+            }
+            // Rebuilt again from the parity later: the parity is what it will hold.
+            MemberState::Rebuilding if !m.is_rebuilt(r) => {
+                m.intent.clear_region(r);
+                continue;
+            }
+            _ => {}
+        }
+        let (ua, uz) = m.region_units(r);
+        let _held = m.locks.lock_units(ua, uz).await;
+        repair_region(m, base, r).await?;
+        m.intent.clear_region(r);
+        repaired += 1;
+        if state == MemberState::Folding && r == cursor {
+            // A fold cut short at this region: the repair folded it.
+            m.cursor.store(r + 1, Ordering::Release);
+        }
+    }
+    if !m.degraded() {
+        m.intent.hold_bits(false);
+    }
+    m.intent.bump_unordered();
+    persist_all(m).await;
+    if repaired > 0 {
+        tracing::info!(member = %m.name, regions = repaired, "parity repaired");
+    }
+    if m.degraded() {
+        return Err(Stop::Failed("a parity is unreachable".into()));
+    }
+    Ok(())
+}
+
+/// Makes every parity hold exactly this member's data in region `r` (lock held).
+async fn repair_region(m: &ParityMember, base: &IoChannel, r: u64) -> Result<(), Stop> {
+    let (a, n) = m.region_range(r);
+    let piece_blocks = PIECE_BYTES / m.block_size as u64;
+    for (k, t) in m.targets.iter().enumerate() {
+        let Some(src) = &t.source else {
+            return Err(Stop::Failed(format!(
+                "parity {} has no rebuild source: region {r} cannot be repaired",
+                t.peer.name
+            )));
+        };
+        let fail = |what: &str, st: IoStatus| {
+            m.fail_target(k, "repair failed");
+            Stop::Failed(format!("{what} for region {r}: {st:?}"))
+        };
+        let (Ok(sch), Ok(pch)) = (src.channel(), t.peer.channel()) else {
+            return Err(fail("no channel", IoStatus::PathError));
+        };
+        let mut lba = a;
+        while lba < a + n {
+            let c = (a + n - lba).min(piece_blocks);
+            let seen = piece::read(&sch, lba, c)
+                .await
+                .map_err(|st| fail("reading the rebuild source", st))?;
+            let mut mine = piece::read(base, m.data_offset + lba, c)
+                .await
+                .map_err(|st| Stop::Failed(format!("reading the base: {st:?}")))?;
+            crate::kernels::xor_into(mine.as_mut_slice(), seen.as_slice());
+            drop(seen);
+            if !piece::is_zero(mine.as_slice()) {
+                let (op, coef) = t.delta_op(m.coef_q);
+                tracing::info!(member = %m.name, parity = %t.peer.name, lba, blocks = c, "parity differed: corrected");
+                piece::write(&pch, op, lba, mine, coef)
+                    .await
+                    .map_err(|st| fail("correcting the parity", st))?;
+            }
+            lba += c;
+        }
+    }
+    Ok(())
+}
+
+/// The fold (XOR this member's data into the parity) or the rebuild (copy it from the
+/// rebuild source), from the cursor to the end; then the member is active.
+async fn walk(
+    m: &ParityMember,
+    base: &IoChannel,
+    p: &Progress,
+    kind: MemberState,
+) -> Result<(), Stop> {
+    let name = if kind == MemberState::Folding {
+        "fold"
+    } else {
+        "rebuild"
+    };
+    let start = m.cursor.load(Ordering::Acquire);
+    p.set_total((m.bits - start.min(m.bits)) * m.region_blocks * m.block_size as u64);
+    p.set_done(0);
+    tracing::info!(member = %m.name, job = name, from_region = start, regions = m.bits, "parity member job started");
+    let mut run = JobRun::new(p);
+    let mut checkpoint = Instant::now();
+    let piece_blocks = PIECE_BYTES / m.block_size as u64;
+    for r in start..m.bits {
+        if m.deleted.load(Ordering::Acquire) {
+            return Err(Stop::Cancelled);
+        }
+        let (ua, uz) = m.region_units(r);
+        let held = m.locks.lock_units(ua, uz).await;
+        let (a, n) = m.region_range(r);
+        if kind == MemberState::Rebuilding {
+            ensure_rebuilt(m, base, r)
+                .await
+                .map_err(|st| Stop::Failed(format!("rebuilding region {r}: {st:?}")))?;
+        } else {
+            if m.degraded() {
+                return Err(Stop::Failed(
+                    "a parity is unreachable: the fold waits".into(),
+                ));
+            }
+            let need = m.intent.begin_write(r as usize);
+            if need > 0 {
+                sync_meta(m, need).await;
+            }
+            let folded = fold_region(m, base, a, n, piece_blocks).await;
+            m.intent.end_write(r as usize);
+            folded.map_err(|e| Stop::Failed(format!("folding region {r}: {e}")))?;
+        }
+        m.cursor.store(r + 1, Ordering::Release);
+        drop(held);
+        if checkpoint.elapsed() > Duration::from_secs(1) {
+            checkpoint = Instant::now();
+            m.intent.bump_unordered();
+            persist_all(m).await;
+        }
+        if run.step(n * m.block_size as u64, 0).await.is_err() {
+            return Err(Stop::Cancelled);
+        }
+    }
+    m.set_state(MemberState::Active);
+    m.rebuilt.lock().clear();
+    persist_all(m).await;
+    tracing::info!(member = %m.name, job = name, secs = run.elapsed_secs(), "parity member job done: the member is active");
+    Ok(())
+}
+
+/// XORs blocks `a..a+n` of the base into every parity.
+async fn fold_region(
+    m: &ParityMember,
+    base: &IoChannel,
+    a: u64,
+    n: u64,
+    piece_blocks: u64,
+) -> Result<(), String> {
+    let mut lba = a;
+    while lba < a + n {
+        let c = (a + n - lba).min(piece_blocks);
+        let data = piece::read(base, m.data_offset + lba, c)
+            .await
+            .map_err(|st| format!("reading the base: {st:?}"))?;
+        for (k, t) in m.targets.iter().enumerate() {
+            let (op, coef) = t.delta_op(m.coef_q);
+            let sent = match (t.peer.channel(), piece::view(&data)) {
+                (Ok(ch), Ok(v)) => piece::write(&ch, op, lba, v, coef).await,
+                _ => Err(IoStatus::PathError),
+            };
+            if let Err(st) = sent {
+                m.fail_target(k, "fold write failed");
+                return Err(format!("to {}: {st:?}", t.peer.name));
+            }
+        }
+        lba += c;
+    }
+    Ok(())
+}
+
+/// Clears idle bitmap regions once a second and writes the bitmap when it changed, until
+/// the member is deleted.
+pub async fn housekeeping(m: Arc<ParityMember>) {
+    while !m.deleted.load(Ordering::Acquire) {
+        strata_reactor::sleep(Duration::from_secs(1)).await;
+        if m.deleted.load(Ordering::Acquire) {
+            break;
+        }
+        if !m.degraded() && !m.job.is_busy() && m.intent.clear_idle() {
+            persist_all(&m).await;
+        }
+    }
+}
