@@ -1,7 +1,9 @@
 //! A reactor's I/O path into a parity group data member.
 //!
-//! Reads go straight to the base (offset by the metadata area), except during a rebuild,
-//! where a read touching a region not yet rebuilt first rebuilds it from the parity's
+//! Reads go to the base (offset by the metadata area) under the lock units they cover, so
+//! a read never returns data whose delta is still on its way to the parity (what lets the
+//! parity node read a consistent view of the group while members write). During a
+//! rebuild, a read touching a region not yet rebuilt first rebuilds it from the parity's
 //! rebuild source (a degraded read through the parity node) and then reads it locally.
 //!
 //! A write is a read-modify-write against the parity, one piece at a time, as a task on
@@ -17,77 +19,48 @@
 use super::member::ParityMember;
 use super::member_jobs;
 use super::piece::{self, PIECE_BYTES};
-use super::superblock::MemberState;
 use crate::bdev::BdevChannel;
 use crate::bufs::{share_range, Bufs};
 use crate::channel::IoChannel;
 use crate::error::BdevError;
-use crate::io::{BdevIo, IoSink, IoStatus, IoType};
+use crate::io::{BdevIo, IoStatus, IoType};
 use crate::kernels;
 use crate::wait::submit_wait;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use strata_reactor::dma::DmaBuf;
 
 pub struct MemberChannel {
     m: Arc<ParityMember>,
     base: IoChannel,
-    me: Weak<MemberChannel>,
 }
 
 impl MemberChannel {
     pub fn create(m: Arc<ParityMember>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let base = m.base.channel()?;
-        Ok(Rc::new_cyclic(|me| MemberChannel {
-            m,
-            base,
-            me: me.clone(),
-        }))
-    }
-
-    fn needs_rebuild(&self, off: u64, n: u64) -> bool {
-        if self.m.state() != MemberState::Rebuilding {
-            return false;
-        }
-        let (a, z) = self.m.regions(off, n);
-        (a..=z).any(|r| !self.m.is_rebuilt(r))
-    }
-
-    fn pass_down(&self, mut io: BdevIo) {
-        let Some(me) = self.me.upgrade() else {
-            io.complete_deferred(IoStatus::Removed);
-            return;
-        };
-        if io.io_type != IoType::Flush {
-            io.offset_blocks += self.m.data_offset;
-        }
-        io.push_completion(me, 0);
-        self.base.submit(io);
+        Ok(Rc::new(MemberChannel { m, base }))
     }
 }
 
 impl BdevChannel for MemberChannel {
     fn submit(&self, io: BdevIo) {
         match io.io_type {
-            IoType::Read | IoType::Checksum
-                if !self.needs_rebuild(io.offset_blocks, io.num_blocks) =>
-            {
-                self.pass_down(io)
-            }
             IoType::Read | IoType::Checksum => {
                 let (m, base) = (self.m.clone(), self.base.clone());
                 strata_reactor::spawn_local(async move {
-                    let st = degraded_read(&m, &base, &io).await;
-                    match st {
-                        Ok(()) => {
-                            let mut io = io;
-                            io.offset_blocks += m.data_offset;
-                            let mut done = submit_wait(&base, io).await;
-                            done.offset_blocks -= m.data_offset;
-                            done.done();
-                        }
-                        Err(st) => io.complete(st),
+                    let (ua, uz) = m.lock_units(io.offset_blocks, io.num_blocks);
+                    let held = m.locks.lock_units(ua, uz).await;
+                    if let Err(st) = rebuild_touched(&m, &base, &io).await {
+                        drop(held);
+                        io.complete(st);
+                        return;
                     }
+                    let mut io = io;
+                    io.offset_blocks += m.data_offset;
+                    let mut done = submit_wait(&base, io).await;
+                    drop(held);
+                    done.offset_blocks -= m.data_offset;
+                    done.done();
                 })
                 .detach();
             }
@@ -112,19 +85,9 @@ impl BdevChannel for MemberChannel {
     }
 }
 
-impl IoSink for MemberChannel {
-    fn io_done(self: Rc<Self>, mut io: BdevIo, _tag: u64) {
-        if io.io_type != IoType::Flush {
-            io.offset_blocks -= self.m.data_offset;
-        }
-        io.done();
-    }
-}
-
-/// Rebuilds the regions a read touches that are not rebuilt yet (under their locks).
-async fn degraded_read(m: &ParityMember, base: &IoChannel, io: &BdevIo) -> Result<(), IoStatus> {
-    let (ua, uz) = m.lock_units(io.offset_blocks, io.num_blocks);
-    let _held = m.locks.lock_units(ua, uz).await;
+/// Rebuilds the regions an I/O touches that are not rebuilt yet (the caller holds their
+/// lock units).
+async fn rebuild_touched(m: &ParityMember, base: &IoChannel, io: &BdevIo) -> Result<(), IoStatus> {
     let (a, z) = m.regions(io.offset_blocks, io.num_blocks);
     for r in a..=z {
         member_jobs::ensure_rebuilt(m, base, r).await?;

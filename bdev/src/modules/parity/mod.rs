@@ -199,6 +199,7 @@ async fn open_parity(
         meta_lock: StripeLocks::default(),
         job: JobSlot::default(),
         last_verify: Mutex::new(None),
+        changes: ParityVolume::new_counters(),
     });
     for (index, bdev) in members {
         match open_group_member(&v, index, &bdev) {
@@ -296,9 +297,11 @@ pub fn create_source(
     source_name: Option<&str>,
 ) -> Result<String, BdevError> {
     let v = find_parity(name)?;
-    if !v.members.lock().iter().any(|m| m.index == index) {
+    // The member itself need not be known yet: a data node attaches its sources before it
+    // creates its member, and a lost member is what the source stands in for.
+    if index as usize >= MAX_MEMBERS {
         return Err(invalid(format!(
-            "{name} has no member {index} (bdev_parity_add_member first)"
+            "index {index} is out of range (0..{MAX_MEMBERS})"
         )));
     }
     let sname = source_name

@@ -107,11 +107,21 @@ async fn reconstruct(s: &RebuildSource, io: &mut BdevIo) -> Result<(), IoStatus>
     let end = io.offset_blocks + io.num_blocks;
     while lba < end {
         let n = (end - lba).min(piece_blocks);
-        let mut bufs = Vec::with_capacity(chans.len() + 1);
-        bufs.push(piece::read(&base, v.data_offset + lba, n).await?);
-        for (ch, have, _) in &chans {
-            bufs.push(piece::read_zero_extended(ch, lba, n, *have).await?);
-        }
+        // The members first, then the parity; again if a delta moved in between.
+        let mut attempt = 0;
+        let bufs = loop {
+            attempt += 1;
+            ParityVolume::back_off(attempt).await;
+            let before = v.stamp(lba, n);
+            let mut bufs = Vec::with_capacity(chans.len() + 1);
+            for (ch, have, _) in &chans {
+                bufs.push(piece::read_zero_extended(ch, lba, n, *have).await?);
+            }
+            bufs.insert(0, piece::read(&base, v.data_offset + lba, n).await?);
+            if v.stamp(lba, n) == before {
+                break bufs;
+            }
+        };
         let mut out = piece::buffer((n * bs) as usize).await?;
         let srcs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
         kernels::gf_combine(&coefs, &srcs, out.as_mut_slice())

@@ -1,8 +1,9 @@
 //! `bdev_parity_verify`: the parity node reads its volume and every data member piece by
-//! piece, recomputes P (XOR) or Q (Σ g^i·D_i) with ISA-L and compares. A piece that
-//! differs is read again (a delta may have been between the member's write and the parity)
-//! up to [`ATTEMPTS`] times before it counts as a mismatch; with `repair` the recomputed
-//! parity is written. Rate-limited and reported through the job engine.
+//! piece, recomputes P (XOR) or Q (Σ g^i·D_i) with ISA-L and compares, on a consistent
+//! view (read again while deltas move the parity: [`ParityVolume::stamp`]). A piece that
+//! still differs is read again up to [`ATTEMPTS`] times before it counts as a mismatch;
+//! with `repair` the recomputed parity is written. Rate-limited, reported through the job
+//! engine.
 
 use super::piece::{self, PIECE_BYTES};
 use super::volume::{coef, ParityVolume};
@@ -85,9 +86,9 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let have = piece::read(&base, v.data_offset + lba, n)
-                .await
-                .map_err(|st| io_err(&v.name, lba, st))?;
+            ParityVolume::back_off(attempt).await;
+            // The members first, then the parity; again if a delta moved in between.
+            let before = v.stamp(lba, n);
             let mut data = Vec::with_capacity(chans.len());
             for (ch, size, _, name) in &chans {
                 data.push(
@@ -95,6 +96,12 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
                         .await
                         .map_err(|st| io_err(name, lba, st))?,
                 );
+            }
+            let have = piece::read(&base, v.data_offset + lba, n)
+                .await
+                .map_err(|st| io_err(&v.name, lba, st))?;
+            if v.stamp(lba, n) != before {
+                continue;
             }
             let mut want = piece::buffer((n * bs) as usize)
                 .await

@@ -7,6 +7,14 @@
 //! members need no ordering. Reads, writes and checksums pass straight through (the verify
 //! and rebuild jobs use them). The volume also knows the group's data members (as bdevs,
 //! usually remote namespaces of the data nodes), which the rebuild source and verify read.
+//!
+//! Those readers need a view in which every member's data and the parity agree, while the
+//! members keep writing: a member holds a write's lock units until both its local write
+//! and its delta are done, and its reads wait for them, so a member read never sees data
+//! whose delta is still on its way. What remains is a delta applied between reading the
+//! members and reading the parity: every XOR write bumps the change counters of the
+//! pieces it covers (when it starts and when it ends), and a reader that saw them move
+//! reads again ([`ParityVolume::stamp`]).
 
 use super::peer::Peer;
 use super::piece::{self, PIECE_BYTES};
@@ -49,7 +57,16 @@ pub struct ParityVolume {
     pub job: JobSlot<VerifyJob>,
     /// The last verify's outcome, for `bdev_parity_get`.
     pub last_verify: Mutex<Option<Value>>,
+    /// Change counters of the pieces, hashed (a collision only costs a reader a retry).
+    pub changes: Box<[AtomicU64]>,
 }
+
+/// Change counters per parity volume.
+pub const CHANGE_COUNTERS: usize = 4096;
+
+/// How many times a reader retries a piece whose parity moved under it before it waits
+/// between attempts.
+const QUIET_RETRIES: u32 = 8;
 
 /// The bdev uuid of a group's P or Q volume (derived, so it is the same after a restart).
 pub fn volume_uuid(group: Uuid, kind: Kind) -> Uuid {
@@ -65,6 +82,37 @@ pub fn coef(kind: Kind, index: u32) -> u8 {
 }
 
 impl ParityVolume {
+    pub fn new_counters() -> Box<[AtomicU64]> {
+        (0..CHANGE_COUNTERS).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    fn pieces(&self, lba: u64, n: u64) -> std::ops::RangeInclusive<u64> {
+        let pb = PIECE_BYTES / self.block_size as u64;
+        lba / pb..=(lba + n.max(1) - 1) / pb
+    }
+
+    /// Counts an XOR write to blocks `lba..lba+n` starting or ending.
+    pub fn bump(&self, lba: u64, n: u64) {
+        for p in self.pieces(lba, n) {
+            self.changes[p as usize % CHANGE_COUNTERS].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A value that changes whenever an XOR write to blocks `lba..lba+n` starts or ends.
+    pub fn stamp(&self, lba: u64, n: u64) -> u64 {
+        self.pieces(lba, n).fold(0u64, |s, p| {
+            s.wrapping_add(self.changes[p as usize % CHANGE_COUNTERS].load(Ordering::Acquire))
+        })
+    }
+
+    /// Waits a little before the `attempt`th read of a piece whose parity keeps moving.
+    pub async fn back_off(attempt: u32) {
+        if attempt > QUIET_RETRIES {
+            let ms = (attempt - QUIET_RETRIES).min(20) as u64;
+            strata_reactor::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
     pub fn superblock(&self, generation: u64) -> Superblock {
         Superblock {
             group_uuid: self.group_uuid,
@@ -223,6 +271,8 @@ impl Bdev for ParityVolume {
 const TAG_PASS: u64 = 0;
 /// A GF XOR write with coefficient 1 went down as a plain XOR write.
 const TAG_AS_XOR: u64 = 1;
+/// An XOR write (its end bumps the change counters).
+const TAG_XOR: u64 = 2;
 
 struct ParityChannel {
     v: Arc<ParityVolume>,
@@ -237,11 +287,16 @@ impl BdevChannel for ParityChannel {
             return;
         };
         let mut tag = TAG_PASS;
+        if matches!(io.io_type, IoType::XorWrite | IoType::GfXorWrite) {
+            self.v.bump(io.offset_blocks, io.num_blocks);
+            tag = TAG_XOR;
+        }
         if io.io_type == IoType::GfXorWrite {
             if io.gf_coef != 1 {
                 let (v, base) = (self.v.clone(), self.base.clone());
                 strata_reactor::spawn_local(async move {
                     let st = scaled_xor(&v, &base, &io).await;
+                    v.bump(io.offset_blocks, io.num_blocks);
                     io.complete(st.err().unwrap_or(IoStatus::Success));
                 })
                 .detach();
@@ -265,6 +320,9 @@ impl IoSink for ParityChannel {
         }
         if tag == TAG_AS_XOR {
             io.io_type = IoType::GfXorWrite;
+        }
+        if tag != TAG_PASS {
+            self.v.bump(io.offset_blocks, io.num_blocks);
         }
         io.done();
     }
