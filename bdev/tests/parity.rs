@@ -98,6 +98,7 @@ fn member_opts(
         q_source: Some(format!("Q_src{index}")),
         mode,
         region_size_kb: 128,
+        max_bandwidth_mb_sec: 0,
     }
 }
 
@@ -211,7 +212,7 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
     for i in 0..4 {
         for p in ["P", "Q"] {
             let p = p.to_string();
-            parity::create_source(&p, i, None).unwrap();
+            parity::create_source(&p, i, None, None).unwrap();
         }
     }
     let sizes = [4 * MIB, 4 * MIB, 3 * MIB];
@@ -343,13 +344,56 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
         "after the repair",
     );
 
+    // D0 and D3 are lost together: P and Q rebuild both (the sources on the Q node read P
+    // as their partner), while the survivors keep writing.
+    for lost in ["D0", "D3"] {
+        registry::unregister(lost).unwrap();
+    }
+    for p in ["P", "Q"] {
+        let p = p.to_string();
+        on_reactor(move || async move {
+            parity::remove_member(&p, 0).await?;
+            parity::remove_member(&p, 3).await
+        })
+        .unwrap();
+    }
+    parity::create_source("Q", 0, Some("Q_src0_3"), Some((3, "P"))).unwrap();
+    parity::create_source("Q", 3, Some("Q_src3_0"), Some((0, "P"))).unwrap();
+    let bad = parity::create_source("Q", 3, Some("Qx"), Some((3, "P"))).unwrap_err();
+    assert!(bad.to_string().contains("another index"), "{bad}");
+    for (name, index, other) in [("D0", 0u32, 3u32), ("D3", 3, 0)] {
+        let base = format!("b{index}again");
+        mk_malloc(&base, 4 * MIB, None);
+        let mut o = member_opts(name, &base, group, index, "P", MemberMode::Rebuild);
+        // The one-member sources cannot serve while two are lost: the pair source does.
+        o.p_source = None;
+        o.q_source = Some(format!("Q_src{index}_{other}"));
+        create_member(o).unwrap();
+    }
+    random_io(&mut models, 15, 1500);
+    for (name, index) in [("D0", 0u32), ("D3", 3)] {
+        let info = wait_member(name);
+        assert_eq!(info["state"], "active", "{info}");
+        add_to_parities(index, name);
+    }
+    for (name, model) in &models.0 {
+        assert!(
+            read_all(name) == *model,
+            "{name}: data differs after the double rebuild"
+        );
+    }
+    check_parity(
+        &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
+        "after rebuilding D0 and D3 together",
+    );
+
     // The parity node's own verify agrees.
     for p in ["P", "Q"] {
         parity::verify(p, false, 0).unwrap();
         let name = p.to_string();
         on_reactor(move || async move { parity::wait_parity_idle(&name).await });
         let v = parity::get(Some(p)).unwrap().remove(0);
-        assert_eq!(v["last_verify"]["state"], "done", "{v}");
+        assert_eq!(v["last_verify"]["result"], "done", "{v}");
         assert_eq!(v["last_verify"]["mismatched_blocks"], 0, "{v}");
     }
 }

@@ -36,6 +36,22 @@ pub struct ProgressReport {
     pub elapsed_secs: f64,
 }
 
+impl ProgressReport {
+    /// The fields every job report shows (`bdev_*_get`, `strata-rpc --wait`'s bar).
+    pub fn json(&self, kind: &str) -> serde_json::Value {
+        let round = |x: f64, k: f64| (x * k).round() / k;
+        serde_json::json!({
+            "kind": kind,
+            "percent": round(self.percent, 10.0),
+            "mb_per_sec": round(self.bytes_per_sec / 1e6, 10.0),
+            "eta_seconds": round(self.eta_secs.unwrap_or(0.0), 10.0),
+            "elapsed_seconds": round(self.elapsed_secs, 1000.0),
+            "done_bytes": self.done_bytes,
+            "total_bytes": self.total_bytes,
+        })
+    }
+}
+
 impl Progress {
     pub fn new(kind: &'static str, target: Option<String>, total_bytes: u64) -> Progress {
         Progress {

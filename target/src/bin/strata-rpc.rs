@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use strata_target::rpc::params::{
-    bdev, framework, mirror, nvme, nvmf, ByName, CliParams, NoParams,
+    bdev, framework, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
 };
 use strata_target::rpc_client::{
     error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
@@ -150,6 +150,27 @@ methods! {
     "bdev_mirror_set_options" => BdevMirrorSetOptions(mirror::MirrorSetOptions),
     /// Bring up a mirror held for split brain from one leg (the other's changes are lost).
     "bdev_mirror_resolve_split_brain" => BdevMirrorResolveSplitBrain(mirror::MirrorResolveSplitBrain),
+    /// Create the P or Q parity volume of a parity group (parity node).
+    "bdev_parity_create" => BdevParityCreate(parity::ParityCreate),
+    /// Stop a parity volume or rebuild source (its superblock stays).
+    "bdev_parity_delete" => BdevParityDelete(ByName),
+    /// Tell a parity volume which bdev reaches data member INDEX.
+    "bdev_parity_add_member" => BdevParityAddMember(parity::ParityAddMember),
+    /// Forget data member INDEX of a parity volume.
+    "bdev_parity_remove_member" => BdevParityRemoveMember(parity::ParityRemoveMember),
+    /// Create the rebuild source of data member INDEX (its data as the parity sees it; with
+    /// --also-lost and --partner, of two lost members through P and Q).
+    "bdev_parity_source_create" => BdevParitySourceCreate(parity::ParitySourceCreate),
+    /// Check a parity volume against the data members (and repair).
+    "bdev_parity_verify" => BdevParityVerify(parity::ParityVerify),
+    /// Create a parity group data member (data node): fold, rebuild or clean.
+    "bdev_parity_member_create" => BdevParityMemberCreate(parity::ParityMemberCreate),
+    /// Stop a data member (its superblock stays).
+    "bdev_parity_member_delete" => BdevParityMemberDelete(ByName),
+    /// Repair the parity of a member's marked regions now (and run an owed fold or rebuild).
+    "bdev_parity_member_repair" => BdevParityMemberRepair(parity::ParityMemberRepair),
+    /// Show parity volumes and data members: state, members, dirty regions, jobs.
+    "bdev_parity_get" => BdevParityGet(parity::ParityGet),
     /// Layer options (auto-examine).
     "bdev_set_options" => BdevSetOptions(bdev::BdevSetOptions),
     /// Examine one bdev now (with auto-examine off).
@@ -252,15 +273,30 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-/// The mirror whose job a subcommand asked to follow (`--wait`).
-fn job_to_follow(method: &Method) -> Option<String> {
-    match method {
-        Method::BdevMirrorCreate(p) if p.wait => Some(p.name.clone()),
-        Method::BdevMirrorResume(p) if p.wait => Some(p.name.clone()),
-        Method::BdevMirrorVerify(p) if p.wait => Some(p.name.clone()),
-        Method::BdevMirrorAddLeg(p) if p.wait => Some(p.name.clone()),
-        _ => None,
-    }
+/// A job a subcommand asked to follow (`--wait`): the method that reports it, the volume,
+/// and the field its outcome is left in when it ends.
+struct Follow {
+    get: &'static str,
+    name: String,
+    last: &'static str,
+}
+
+fn job_to_follow(method: &Method) -> Option<Follow> {
+    let (get, name, last) = match method {
+        Method::BdevMirrorCreate(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
+        Method::BdevMirrorResume(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
+        Method::BdevMirrorVerify(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
+        Method::BdevMirrorAddLeg(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
+        Method::BdevParityMemberCreate(p) if p.wait => ("bdev_parity_get", &p.name, "last_job"),
+        Method::BdevParityMemberRepair(p) if p.wait => ("bdev_parity_get", &p.name, "last_job"),
+        Method::BdevParityVerify(p) if p.wait => ("bdev_parity_get", &p.name, "last_verify"),
+        _ => return None,
+    };
+    Some(Follow {
+        get,
+        name: name.clone(),
+        last,
+    })
 }
 
 /// One line of progress: `[#####.....]  45.2 % resync  812.3 MB/s  ETA 3.1 s`.
@@ -278,16 +314,19 @@ fn progress_line(job: &Value) -> String {
     )
 }
 
-/// Polls `bdev_mirror_get` and draws the job's progress on stderr until it ends; fails
-/// if the job did not complete.
-fn follow_job(client: &mut RpcClient, name: &str) -> Result<(), String> {
+/// Polls the volume's get method and draws the job's progress on stderr until it ends;
+/// fails if the job did not complete.
+fn follow_job(client: &mut RpcClient, f: &Follow) -> Result<(), String> {
     use std::io::Write;
+    let name = &f.name;
+    // A job a create starts may take a moment to show.
+    std::thread::sleep(Duration::from_millis(100));
     loop {
-        let req = client.build_request("bdev_mirror_get", Some(json!({ "name": name })));
+        let req = client.build_request(f.get, Some(json!({ "name": name })));
         let resp = client.call_raw(&req).map_err(|e| e.to_string())?;
         let m = resp["result"][0].clone();
         if m.is_null() {
-            return Err(format!("mirror {name} is gone"));
+            return Err(format!("{name} is gone"));
         }
         match m.get("job").filter(|j| !j.is_null()) {
             Some(job) => {
@@ -295,7 +334,7 @@ fn follow_job(client: &mut RpcClient, name: &str) -> Result<(), String> {
                 let _ = std::io::stderr().flush();
             }
             None => {
-                let last = &m["last_job"];
+                let last = &m[f.last];
                 if !last.is_null() {
                     eprintln!("\r{}", progress_line(last));
                 }
@@ -341,7 +380,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let result = response_result(response, request.get("id")).map_err(describe)?;
     println!("{}", pretty(&result));
     match follow {
-        Some(name) => follow_job(&mut client, &name),
+        Some(f) => follow_job(&mut client, &f),
         None => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! JSON-RPC: the server ([`server`]), the methods' parameter structs ([`params`]), errors
 //! ([`error`]) and the method table, filled by one module per area ([`bdev_methods`],
-//! [`framework_methods`], [`mirror_methods`], [`nvme_methods`], [`nvmf_methods`]).
+//! [`framework_methods`], [`mirror_methods`], [`parity_methods`], [`nvme_methods`], [`nvmf_methods`]).
 
 pub mod bdev_methods;
 pub mod error;
@@ -9,6 +9,7 @@ pub mod mirror_methods;
 pub mod nvme_methods;
 pub mod nvmf_methods;
 pub mod params;
+pub mod parity_methods;
 pub mod server;
 
 pub use error::RpcError;
@@ -43,6 +44,7 @@ impl MethodTable {
         framework_methods::register(&mut t);
         bdev_methods::register(&mut t);
         mirror_methods::register(&mut t);
+        parity_methods::register(&mut t);
         nvme_methods::register(&mut t);
         nvmf_methods::register(&mut t);
         Arc::new(t)

@@ -70,28 +70,12 @@ impl Job {
     }
 
     pub fn info(&self) -> Value {
-        let r = self.progress.report();
-        let (done, total, secs, rate, pct) = (
-            r.done_bytes,
-            r.total_bytes,
-            r.elapsed_secs,
-            r.bytes_per_sec,
-            r.percent,
-        );
-        let eta = r.eta_secs.unwrap_or(0.0);
-        json!({
-            "kind": self.kind.name(),
-            "repair": self.repair,
-            "percent": (pct * 10.0).round() / 10.0,
-            "mb_per_sec": (rate / 1e6 * 10.0).round() / 10.0,
-            "eta_seconds": (eta * 10.0).round() / 10.0,
-            "elapsed_seconds": (secs * 1000.0).round() / 1000.0,
-            "done_bytes": done,
-            "total_bytes": total,
-            "copied_bytes": self.copied_bytes.load(Ordering::Relaxed),
-            "mismatches": self.mismatches.load(Ordering::Relaxed),
-            "repaired": self.repaired.load(Ordering::Relaxed),
-        })
+        let mut v = self.progress.report().json(self.kind.name());
+        v["repair"] = json!(self.repair);
+        v["copied_bytes"] = json!(self.copied_bytes.load(Ordering::Relaxed));
+        v["mismatches"] = json!(self.mismatches.load(Ordering::Relaxed));
+        v["repaired"] = json!(self.repaired.load(Ordering::Relaxed));
+        v
     }
 }
 

@@ -72,6 +72,8 @@ pub struct ParityMember {
     pub last_job: Mutex<Option<Value>>,
     /// A repair was asked for while a job ran: the job runner goes round again.
     pub repair_wanted: AtomicBool,
+    /// Rate limit of the fold and the rebuild (MB/s, 0: none).
+    pub max_bandwidth_mb_sec: AtomicU64,
     pub deleted: AtomicBool,
 }
 
@@ -208,6 +210,7 @@ impl ParityMember {
             "num_blocks": self.num_blocks,
             "data_offset": self.data_offset,
             "dirty_regions": self.intent.dirty_count(),
+            "max_bandwidth_mb_sec": self.max_bandwidth_mb_sec.load(Ordering::Relaxed),
             "targets": targets,
             "job": self.job.current().map(|p| super::member_jobs::job_info(&p)),
             "last_job": self.last_job.lock().clone(),
@@ -291,6 +294,7 @@ impl Bdev for ParityMember {
                 "q_bdev": role(Kind::Q).map(|t| t.peer.name.clone()),
                 "q_source": role(Kind::Q).and_then(|t| t.source.as_ref().map(|s| s.name.clone())),
                 "region_size_kb": self.region_blocks * self.block_size as u64 / 1024,
+                "max_bandwidth_mb_sec": self.max_bandwidth_mb_sec.load(Ordering::Relaxed),
             }),
         })
     }

@@ -36,15 +36,7 @@ pub async fn persist_all(m: &ParityMember) {
 }
 
 pub fn job_info(p: &Progress) -> Value {
-    let r = p.report();
-    json!({
-        "kind": p.kind,
-        "percent": r.percent,
-        "done_bytes": r.done_bytes,
-        "total_bytes": r.total_bytes,
-        "bytes_per_sec": r.bytes_per_sec,
-        "eta_secs": r.eta_secs,
-    })
+    p.report().json(p.kind)
 }
 
 /// Makes region `r` rebuilt if the member is being rebuilt and it is not (the caller
@@ -97,10 +89,10 @@ pub fn start(m: &Arc<ParityMember>) {
             let outcome = run_all(&m, &p).await;
             let mut info = job_info(&p);
             match &outcome {
-                Ok(()) => info["state"] = json!("done"),
-                Err(Stop::Cancelled) => info["state"] = json!("cancelled"),
+                Ok(()) => info["result"] = json!("done"),
+                Err(Stop::Cancelled) => info["result"] = json!("cancelled"),
                 Err(Stop::Failed(e)) => {
-                    info["state"] = json!("failed");
+                    info["result"] = json!("failed");
                     info["error"] = json!(e);
                     tracing::warn!(member = %m.name, error = %e, "parity member job stopped");
                 }
@@ -288,7 +280,8 @@ async fn walk(
             m.intent.bump_unordered();
             persist_all(m).await;
         }
-        if run.step(n * m.block_size as u64, 0).await.is_err() {
+        let limit = m.max_bandwidth_mb_sec.load(Ordering::Relaxed);
+        if run.step(n * m.block_size as u64, limit).await.is_err() {
             return Err(Stop::Cancelled);
         }
     }

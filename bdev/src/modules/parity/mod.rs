@@ -290,11 +290,14 @@ pub async fn remove_member(name: &str, index: u32) -> Result<(), BdevError> {
 }
 
 /// `bdev_parity_source_create`: the rebuild source of member `index` (default name
-/// `<parity>_src<index>`). Returns its name.
+/// `<parity>_src<index>`), or with `also_lost` (a second lost member and `partner`, the
+/// bdev of the group's other parity volume) the two-member RAID-6 reconstruction. Returns
+/// its name.
 pub fn create_source(
     name: &str,
     index: u32,
     source_name: Option<&str>,
+    also_lost: Option<(u32, &str)>,
 ) -> Result<String, BdevError> {
     let v = find_parity(name)?;
     // The member itself need not be known yet: a data node attaches its sources before it
@@ -304,15 +307,40 @@ pub fn create_source(
             "index {index} is out of range (0..{MAX_MEMBERS})"
         )));
     }
+    let also_lost = match also_lost {
+        None => None,
+        Some((b, _)) if b == index || b as usize >= MAX_MEMBERS => {
+            return Err(invalid(format!(
+                "also_lost {b} must be another index below {MAX_MEMBERS}"
+            )))
+        }
+        Some((b, partner)) => {
+            let p = Peer::open(partner, |_| {})?;
+            if p.block_size != v.block_size || p.num_blocks < v.num_blocks {
+                return Err(invalid(format!(
+                    "partner {partner} ({} blocks of {} bytes) does not match {name} ({} of {})",
+                    p.num_blocks, p.block_size, v.num_blocks, v.block_size
+                )));
+            }
+            Some(source::AlsoLost {
+                index: b,
+                partner: Arc::new(p),
+            })
+        }
+    };
     let sname = source_name
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{name}_src{index}"));
+        .unwrap_or_else(|| match &also_lost {
+            Some(l) => format!("{name}_src{index}_{}", l.index),
+            None => format!("{name}_src{index}"),
+        });
     check_new_name(&sname)?;
     let s = Arc::new(RebuildSource {
-        uuid: Uuid::new_v5(&v.uuid, format!("source{index}").as_bytes()),
+        uuid: Uuid::new_v5(&v.uuid, sname.as_bytes()),
         name: sname.clone(),
         v,
         index,
+        also_lost,
     });
     registry::register(s)?;
     Ok(sname)
@@ -374,6 +402,8 @@ pub struct MemberOptions {
     pub q_source: Option<String>,
     pub mode: MemberMode,
     pub region_size_kb: u64,
+    /// Rate limit of the fold and the rebuild (0: none).
+    pub max_bandwidth_mb_sec: u64,
 }
 
 fn target_event(member_name: String) -> impl Fn(BdevEvent) + Send + Sync + 'static {
@@ -595,6 +625,7 @@ async fn open_member(
         job: JobSlot::default(),
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),
+        max_bandwidth_mb_sec: AtomicU64::new(o.max_bandwidth_mb_sec),
         deleted: AtomicBool::new(false),
     });
     member_jobs::persist_all(&m).await;

@@ -28,18 +28,11 @@ pub struct VerifyJob {
 
 impl VerifyJob {
     pub fn info(&self) -> Value {
-        let r = self.progress.report();
-        json!({
-            "kind": self.progress.kind,
-            "repair": self.repair,
-            "percent": r.percent,
-            "done_bytes": r.done_bytes,
-            "total_bytes": r.total_bytes,
-            "bytes_per_sec": r.bytes_per_sec,
-            "eta_secs": r.eta_secs,
-            "mismatched_blocks": self.mismatches.load(Ordering::Relaxed),
-            "repaired_blocks": self.repaired.load(Ordering::Relaxed),
-        })
+        let mut v = self.progress.report().json(self.progress.kind);
+        v["repair"] = json!(self.repair);
+        v["mismatched_blocks"] = json!(self.mismatches.load(Ordering::Relaxed));
+        v["repaired_blocks"] = json!(self.repaired.load(Ordering::Relaxed));
+        v
     }
 }
 
@@ -51,7 +44,7 @@ pub async fn run(v: Arc<ParityVolume>, job: Arc<VerifyJob>) {
         Ok(()) => ("done", None),
         Err(e) => ("failed", Some(e)),
     };
-    info["state"] = json!(state);
+    info["result"] = json!(state);
     info["error"] = json!(error);
     tracing::info!(parity = %v.name, outcome = %info, "parity verify ended");
     *v.last_verify.lock() = Some(info);

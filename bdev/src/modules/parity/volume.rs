@@ -157,23 +157,18 @@ impl ParityVolume {
             })
     }
 
-    /// The members other than `index`, with their coefficients for reconstructing `index`
-    /// from this volume: `D_i = c_i^-1 · (V + Σ_{j≠i} c_j · D_j)`. Err if a member is
-    /// missing or unreachable.
-    pub fn reconstruct_plan(&self, index: u32) -> Result<(u8, Vec<(Arc<Peer>, u8)>), IoStatus> {
-        let inv = kernels::gf_inv(coef(self.kind, index));
+    /// The reachable members other than `skip`, with their coefficients in this volume.
+    /// Err if one of them is missing.
+    pub fn other_members(&self, skip: &[u32]) -> Result<Vec<(Arc<Peer>, u32)>, IoStatus> {
         let members = self.members.lock();
         let mut out = Vec::with_capacity(members.len());
-        for m in members.iter().filter(|m| m.index != index) {
+        for m in members.iter().filter(|m| !skip.contains(&m.index)) {
             if m.peer.is_removed() {
                 return Err(IoStatus::Failed);
             }
-            out.push((
-                m.peer.clone(),
-                kernels::gf_mul(inv, coef(self.kind, m.index)),
-            ));
+            out.push((m.peer.clone(), m.index));
         }
-        Ok((inv, out))
+        Ok(out)
     }
 
     pub fn info(&self) -> Value {

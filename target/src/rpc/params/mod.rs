@@ -13,6 +13,7 @@ pub mod framework;
 pub mod mirror;
 pub mod nvme;
 pub mod nvmf;
+pub mod parity;
 
 use super::error::RpcError;
 use crate::rpc_client::ArgError;
