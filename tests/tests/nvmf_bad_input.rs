@@ -1574,6 +1574,52 @@ fn invalid_opcode_namespace_and_sgl() {
     assert_serves(&mut t);
 }
 
+/// strata's GF XOR write (85h): a coefficient of 0 or one wider than a byte is refused
+/// before any data moves; on a namespace that is not a parity volume the command is an
+/// invalid opcode; the blocks are untouched either way.
+#[test]
+fn gf_xor_write_bad_coefficient_and_wrong_namespace() {
+    const IO_GF_XOR_WRITE: u8 = 0x85;
+    let mut t = start();
+    let (_a, mut q) = association(t.port, 0);
+    let data = pattern(85, BLOCK);
+    let mut w = rw_sqe(IO_WRITE, 1, 7, 1);
+    set_sgl(&mut w, SGL_DATA_BLOCK_OFFSET, BLOCK as u32);
+    q.cmd(&w, &data, "write block 7").assert_ok("write block 7");
+    for coef in [0u32, 0x100, 0x1_0003] {
+        let mut s = rw_sqe(IO_GF_XOR_WRITE, 1, 7, 1);
+        set_cdw(&mut s, 13, coef);
+        set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, BLOCK as u32);
+        let c = q.cmd(&s, &pattern(86, BLOCK), "gf xor write");
+        c.assert_status(
+            0,
+            SC_INVALID_FIELD,
+            &format!("GF XOR write, CDW13 {coef:#x}"),
+        );
+    }
+    assert!(
+        wait_log(&t, "GF XOR write with an invalid coefficient"),
+        "no log line"
+    );
+    let mut s = rw_sqe(IO_GF_XOR_WRITE, 1, 7, 1);
+    set_cdw(&mut s, 13, 3);
+    set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, BLOCK as u32);
+    let c = q.cmd(
+        &s,
+        &pattern(87, BLOCK),
+        "gf xor write to a malloc namespace",
+    );
+    c.assert_status(
+        0,
+        SC_INVALID_OPCODE,
+        "GF XOR write to a namespace that is not parity",
+    );
+    let r = q.read(7, 1);
+    r.assert_ok("read block 7");
+    assert!(r.data == data, "block 7 changed");
+    assert_serves(&mut t);
+}
+
 // ------------------------------------------------------------------------------------------
 // 10. Connect to an unknown subsystem / with a host that is not allowed
 // ------------------------------------------------------------------------------------------

@@ -522,3 +522,156 @@ fn a_client_over_the_connection_limit_gets_a_json_error() {
         );
     }
 }
+
+/// Remote parity methods refuse bad parameters with -32602 naming them, and bad states
+/// (a taken index, a base that is no parity, a parity that is not one) with errno codes;
+/// the target serves on.
+#[test]
+fn parity_methods_refuse_bad_input() {
+    let t = Target::start(&[]);
+    let g = "1f0e2d3c-4b5a-4697-8877-665544332211";
+    for (name, size) in [("pb", 12), ("db", 8), ("db2", 8)] {
+        t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": size * 256, "block_size": 4096}),
+        );
+    }
+    let bad = |method: &str, params: Value, code: i64, needle: &str| {
+        let (c, msg) = t.rpc_err(method, params.clone());
+        assert_eq!(c, code, "{method} {params}: {msg}");
+        assert!(msg.contains(needle), "{method} {params}: {msg}");
+    };
+    let create = |role: &str, uuid: &str| json!({"name": "P", "base_bdev": "pb", "group_uuid": uuid, "role": role});
+    bad("bdev_parity_create", create("r", g), -32602, "role");
+    bad(
+        "bdev_parity_create",
+        create("p", "not-a-uuid"),
+        -32602,
+        "group_uuid",
+    );
+    bad(
+        "bdev_parity_create",
+        json!({"name": "P", "base_bdev": "nope", "group_uuid": g, "role": "p"}),
+        -19,
+        "nope",
+    );
+    t.rpc_ok("bdev_parity_create", create("p", g));
+    // The base is claimed by the parity volume now.
+    bad(
+        "bdev_parity_create",
+        json!({"name": "P2", "base_bdev": "pb", "group_uuid": g, "role": "q"}),
+        -16,
+        "claimed",
+    );
+    bad(
+        "bdev_parity_add_member",
+        json!({"name": "P", "index": 999, "bdev": "db"}),
+        -32602,
+        "out of range",
+    );
+    t.rpc_ok(
+        "bdev_parity_add_member",
+        json!({"name": "P", "index": 0, "bdev": "db"}),
+    );
+    bad(
+        "bdev_parity_add_member",
+        json!({"name": "P", "index": 0, "bdev": "db2"}),
+        -17,
+        "index 0",
+    );
+    bad(
+        "bdev_parity_source_create",
+        json!({"name": "P", "index": 1, "partner": "db"}),
+        -32602,
+        "also_lost",
+    );
+    bad(
+        "bdev_parity_source_create",
+        json!({"name": "P", "index": 1, "also_lost": 1, "partner": "pb"}),
+        -32602,
+        "another index",
+    );
+    let src = t.rpc_ok(
+        "bdev_parity_source_create",
+        json!({"name": "P", "index": 1}),
+    );
+    assert_eq!(src, "P_src1");
+    let member = |extra: Value| {
+        let mut p =
+            json!({"name": "D", "base_bdev": "db2", "group_uuid": g, "index": 1, "p_bdev": "P"});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"mode": "sideways"})),
+        -32602,
+        "mode",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"index": 40})),
+        -32602,
+        "out of range",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"region_size_kb": 100})),
+        -32602,
+        "region_size_kb",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"p_bdev": null})),
+        -32602,
+        "p_bdev, q_bdev",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"q_bdev": "P"})),
+        -32602,
+        "same bdev",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"p_bdev": null, "q_bdev": "P"})),
+        -32602,
+        "not the q",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"group_uuid": "00000000-0000-4000-8000-000000000001"})),
+        -32602,
+        "not the p",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"mode": "rebuild"})),
+        -32602,
+        "rebuild source",
+    );
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"p_bdev": "nope"})),
+        -19,
+        "nope",
+    );
+    // A base another bdev holds.
+    bad(
+        "bdev_parity_member_create",
+        member(json!({"base_bdev": "pb"})),
+        -16,
+        "claimed",
+    );
+    t.rpc_ok(
+        "bdev_parity_member_create",
+        member(json!({"p_source": "P_src1", "mode": "clean"})),
+    );
+    let got = t.rpc_ok("bdev_parity_get", json!({"name": "D"}));
+    assert_eq!(got[0]["state"], "active", "{got}");
+    bad("bdev_parity_get", json!({"name": "nope"}), -19, "nope");
+    bad("bdev_parity_verify", json!({"name": "nope"}), -19, "nope");
+    assert_alive(&t);
+}

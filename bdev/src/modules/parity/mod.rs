@@ -435,6 +435,19 @@ fn open_target(
     num_blocks: u64,
     bs: u32,
 ) -> Result<Target, BdevError> {
+    // A parity volume of this node can be checked for its role and group (a remote one
+    // cannot: its superblock is behind the other node's export).
+    if let Some(v) = parity(bdev) {
+        if v.kind != kind || v.group_uuid != o.group_uuid {
+            return Err(invalid(format!(
+                "{bdev} is the {} of group {}, not the {} of group {}",
+                v.kind.name(),
+                v.group_uuid,
+                kind.name(),
+                o.group_uuid
+            )));
+        }
+    }
     let peer = Peer::open(bdev, target_event(o.name.clone()))?;
     let op = if kind == Kind::Q {
         IoType::GfXorWrite
@@ -489,6 +502,9 @@ pub async fn create_member(o: MemberOptions) -> Result<Arc<ParityMember>, BdevEr
     }
     if o.p_bdev.is_none() && o.q_bdev.is_none() {
         return Err(invalid("a member needs p_bdev, q_bdev or both".into()));
+    }
+    if o.p_bdev.is_some() && o.p_bdev == o.q_bdev {
+        return Err(invalid("p_bdev and q_bdev are the same bdev".into()));
     }
     if !o.region_size_kb.is_power_of_two() || !(128..=65536).contains(&o.region_size_kb) {
         return Err(invalid(format!(
