@@ -9,7 +9,8 @@
 //! - a data node lost entirely (its file deleted) is rebuilt onto a new empty file while
 //!   its host keeps writing and reading: every acknowledged write reads back, parity exact;
 //! - a parity node cut off (nftables) while a data node writes: the data node serves on
-//!   with the group degraded, and when the link comes back it repairs the parity by itself.
+//!   with the group degraded, and when the link comes back it repairs the parity by itself;
+//! - `kill -9` of the P node under writes and a restart from its superblock: the same.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
@@ -53,7 +54,7 @@ fn rpc(t: &TgtProcess, method: &str, params: Value) -> Value {
 }
 
 /// A parity node: its volume (ns 1) and the rebuild sources of members 0..3 (ns 2..4).
-fn parity_node(dir: &Path, role: &str, ip: &str, port: u16, file: &Path) -> TgtProcess {
+fn parity_node(dir: &Path, role: &str, tag: &str, ip: &str, port: u16, file: &Path) -> TgtProcess {
     let name = role.to_uppercase();
     let nqn = if role == "p" { NQN_P } else { NQN_Q };
     let mut cfg = vec![
@@ -66,7 +67,7 @@ fn parity_node(dir: &Path, role: &str, ip: &str, port: u16, file: &Path) -> TgtP
     for i in 0..3 {
         cfg.push(json!({ "method": "bdev_parity_source_create", "params": { "name": name, "index": i } }));
     }
-    let t = TgtProcess::launch_on(ip, port, dir, role, cfg, nqn, &name, &["--interrupt-mode"]);
+    let t = TgtProcess::launch_on(ip, port, dir, tag, cfg, nqn, &name, &["--interrupt-mode"]);
     for i in 0..3u32 {
         rpc(
             &t,
@@ -218,8 +219,8 @@ fn three_data_nodes_with_p_and_q_survive_kill_loss_and_a_cut_parity_link() {
     };
     let pfile = make_file(dir.path(), "p.img", FILE_MIB + 2);
     let qfile = make_file(dir.path(), "q.img", FILE_MIB + 2);
-    let p = parity_node(dir.path(), "p", IP_P, ports.p, &pfile);
-    let q = parity_node(dir.path(), "q", IP_Q, ports.q, &qfile);
+    let p = parity_node(dir.path(), "p", "p", IP_P, ports.p, &pfile);
+    let q = parity_node(dir.path(), "q", "q", IP_Q, ports.q, &qfile);
     let files: Vec<PathBuf> = (0..3)
         .map(|i| make_file(dir.path(), &format!("d{i}.img"), FILE_MIB))
         .collect();
@@ -365,6 +366,33 @@ fn three_data_nodes_with_p_and_q_survive_kill_loss_and_a_cut_parity_link() {
     check_node(n0, 0, &blocks[0], volume, "after the cut");
     verify_exact(&p, "P", "after the cut");
     verify_exact(&q, "Q", "after the cut");
+
+    // 5. kill -9 of the P node while data node 1 writes; P restarts from its file (its
+    //    member list from the superblock; the members' remote bdevs attached again after
+    //    it is up): the data node repairs P by itself once P can serve its rebuild source.
+    let n1 = nodes[1].as_ref().unwrap();
+    let w1 = writers(n1, 1, &blocks[1], span, 80, false);
+    std::thread::sleep(Duration::from_millis(800));
+    p.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let p = parity_node(dir.path(), "p", "p-restart", IP_P, ports.p, &pfile);
+    for i in 0..3 {
+        add_member_to(&p, "P", i, &ports);
+    }
+    let (acked, failed) = w1.finish();
+    assert_eq!(
+        failed,
+        0,
+        "host writes failed while P was down\n{}",
+        n1.log_text()
+    );
+    assert!(acked > 10, "only {acked} writes");
+    for n in &nodes {
+        wait_settled(n.as_ref().unwrap());
+    }
+    check_node(n1, 1, &blocks[1], volume, "after P's restart");
+    verify_exact(&p, "P", "after P's restart");
+    verify_exact(&q, "Q", "after P's restart");
     for (i, n) in nodes.into_iter().enumerate() {
         let n = n.unwrap();
         check_node(&n, i, &blocks[i], volume, "at the end");

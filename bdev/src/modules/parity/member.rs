@@ -72,6 +72,8 @@ pub struct ParityMember {
     pub last_job: Mutex<Option<Value>>,
     /// A repair was asked for while a job ran: the job runner goes round again.
     pub repair_wanted: AtomicBool,
+    /// The last job stopped on a failure: housekeeping tries it again.
+    pub work_owed: AtomicBool,
     /// Rate limit of the fold and the rebuild (MB/s, 0: none).
     pub max_bandwidth_mb_sec: AtomicU64,
     pub deleted: AtomicBool,

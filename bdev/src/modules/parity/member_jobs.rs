@@ -87,6 +87,8 @@ pub fn start(m: &Arc<ParityMember>) {
         loop {
             m.repair_wanted.store(false, Ordering::Release);
             let outcome = run_all(&m, &p).await;
+            m.work_owed
+                .store(matches!(outcome, Err(Stop::Failed(_))), Ordering::Release);
             let mut info = job_info(&p);
             match &outcome {
                 Ok(()) => info["result"] = json!("done"),
@@ -322,15 +324,37 @@ async fn fold_region(
     Ok(())
 }
 
-/// Clears idle bitmap regions once a second and writes the bitmap when it changed, until
-/// the member is deleted.
+/// First and longest wait before a failed repair (or fold, or rebuild) is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Clears idle bitmap regions once a second and writes the bitmap when it changed; tries a
+/// job that stopped on a failure again (5 s, doubling to 60 s: a parity node that came back
+/// without a path event, or whose rebuild sources could not read yet); until the member is
+/// deleted.
 pub async fn housekeeping(m: Arc<ParityMember>) {
+    let mut backoff = RETRY_FIRST;
+    let mut next_try = Instant::now() + backoff;
     while !m.deleted.load(Ordering::Acquire) {
         strata_reactor::sleep(Duration::from_secs(1)).await;
         if m.deleted.load(Ordering::Acquire) {
             break;
         }
-        if !m.degraded() && !m.job.is_busy() && m.intent.clear_idle() {
+        if m.job.is_busy() {
+            continue;
+        }
+        if m.work_owed.load(Ordering::Acquire) || m.degraded() {
+            if Instant::now() >= next_try {
+                tracing::info!(member = %m.name, "trying the parity repair again");
+                start(&m);
+                backoff = (backoff * 2).min(RETRY_MAX);
+                next_try = Instant::now() + backoff;
+            }
+            continue;
+        }
+        backoff = RETRY_FIRST;
+        next_try = Instant::now() + backoff;
+        if m.intent.clear_idle() {
             persist_all(&m).await;
         }
     }

@@ -202,12 +202,15 @@ async fn open_parity(
         changes: ParityVolume::new_counters(),
     });
     for (index, bdev) in members {
-        match open_group_member(&v, index, &bdev) {
-            Ok(m) => v.members.lock().push(m),
-            Err(e) => {
-                tracing::warn!(parity = %o.name, index, bdev = %bdev, error = %e, "group member not reopened (add it again with bdev_parity_add_member)")
+        let m = open_group_member(&v, index, &bdev).unwrap_or_else(|e| {
+            // Its remote bdev is attached later (or comes back): found at its next use.
+            tracing::warn!(parity = %o.name, index, bdev = %bdev, error = %e, "group member not there yet");
+            GroupMember {
+                index,
+                peer: Arc::new(Peer::absent(&bdev, bs)),
             }
-        }
+        });
+        v.members.lock().push(m);
     }
     if !reopened {
         // A new parity starts as the XOR of no data: zero.
@@ -231,10 +234,11 @@ fn open_group_member(v: &ParityVolume, index: u32, bdev: &str) -> Result<GroupMe
             peer.block_size, v.block_size
         )));
     }
-    if peer.num_blocks > v.num_blocks {
+    if peer.num_blocks() > v.num_blocks {
         return Err(invalid(format!(
             "{bdev} has {} blocks, more than the parity's {}",
-            peer.num_blocks, v.num_blocks
+            peer.num_blocks(),
+            v.num_blocks
         )));
     }
     Ok(GroupMember {
@@ -316,10 +320,13 @@ pub fn create_source(
         }
         Some((b, partner)) => {
             let p = Peer::open(partner, |_| {})?;
-            if p.block_size != v.block_size || p.num_blocks < v.num_blocks {
+            if p.block_size != v.block_size || p.num_blocks() < v.num_blocks {
                 return Err(invalid(format!(
                     "partner {partner} ({} blocks of {} bytes) does not match {name} ({} of {})",
-                    p.num_blocks, p.block_size, v.num_blocks, v.block_size
+                    p.num_blocks(),
+                    p.block_size,
+                    v.num_blocks,
+                    v.block_size
                 )));
             }
             Some(source::AlsoLost {
@@ -467,10 +474,11 @@ fn open_target(
                 p.name, p.block_size
             )));
         }
-        if p.num_blocks < num_blocks {
+        if p.num_blocks() < num_blocks {
             return Err(invalid(format!(
                 "{what} {} has {} blocks, fewer than the member's {num_blocks}",
-                p.name, p.num_blocks
+                p.name,
+                p.num_blocks()
             )));
         }
         Ok(())
@@ -641,6 +649,7 @@ async fn open_member(
         job: JobSlot::default(),
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),
+        work_owed: AtomicBool::new(false),
         max_bandwidth_mb_sec: AtomicU64::new(o.max_bandwidth_mb_sec),
         deleted: AtomicBool::new(false),
     });

@@ -173,12 +173,12 @@ async fn reconstruct(s: &RebuildSource, io: &mut BdevIo) -> Result<(), IoStatus>
     let own = v.base.channel().map_err(|_| IoStatus::Failed)?;
     let path = |p: &Peer| p.channel().map_err(|_| IoStatus::PathError);
     let partner = match &plan.partner {
-        Some((p, _)) => Some((path(p)?, p.num_blocks)),
+        Some((p, _)) => Some((path(p)?, p.num_blocks())),
         None => None,
     };
     let mut members = Vec::with_capacity(plan.members.len());
     for (p, _) in &plan.members {
-        members.push((path(p)?, p.num_blocks));
+        members.push((path(p)?, p.num_blocks()));
     }
     // Inputs in coefficient order: own volume, partner, members.
     let mut coefs = vec![plan.own];

@@ -65,7 +65,7 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
     let mut chans = Vec::with_capacity(members.len());
     for (p, c) in &members {
         let ch = p.channel().map_err(|e| format!("member {}: {e}", p.name))?;
-        chans.push((ch, p.num_blocks, *c, p.name.clone()));
+        chans.push((ch, p.num_blocks(), *c, p.name.clone()));
     }
     let coefs: Vec<u8> = chans.iter().map(|c| c.2).collect();
     let bs = v.block_size as u64;

@@ -180,7 +180,7 @@ impl ParityVolume {
                 json!({
                     "index": m.index,
                     "bdev": m.peer.name,
-                    "num_blocks": m.peer.num_blocks,
+                    "num_blocks": m.peer.num_blocks(),
                     "reachable": !m.peer.is_removed(),
                 })
             })
