@@ -375,6 +375,20 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
         let info = wait_member(name);
         assert_eq!(info["state"], "active", "{info}");
         add_to_parities(index, name);
+        // Back on the one-member sources (a pair source only serves while both are lost):
+        // the member is re-created on its base, which reopens it.
+        registry::unregister(name).unwrap();
+        let base = format!("b{index}again");
+        create_member(member_opts(
+            name,
+            &base,
+            group,
+            index,
+            "P",
+            MemberMode::Fold,
+        ))
+        .unwrap();
+        assert_eq!(wait_member(name)["state"], "active");
     }
     for (name, model) in &models.0 {
         assert!(
@@ -385,6 +399,85 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
     check_parity(
         &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
         "after rebuilding D0 and D3 together",
+    );
+
+    // D1 and P are lost together: D1 rebuilds from Q alone; a new P on an empty base is
+    // computed from the data members by verify with repair; the members, which kept writing
+    // with P gone (degraded), repair their marked regions against the new P.
+    registry::unregister("D1").unwrap();
+    registry::unregister("P").unwrap();
+    assert!(registry::get("P_src0").is_none(), "P's sources go with it");
+    for (name, _) in &models.0 {
+        if name != "D1" {
+            let info = parity::get(Some(name)).unwrap().remove(0);
+            assert!(
+                info["targets"][0]["state"] != "ok" || info["targets"][0]["bdev"] != "P",
+                "{info}"
+            );
+        }
+    }
+    mk_malloc("b1third", 4 * MIB, None);
+    let mut o = member_opts("D1", "b1third", group, 1, "P", MemberMode::Rebuild);
+    let e = create_member(o.clone()).unwrap_err();
+    assert!(
+        e.contains("no bdev named 'P'"),
+        "a new member needs its parity: {e}"
+    );
+    o.p_bdev = None;
+    o.p_source = None;
+    create_member(o).unwrap();
+    random_io(&mut models, 16, 600);
+    assert_eq!(wait_member("D1")["state"], "active");
+    on_reactor(|| async { parity::remove_member("Q", 1).await }).unwrap();
+    on_reactor(|| async { parity::add_member("Q", 1, "D1").await }).unwrap();
+    // Reopened from its superblock with P back in its targets: P is not there yet, so it
+    // comes up degraded, and finds P once P is created again.
+    registry::unregister("D1").unwrap();
+    create_member(member_opts(
+        "D1",
+        "b1third",
+        group,
+        1,
+        "P",
+        MemberMode::Fold,
+    ))
+    .unwrap();
+    assert_eq!(
+        parity::get(Some("D1")).unwrap()[0]["group_state"],
+        "degraded"
+    );
+    mk_malloc("pbase2", 5 * MIB, None);
+    create_parity("P", "pbase2", group, Kind::P);
+    // D2 reaches P through an error bdev, which went with the old P.
+    error::create("P", None).unwrap();
+    for i in 0..4 {
+        parity::create_source("P", i, None, None).unwrap();
+        let d = format!("D{i}");
+        on_reactor(move || async move { parity::add_member("P", i, &d).await }).unwrap();
+    }
+    parity::verify("P", true, 0).unwrap();
+    on_reactor(|| async { parity::wait_parity_idle("P").await });
+    let v = parity::get(Some("P")).unwrap().remove(0);
+    assert_eq!(v["last_verify"]["result"], "done", "{v}");
+    assert!(
+        v["last_verify"]["repaired_blocks"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    for (name, _) in &models.0 {
+        parity::member_repair(name).unwrap();
+        let info = wait_member(name);
+        assert_eq!(info["group_state"], "ok", "{info}");
+        assert_eq!(info["dirty_regions"], 0, "{info}");
+    }
+    for (name, model) in &models.0 {
+        assert!(
+            read_all(name) == *model,
+            "{name}: data differs after losing D1 and P"
+        );
+    }
+    check_parity(
+        &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
+        "after rebuilding D1 and P",
     );
 
     // The parity node's own verify agrees.

@@ -53,14 +53,11 @@ pub async fn ensure_rebuilt(m: &ParityMember, base: &IoChannel, r: u64) -> Resul
         .ok_or(IoStatus::PathError)?;
     let ch = src.channel().map_err(|_| IoStatus::PathError)?;
     let (a, n) = m.region_range(r);
-    let piece_blocks = PIECE_BYTES / m.block_size as u64;
-    let mut lba = a;
-    while lba < a + n {
-        let k = (a + n - lba).min(piece_blocks);
-        let data = piece::read(&ch, lba, k).await?;
-        piece::write(base, IoType::Write, m.data_offset + lba, data, 1).await?;
-        lba += k;
-    }
+    // The region's pieces move together: all read, then all written.
+    let ranges = piece::pieces(a, n, m.block_size);
+    let data = piece::read_many(&ch, &ranges).await?;
+    let at = ranges.iter().map(|&(lba, _)| m.data_offset + lba);
+    piece::write_many(base, IoType::Write, 1, at.zip(data)).await?;
     m.mark_rebuilt(r);
     Ok(())
 }
@@ -249,7 +246,6 @@ async fn walk(
     tracing::info!(member = %m.name, job = name, from_region = start, regions = m.bits, "parity member job started");
     let mut run = JobRun::new(p);
     let mut checkpoint = Instant::now();
-    let piece_blocks = PIECE_BYTES / m.block_size as u64;
     for r in start..m.bits {
         if m.deleted.load(Ordering::Acquire) {
             return Err(Stop::Cancelled);
@@ -271,7 +267,7 @@ async fn walk(
             if need > 0 {
                 sync_meta(m, need).await;
             }
-            let folded = fold_region(m, base, a, n, piece_blocks).await;
+            let folded = fold_region(m, base, a, n).await;
             m.intent.end_write(r as usize);
             folded.map_err(|e| Stop::Failed(format!("folding region {r}: {e}")))?;
         }
@@ -294,32 +290,31 @@ async fn walk(
     Ok(())
 }
 
-/// XORs blocks `a..a+n` of the base into every parity.
-async fn fold_region(
-    m: &ParityMember,
-    base: &IoChannel,
-    a: u64,
-    n: u64,
-    piece_blocks: u64,
-) -> Result<(), String> {
-    let mut lba = a;
-    while lba < a + n {
-        let c = (a + n - lba).min(piece_blocks);
-        let data = piece::read(base, m.data_offset + lba, c)
-            .await
-            .map_err(|st| format!("reading the base: {st:?}"))?;
-        for (k, t) in m.targets.iter().enumerate() {
-            let (op, coef) = t.delta_op(m.coef_q);
-            let sent = match (t.peer.channel(), piece::view(&data)) {
-                (Ok(ch), Ok(v)) => piece::write(&ch, op, lba, v, coef).await,
-                _ => Err(IoStatus::PathError),
-            };
-            if let Err(st) = sent {
-                m.fail_target(k, "fold write failed");
-                return Err(format!("to {}: {st:?}", t.peer.name));
+/// XORs blocks `a..a+n` of the base into every parity: the region's pieces read at once,
+/// then sent to every parity at once.
+async fn fold_region(m: &ParityMember, base: &IoChannel, a: u64, n: u64) -> Result<(), String> {
+    let ranges = piece::pieces(a, n, m.block_size);
+    let local: Vec<_> = ranges
+        .iter()
+        .map(|&(lba, c)| (m.data_offset + lba, c))
+        .collect();
+    let data = piece::read_many(base, &local)
+        .await
+        .map_err(|st| format!("reading the base: {st:?}"))?;
+    for (k, t) in m.targets.iter().enumerate() {
+        let (op, coef) = t.delta_op(m.coef_q);
+        let views: Result<Vec<_>, _> = data.iter().map(piece::view).collect();
+        let sent = match (t.peer.channel(), views) {
+            (Ok(ch), Ok(v)) => {
+                let at = ranges.iter().map(|&(lba, _)| lba);
+                piece::write_many(&ch, op, coef, at.zip(v)).await
             }
+            _ => Err(IoStatus::PathError),
+        };
+        if let Err(st) = sent {
+            m.fail_target(k, "fold write failed");
+            return Err(format!("to {}: {st:?}", t.peer.name));
         }
-        lba += c;
     }
     Ok(())
 }

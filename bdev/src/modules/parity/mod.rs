@@ -200,6 +200,7 @@ async fn open_parity(
         job: JobSlot::default(),
         last_verify: Mutex::new(None),
         changes: ParityVolume::new_counters(),
+        sources: Mutex::new(Vec::new()),
     });
     for (index, bdev) in members {
         let m = open_group_member(&v, index, &bdev).unwrap_or_else(|e| {
@@ -207,7 +208,7 @@ async fn open_parity(
             tracing::warn!(parity = %o.name, index, bdev = %bdev, error = %e, "group member not there yet");
             GroupMember {
                 index,
-                peer: Arc::new(Peer::absent(&bdev, bs)),
+                peer: Arc::new(Peer::absent(&bdev, bs, |_| {})),
             }
         });
         v.members.lock().push(m);
@@ -345,11 +346,12 @@ pub fn create_source(
     let s = Arc::new(RebuildSource {
         uuid: Uuid::new_v5(&v.uuid, sname.as_bytes()),
         name: sname.clone(),
-        v,
+        v: v.clone(),
         index,
         also_lost,
     });
     registry::register(s)?;
+    v.sources.lock().push(sname.clone());
     Ok(sname)
 }
 
@@ -434,6 +436,10 @@ fn target_event(member_name: String) -> impl Fn(BdevEvent) + Send + Sync + 'stat
     }
 }
 
+/// Opens a member's parity `bdev` (and its rebuild source). A member reopened from its
+/// superblock comes up even when they are not there (the parity node is down, or its
+/// remote bdevs are attached later): they count as unreachable and are found at their next
+/// use. A new member needs them.
 fn open_target(
     o: &MemberOptions,
     kind: Kind,
@@ -441,7 +447,17 @@ fn open_target(
     source: Option<&str>,
     num_blocks: u64,
     bs: u32,
+    reopened: bool,
 ) -> Result<Target, BdevError> {
+    let open = |name: &str| match Peer::open(name, target_event(o.name.clone())) {
+        Err(BdevError::NotFound(_)) if reopened => {
+            tracing::warn!(member = %o.name, bdev = %name, "parity bdev not there: the member starts degraded");
+            let p = Peer::absent(name, bs, target_event(o.name.clone()));
+            p.fail();
+            Ok((p, false))
+        }
+        r => r.map(|p| (p, true)),
+    };
     // A parity volume of this node can be checked for its role and group (a remote one
     // cannot: its superblock is behind the other node's export).
     if let Some(v) = parity(bdev) {
@@ -455,13 +471,13 @@ fn open_target(
             )));
         }
     }
-    let peer = Peer::open(bdev, target_event(o.name.clone()))?;
+    let (peer, present) = open(bdev)?;
     let op = if kind == Kind::Q {
         IoType::GfXorWrite
     } else {
         IoType::XorWrite
     };
-    if !peer.supports(op) {
+    if present && !peer.supports(op) {
         return Err(invalid(format!(
             "{bdev} does not take {} (is it a parity volume, or a remote one whose target lacks strata's vendor commands?)",
             op.name()
@@ -483,11 +499,15 @@ fn open_target(
         }
         Ok(())
     };
-    fits(&peer, "parity")?;
+    if present {
+        fits(&peer, "parity")?;
+    }
     let source = match source {
         Some(s) => {
-            let p = Peer::open(s, target_event(o.name.clone()))?;
-            fits(&p, "rebuild source")?;
+            let (p, present) = open(s)?;
+            if present {
+                fits(&p, "rebuild source")?;
+            }
             Some(Arc::new(p))
         }
         None => None,
@@ -546,6 +566,7 @@ async fn open_member(
 ) -> Result<Arc<ParityMember>, BdevError> {
     let bs = base.block_size;
     let found = read_superblock(base).await?;
+    let reopened = found.is_some();
     let (state, cursor, region_blocks, num_blocks, data_offset, bits, bitmap, generation) =
         match found {
             Some((sb, raw)) => {
@@ -605,6 +626,7 @@ async fn open_member(
             o.p_source.as_deref(),
             num_blocks,
             bs,
+            reopened,
         )?);
     }
     if let Some(q) = &o.q_bdev {
@@ -615,6 +637,7 @@ async fn open_member(
             o.q_source.as_deref(),
             num_blocks,
             bs,
+            reopened,
         )?);
     }
     if state == MemberState::Rebuilding && targets.iter().all(|t| t.source.is_none()) {
@@ -623,7 +646,8 @@ async fn open_member(
         ));
     }
     let intent = IntentBitmap::new(generation + 1, generation, 1, bits, bitmap);
-    if intent.dirty_count() > 0 {
+    let degraded = targets.iter().any(|t| t.peer.is_failed());
+    if intent.dirty_count() > 0 || degraded {
         // Kept until the repair has closed them.
         intent.hold_bits(true);
     }
@@ -649,7 +673,7 @@ async fn open_member(
         job: JobSlot::default(),
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),
-        work_owed: AtomicBool::new(false),
+        work_owed: AtomicBool::new(degraded),
         max_bandwidth_mb_sec: AtomicU64::new(o.max_bandwidth_mb_sec),
         deleted: AtomicBool::new(false),
     });

@@ -56,13 +56,17 @@ impl Peer {
     }
 
     /// A peer not (yet) registered: opened at its first use once it is.
-    pub fn absent(name: &str, block_size: u32) -> Peer {
+    pub fn absent(
+        name: &str,
+        block_size: u32,
+        on_event: impl Fn(BdevEvent) + Send + Sync + 'static,
+    ) -> Peer {
         Peer {
             name: name.to_string(),
             block_size,
             num_blocks: AtomicU64::new(0),
             desc: Mutex::new(None),
-            on_event: Arc::new(|_| {}),
+            on_event: Arc::new(on_event),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         }

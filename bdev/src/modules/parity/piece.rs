@@ -37,26 +37,50 @@ pub async fn read(ch: &IoChannel, lba: u64, n: u64) -> Result<DmaBuf, IoStatus> 
     io.bufs.pop().ok_or(IoStatus::Failed)
 }
 
-/// Reads blocks `lba..lba+n` of a bdev of `have` blocks: blocks past its end read as zero
-/// (a group member smaller than the parity).
-pub async fn read_zero_extended(
-    ch: &IoChannel,
+/// Reads blocks `lba..lba+n` of every input `(channel, its blocks)` at once; blocks past
+/// an input's end read as zero (a group member smaller than the parity). The buffers in
+/// input order.
+pub async fn read_inputs(
+    inputs: &[(IoChannel, u64)],
     lba: u64,
     n: u64,
-    have: u64,
-) -> Result<DmaBuf, IoStatus> {
-    let bs = ch.block_size() as u64;
-    let inside = have.saturating_sub(lba).min(n);
-    if inside == n {
-        return read(ch, lba, n).await;
+) -> Result<Vec<DmaBuf>, IoStatus> {
+    let mut waits = Vec::with_capacity(inputs.len());
+    for (ch, have) in inputs {
+        let bs = ch.block_size() as u64;
+        let mut b = buffer((n * bs) as usize).await?;
+        let inside = have.saturating_sub(lba).min(n);
+        b.as_mut_slice()[(inside * bs) as usize..].fill(0);
+        // The device fills only the blocks it has; the zeroed tail comes back with the
+        // buffer's full length.
+        b.set_len((inside * bs) as usize);
+        waits.push(if inside == 0 {
+            Err(b)
+        } else {
+            Ok(submit_wait(ch, BdevIo::read(lba, inside, b)))
+        });
     }
-    let mut b = buffer((n * bs) as usize).await?;
-    if inside > 0 {
-        let part = read(ch, lba, inside).await?;
-        b.as_mut_slice()[..part.len()].copy_from_slice(part.as_slice());
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut failed = None;
+    let full = |mut b: DmaBuf, len: usize| {
+        let ok = b.set_len(len);
+        (b, ok)
+    };
+    for (w, (ch, _)) in waits.into_iter().zip(inputs) {
+        let len = (n * ch.block_size() as u64) as usize;
+        match w {
+            Err(zero) => out.push(full(zero, len).0),
+            Ok(w) => {
+                let mut io = w.await;
+                match (status(&io), io.bufs.pop().map(|b| full(b, len))) {
+                    (Ok(()), Some((b, true))) => out.push(b),
+                    (Err(st), _) => failed = failed.or(Some(st)),
+                    (Ok(()), _) => failed = failed.or(Some(IoStatus::Failed)),
+                }
+            }
+        }
     }
-    b.as_mut_slice()[(inside * bs) as usize..].fill(0);
-    Ok(b)
+    failed.map_or(Ok(out), Err)
 }
 
 /// Writes `data` (a view or an exclusive buffer) at `lba` as `t` (write, XOR write, or GF
@@ -73,6 +97,62 @@ pub async fn write(
     io.gf_coef = coef;
     io.bufs.push(data);
     status(&submit_wait(ch, io).await)
+}
+
+/// The pieces of blocks `a..a+n`: `(lba, blocks)`.
+pub fn pieces(a: u64, n: u64, block_size: u32) -> Vec<(u64, u64)> {
+    let per = PIECE_BYTES / block_size as u64;
+    (0..n.div_ceil(per))
+        .map(|k| (a + k * per, per.min(n - k * per)))
+        .collect()
+}
+
+/// Reads every `(lba, blocks)` range at once (all in flight together); the buffers in
+/// order.
+pub async fn read_many(ch: &IoChannel, ranges: &[(u64, u64)]) -> Result<Vec<DmaBuf>, IoStatus> {
+    let bs = ch.block_size() as u64;
+    let mut waits = Vec::with_capacity(ranges.len());
+    for &(lba, n) in ranges {
+        let b = buffer((n * bs) as usize).await?;
+        waits.push(submit_wait(ch, BdevIo::read(lba, n, b)));
+    }
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut failed = None;
+    for w in waits {
+        let mut io = w.await;
+        match (status(&io), io.bufs.pop()) {
+            (Ok(()), Some(b)) => out.push(b),
+            (Err(st), _) => failed = failed.or(Some(st)),
+            (Ok(()), None) => failed = failed.or(Some(IoStatus::Failed)),
+        }
+    }
+    failed.map_or(Ok(out), Err)
+}
+
+/// Writes every `(lba, data)` as `t` at once (all in flight together).
+pub async fn write_many(
+    ch: &IoChannel,
+    t: IoType,
+    coef: u8,
+    items: impl IntoIterator<Item = (u64, DmaBuf)>,
+) -> Result<(), IoStatus> {
+    let bs = ch.block_size() as u64;
+    let waits: Vec<_> = items
+        .into_iter()
+        .map(|(lba, data)| {
+            let mut io = BdevIo::new(t, lba, data.len() as u64 / bs);
+            io.gf_coef = coef;
+            io.bufs.push(data);
+            submit_wait(ch, io)
+        })
+        .collect();
+    let mut failed = None;
+    for w in waits {
+        if let Err(st) = status(&w.await) {
+            failed = failed.or(Some(st));
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// A read-only view of a whole buffer.

@@ -196,16 +196,18 @@ async fn reconstruct(s: &RebuildSource, io: &mut BdevIo) -> Result<(), IoStatus>
             ParityVolume::back_off(attempt).await;
             let before = v.stamp(lba, n);
             let first_partner = match &partner {
-                Some((ch, have)) => Some(piece::read_zero_extended(ch, lba, n, *have).await?),
+                Some(p) => piece::read_inputs(std::slice::from_ref(p), lba, n)
+                    .await?
+                    .pop(),
                 None => None,
             };
-            let mut bufs = Vec::with_capacity(coefs.len());
-            for (ch, have) in &members {
-                bufs.push(piece::read_zero_extended(ch, lba, n, *have).await?);
-            }
+            let mut bufs = piece::read_inputs(&members, lba, n).await?;
             bufs.insert(0, piece::read(&own, v.data_offset + lba, n).await?);
-            if let (Some((ch, have)), Some(first)) = (&partner, first_partner) {
-                let again = piece::read_zero_extended(ch, lba, n, *have).await?;
+            if let (Some(p), Some(first)) = (&partner, first_partner) {
+                let again = piece::read_inputs(std::slice::from_ref(p), lba, n)
+                    .await?
+                    .pop()
+                    .ok_or(IoStatus::Failed)?;
                 if again.as_slice() != first.as_slice() {
                     continue;
                 }

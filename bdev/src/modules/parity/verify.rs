@@ -68,6 +68,7 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
         chans.push((ch, p.num_blocks(), *c, p.name.clone()));
     }
     let coefs: Vec<u8> = chans.iter().map(|c| c.2).collect();
+    let inputs: Vec<_> = chans.iter().map(|c| (c.0.clone(), c.1)).collect();
     let bs = v.block_size as u64;
     let piece_blocks = PIECE_BYTES / bs;
     let mut run = JobRun::new(&job.progress);
@@ -82,14 +83,9 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
             ParityVolume::back_off(attempt).await;
             // The members first, then the parity; again if a delta moved in between.
             let before = v.stamp(lba, n);
-            let mut data = Vec::with_capacity(chans.len());
-            for (ch, size, _, name) in &chans {
-                data.push(
-                    piece::read_zero_extended(ch, lba, n, *size)
-                        .await
-                        .map_err(|st| io_err(name, lba, st))?,
-                );
-            }
+            let data = piece::read_inputs(&inputs, lba, n)
+                .await
+                .map_err(|st| io_err("the data members", lba, st))?;
             let have = piece::read(&base, v.data_offset + lba, n)
                 .await
                 .map_err(|st| io_err(&v.name, lba, st))?;

@@ -59,6 +59,8 @@ pub struct ParityVolume {
     pub last_verify: Mutex<Option<Value>>,
     /// Change counters of the pieces, hashed (a collision only costs a reader a retry).
     pub changes: Box<[AtomicU64]>,
+    /// The rebuild sources reading this volume (removed with it).
+    pub sources: Mutex<Vec<String>>,
 }
 
 /// Change counters per parity volume.
@@ -256,6 +258,11 @@ impl Bdev for ParityVolume {
         }
         for m in self.members.lock().drain(..) {
             m.peer.close();
+        }
+        let sources = std::mem::take(&mut *self.sources.lock());
+        for s in sources {
+            // A source deleted on its own is gone already.
+            let _ = crate::registry::unregister(&s);
         }
         self.base.release();
         super::forget(&self.name);
