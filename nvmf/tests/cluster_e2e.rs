@@ -8,13 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
+use common::etcd::Etcd;
 use common::writes::{pattern, BS};
 use common::{free_port, rpc_call, uring_cfg as uring, LinkCut, TgtProcess};
 
@@ -22,53 +21,6 @@ const A: &str = "127.0.0.22";
 const B: &str = "127.0.0.23";
 const NQN_A: &str = "nqn.2026-12.io.strata:etcd-a";
 const NQN_B: &str = "nqn.2026-12.io.strata:etcd-b";
-
-/// A throw-away etcd on 127.0.0.1, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Etcd {
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "strata-test", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("strata-test={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
-            .spawn()
-            .expect("etcd (scripts/setup.sh installs etcd-server)");
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcd { child, url }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn file(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);

@@ -10,7 +10,10 @@
 //!   its host keeps writing and reading: every acknowledged write reads back, parity exact;
 //! - a parity node cut off (nftables) while a data node writes: the data node serves on
 //!   with the group degraded, and when the link comes back it repairs the parity by itself;
-//! - `kill -9` of the P node under writes and a restart from its superblock: the same.
+//! - `kill -9` of the P node under writes and a restart from its superblock: the same;
+//! - with the cluster store (a real etcd), a data node whose superblock is rolled back to a
+//!   clean copy after it ran degraded (P cut off) still repairs P when it restarts: its
+//!   record says a repair is owed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::etcd::Etcd;
 use common::writes::{self, Blocks, Writers};
 use common::{free_port, rpc_call, uring_cfg as uring, LinkCut, TgtProcess};
 
@@ -78,10 +82,29 @@ fn parity_node(dir: &Path, role: &str, tag: &str, ip: &str, port: u16, file: &Pa
     t
 }
 
+/// The nodes' addresses and ports, and the data nodes' extra `strata-tgt` arguments.
 struct Ports {
     p: u16,
     q: u16,
     d: [u16; 3],
+    ip_p: &'static str,
+    ip_q: &'static str,
+    ip_d: [&'static str; 3],
+    data_extra: Vec<String>,
+}
+
+impl Ports {
+    fn new(ip_p: &'static str, ip_q: &'static str, ip_d: [&'static str; 3]) -> Ports {
+        Ports {
+            p: free_port(),
+            q: free_port(),
+            d: [free_port(), free_port(), free_port()],
+            ip_p,
+            ip_q,
+            ip_d,
+            data_extra: Vec::new(),
+        }
+    }
 }
 
 /// Data node `i`: P and Q attached (Pn1 the parity, Pn{i+2} its rebuild source), the
@@ -95,12 +118,12 @@ fn data_node(
     mode: &str,
     mb_per_sec: u64,
 ) -> TgtProcess {
-    let ip = DATA[i];
+    let ip = ports.ip_d[i];
     let cfg = vec![
         json!({ "method": "bdev_set_options", "params": { "bdev_auto_examine": false } }),
         json!({ "method": "bdev_nvme_set_options", "params": { "keep_alive_timeout_ms": 2000 } }),
-        attach("P", IP_P, ports.p, NQN_P, ip),
-        attach("Q", IP_Q, ports.q, NQN_Q, ip),
+        attach("P", ports.ip_p, ports.p, NQN_P, ip),
+        attach("Q", ports.ip_q, ports.q, NQN_Q, ip),
         uring("base", file),
         json!({ "method": "bdev_parity_member_create", "params": {
             "name": "D", "base_bdev": "base", "group_uuid": GROUP, "index": i,
@@ -108,16 +131,9 @@ fn data_node(
             "q_bdev": "Qn1", "q_source": format!("Qn{}", i + 2),
             "mode": mode, "region_size_kb": 256, "max_bandwidth_mb_sec": mb_per_sec } }),
     ];
-    TgtProcess::launch_on(
-        ip,
-        ports.d[i],
-        dir,
-        tag,
-        cfg,
-        &nqn_d(i),
-        "D",
-        &["--interrupt-mode"],
-    )
+    let mut extra = vec!["--interrupt-mode"];
+    extra.extend(ports.data_extra.iter().map(String::as_str));
+    TgtProcess::launch_on(ip, ports.d[i], dir, tag, cfg, &nqn_d(i), "D", &extra)
 }
 
 /// The parity nodes read data member `i` through a remote bdev `D{i}n1`.
@@ -125,7 +141,7 @@ fn add_member_to(parity: &TgtProcess, name: &str, i: usize, ports: &Ports) {
     rpc(
         parity,
         "bdev_nvme_attach_controller",
-        json!({ "name": format!("D{i}"), "trtype": "TCP", "traddr": DATA[i],
+        json!({ "name": format!("D{i}"), "trtype": "TCP", "traddr": ports.ip_d[i],
             "trsvcid": ports.d[i].to_string(), "subnqn": nqn_d(i), "hostaddr": parity.ip,
             "ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1 }),
     );
@@ -212,11 +228,7 @@ fn writers(
 #[test]
 fn three_data_nodes_with_p_and_q_survive_kill_loss_and_a_cut_parity_link() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports {
-        p: free_port(),
-        q: free_port(),
-        d: [free_port(), free_port(), free_port()],
-    };
+    let ports = Ports::new(IP_P, IP_Q, DATA);
     let pfile = make_file(dir.path(), "p.img", FILE_MIB + 2);
     let qfile = make_file(dir.path(), "q.img", FILE_MIB + 2);
     let p = parity_node(dir.path(), "p", "p", IP_P, ports.p, &pfile);
@@ -398,6 +410,94 @@ fn three_data_nodes_with_p_and_q_survive_kill_loss_and_a_cut_parity_link() {
         check_node(&n, i, &blocks[i], volume, "at the end");
         n.stop();
     }
+    p.stop();
+    q.stop();
+}
+
+#[test]
+fn a_repair_owed_survives_a_rolled_back_superblock_through_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut ports = Ports::new(
+        "127.0.0.30",
+        "127.0.0.31",
+        ["127.0.0.29", "127.0.0.32", "127.0.0.33"],
+    );
+    ports.data_extra = vec!["--etcd".into(), etcd.url.clone()];
+    let pfile = make_file(dir.path(), "p.img", FILE_MIB + 2);
+    let qfile = make_file(dir.path(), "q.img", FILE_MIB + 2);
+    let p = parity_node(dir.path(), "p", "p", ports.ip_p, ports.p, &pfile);
+    let q = parity_node(dir.path(), "q", "q", ports.ip_q, ports.q, &qfile);
+    let file = make_file(dir.path(), "d0.img", FILE_MIB);
+    let d = data_node(dir.path(), "d0", 0, &ports, &file, "fold", 0);
+    add_member_to(&p, "P", 0, &ports);
+    add_member_to(&q, "Q", 0, &ports);
+    let info = wait_settled(&d);
+    let volume = info["num_blocks"].as_u64().unwrap();
+    let meta_bytes = info["data_offset"].as_u64().unwrap() as usize * writes::BS;
+    let span = volume / 64 * 64;
+    let blocks = writes::new_blocks(volume);
+    let (acked, failed) = {
+        let w = writers(&d, 0, &blocks, span, 90, false);
+        std::thread::sleep(Duration::from_secs(2));
+        w.finish()
+    };
+    assert!(acked > 10 && failed == 0, "{acked} acked, {failed} failed");
+    wait_settled(&d);
+    verify_exact(&p, "P", "before the cut");
+    // The member's metadata as it is now: nothing owed.
+    let clean = {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; meta_bytes];
+        std::fs::File::open(&file)
+            .unwrap()
+            .read_exact_at(&mut b, 0)
+            .unwrap();
+        b
+    };
+    // P cut off: the member runs degraded, marks what it writes, and its record says so.
+    let cut = LinkCut::new(ports.ip_d[0], ports.ip_p);
+    let w = writers(&d, 0, &blocks, span, 91, false);
+    let t0 = Instant::now();
+    while member(&d)["group_state"] != "degraded" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not degraded: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (acked, failed) = w.finish();
+    assert!(
+        acked > 10 && failed == 0,
+        "{acked} acked, {failed} failed during the cut"
+    );
+    let log = d.kill9();
+    assert!(
+        log.contains("member state recorded in the cluster store"),
+        "{log}"
+    );
+    // The superblock (and its bitmap) rolled back to the clean copy: alone, it says P
+    // owes nothing.
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .write_all_at(&clean, 0)
+            .unwrap();
+    }
+    drop(cut);
+    let d = data_node(dir.path(), "d0-restart", 0, &ports, &file, "fold", 0);
+    wait_settled(&d);
+    let text = d.log_text();
+    assert!(text.contains("the parity is owed a repair"), "{text}");
+    check_node(&d, 0, &blocks, volume, "after the restart");
+    verify_exact(&p, "P", "after the rolled-back restart");
+    verify_exact(&q, "Q", "after the rolled-back restart");
+    d.stop();
     p.stop();
     q.stop();
 }

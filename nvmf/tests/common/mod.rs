@@ -2,6 +2,7 @@
 //! binaries, free ports, waiting for a listener, and signals.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod etcd;
 pub mod writes;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -74,6 +74,8 @@ pub struct ParityMember {
     pub repair_wanted: AtomicBool,
     /// The last job stopped on a failure: housekeeping tries it again.
     pub work_owed: AtomicBool,
+    /// The state last written to the cluster store.
+    pub recorded: Mutex<Option<super::record::MemberRecord>>,
     /// Rate limit of the fold and the rebuild (MB/s, 0: none).
     pub max_bandwidth_mb_sec: AtomicU64,
     pub deleted: AtomicBool,
@@ -152,6 +154,14 @@ impl ParityMember {
         if t.peer.fail() {
             self.intent.hold_bits(true);
             tracing::warn!(member = %self.name, parity = %t.peer.name, why, "parity unreachable: the group runs degraded; written regions are kept for repair");
+            // The cluster record (and the superblock) learn of it now, not at the next
+            // bitmap change.
+            if let Some(m) = super::member(&self.name) {
+                crate::volume::examine::on_a_reactor(move || async move {
+                    m.intent.bump_unordered();
+                    super::member_jobs::persist_all(&m).await;
+                });
+            }
         }
     }
 
@@ -227,6 +237,8 @@ pub fn coef_q(index: u32) -> u8 {
 
 impl MetaWriter for ParityMember {
     async fn write_meta(&self, snap: &Snapshot) -> MetaWrite {
+        // The cluster record first: it may be all that is left if the superblock is lost.
+        super::record::write_member(self, snap.generation).await;
         let sb = self.superblock(snap.generation);
         let len = (sb.meta_blocks() * self.block_size as u64) as usize;
         let ok = async {

@@ -12,7 +12,8 @@
 //! - [`member`], [`member_io`], [`member_jobs`]: the data member on a data node: local
 //!   reads, read-modify-write with deltas to P and Q, intent bitmap, fold-in, rebuild and
 //!   repair jobs.
-//! - [`superblock`]: the on-disk format of both; [`piece`] and [`peer`]: plumbing.
+//! - [`superblock`]: the on-disk format of both; [`record`]: the same state in the cluster
+//!   store (optional); [`piece`] and [`peer`]: plumbing.
 //!
 //! Everything talks to the other nodes only through [`crate::Bdev`]s (remote NVMe/TCP
 //! namespaces in a real deployment, local bdevs in the single-process tests), with the two
@@ -25,6 +26,7 @@ pub mod member_io;
 pub mod member_jobs;
 pub mod peer;
 pub mod piece;
+pub mod record;
 pub mod source;
 pub mod superblock;
 pub mod verify;
@@ -584,7 +586,7 @@ async fn open_member(
                 // A damaged bitmap: every region may differ from the parity.
                 let bitmap = sb.decode_bitmap(&raw).unwrap_or_else(|| {
                     tracing::warn!(member = %o.name, "bitmap damaged: every region will be repaired");
-                    vec![u64::MAX; sb.bits.div_ceil(64) as usize]
+                    every_region(sb.bits)
                 });
                 (
                     sb.state,
@@ -617,6 +619,11 @@ async fn open_member(
                 (state, 0, region_blocks, n, off, bits, Vec::new(), 0)
             }
         };
+    let (state, cursor, bitmap) = if reopened {
+        apply_record(o, state, cursor, bitmap, bits, generation).await?
+    } else {
+        (state, cursor, bitmap)
+    };
     let mut targets = Vec::new();
     if let Some(p) = &o.p_bdev {
         targets.push(open_target(
@@ -674,6 +681,7 @@ async fn open_member(
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),
         work_owed: AtomicBool::new(degraded),
+        recorded: Mutex::new(None),
         max_bandwidth_mb_sec: AtomicU64::new(o.max_bandwidth_mb_sec),
         deleted: AtomicBool::new(false),
     });
@@ -693,6 +701,57 @@ async fn open_member(
         member_jobs::start(&m);
     }
     Ok(m)
+}
+
+/// A bitmap with the bits of all `bits` regions set (and none past them).
+fn every_region(bits: u64) -> Vec<u64> {
+    let mut w = vec![u64::MAX; bits.div_ceil(64) as usize];
+    if let Some(last) = w.last_mut() {
+        if bits % 64 != 0 {
+            *last = (1u64 << (bits % 64)) - 1;
+        }
+    }
+    w
+}
+
+/// A reopened member's state after its cluster record (when a store is installed): the
+/// record, written before each superblock, wins when it is at least as new; a repair it
+/// says is owed makes every region repaired, whatever its age (the cost of a needless one
+/// is time, of a missed one the parity). Err when the store does not answer.
+async fn apply_record(
+    o: &MemberOptions,
+    state: MemberState,
+    cursor: u64,
+    bitmap: Vec<u64>,
+    bits: u64,
+    sb_generation: u64,
+) -> Result<(MemberState, u64, Vec<u64>), BdevError> {
+    let rec = record::read_member(o.group_uuid, o.index)
+        .await
+        .map_err(|e| {
+            BdevError::IoFailed(format!(
+                "{e}: member {} is not brought up from its superblock alone (restart without --etcd to do that)",
+                o.name
+            ))
+        })?;
+    let Some(rec) = rec else {
+        return Ok((state, cursor, bitmap));
+    };
+    let (mut state, mut cursor, mut bitmap) = (state, cursor, bitmap);
+    if rec.generation >= sb_generation {
+        if let Some(s) = rec.member_state() {
+            if (s, rec.cursor) != (state, cursor) {
+                tracing::warn!(member = %o.name, superblock = state.name(), sb_cursor = cursor, record = s.name(), record_cursor = rec.cursor, "the cluster record is newer than the superblock: its state wins");
+                state = s;
+                cursor = rec.cursor.min(bits);
+            }
+        }
+    }
+    if rec.repair_owed {
+        tracing::warn!(member = %o.name, "the cluster record says the parity is owed a repair: every region will be repaired");
+        bitmap = every_region(bits);
+    }
+    Ok((state, cursor, bitmap))
 }
 
 /// `bdev_parity_member_repair`: runs the repair (and any owed fold or rebuild) now.

@@ -148,6 +148,7 @@ impl ParityVolume {
             .await
             .map_err(|st| BdevError::IoFailed(format!("superblock buffer: {st:?}")))?;
         sb.encode_meta(&[], buf.as_mut_slice());
+        super::record::write_volume(self, generation).await;
         let ch = self.base.channel()?;
         piece::write(&ch, IoType::Write, 0, buf, 1)
             .await
