@@ -707,7 +707,7 @@ async fn open_member(
 fn every_region(bits: u64) -> Vec<u64> {
     let mut w = vec![u64::MAX; bits.div_ceil(64) as usize];
     if let Some(last) = w.last_mut() {
-        if bits % 64 != 0 {
+        if !bits.is_multiple_of(64) {
             *last = (1u64 << (bits % 64)) - 1;
         }
     }
