@@ -105,6 +105,7 @@ job_line "$work/d.sock" D2
 
 # Rebuilding it onto an empty device from P (reads P and members 0 and 1 on the parity node).
 RD bdev_parity_member_delete D2 >/dev/null
+RD bdev_malloc_delete B2 >/dev/null
 RD bdev_malloc_create -b B2new $(( size_mb + 1 )) 4096 >/dev/null
 RD bdev_parity_member_create -n D2new -b B2new -g $G -i 2 --p-bdev Rn1 --p-source Rn3 --q-bdev Rn2 -m rebuild >/dev/null
 printf 'rebuild a lost %s MiB node from P        ' "$size_mb"
