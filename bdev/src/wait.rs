@@ -78,7 +78,8 @@ pub async fn alloc_bufs(len: usize) -> Result<smallvec::SmallVec<[DmaBuf; 2]>, I
     Ok(out)
 }
 
-fn status(io: &BdevIo) -> Result<(), IoStatus> {
+/// The I/O's outcome as a `Result`.
+pub(crate) fn status(io: &BdevIo) -> Result<(), IoStatus> {
     if io.status.is_success() {
         Ok(())
     } else {

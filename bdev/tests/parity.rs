@@ -160,6 +160,7 @@ impl Models {
 /// `ops` random writes and reads (not overlapping while in flight) to the members, checked
 /// against the models.
 fn random_io(models: &mut Models, seed: u64, ops: usize) {
+    eprintln!("random I/O, seed {seed}");
     let mut m = std::mem::take(&mut models.0);
     let out = on_reactor(move || async move {
         let mut rng = SmallRng::seed_from_u64(seed);
@@ -280,6 +281,12 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
         let p = p.to_string();
         on_reactor(move || async move { parity::remove_member(&p, 1).await }).unwrap();
     }
+    // While D1 is lost, the parity can reconstruct D1 and nothing else.
+    let lost = on_reactor(|| async {
+        let d = registry::open("P_src0", |_| {}).unwrap();
+        read_vec(&d.channel().unwrap(), 0, 1).await
+    });
+    assert!(lost.is_err(), "P_src0 read while member 1 is lost");
     mk_malloc("b1new", 4 * MIB, None);
     create_member(member_opts(
         "D1",
@@ -479,6 +486,26 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
         &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
         "after rebuilding D1 and P",
     );
+
+    // A member cannot be reopened without a parity it updates (that parity would go
+    // stale), and a name the superblock cannot keep is refused.
+    registry::unregister("D3").unwrap();
+    let mut o = member_opts("D3", "b3again", group, 3, "P", MemberMode::Fold);
+    o.q_bdev = None;
+    let e = create_member(o).unwrap_err();
+    assert!(e.contains("reopen it with those parity bdevs"), "{e}");
+    create_member(member_opts(
+        "D3",
+        "b3again",
+        group,
+        3,
+        "P",
+        MemberMode::Fold,
+    ))
+    .unwrap();
+    let long = "x".repeat(120);
+    let e = create_member(member_opts(&long, "bx", group, 5, "P", MemberMode::Fold)).unwrap_err();
+    assert!(e.contains("longer than"), "{e}");
 
     // The parity node's own verify agrees.
     for p in ["P", "Q"] {

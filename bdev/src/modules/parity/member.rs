@@ -68,6 +68,9 @@ pub struct ParityMember {
     pub rebuilt: Mutex<Vec<u64>>,
     pub intent: IntentBitmap,
     pub locks: StripeLocks,
+    /// Per region (hashed), bumped when a write or rebuild of it starts and ends: a repair
+    /// that read the parity's view without the region's lock knows whether it is stale.
+    pub seqs: Box<[AtomicU64]>,
     pub job: JobSlot<Progress>,
     pub last_job: Mutex<Option<Value>>,
     /// A repair was asked for while a job ran: the job runner goes round again.
@@ -127,6 +130,15 @@ impl ParityMember {
             .is_some_and(|w| w & (1 << (r % 64)) != 0)
     }
 
+    /// The region's write sequence ([`Self::seqs`]).
+    pub fn seq(&self, r: u64) -> u64 {
+        self.seqs[r as usize % self.seqs.len()].load(Ordering::Acquire)
+    }
+
+    pub fn bump_seq(&self, r: u64) {
+        self.seqs[r as usize % self.seqs.len()].fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn mark_rebuilt(&self, r: u64) {
         let mut b = self.rebuilt.lock();
         let w = (r / 64) as usize;
@@ -165,6 +177,11 @@ impl ParityMember {
         }
     }
 
+    /// The parity volumes it sends deltas to, as the superblock keeps them.
+    pub fn roles(&self) -> u8 {
+        roles_of(self.targets.iter().map(|t| t.kind))
+    }
+
     pub fn degraded(&self) -> bool {
         self.targets.iter().any(|t| t.peer.is_failed())
     }
@@ -189,6 +206,7 @@ impl ParityMember {
             region_blocks: self.region_blocks,
             bits: self.bits,
             cursor: self.cursor.load(Ordering::Acquire),
+            roles: self.roles(),
             members: Vec::new(),
         }
     }
@@ -230,6 +248,17 @@ impl ParityMember {
     }
 }
 
+/// [`super::superblock::Superblock::roles`] of a set of parity kinds.
+pub fn roles_of(kinds: impl Iterator<Item = Kind>) -> u8 {
+    kinds.fold(0, |r, k| {
+        r | match k {
+            Kind::P => super::superblock::ROLE_P,
+            Kind::Q => super::superblock::ROLE_Q,
+            Kind::Data => 0,
+        }
+    })
+}
+
 /// `g^index`, this member's coefficient in Q.
 pub fn coef_q(index: u32) -> u8 {
     kernels::gf_pow2(index as usize)
@@ -242,10 +271,11 @@ impl MetaWriter for ParityMember {
         let sb = self.superblock(snap.generation);
         let len = (sb.meta_blocks() * self.block_size as u64) as usize;
         let ok = async {
-            let mut buf = super::piece::buffer(len).await?;
-            sb.encode_meta(&snap.bitmap, buf.as_mut_slice());
+            // Header and bitmap may be larger than a pool buffer: written from a copy.
+            let mut raw = vec![0u8; len];
+            sb.encode_meta(&snap.bitmap, &mut raw);
             let ch = self.base.channel().map_err(|_| crate::IoStatus::Failed)?;
-            super::piece::write(&ch, IoType::Write, 0, buf, 1).await
+            crate::wait::write_slice(&ch, 0, &raw).await
         }
         .await;
         if let Err(st) = &ok {
@@ -283,7 +313,9 @@ impl Bdev for ParityMember {
     fn supports(&self, t: IoType) -> bool {
         match t {
             IoType::Read | IoType::Write | IoType::Flush => true,
-            IoType::WriteZeroes | IoType::Unmap => true,
+            // Zeroes are written as data (their delta goes to the parity); unmap is not
+            // offered, so hosts do not discard whole devices through read-modify-writes.
+            IoType::WriteZeroes => true,
             IoType::Checksum => self.base.supports(t),
             _ => false,
         }

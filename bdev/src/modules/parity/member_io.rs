@@ -162,6 +162,7 @@ async fn write_piece(
     let (ra, rz) = m.regions(lba, n);
     for r in ra..=rz {
         member_jobs::ensure_rebuilt(m, base, r).await?;
+        m.bump_seq(r);
     }
     // The part of the piece already in the parity sends a delta.
     let dn = m.folded_end().saturating_sub(lba).min(n);
@@ -211,6 +212,7 @@ async fn write_piece(
         }
     }
     let local = local.await;
+    let deltas_sent = !sent.is_empty();
     for (k, w) in sent {
         let io = w.await;
         if !io.status.is_success() {
@@ -218,8 +220,19 @@ async fn write_piece(
             m.fail_target(k, "delta write failed");
         }
     }
+    if deltas_sent && !local.status.is_success() {
+        // The parity may hold a delta for data the base did not take: keep the region
+        // marked until the repair has made the parity match the base again.
+        tracing::warn!(member = %m.name, lba, status = ?local.status, "local write failed after its delta went out: the region is kept for repair");
+        m.intent.hold_bits(true);
+        m.work_owed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     if let Some((da, dz)) = marked {
         end_regions(m, da, dz);
+    }
+    for r in ra..=rz {
+        m.bump_seq(r);
     }
     if local.status.is_success() {
         Ok(())

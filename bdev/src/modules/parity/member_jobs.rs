@@ -16,7 +16,7 @@
 //! which the repair closes (and then counts the region as folded).
 
 use super::member::ParityMember;
-use super::piece::{self, PIECE_BYTES};
+use super::piece;
 use super::superblock::MemberState;
 use crate::channel::IoChannel;
 use crate::io::{IoStatus, IoType};
@@ -39,27 +39,80 @@ pub fn job_info(p: &Progress) -> Value {
     p.report().json(p.kind)
 }
 
+/// Pieces a job keeps in flight at once (bounded: the pool's large buffers are shared
+/// with the NVMe/TCP target).
+const BATCH: usize = 8;
+
 /// Makes region `r` rebuilt if the member is being rebuilt and it is not (the caller
-/// holds the region's lock units).
+/// holds the region's lock units): copied from the first reachable parity's rebuild
+/// source; the other parities (Q beside P) are then made to agree with what was copied
+/// (the lost node may have left them disagreeing).
 pub async fn ensure_rebuilt(m: &ParityMember, base: &IoChannel, r: u64) -> Result<(), IoStatus> {
     if m.is_rebuilt(r) {
         return Ok(());
     }
-    let src = m
+    let (first, src) = m
         .targets
         .iter()
-        .filter(|t| !t.peer.is_failed())
-        .find_map(|t| t.source.clone())
+        .enumerate()
+        .filter(|(_, t)| !t.peer.is_failed())
+        .find_map(|(k, t)| t.source.clone().map(|s| (k, s)))
         .ok_or(IoStatus::PathError)?;
     let ch = src.channel().map_err(|_| IoStatus::PathError)?;
     let (a, n) = m.region_range(r);
-    // The region's pieces move together: all read, then all written.
-    let ranges = piece::pieces(a, n, m.block_size);
-    let data = piece::read_many(&ch, &ranges).await?;
-    let at = ranges.iter().map(|&(lba, _)| m.data_offset + lba);
-    piece::write_many(base, IoType::Write, 1, at.zip(data)).await?;
+    m.bump_seq(r);
+    for batch in piece::pieces(a, n, m.block_size).chunks(BATCH) {
+        let data = piece::read_many(&ch, batch).await?;
+        for (k, t) in m.targets.iter().enumerate() {
+            // A parity without a rebuild source here cannot be checked (a member rebuilt
+            // from a pair source); its deltas still go out.
+            if k == first || t.peer.is_failed() || t.source.is_none() {
+                continue;
+            }
+            if let Err(st) = agree(m, t, batch, &data).await {
+                m.fail_target(k, "checking the rebuilt region failed");
+                tracing::warn!(member = %m.name, parity = %t.peer.name, region = r, status = ?st, "parity not checked against the rebuilt region");
+            }
+        }
+        let at = batch.iter().map(|&(lba, _)| m.data_offset + lba);
+        piece::write_many(base, IoType::Write, 1, at.zip(data)).await?;
+    }
     m.mark_rebuilt(r);
+    m.bump_seq(r);
     Ok(())
+}
+
+/// Makes parity `t` agree with `data` (this member's blocks of `batch`): its rebuild
+/// source's view is read, and the difference, if any, XOR-written.
+async fn agree(
+    m: &ParityMember,
+    t: &super::member::Target,
+    batch: &[(u64, u64)],
+    data: &[strata_reactor::dma::DmaBuf],
+) -> Result<(), IoStatus> {
+    let Some(src) = &t.source else {
+        return Err(IoStatus::PathError);
+    };
+    let (sch, pch) = (
+        src.channel().map_err(|_| IoStatus::PathError)?,
+        t.peer.channel().map_err(|_| IoStatus::PathError)?,
+    );
+    let mut seen = piece::read_many(&sch, batch).await?;
+    let mut fixes = Vec::new();
+    for ((&(lba, c), view), mine) in batch.iter().zip(seen.iter_mut()).zip(data) {
+        crate::kernels::xor_into(view.as_mut_slice(), mine.as_slice());
+        if !piece::is_zero(view.as_slice()) {
+            tracing::info!(member = %m.name, parity = %t.peer.name, lba, blocks = c, "parity differed: corrected");
+            fixes.push(lba);
+        }
+    }
+    let (op, coef) = t.delta_op(m.coef_q);
+    let fixes = batch
+        .iter()
+        .zip(seen)
+        .filter(|((lba, _), _)| fixes.contains(lba))
+        .map(|((lba, _), diff)| (*lba, diff));
+    piece::write_many(&pch, op, coef, fixes).await
 }
 
 /// Why a job step stopped.
@@ -97,16 +150,17 @@ pub fn start(m: &Arc<ParityMember>) {
                 }
             }
             *m.last_job.lock() = Some(info);
+            m.job.release();
+            // A request that came while the slot was held is served now; one that comes
+            // after this check finds the slot free and starts its own run.
             if m.deleted.load(Ordering::Acquire) || !m.repair_wanted.load(Ordering::Acquire) {
                 break;
             }
-            m.job.release();
             match m.job.reserve(|| Progress::new(job_kind(&m), None, 0)) {
                 Some(n) => p = n,
                 None => return,
             }
         }
-        m.job.release();
     });
 }
 
@@ -154,15 +208,11 @@ async fn repair(m: &ParityMember, base: &IoChannel, _p: &Progress) -> Result<(),
                 m.intent.clear_region(r);
                 continue;
             }
-            // Rebuilt again from the parity later: the parity is what it will hold.
-            MemberState::Rebuilding if !m.is_rebuilt(r) => {
-                m.intent.clear_region(r);
-                continue;
-            }
+            // A write marked it, and writes come after the region's rebuild: it holds
+            // acknowledged data (the on-demand rebuild was forgotten by a restart).
+            MemberState::Rebuilding if !m.is_rebuilt(r) => m.mark_rebuilt(r),
             _ => {}
         }
-        let (ua, uz) = m.region_units(r);
-        let _held = m.locks.lock_units(ua, uz).await;
         repair_region(m, base, r).await?;
         m.intent.clear_region(r);
         repaired += 1;
@@ -185,10 +235,18 @@ async fn repair(m: &ParityMember, base: &IoChannel, _p: &Progress) -> Result<(),
     Ok(())
 }
 
-/// Makes every parity hold exactly this member's data in region `r` (lock held).
+/// Rounds of [`repair_region`] before it gives up (retried later).
+const REPAIR_ROUNDS: u32 = 16;
+
+/// Makes every parity hold exactly this member's data in region `r`. The rebuild source
+/// is read without this member's lock (the source reads the other members, whose own
+/// repairs may be waiting on their locks: holding ours would deadlock two nodes), then the
+/// lock is taken and the view used only if no write of ours touched the region meanwhile.
+/// A correction fixes the parity for every member at once, so two members repairing one
+/// region can cancel each other's: the region is checked again until the view agrees.
 async fn repair_region(m: &ParityMember, base: &IoChannel, r: u64) -> Result<(), Stop> {
     let (a, n) = m.region_range(r);
-    let piece_blocks = PIECE_BYTES / m.block_size as u64;
+    let pieces = piece::pieces(a, n, m.block_size);
     for (k, t) in m.targets.iter().enumerate() {
         let Some(src) = &t.source else {
             return Err(Stop::Failed(format!(
@@ -203,25 +261,49 @@ async fn repair_region(m: &ParityMember, base: &IoChannel, r: u64) -> Result<(),
         let (Ok(sch), Ok(pch)) = (src.channel(), t.peer.channel()) else {
             return Err(fail("no channel", IoStatus::PathError));
         };
-        let mut lba = a;
-        while lba < a + n {
-            let c = (a + n - lba).min(piece_blocks);
-            let seen = piece::read(&sch, lba, c)
-                .await
-                .map_err(|st| fail("reading the rebuild source", st))?;
-            let mut mine = piece::read(base, m.data_offset + lba, c)
-                .await
-                .map_err(|st| Stop::Failed(format!("reading the base: {st:?}")))?;
-            crate::kernels::xor_into(mine.as_mut_slice(), seen.as_slice());
-            drop(seen);
-            if !piece::is_zero(mine.as_slice()) {
-                let (op, coef) = t.delta_op(m.coef_q);
-                tracing::info!(member = %m.name, parity = %t.peer.name, lba, blocks = c, "parity differed: corrected");
-                piece::write(&pch, op, lba, mine, coef)
+        let (op, coef) = t.delta_op(m.coef_q);
+        for batch in pieces.chunks(BATCH) {
+            let mut round = 0;
+            loop {
+                round += 1;
+                if round > REPAIR_ROUNDS {
+                    return Err(Stop::Failed(format!(
+                        "region {r} of parity {} did not settle in {REPAIR_ROUNDS} rounds",
+                        t.peer.name
+                    )));
+                }
+                let before = m.seq(r);
+                let mut seen = piece::read_many(&sch, batch)
+                    .await
+                    .map_err(|st| fail("reading the rebuild source", st))?;
+                let (ua, uz) = m.region_units(r);
+                let held = m.locks.lock_units(ua, uz).await;
+                if m.seq(r) != before {
+                    continue;
+                }
+                let local: Vec<_> = batch.iter().map(|&(l, c)| (m.data_offset + l, c)).collect();
+                let mine = piece::read_many(base, &local)
+                    .await
+                    .map_err(|st| Stop::Failed(format!("reading the base: {st:?}")))?;
+                let mut fixes = Vec::new();
+                for ((&(lba, c), mut diff), mine) in batch.iter().zip(seen.drain(..)).zip(mine) {
+                    crate::kernels::xor_into(diff.as_mut_slice(), mine.as_slice());
+                    if !piece::is_zero(diff.as_slice()) {
+                        tracing::info!(member = %m.name, parity = %t.peer.name, lba, blocks = c, round, "parity differed: corrected");
+                        fixes.push((lba, diff));
+                    }
+                }
+                if fixes.is_empty() {
+                    break;
+                }
+                piece::write_many(&pch, op, coef, fixes)
                     .await
                     .map_err(|st| fail("correcting the parity", st))?;
+                drop(held);
+                // Check again (after a pause that breaks a tie with another member's repair).
+                let jitter = (m.index as u64 * 7 + round as u64 * 13) % 20 + 1;
+                strata_reactor::sleep(Duration::from_millis(jitter)).await;
             }
-            lba += c;
         }
     }
     Ok(())

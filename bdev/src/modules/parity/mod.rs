@@ -116,6 +116,29 @@ async fn read_superblock(base: &ClaimedBase) -> Result<Option<(Superblock, Vec<u
     Ok(Some((sb, raw)))
 }
 
+/// Refuses a superblock whose shape does not fit the base it was read from.
+fn check_fits(sb: &Superblock, base: &ClaimedBase) -> Result<(), BdevError> {
+    let end = sb.data_offset.checked_add(sb.num_blocks);
+    if sb.block_size != base.block_size || end.is_none_or(|e| e > base.num_blocks) {
+        return Err(invalid(format!(
+            "{}'s parity superblock does not fit it ({} blocks of {} bytes from block {}; the bdev has {} of {})",
+            base.name,
+            sb.num_blocks,
+            sb.block_size,
+            sb.data_offset,
+            base.num_blocks,
+            base.block_size
+        )));
+    }
+    if sb.generation == u64::MAX {
+        return Err(invalid(format!(
+            "{}'s superblock generation is exhausted",
+            base.name
+        )));
+    }
+    Ok(())
+}
+
 /// Parameters of `bdev_parity_create`.
 #[derive(Clone, Debug)]
 pub struct ParityOptions {
@@ -130,6 +153,7 @@ pub struct ParityOptions {
 /// reopens the one the base carries. Runs on a reactor.
 pub async fn create_parity(o: ParityOptions) -> Result<Arc<ParityVolume>, BdevError> {
     check_new_name(&o.name)?;
+    check_name_len(&o.name, superblock::NAME_MAX)?;
     if o.role == Kind::Data {
         return Err(invalid("role must be p or q".into()));
     }
@@ -167,6 +191,7 @@ async fn open_parity(
                     o.group_uuid
                 )));
             }
+            check_fits(&sb, base)?;
             (
                 sb.data_offset,
                 sb.num_blocks,
@@ -205,14 +230,23 @@ async fn open_parity(
         sources: Mutex::new(Vec::new()),
     });
     for (index, bdev) in members {
-        let m = open_group_member(&v, index, &bdev).unwrap_or_else(|e| {
-            // Its remote bdev is attached later (or comes back): found at its next use.
-            tracing::warn!(parity = %o.name, index, bdev = %bdev, error = %e, "group member not there yet");
+        let m = if bdev.is_empty() {
             GroupMember {
                 index,
-                peer: Arc::new(Peer::absent(&bdev, bs, |_| {})),
+                peer: Arc::new(Peer::absent("", bs, |_| {})),
+                lost: true,
             }
-        });
+        } else {
+            open_group_member(&v, index, &bdev).unwrap_or_else(|e| {
+                // Its remote bdev is attached later (or comes back): found at its next use.
+                tracing::warn!(parity = %o.name, index, bdev = %bdev, error = %e, "group member not there yet");
+                GroupMember {
+                    index,
+                    peer: Arc::new(Peer::absent(&bdev, bs, |_| {})),
+                    lost: false,
+                }
+            })
+        };
         v.members.lock().push(m);
     }
     if !reopened {
@@ -247,11 +281,14 @@ fn open_group_member(v: &ParityVolume, index: u32, bdev: &str) -> Result<GroupMe
     Ok(GroupMember {
         index,
         peer: Arc::new(peer),
+        lost: false,
     })
 }
 
 /// `bdev_parity_add_member`: tells a parity volume which bdev reaches data member `index`
-/// (used by rebuild sources and verify).
+/// (used by rebuild sources and verify), or which bdev now reaches a lost one. Add a
+/// member once its data is in the parity (its fold has ended, or it was rebuilt): the
+/// parity node cannot see a member's fold.
 pub async fn add_member(name: &str, index: u32, bdev: &str) -> Result<(), BdevError> {
     let v = find_parity(name)?;
     if index as usize >= MAX_MEMBERS {
@@ -259,9 +296,10 @@ pub async fn add_member(name: &str, index: u32, bdev: &str) -> Result<(), BdevEr
             "index {index} is out of range (0..{MAX_MEMBERS})"
         )));
     }
+    check_name_len(bdev, superblock::MEMBER_NAME_MAX)?;
     {
         let members = v.members.lock();
-        if let Some(m) = members.iter().find(|m| m.index == index) {
+        if let Some(m) = members.iter().find(|m| m.index == index && !m.lost) {
             if m.peer.name == bdev {
                 return Ok(());
             }
@@ -270,30 +308,47 @@ pub async fn add_member(name: &str, index: u32, bdev: &str) -> Result<(), BdevEr
                 m.peer.name
             )));
         }
-        if members.iter().any(|m| m.peer.name == bdev) {
+        if members.iter().any(|m| !m.lost && m.peer.name == bdev) {
             return Err(BdevError::Exists(format!("{bdev} as a member of {name}")));
         }
     }
     let m = open_group_member(&v, index, bdev)?;
-    v.members.lock().push(m);
+    {
+        let mut members = v.members.lock();
+        members.retain(|x| x.index != index);
+        members.push(m);
+    }
     v.write_meta().await?;
     tracing::info!(parity = %name, index, bdev, "group member added");
     Ok(())
 }
 
-/// `bdev_parity_remove_member`.
+/// `bdev_parity_remove_member`: the member's node is lost. The index stays, marked lost:
+/// the parity still holds its data, so only its own reconstruction (its rebuild source)
+/// can run until a bdev is added for it again.
 pub async fn remove_member(name: &str, index: u32) -> Result<(), BdevError> {
     let v = find_parity(name)?;
-    let removed = {
+    {
         let mut members = v.members.lock();
-        let pos = members
-            .iter()
-            .position(|m| m.index == index)
+        let m = members
+            .iter_mut()
+            .find(|m| m.index == index && !m.lost)
             .ok_or_else(|| BdevError::NotFound(format!("member {index} of {name}")))?;
-        members.remove(pos)
-    };
-    removed.peer.close();
+        m.lost = true;
+        m.peer.close();
+    }
+    tracing::info!(parity = %name, index, "group member marked lost");
     v.write_meta().await
+}
+
+/// Refuses a name the superblock cannot keep whole.
+fn check_name_len(name: &str, max: usize) -> Result<(), BdevError> {
+    if name.len() > max {
+        return Err(invalid(format!(
+            "name '{name}' is longer than {max} bytes (the superblock keeps it)"
+        )));
+    }
+    Ok(())
 }
 
 /// `bdev_parity_source_create`: the rebuild source of member `index` (default name
@@ -524,6 +579,7 @@ fn open_target(
 /// Creates a data member over `base_bdev`, or reopens the one it carries. Runs on a reactor.
 pub async fn create_member(o: MemberOptions) -> Result<Arc<ParityMember>, BdevError> {
     check_new_name(&o.name)?;
+    check_name_len(&o.name, superblock::NAME_MAX)?;
     if o.index as usize >= MAX_MEMBERS {
         return Err(invalid(format!(
             "index {} is out of range (0..{MAX_MEMBERS})",
@@ -583,11 +639,37 @@ async fn open_member(
                         o.group_uuid
                     )));
                 }
+                check_fits(&sb, base)?;
+                let want = member::roles_of(
+                    [(Kind::P, &o.p_bdev), (Kind::Q, &o.q_bdev)]
+                        .into_iter()
+                        .filter(|(_, b)| b.is_some())
+                        .map(|(k, _)| k),
+                );
+                let names = |r: u8| match r {
+                    superblock::ROLE_P => "P",
+                    superblock::ROLE_Q => "Q",
+                    _ => "P and Q",
+                };
+                if sb.roles & !want != 0 {
+                    return Err(invalid(format!(
+                        "member {} sends its deltas to {}: reopen it with those parity bdevs (a parity it stopped updating would go stale), not {}",
+                        o.name,
+                        names(sb.roles),
+                        names(want)
+                    )));
+                }
                 // A damaged bitmap: every region may differ from the parity.
-                let bitmap = sb.decode_bitmap(&raw).unwrap_or_else(|| {
+                let mut bitmap = sb.decode_bitmap(&raw).unwrap_or_else(|| {
                     tracing::warn!(member = %o.name, "bitmap damaged: every region will be repaired");
                     every_region(sb.bits)
                 });
+                if want & !sb.roles != 0 {
+                    // A parity this member did not update: every region is repaired into it
+                    // (through its rebuild source) before it is counted on.
+                    tracing::warn!(member = %o.name, was = names(sb.roles), now = names(want), "a parity was added to the member: every region will be repaired");
+                    bitmap = every_region(sb.bits);
+                }
                 (
                     sb.state,
                     sb.cursor,
@@ -611,6 +693,13 @@ async fn open_member(
                     )));
                 }
                 let bits = n.div_ceil(region_blocks);
+                if superblock::bitmap_bytes(bits) > superblock::MAX_BITMAP_BYTES {
+                    return Err(invalid(format!(
+                        "region_size_kb {} is too small for {n} blocks (the bitmap would exceed {} KiB)",
+                        o.region_size_kb,
+                        superblock::MAX_BITMAP_BYTES / 1024
+                    )));
+                }
                 let state = match o.mode {
                     MemberMode::Fold => MemberState::Folding,
                     MemberMode::Rebuild => MemberState::Rebuilding,
@@ -677,6 +766,7 @@ async fn open_member(
         rebuilt: Mutex::new(Vec::new()),
         intent,
         locks: StripeLocks::default(),
+        seqs: (0..4096).map(|_| AtomicU64::new(0)).collect(),
         job: JobSlot::default(),
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),

@@ -10,13 +10,7 @@ use strata_reactor::dma::{self, DmaBuf};
 /// Bytes of one piece (a large pool buffer holds one).
 pub const PIECE_BYTES: u64 = 128 << 10;
 
-fn status(io: &BdevIo) -> Result<(), IoStatus> {
-    if io.status.is_success() {
-        Ok(())
-    } else {
-        Err(io.status)
-    }
-}
+use crate::wait::status;
 
 /// An exclusive pool buffer of exactly `len` bytes.
 pub async fn buffer(len: usize) -> Result<DmaBuf, IoStatus> {

@@ -111,7 +111,7 @@ pub async fn write_volume(v: &ParityVolume, generation: u64) {
             .members
             .lock()
             .iter()
-            .map(|m| (m.index, m.peer.name.clone()))
+            .map(|m| (m.index, m.recorded_name()))
             .collect(),
         generation,
     };

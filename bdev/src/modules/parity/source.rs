@@ -19,7 +19,7 @@
 use super::peer::Peer;
 use super::piece::{self, PIECE_BYTES};
 use super::superblock::Kind;
-use super::volume::{coef, ParityVolume};
+use super::volume::{self, coef, ParityVolume};
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::bufs::copy_into_at;
 use crate::error::BdevError;
@@ -139,6 +139,7 @@ impl Bdev for RebuildSource {
         if let Some(l) = &self.also_lost {
             l.partner.close();
         }
+        self.v.sources.lock().retain(|s| *s != self.name);
     }
 }
 
@@ -193,6 +194,10 @@ async fn reconstruct(s: &RebuildSource, io: &mut BdevIo) -> Result<(), IoStatus>
         let mut attempt = 0;
         let bufs = loop {
             attempt += 1;
+            if attempt > volume::MAX_ATTEMPTS {
+                tracing::warn!(source = %s.name, lba, blocks = n, "the blocks kept changing under the reconstruction");
+                return Err(IoStatus::Failed);
+            }
             ParityVolume::back_off(attempt).await;
             let before = v.stamp(lba, n);
             let first_partner = match &partner {

@@ -23,18 +23,25 @@ pub const FORMAT: Format = Format {
 };
 /// The member index in the header of a P or Q volume.
 pub const PARITY_INDEX: u32 = u32::MAX;
+/// [`Superblock::roles`]: the member sends deltas to P.
+pub const ROLE_P: u8 = 1;
+/// [`Superblock::roles`]: the member sends deltas to Q.
+pub const ROLE_Q: u8 = 2;
 /// Bitmap bytes at most (8 Mi regions).
 pub const MAX_BITMAP_BYTES: u64 = 1 << 20;
 /// Data starts at least this far into a base.
 pub const MIN_DATA_OFFSET_BYTES: u64 = 1 << 20;
 /// Data members a group can have: the sources of one GF(2^8) combine, less P.
 pub const MAX_MEMBERS: usize = crate::kernels::MAX_COMBINE_SOURCES - 1;
-const NAME_MAX: usize = 100;
-const MEMBER_NAME_MAX: usize = 59;
+/// Longest volume or member name the superblock keeps.
+pub const NAME_MAX: usize = 100;
+/// Longest name of a parity volume's member bdev the superblock keeps.
+pub const MEMBER_NAME_MAX: usize = 59;
 
 // Body layout (offsets in the body).
 const KIND_AT: usize = 0;
 const STATE_AT: usize = 1;
+const ROLES_AT: usize = 2;
 const BLOCK_SIZE_AT: usize = 4;
 const NUM_BLOCKS_AT: usize = 8;
 const DATA_OFFSET_AT: usize = 16;
@@ -98,6 +105,9 @@ pub struct Superblock {
     pub bits: u64,
     /// Fold or rebuild cursor (regions).
     pub cursor: u64,
+    /// A data member's parity volumes ([`ROLE_P`] | [`ROLE_Q`]): it must be reopened with
+    /// the same ones (a parity it stopped updating would silently go stale).
+    pub roles: u8,
     /// A parity volume's data members: (index, bdev name).
     pub members: Vec<(u32, String)>,
 }
@@ -134,6 +144,7 @@ impl Superblock {
         FORMAT.seal(&h, crc, out, |b| {
             b[KIND_AT] = self.kind.code();
             b[STATE_AT] = self.state.code();
+            b[ROLES_AT] = self.roles;
             put_u32(b, BLOCK_SIZE_AT, self.block_size);
             put_u64(b, NUM_BLOCKS_AT, self.num_blocks);
             put_u64(b, DATA_OFFSET_AT, self.data_offset);
@@ -188,6 +199,7 @@ impl Superblock {
             region_blocks: get_u64(b, REGION_AT),
             bits: get_u64(b, BITS_AT),
             cursor: get_u64(b, CURSOR_AT),
+            roles: b[ROLES_AT],
             members,
         };
         sb.check()?;
@@ -250,6 +262,7 @@ mod tests {
             region_blocks: 256,
             bits: 4,
             cursor: 1,
+            roles: ROLE_P | ROLE_Q,
             members: vec![],
         };
         let mut buf = vec![0u8; (data.meta_blocks() * 4096) as usize];
@@ -265,6 +278,7 @@ mod tests {
             region_blocks: 0,
             bits: 0,
             cursor: 0,
+            roles: 0,
             members: vec![(0, "D0n1".into()), (7, "D7n1".into())],
             ..data.clone()
         };

@@ -52,6 +52,12 @@ pub async fn run(v: Arc<ParityVolume>, job: Arc<VerifyJob>) {
 }
 
 async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
+    if let Some(m) = v.members.lock().iter().find(|m| m.lost) {
+        return Err(format!(
+            "member {} is lost: rebuild it and add it again first",
+            m.index
+        ));
+    }
     let members: Vec<_> = v
         .members
         .lock()
@@ -80,6 +86,11 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if attempt > super::volume::MAX_ATTEMPTS {
+                return Err(format!(
+                    "blocks {lba}+{n} kept changing: the verify could not read them still"
+                ));
+            }
             ParityVolume::back_off(attempt).await;
             // The members first, then the parity; again if a delta moved in between.
             let before = v.stamp(lba, n);
@@ -113,9 +124,15 @@ async fn verify(v: &ParityVolume, job: &VerifyJob) -> Result<(), String> {
             job.mismatches.fetch_add(bad, Ordering::Relaxed);
             tracing::warn!(parity = %v.name, lba, blocks = n, mismatched = bad, "parity differs from the data members");
             if job.repair {
-                piece::write(&base, IoType::Write, v.data_offset + lba, want, 1)
-                    .await
-                    .map_err(|st| format!("repairing block {lba}: {st:?}"))?;
+                // The difference is XORed in (a write of `want` would wipe out deltas that
+                // landed since the read), and counted as a change like a delta.
+                kernels::xor_into(want.as_mut_slice(), have.as_slice());
+                drop(have);
+                v.bump(lba, n);
+                let fixed =
+                    piece::write(&base, IoType::XorWrite, v.data_offset + lba, want, 1).await;
+                v.bump(lba, n);
+                fixed.map_err(|st| format!("repairing block {lba}: {st:?}"))?;
                 job.repaired.fetch_add(bad, Ordering::Relaxed);
             }
             break;

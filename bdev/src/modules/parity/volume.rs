@@ -39,6 +39,21 @@ use uuid::Uuid;
 pub struct GroupMember {
     pub index: u32,
     pub peer: Arc<Peer>,
+    /// Removed (`bdev_parity_remove_member`: the node is lost) until a bdev is added for
+    /// the index again. The parity still holds its data, so reconstructions of the other
+    /// members (and verify) cannot run without it.
+    pub lost: bool,
+}
+
+impl GroupMember {
+    /// The name kept in the superblock and the cluster record ("" for a lost member).
+    pub fn recorded_name(&self) -> String {
+        if self.lost {
+            String::new()
+        } else {
+            self.peer.name.clone()
+        }
+    }
 }
 
 pub struct ParityVolume {
@@ -69,6 +84,8 @@ pub const CHANGE_COUNTERS: usize = 4096;
 /// How many times a reader retries a piece whose parity moved under it before it waits
 /// between attempts.
 const QUIET_RETRIES: u32 = 8;
+/// Reads of a piece that keeps moving before a reader gives up (about 4 s).
+pub const MAX_ATTEMPTS: u32 = 200;
 
 /// The bdev uuid of a group's P or Q volume (derived, so it is the same after a restart).
 pub fn volume_uuid(group: Uuid, kind: Kind) -> Uuid {
@@ -129,11 +146,12 @@ impl ParityVolume {
             region_blocks: 0,
             bits: 0,
             cursor: 0,
+            roles: 0,
             members: self
                 .members
                 .lock()
                 .iter()
-                .map(|m| (m.index, m.peer.name.clone()))
+                .map(|m| (m.index, m.recorded_name()))
                 .collect(),
         }
     }
@@ -143,31 +161,27 @@ impl ParityVolume {
         let _g = self.meta_lock.lock(0).await;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let sb = self.superblock(generation);
-        let len = (sb.meta_blocks() * self.block_size as u64) as usize;
-        let mut buf = piece::buffer(len)
-            .await
-            .map_err(|st| BdevError::IoFailed(format!("superblock buffer: {st:?}")))?;
-        sb.encode_meta(&[], buf.as_mut_slice());
+        let mut raw = vec![0u8; (sb.meta_blocks() * self.block_size as u64) as usize];
+        sb.encode_meta(&[], &mut raw);
         super::record::write_volume(self, generation).await;
         let ch = self.base.channel()?;
-        piece::write(&ch, IoType::Write, 0, buf, 1)
-            .await
-            .map_err(|st| {
-                BdevError::IoFailed(format!(
-                    "cannot write the parity superblock to {}: {st:?}",
-                    self.base.name
-                ))
-            })
+        crate::wait::write_slice(&ch, 0, &raw).await.map_err(|st| {
+            BdevError::IoFailed(format!(
+                "cannot write the parity superblock to {}: {st:?}",
+                self.base.name
+            ))
+        })
     }
 
-    /// The reachable members other than `skip`, with their coefficients in this volume.
-    /// Err if one of them is missing.
+    /// The members other than `skip`, with their indexes. Err if one of them is lost
+    /// or unreachable: the parity cannot be read without all of them.
     pub fn other_members(&self, skip: &[u32]) -> Result<Vec<(Arc<Peer>, u32)>, IoStatus> {
         let members = self.members.lock();
         let mut out = Vec::with_capacity(members.len());
         for m in members.iter().filter(|m| !skip.contains(&m.index)) {
-            if m.peer.is_removed() {
-                return Err(IoStatus::Failed);
+            if m.lost || m.peer.is_removed() {
+                tracing::debug!(parity = %self.name, index = m.index, lost = m.lost, "a member the reconstruction needs is missing");
+                return Err(IoStatus::PathError);
             }
             out.push((m.peer.clone(), m.index));
         }
@@ -180,11 +194,18 @@ impl ParityVolume {
             .lock()
             .iter()
             .map(|m| {
+                let state = if m.lost {
+                    "lost"
+                } else if m.peer.is_removed() {
+                    "unreachable"
+                } else {
+                    "ok"
+                };
                 json!({
                     "index": m.index,
-                    "bdev": m.peer.name,
+                    "bdev": (!m.lost).then(|| m.peer.name.clone()),
                     "num_blocks": m.peer.num_blocks(),
-                    "reachable": !m.peer.is_removed(),
+                    "state": state,
                 })
             })
             .collect();
