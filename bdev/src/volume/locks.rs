@@ -48,6 +48,34 @@ impl StripeLocks {
 }
 
 impl StripeLocks {
+    /// Locks units `first..=last` now if every one is free (for a caller on the I/O path
+    /// that cannot await); false, having locked nothing, otherwise. The caller unlocks with
+    /// [`StripeLocks::unlock_units`].
+    pub fn try_lock_units(&self, first: u64, last: u64) -> bool {
+        let mut h = self.held.lock();
+        if (first..=last).any(|u| h.contains_key(&u)) {
+            return false;
+        }
+        for u in first..=last {
+            h.insert(u, Vec::new());
+        }
+        true
+    }
+
+    /// Unlocks units `first..=last` taken by [`StripeLocks::try_lock_units`].
+    pub fn unlock_units(&self, first: u64, last: u64) {
+        let mut wake: Vec<Waker> = Vec::new();
+        {
+            let mut h = self.held.lock();
+            for u in first..=last {
+                if let Some(w) = h.remove(&u) {
+                    wake.extend(w);
+                }
+            }
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
     /// Locks units `first..=last` in ascending order.
     pub async fn lock_units(&self, first: u64, last: u64) -> Vec<StripeGuard<'_>> {
         let mut held = Vec::with_capacity((last - first + 1) as usize);

@@ -2,7 +2,9 @@
 //!
 //! Reads go to the base (offset by the metadata area) under the lock units they cover, so
 //! a read never returns data whose delta is still on its way to the parity (what lets the
-//! parity node read a consistent view of the group while members write). During a
+//! parity node read a consistent view of the group while members write). A read whose
+//! units are free takes them on the spot and goes straight down (no task, no allocation);
+//! one that would wait becomes a task. During a
 //! rebuild, a read touching a region not yet rebuilt first rebuilds it from the parity's
 //! rebuild source (a degraded read through the parity node) and then reads it locally.
 //!
@@ -23,22 +25,62 @@ use crate::bdev::BdevChannel;
 use crate::bufs::{share_range, Bufs};
 use crate::channel::IoChannel;
 use crate::error::BdevError;
-use crate::io::{BdevIo, IoStatus, IoType};
+use crate::io::{BdevIo, IoSink, IoStatus, IoType};
 use crate::kernels;
 use crate::wait::submit_wait;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use strata_reactor::dma::DmaBuf;
 
 pub struct MemberChannel {
     m: Arc<ParityMember>,
     base: IoChannel,
+    me: Weak<MemberChannel>,
 }
+
+/// A read's lock units in its completion tag: first unit and count.
+const UNITS_SHIFT: u32 = 24;
+const UNITS_MASK: u64 = (1 << UNITS_SHIFT) - 1;
 
 impl MemberChannel {
     pub fn create(m: Arc<ParityMember>) -> Result<Rc<dyn BdevChannel>, BdevError> {
         let base = m.base.channel()?;
-        Ok(Rc::new(MemberChannel { m, base }))
+        Ok(Rc::new_cyclic(|me| MemberChannel {
+            m,
+            base,
+            me: me.clone(),
+        }))
+    }
+
+    /// A read whose lock units are free and whose regions need no rebuild goes straight
+    /// down, holding its units until it completes (no task). Gives the I/O back otherwise.
+    fn try_read_now(&self, mut io: BdevIo) -> Option<BdevIo> {
+        let m = &self.m;
+        let (ua, uz) = m.lock_units(io.offset_blocks, io.num_blocks);
+        let (ra, rz) = m.regions(io.offset_blocks, io.num_blocks);
+        if uz - ua > UNITS_MASK
+            || (ra..=rz).any(|r| !m.is_rebuilt(r))
+            || !m.locks.try_lock_units(ua, uz)
+        {
+            return Some(io);
+        }
+        let Some(me) = self.me.upgrade() else {
+            m.locks.unlock_units(ua, uz);
+            return Some(io);
+        };
+        io.offset_blocks += m.data_offset;
+        io.push_completion(me, ua << UNITS_SHIFT | (uz - ua));
+        self.base.submit(io);
+        None
+    }
+}
+
+impl IoSink for MemberChannel {
+    fn io_done(self: Rc<Self>, mut io: BdevIo, tag: u64) {
+        let ua = tag >> UNITS_SHIFT;
+        self.m.locks.unlock_units(ua, ua + (tag & UNITS_MASK));
+        io.offset_blocks -= self.m.data_offset;
+        io.done();
     }
 }
 
@@ -46,6 +88,9 @@ impl BdevChannel for MemberChannel {
     fn submit(&self, io: BdevIo) {
         match io.io_type {
             IoType::Read | IoType::Checksum => {
+                let Some(io) = self.try_read_now(io) else {
+                    return;
+                };
                 let (m, base) = (self.m.clone(), self.base.clone());
                 strata_reactor::spawn_local(async move {
                     let (ua, uz) = m.lock_units(io.offset_blocks, io.num_blocks);
