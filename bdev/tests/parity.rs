@@ -507,6 +507,66 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
     let e = create_member(member_opts(&long, "bx", group, 5, "P", MemberMode::Fold)).unwrap_err();
     assert!(e.contains("longer than"), "{e}");
 
+    // A replacement for D2 is being rebuilt (slowly) when its host writes far ahead of the
+    // rebuild while P misses the delta; the node restarts before the rebuild gets there.
+    // The region was rebuilt on demand and holds an acknowledged write: after the restart
+    // it is not rebuilt again from P (which lacks the write) but repaired into P.
+    registry::unregister("D2").unwrap();
+    for p in ["P", "Q"] {
+        let p = p.to_string();
+        on_reactor(move || async move { parity::remove_member(&p, 2).await }).unwrap();
+    }
+    mk_malloc("b2r", 4 * MIB, None);
+    let mut o = member_opts("D2", "b2r", group, 2, "EE_P", MemberMode::Rebuild);
+    o.max_bandwidth_mb_sec = 1;
+    create_member(o).unwrap();
+    error::inject(
+        "EE_P",
+        error::Target::One(IoType::XorWrite),
+        error::ErrorKind::Failure,
+        1,
+        0,
+        0,
+    )
+    .unwrap();
+    let k = models.0.iter().position(|(n, _)| n == "D2").unwrap();
+    let len = models.0[k].1.len();
+    let tail = len - 64 * 1024;
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    models.0[k].1[tail..].copy_from_slice(&data);
+    let at = (tail / BS as usize) as u64;
+    on_reactor(move || async move {
+        let d = registry::open("D2", |_| {}).unwrap();
+        write_slice(&d.channel().unwrap(), at, &data).await.unwrap();
+    });
+    let info = parity::get(Some("D2")).unwrap().remove(0);
+    assert_eq!(info["state"], "rebuilding", "{info}");
+    assert_eq!(info["group_state"], "degraded", "{info}");
+    // The "restart": the member goes, its job winds down, it is opened again.
+    let old = parity::member("D2").unwrap();
+    registry::unregister("D2").unwrap();
+    on_reactor(move || async move {
+        while old.job.is_busy() {
+            strata_reactor::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    create_member(member_opts("D2", "b2r", group, 2, "EE_P", MemberMode::Fold)).unwrap();
+    assert_eq!(wait_member("D2")["state"], "active");
+    let got = read_all("D2");
+    let bad = got
+        .chunks(BS as usize)
+        .zip(models.0[k].1.chunks(BS as usize))
+        .position(|(a, b)| a != b);
+    assert_eq!(
+        bad, None,
+        "D2 after the restart during its rebuild (tail at block {at})"
+    );
+    add_to_parities(2, "D2");
+    check_parity(
+        &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
+        "after a restart during a rebuild",
+    );
+
     // The parity node's own verify agrees.
     for p in ["P", "Q"] {
         parity::verify(p, false, 0).unwrap();

@@ -23,7 +23,7 @@ use crate::volume::persist::{MetaWrite, MetaWriter};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -68,9 +68,14 @@ pub struct ParityMember {
     pub rebuilt: Mutex<Vec<u64>>,
     pub intent: IntentBitmap,
     pub locks: StripeLocks,
-    /// Per region (hashed), bumped when a write or rebuild of it starts and ends: a repair
-    /// that read the parity's view without the region's lock knows whether it is stale.
-    pub seqs: Box<[AtomicU64]>,
+    /// Per region, bumped when a write or rebuild of it starts and ends: a repair that read
+    /// the parity's view without the region's lock knows whether it is stale.
+    pub seqs: Box<[AtomicU32]>,
+    /// Bounds the on-demand rebuilds in flight (each holds pool buffers under its lock).
+    pub rebuild_slots: StripeLocks,
+    /// Bumped by every request to hold the bitmap (a parity failed, a local write failed
+    /// after its delta): a repair releases the hold only if none came while it ran.
+    pub hold_epoch: AtomicU64,
     pub job: JobSlot<Progress>,
     pub last_job: Mutex<Option<Value>>,
     /// A repair was asked for while a job ran: the job runner goes round again.
@@ -131,12 +136,22 @@ impl ParityMember {
     }
 
     /// The region's write sequence ([`Self::seqs`]).
-    pub fn seq(&self, r: u64) -> u64 {
-        self.seqs[r as usize % self.seqs.len()].load(Ordering::Acquire)
+    pub fn seq(&self, r: u64) -> u32 {
+        self.seqs
+            .get(r as usize)
+            .map_or(0, |s| s.load(Ordering::Acquire))
     }
 
     pub fn bump_seq(&self, r: u64) {
-        self.seqs[r as usize % self.seqs.len()].fetch_add(1, Ordering::AcqRel);
+        if let Some(s) = self.seqs.get(r as usize) {
+            s.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Keeps the bitmap's bits until a repair that started after this call has ended.
+    pub fn hold(&self) {
+        self.hold_epoch.fetch_add(1, Ordering::AcqRel);
+        self.intent.hold_bits(true);
     }
 
     pub fn mark_rebuilt(&self, r: u64) {
@@ -146,6 +161,10 @@ impl ParityMember {
             b.resize(w + 1, 0);
         }
         b[w] |= 1 << (r % 64);
+        drop(b);
+        // Kept with the next metadata write (one comes before a write to the region is
+        // acknowledged, as the write sets the region's intent bit).
+        self.intent.bump_unordered();
     }
 
     /// The block where deltas stop: blocks at or past it are not in the parity yet (a
@@ -164,7 +183,7 @@ impl ParityMember {
     pub fn fail_target(&self, k: usize, why: &str) {
         let t = &self.targets[k];
         if t.peer.fail() {
-            self.intent.hold_bits(true);
+            self.hold();
             tracing::warn!(member = %self.name, parity = %t.peer.name, why, "parity unreachable: the group runs degraded; written regions are kept for repair");
             // The cluster record (and the superblock) learn of it now, not at the next
             // bitmap change.
@@ -273,7 +292,8 @@ impl MetaWriter for ParityMember {
         let ok = async {
             // Header and bitmap may be larger than a pool buffer: written from a copy.
             let mut raw = vec![0u8; len];
-            sb.encode_meta(&snap.bitmap, &mut raw);
+            let rebuilt = self.rebuilt.lock().clone();
+            sb.encode_meta(&snap.bitmap, &rebuilt, &mut raw);
             let ch = self.base.channel().map_err(|_| crate::IoStatus::Failed)?;
             crate::wait::write_slice(&ch, 0, &raw).await
         }

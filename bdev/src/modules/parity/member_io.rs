@@ -269,9 +269,10 @@ async fn write_piece(
         // The parity may hold a delta for data the base did not take: keep the region
         // marked until the repair has made the parity match the base again.
         tracing::warn!(member = %m.name, lba, status = ?local.status, "local write failed after its delta went out: the region is kept for repair");
-        m.intent.hold_bits(true);
-        m.work_owed
-            .store(true, std::sync::atomic::Ordering::Release);
+        m.hold();
+        if let Some(arc) = super::member(&m.name) {
+            member_jobs::start(&arc);
+        }
     }
     if let Some((da, dz)) = marked {
         end_regions(m, da, dz);

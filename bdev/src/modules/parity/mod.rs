@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 use peer::Peer;
 use serde_json::Value;
 use source::RebuildSource;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 use superblock::{Kind, MemberState, SbError, Superblock, MAX_MEMBERS};
 use uuid::Uuid;
@@ -625,6 +625,7 @@ async fn open_member(
     let bs = base.block_size;
     let found = read_superblock(base).await?;
     let reopened = found.is_some();
+    let mut rebuilt = Vec::new();
     let (state, cursor, region_blocks, num_blocks, data_offset, bits, bitmap, generation) =
         match found {
             Some((sb, raw)) => {
@@ -660,11 +661,18 @@ async fn open_member(
                     )));
                 }
                 // A damaged bitmap: every region may differ from the parity.
+                if sb.state == MemberState::Rebuilding {
+                    rebuilt = sb.decode_rebuilt(&raw).unwrap_or_else(|| {
+                        tracing::warn!(member = %o.name, "rebuilt-region bitmap damaged: regions past the cursor will be rebuilt again");
+                        Vec::new()
+                    });
+                }
                 let mut bitmap = sb.decode_bitmap(&raw).unwrap_or_else(|| {
                     tracing::warn!(member = %o.name, "bitmap damaged: every region will be repaired");
                     every_region(sb.bits)
                 });
-                if want & !sb.roles != 0 {
+                // (0: written before the roles were kept; the given parities are taken.)
+                if sb.roles != 0 && want & !sb.roles != 0 {
                     // A parity this member did not update: every region is repaired into it
                     // (through its rebuild source) before it is counted on.
                     tracing::warn!(member = %o.name, was = names(sb.roles), now = names(want), "a parity was added to the member: every region will be repaired");
@@ -763,10 +771,12 @@ async fn open_member(
         targets,
         state: Mutex::new(state),
         cursor: AtomicU64::new(cursor),
-        rebuilt: Mutex::new(Vec::new()),
+        rebuilt: Mutex::new(rebuilt),
         intent,
         locks: StripeLocks::default(),
-        seqs: (0..4096).map(|_| AtomicU64::new(0)).collect(),
+        seqs: (0..bits).map(|_| AtomicU32::new(0)).collect(),
+        rebuild_slots: StripeLocks::default(),
+        hold_epoch: AtomicU64::new(0),
         job: JobSlot::default(),
         last_job: Mutex::new(None),
         repair_wanted: AtomicBool::new(false),
@@ -828,6 +838,13 @@ async fn apply_record(
         return Ok((state, cursor, bitmap));
     };
     let (mut state, mut cursor, mut bitmap) = (state, cursor, bitmap);
+    if rec.generation > sb_generation {
+        // The superblock was rolled back: the write holes of the generations it lost are
+        // not in its bitmap. Every region in the parity is repaired (a member being
+        // rebuilt repairs only what it rebuilt).
+        tracing::warn!(member = %o.name, record = rec.generation, superblock = sb_generation, "the superblock is older than the cluster record: every region will be repaired");
+        bitmap = every_region(bits);
+    }
     if rec.generation >= sb_generation {
         if let Some(s) = rec.member_state() {
             if (s, rec.cursor) != (state, cursor) {

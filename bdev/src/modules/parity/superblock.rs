@@ -3,7 +3,9 @@
 //! the data member's index in the group, or [`PARITY_INDEX`] for P and Q).
 //!
 //! Layout of a base: the header area ([`AREA`] bytes) from byte 0; a data member's
-//! write-intent bitmap from byte [`bitmap_at`]; the volume's data from `data_offset` blocks.
+//! write-intent bitmap from byte [`bitmap_at`], then its rebuilt-region bitmap (regions a
+//! replacement member has rebuilt ahead of its cursor, for host I/O; CRC in the body); the
+//! volume's data from `data_offset` blocks.
 //! A parity volume's body also lists the group's data members it knows (index and the name
 //! of the bdev it reaches the member through), so the list survives a restart.
 
@@ -50,6 +52,7 @@ const BITS_AT: usize = 32;
 const CURSOR_AT: usize = 40;
 const MEMBER_COUNT_AT: usize = 48;
 const NAME_LEN_AT: usize = 52;
+const REBUILT_CRC_AT: usize = 56;
 const MEMBERS_AT: usize = 160;
 const MEMBER_BYTES: usize = 64;
 
@@ -117,9 +120,14 @@ pub fn bitmap_at(block_size: u32) -> u64 {
     (AREA as u64).max(block_size as u64)
 }
 
-/// Blocks of metadata (header area + bitmap).
+/// Byte offset of a data member's rebuilt-region bitmap.
+pub fn rebuilt_at(bits: u64, block_size: u32) -> u64 {
+    bitmap_at(block_size) + bitmap_bytes(bits)
+}
+
+/// Blocks of metadata (header area and both bitmaps).
 pub fn meta_blocks(bits: u64, block_size: u32) -> u64 {
-    (bitmap_at(block_size) + bitmap_bytes(bits)).div_ceil(block_size as u64)
+    (rebuilt_at(bits, block_size) + bitmap_bytes(bits)).div_ceil(block_size as u64)
 }
 
 /// Where the data starts: after the metadata, at least [`MIN_DATA_OFFSET_BYTES`] in.
@@ -132,10 +140,13 @@ impl Superblock {
         meta_blocks(self.bits, self.block_size)
     }
 
-    /// Serialises header, body and `bitmap` into `out` (`meta_blocks()` blocks).
-    pub fn encode_meta(&self, bitmap: &[u64], out: &mut [u8]) {
+    /// Serialises header, body, the intent `bitmap` and the `rebuilt` regions into `out`
+    /// (`meta_blocks()` blocks).
+    pub fn encode_meta(&self, bitmap: &[u64], rebuilt: &[u64], out: &mut [u8]) {
         out.fill(0);
         let crc = meta::encode_bitmap(bitmap, self.bits, out, bitmap_at(self.block_size) as usize);
+        let at = rebuilt_at(self.bits, self.block_size) as usize;
+        let rebuilt_crc = meta::encode_bitmap(rebuilt, self.bits, out, at);
         let h = Header {
             volume_uuid: self.group_uuid,
             generation: self.generation,
@@ -145,6 +156,7 @@ impl Superblock {
             b[KIND_AT] = self.kind.code();
             b[STATE_AT] = self.state.code();
             b[ROLES_AT] = self.roles;
+            put_u32(b, REBUILT_CRC_AT, rebuilt_crc);
             put_u32(b, BLOCK_SIZE_AT, self.block_size);
             put_u64(b, NUM_BLOCKS_AT, self.num_blocks);
             put_u64(b, DATA_OFFSET_AT, self.data_offset);
@@ -241,6 +253,17 @@ impl Superblock {
     pub fn decode_bitmap(&self, meta: &[u8]) -> Option<Vec<u64>> {
         meta::decode_bitmap(meta, self.bits, bitmap_at(self.block_size) as usize)
     }
+
+    /// A data member's rebuilt regions stored in `meta`, or `None` when their CRC (in the
+    /// body) does not match.
+    pub fn decode_rebuilt(&self, meta: &[u8]) -> Option<Vec<u64>> {
+        let at = rebuilt_at(self.bits, self.block_size) as usize;
+        let words = self.bits.div_ceil(64) as usize;
+        let raw = meta.get(at..at + words * 8)?;
+        let (_, body) = FORMAT.open(meta).ok()?;
+        (crate::kernels::crc32c_append(0, raw) == get_u32(body, REBUILT_CRC_AT))
+            .then(|| raw.chunks_exact(8).map(|c| get_u64(c, 0)).collect())
+    }
 }
 
 #[cfg(test)]
@@ -266,10 +289,15 @@ mod tests {
             members: vec![],
         };
         let mut buf = vec![0u8; (data.meta_blocks() * 4096) as usize];
-        data.encode_meta(&[0b10], &mut buf);
+        data.encode_meta(&[0b10], &[0b11], &mut buf);
         let got = Superblock::decode(&buf).unwrap();
         assert_eq!(got, data);
         assert_eq!(got.decode_bitmap(&buf), Some(vec![0b10]));
+        assert_eq!(got.decode_rebuilt(&buf), Some(vec![0b11]));
+        let at = rebuilt_at(data.bits, 4096) as usize;
+        let mut damaged = buf.clone();
+        damaged[at] ^= 4;
+        assert_eq!(got.decode_rebuilt(&damaged), None, "rebuilt bitmap CRC");
 
         let p = Superblock {
             kind: Kind::Q,
@@ -282,7 +310,7 @@ mod tests {
             members: vec![(0, "D0n1".into()), (7, "D7n1".into())],
             ..data.clone()
         };
-        p.encode_meta(&[], &mut buf);
+        p.encode_meta(&[], &[], &mut buf);
         assert_eq!(Superblock::decode(&buf).unwrap(), p);
         buf[100] ^= 1;
         assert_eq!(Superblock::decode(&buf), Err(SbError::Checksum));

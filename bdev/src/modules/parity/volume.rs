@@ -162,7 +162,7 @@ impl ParityVolume {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let sb = self.superblock(generation);
         let mut raw = vec![0u8; (sb.meta_blocks() * self.block_size as u64) as usize];
-        sb.encode_meta(&[], &mut raw);
+        sb.encode_meta(&[], &[], &mut raw);
         super::record::write_volume(self, generation).await;
         let ch = self.base.channel()?;
         crate::wait::write_slice(&ch, 0, &raw).await.map_err(|st| {
