@@ -575,5 +575,31 @@ fn deltas_fold_in_add_online_rebuild_and_repair_keep_p_and_q_exact() {
         let v = parity::get(Some(p)).unwrap().remove(0);
         assert_eq!(v["last_verify"]["result"], "done", "{v}");
         assert_eq!(v["last_verify"]["mismatched_blocks"], 0, "{v}");
+        // P is checked by digests where every member covers the piece (D2 is smaller);
+        // Q always by its data.
+        let by_digest = v["last_verify"]["pieces_by_checksum"].as_u64().unwrap();
+        match p {
+            "P" => assert!(by_digest > 0, "{v}"),
+            _ => assert_eq!(by_digest, 0, "{v}"),
+        }
     }
+    // A block of P changed behind the members' backs is found (its digest differs, then
+    // its data) and repaired.
+    on_reactor(|| async {
+        let d = registry::open("pbase2", |_| {}).unwrap();
+        let ch = d.channel().unwrap();
+        let at = 2048 + 5; // a block inside the data area, where every member has data
+        let mut b = read_vec(&ch, at, 1).await.unwrap();
+        b[100] ^= 0x5a;
+        write_slice(&ch, at, &b).await.unwrap();
+    });
+    parity::verify("P", true, 0).unwrap();
+    on_reactor(|| async { parity::wait_parity_idle("P").await });
+    let v = parity::get(Some("P")).unwrap().remove(0);
+    assert_eq!(v["last_verify"]["mismatched_blocks"], 1, "{v}");
+    assert_eq!(v["last_verify"]["repaired_blocks"], 1, "{v}");
+    check_parity(
+        &[(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")],
+        "after the verify repair",
+    );
 }

@@ -192,6 +192,10 @@ fn verify_exact(t: &TgtProcess, name: &str, what: &str) {
                 t.log_text()
             );
             assert_eq!(l["mismatched_blocks"], 0, "{what}: {name} differs: {v}");
+            if name == "P" {
+                // P is checked by the members' digests (remote checksum commands), not data.
+                assert!(l["pieces_by_checksum"].as_u64().unwrap() > 0, "{what}: {v}");
+            }
             eprintln!(
                 "{what}: {name} exact ({} bytes at {} MB/s)",
                 l["done_bytes"], l["mb_per_sec"]

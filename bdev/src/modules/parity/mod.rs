@@ -423,6 +423,7 @@ pub fn verify(name: &str, repair: bool, max_bandwidth_mb_sec: u64) -> Result<(),
             max_bandwidth_mb_sec,
             mismatches: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
+            by_checksum: AtomicU64::new(0),
         })
         .ok_or_else(|| BdevError::Claimed {
             name: name.to_string(),
