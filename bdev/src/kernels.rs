@@ -33,7 +33,8 @@ pub const XOR_CHECK_ISAL: bool = true;
 /// Whether [`pq_check`] uses ISA-L (`pq_check`) rather than the portable check.
 pub const PQ_CHECK_ISAL: bool = true;
 
-/// `a · b` in GF(2^8) (polynomial 0x11d).
+/// GF(2^8) (polynomial 0x11d): `a · b`, the inverse, and `2^i` (data member i's RAID-6 /
+/// Q coefficient).
 pub use strata_isal::gf::{gf_inv, gf_mul, gf_pow2};
 
 /// `dest = Σ coefs[j] · sources[j]` in GF(2^8) over whole buffers (ISA-L `ec_encode_data`):

@@ -63,6 +63,29 @@ pub async fn put(key: String, value: Vec<u8>) -> Result<(), String> {
     }
 }
 
+/// How long state records are not written after a failed write: a store that is down must
+/// not cost every metadata write (and the host writes waiting on it) the full deadline.
+pub const BACK_OFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When a record write last failed (one store for every volume).
+static LAST_FAILURE: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+
+/// `put` of a state record that the superblocks carry as well: Ok(true) written, Ok(false)
+/// skipped (a write failed less than [`BACK_OFF`] ago), Err after a failure (which starts
+/// the back-off). The caller retries with its next metadata write.
+pub async fn put_record(key: String, value: Vec<u8>) -> Result<bool, String> {
+    if LAST_FAILURE.lock().is_some_and(|t| t.elapsed() < BACK_OFF) {
+        return Ok(false);
+    }
+    match put(key, value).await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            *LAST_FAILURE.lock() = Some(std::time::Instant::now());
+            Err(e)
+        }
+    }
+}
+
 /// `get` from a reactor task; Ok(None) when no store is installed.
 pub async fn get(key: String) -> Result<Option<Vec<u8>>, String> {
     match store() {

@@ -83,14 +83,6 @@ pub async fn write(m: &Mirror, generation: u64) {
     {
         return;
     }
-    // After a failure, wait a while before trying again: a store that is down must not
-    // cost every metadata write (and the host writes behind it) the full deadline.
-    if LAST_FAILURE
-        .lock()
-        .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5))
-    {
-        return;
-    }
     let value = match serde_json::to_vec(&rec) {
         Ok(v) => v,
         Err(e) => {
@@ -98,20 +90,17 @@ pub async fn write(m: &Mirror, generation: u64) {
             return;
         }
     };
-    match cluster::put(key(m.uuid), value).await {
-        Ok(()) => {
+    match cluster::put_record(key(m.uuid), value).await {
+        Ok(true) => {
             tracing::info!(mirror = %m.name, generation, state = %rec.state, "leg states recorded in the cluster store");
             *m.recorded.lock() = Some(rec);
         }
+        Ok(false) => {}
         Err(e) => {
-            *LAST_FAILURE.lock() = Some(std::time::Instant::now());
             tracing::error!(mirror = %m.name, error = %e, "cluster store write failed; the superblocks carry the state (retried in 5 s)")
         }
     }
 }
-
-/// When a store write last failed (shared by all mirrors: it is one store).
-static LAST_FAILURE: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
 
 /// Mirror `uuid`'s record. Err when a store is installed but does not answer (the mirror
 /// must then not be assembled from superblocks that may be stale).

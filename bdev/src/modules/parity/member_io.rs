@@ -58,7 +58,9 @@ impl MemberChannel {
         let m = &self.m;
         let (ua, uz) = m.lock_units(io.offset_blocks, io.num_blocks);
         let (ra, rz) = m.regions(io.offset_blocks, io.num_blocks);
+        // (Units that do not fit the completion tag take the task path.)
         if uz - ua > UNITS_MASK
+            || ua > u64::MAX >> UNITS_SHIFT
             || (ra..=rz).any(|r| !m.is_rebuilt(r))
             || !m.locks.try_lock_units(ua, uz)
         {
@@ -109,7 +111,7 @@ impl BdevChannel for MemberChannel {
                 })
                 .detach();
             }
-            IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
+            IoType::Write | IoType::WriteZeroes => {
                 let (m, base) = (self.m.clone(), self.base.clone());
                 strata_reactor::spawn_local(async move {
                     let st = write(&m, &base, &io).await;
@@ -164,7 +166,7 @@ async fn flush(m: &ParityMember, base: &IoChannel) -> Result<(), IoStatus> {
     st
 }
 
-/// A host write (or write-zeroes / unmap, written as zeroes), a piece at a time.
+/// A host write (or write-zeroes, written as zero data), a piece at a time.
 async fn write(m: &ParityMember, base: &IoChannel, io: &BdevIo) -> Result<(), IoStatus> {
     let bs = m.block_size as u64;
     let piece_blocks = PIECE_BYTES / bs;
@@ -239,7 +241,7 @@ async fn write_piece(
     let mut local = BdevIo::new(IoType::Write, m.data_offset + lba, n);
     local.bufs = data;
     let local = submit_wait(base, local);
-    let mut sent = Vec::new();
+    let mut sent: smallvec::SmallVec<[_; 2]> = smallvec::SmallVec::new();
     if let Some(d) = &delta {
         for (k, t) in m.targets.iter().enumerate() {
             if t.peer.is_failed() {

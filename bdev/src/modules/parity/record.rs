@@ -71,10 +71,10 @@ async fn put<T: Serialize>(key: String, rec: &T, what: &str) -> bool {
             return false;
         }
     };
-    match cluster::put(key, value).await {
-        Ok(()) => true,
+    match cluster::put_record(key, value).await {
+        Ok(written) => written,
         Err(e) => {
-            tracing::error!(what, error = %e, "cluster store write failed; the superblocks carry the state");
+            tracing::error!(what, error = %e, "cluster store write failed; the superblocks carry the state (retried in 5 s)");
             false
         }
     }
