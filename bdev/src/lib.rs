@@ -8,6 +8,7 @@
 //! returned with `NoMemory`. [`modules`] holds one file per bdev type; [`kernels`] the XOR and
 //! CRC kernels; [`wait`] async helpers for code that awaits single I/Os.
 
+pub mod backup;
 pub mod bdev;
 pub mod bufs;
 pub mod channel;

@@ -47,6 +47,11 @@ struct IntentState {
     locked: Vec<u64>,
     /// Writers parked on a locked region.
     write_waiters: Vec<Waker>,
+    /// The change map since a mark (a mirror's regions written since its last backup's
+    /// image), when tracked: set with the write-intent bit and persisted before the write
+    /// like it, never cleared by the clearing pass.
+    tracking: bool,
+    track: Vec<u64>,
     /// A copy waiting for in-flight writes of its locked regions to drain.
     drain_waiters: Vec<Waker>,
 }
@@ -55,6 +60,8 @@ struct IntentState {
 pub struct Snapshot {
     pub generation: u64,
     pub bitmap: Vec<u64>,
+    /// The change map (empty when not tracked).
+    pub track: Vec<u64>,
 }
 
 impl IntentBitmap {
@@ -84,6 +91,8 @@ impl IntentBitmap {
                 locked: vec![0; words],
                 write_waiters: Vec::new(),
                 drain_waiters: Vec::new(),
+                tracking: false,
+                track: Vec::new(),
             }),
             region_units,
             bits,
@@ -148,11 +157,48 @@ impl IntentBitmap {
         s.inflight[region] += 1;
         s.touched[region / 64] |= 1 << (region % 64);
         let (w, b) = (region / 64, 1u64 << (region % 64));
-        if s.bitmap[w] & b == 0 {
+        let new_track = s.tracking && s.track[w] & b == 0;
+        if new_track {
+            s.track[w] |= b;
+        }
+        if s.bitmap[w] & b == 0 || new_track {
             s.bitmap[w] |= b;
             s.generation += 1;
             s.last_set_gen = s.generation;
         }
+    }
+
+    /// Starts tracking the change map, from `track` (the persisted one).
+    pub fn set_tracking(&self, track: Vec<u64>) {
+        let mut s = self.st.lock();
+        let mut t = track;
+        t.resize(s.bitmap.len(), 0);
+        s.track = t;
+        s.tracking = true;
+        s.generation += 1;
+    }
+
+    /// Takes the change map and starts a new, empty one (a new mark); the caller persists.
+    pub fn take_track(&self) -> Vec<u64> {
+        let mut s = self.st.lock();
+        let n = s.bitmap.len();
+        let t = std::mem::replace(&mut s.track, vec![0; n]);
+        s.generation += 1;
+        t
+    }
+
+    /// Adds regions back into the change map (a mark that was given up); the caller persists.
+    pub fn merge_track(&self, bits: &[u64]) {
+        let mut s = self.st.lock();
+        for (w, x) in s.track.iter_mut().zip(bits) {
+            *w |= x;
+        }
+        s.generation += 1;
+    }
+
+    /// A copy of the change map.
+    pub fn track_bits(&self) -> Vec<u64> {
+        self.st.lock().track.clone()
     }
 
     fn need(s: &IntentState) -> u64 {
@@ -314,6 +360,7 @@ impl IntentBitmap {
         Poll::Ready(Some(Snapshot {
             generation: s.generation,
             bitmap: s.bitmap.clone(),
+            track: s.track.clone(),
         }))
     }
 
@@ -354,6 +401,30 @@ mod tests {
         assert_eq!(m.dirty_regions(), vec![3]);
         assert!(m.clear_idle());
         assert!(m.dirty_regions().is_empty());
+    }
+
+    #[test]
+    fn change_map_is_persisted_before_the_write_and_survives_clearing() {
+        let m = IntentBitmap::new(1, 1, 1, 4, vec![]);
+        m.set_tracking(vec![]);
+        m.finish_sync(m.generation());
+        let need = m.begin_write(2);
+        assert!(need > 0);
+        m.finish_sync(need);
+        m.end_write(2);
+        m.clear_idle();
+        m.clear_idle();
+        assert!(m.dirty_regions().is_empty());
+        assert_eq!(m.track_bits(), vec![0b100]);
+        // A region whose intent bit is still set but whose change bit is new waits too.
+        assert_eq!(m.take_track(), vec![0b100]);
+        m.finish_sync(m.generation());
+        m.begin_write(1);
+        m.finish_sync(m.generation());
+        m.end_write(1);
+        m.take_track();
+        m.finish_sync(m.generation());
+        assert!(m.begin_write(1) > 0, "the new mark's first write must wait for its bit");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use strata_target::rpc::params::{
-    bdev, framework, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
+    backup, bdev, framework, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
 };
 use strata_target::rpc_client::{
     error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
@@ -138,8 +138,19 @@ methods! {
     "bdev_mirror_delete" => BdevMirrorDelete(ByName),
     /// Show mirrors: state, legs, dirty regions, job progress.
     "bdev_mirror_get" => BdevMirrorGet(mirror::MirrorGet),
-    /// Split a mirror: the secondary pauses, changes are recorded.
-    "bdev_mirror_split" => BdevMirrorSplit(ByName),
+    /// Split a mirror: the secondary pauses, changes are recorded (--snapshot: a
+    /// point-in-time image, exported as a read-only bdev at once).
+    "bdev_mirror_split" => BdevMirrorSplit(mirror::MirrorSplit),
+    /// Back up a snapshot split's image into a repository (full or incremental).
+    "bdev_mirror_backup" => BdevMirrorBackup(mirror::MirrorBackup),
+    /// List the backups in a repository (complete, incomplete, damaged).
+    "backup_list" => BackupList(backup::BackupList),
+    /// Re-read every chunk of a backup (or all) and check its CRC32C.
+    "backup_verify" => BackupVerify(backup::BackupVerify),
+    /// Restore a backup (full + incrementals merged) onto a bdev.
+    "backup_restore" => BackupRestore(backup::BackupRestore),
+    /// Show backup verify and restore jobs.
+    "backup_job_get" => BackupJobGet(backup::BackupJobGet),
     /// Resume a split mirror: copy the changes to the secondary.
     "bdev_mirror_resume" => BdevMirrorResume(mirror::MirrorResume),
     /// Scrub a mirror: compare the legs by checksums (and repair).
@@ -274,29 +285,83 @@ fn pretty(value: &Value) -> String {
 }
 
 /// A job a subcommand asked to follow (`--wait`): the method that reports it, the volume,
-/// and the field its outcome is left in when it ends.
+/// where its report is while it runs and where its outcome is left when it ends. A
+/// repository job (restore, verify) is named by the id the method answers with.
 struct Follow {
     get: &'static str,
     name: String,
-    last: &'static str,
+    job: &'static [&'static str],
+    last: &'static [&'static str],
 }
 
+const JOB: &[&str] = &["job"];
+const LAST_JOB: &[&str] = &["last_job"];
+/// Marks a repository job: followed through `backup_job_get`.
+const REPO_JOB: &str = "backup_job_get";
+
 fn job_to_follow(method: &Method) -> Option<Follow> {
-    let (get, name, last) = match method {
-        Method::BdevMirrorCreate(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
-        Method::BdevMirrorResume(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
-        Method::BdevMirrorVerify(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
-        Method::BdevMirrorAddLeg(p) if p.wait => ("bdev_mirror_get", &p.name, "last_job"),
-        Method::BdevParityMemberCreate(p) if p.wait => ("bdev_parity_get", &p.name, "last_job"),
-        Method::BdevParityMemberRepair(p) if p.wait => ("bdev_parity_get", &p.name, "last_job"),
-        Method::BdevParityVerify(p) if p.wait => ("bdev_parity_get", &p.name, "last_verify"),
+    let (get, name, job, last): (_, &str, _, _) = match method {
+        Method::BdevMirrorCreate(p) if p.wait => ("bdev_mirror_get", &p.name, JOB, LAST_JOB),
+        Method::BdevMirrorResume(p) if p.wait => ("bdev_mirror_get", &p.name, JOB, LAST_JOB),
+        Method::BdevMirrorVerify(p) if p.wait => ("bdev_mirror_get", &p.name, JOB, LAST_JOB),
+        Method::BdevMirrorAddLeg(p) if p.wait => ("bdev_mirror_get", &p.name, JOB, LAST_JOB),
+        Method::BdevMirrorBackup(p) if p.wait => (
+            "bdev_mirror_get",
+            &p.name,
+            &["image", "backup"],
+            &["image", "last_backup_job"],
+        ),
+        Method::BdevParityMemberCreate(p) if p.wait => ("bdev_parity_get", &p.name, JOB, LAST_JOB),
+        Method::BdevParityMemberRepair(p) if p.wait => ("bdev_parity_get", &p.name, JOB, LAST_JOB),
+        Method::BdevParityVerify(p) if p.wait => {
+            ("bdev_parity_get", &p.name, JOB, &["last_verify"])
+        }
+        Method::BackupRestore(p) if p.wait => (REPO_JOB, "", JOB, JOB),
+        Method::BackupVerify(p) if p.wait => (REPO_JOB, "", JOB, JOB),
         _ => return None,
     };
     Some(Follow {
         get,
-        name: name.clone(),
+        name: name.to_string(),
+        job,
         last,
     })
+}
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+/// Polls `backup_job_get` and draws a repository job's progress until it ends.
+fn follow_repo_job(client: &mut RpcClient, id: &Value) -> Result<(), String> {
+    use std::io::Write;
+    loop {
+        let req = client.build_request(REPO_JOB, Some(json!({ "id": id })));
+        let resp = client.call_raw(&req).map_err(|e| e.to_string())?;
+        let j = resp["result"][0].clone();
+        if j.is_null() {
+            return Err(format!("backup job {id} is gone"));
+        }
+        match j["state"].as_str() {
+            Some("running") => {
+                eprint!("\r{}", progress_line(&j));
+                let _ = std::io::stderr().flush();
+            }
+            st => {
+                eprintln!("\r{}", progress_line(&j));
+                println!("{}", pretty(&j["result"]));
+                return match st {
+                    Some("done" | "ok") => Ok(()),
+                    s => Err(format!(
+                        "{} {}",
+                        j["kind"].as_str().unwrap_or("job"),
+                        s.unwrap_or("ended")
+                    )),
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// One line of progress: `[#####.....]  45.2 % resync  812.3 MB/s  ETA 3.1 s`.
@@ -328,13 +393,13 @@ fn follow_job(client: &mut RpcClient, f: &Follow) -> Result<(), String> {
         if m.is_null() {
             return Err(format!("{name} is gone"));
         }
-        match m.get("job").filter(|j| !j.is_null()) {
+        match Some(at(&m, f.job)).filter(|j| !j.is_null()) {
             Some(job) => {
                 eprint!("\r{}", progress_line(job));
                 let _ = std::io::stderr().flush();
             }
             None => {
-                let last = &m[f.last];
+                let last = at(&m, f.last);
                 if !last.is_null() {
                     eprintln!("\r{}", progress_line(last));
                 }
@@ -380,6 +445,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let result = response_result(response, request.get("id")).map_err(describe)?;
     println!("{}", pretty(&result));
     match follow {
+        Some(f) if f.get == REPO_JOB => follow_repo_job(&mut client, &result["job"]),
         Some(f) => follow_job(&mut client, &f),
         None => Ok(()),
     }

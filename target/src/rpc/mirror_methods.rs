@@ -2,8 +2,8 @@
 
 use super::bdev_methods::{ok, on_reactor};
 use super::params::mirror::{
-    MirrorAddLeg, MirrorCreate, MirrorGet, MirrorResolveSplitBrain, MirrorResume, MirrorSetOptions,
-    MirrorVerify,
+    MirrorAddLeg, MirrorBackup, MirrorCreate, MirrorGet, MirrorResolveSplitBrain, MirrorResume,
+    MirrorSetOptions, MirrorSplit, MirrorVerify,
 };
 use super::params::ByName;
 use super::MethodTable;
@@ -24,9 +24,19 @@ pub fn register(t: &mut MethodTable) {
     t.add("bdev_mirror_get", |_, p: MirrorGet| {
         Ok(Value::Array(mirror::get(p.name.as_deref())?))
     });
-    t.add("bdev_mirror_split", |_, p: ByName| {
+    t.add("bdev_mirror_split", |_, p: MirrorSplit| {
+        p.check()?;
+        if p.snapshot {
+            return on_reactor(move || async move {
+                mirror::snapshot::split_snapshot(&p.name, p.image).await
+            });
+        }
         on_reactor(move || async move { mirror::split(&p.name).await })?;
         ok()
+    });
+    t.add("bdev_mirror_backup", |_, p: MirrorBackup| {
+        let o = p.options()?;
+        on_reactor(move || async move { mirror::backup::start(&p.name, o).await })
     });
     t.add("bdev_mirror_resume", |_, p: MirrorResume| {
         let mode = p.mode()?;

@@ -2,6 +2,7 @@
 //! ([`error`]) and the method table, filled by one module per area ([`bdev_methods`],
 //! [`framework_methods`], [`mirror_methods`], [`parity_methods`], [`nvme_methods`], [`nvmf_methods`]).
 
+pub mod backup_methods;
 pub mod bdev_methods;
 pub mod error;
 pub mod framework_methods;
@@ -45,6 +46,7 @@ impl MethodTable {
         bdev_methods::register(&mut t);
         mirror_methods::register(&mut t);
         parity_methods::register(&mut t);
+        backup_methods::register(&mut t);
         nvme_methods::register(&mut t);
         nvmf_methods::register(&mut t);
         Arc::new(t)

@@ -151,11 +151,14 @@ impl MirrorChannel {
     }
 
     /// Starts a write: counts it into its regions, then dispatches it, waiting first if a
-    /// region's bit must reach the disk or a copy holds a region.
+    /// region's bit must reach the disk or a copy holds a region. A write into a region a
+    /// snapshot split's image still owes copies that region to the secondary first
+    /// ([`super::pit`]); the check follows the count, so a write parked across a split sees
+    /// the image.
     fn write(&self, io: BdevIo) {
         let (first, last) = self.m.regions(io.offset_blocks, io.num_blocks);
         let need = self.m.intent.try_begin_range(first, last, None);
-        if need == Some(0) {
+        if need == Some(0) && !self.owes(first, last) {
             self.dispatch(io, Some((first, last)));
             return;
         }
@@ -167,25 +170,62 @@ impl MirrorChannel {
             return;
         };
         strata_reactor::spawn_local(async move {
-            let need = match need {
-                Some(n) => n,
-                // A resync copy holds a region: wait until it lets go, then count.
-                None => {
-                    poll_fn(
-                        |cx| match me.m.intent.try_begin_range(first, last, Some(cx.waker())) {
-                            Some(n) => std::task::Poll::Ready(n),
-                            None => std::task::Poll::Pending,
-                        },
-                    )
-                    .await
+            let mut need = need;
+            loop {
+                let n = match need.take() {
+                    Some(n) => n,
+                    // A copy holds a region: wait until it lets go, then count.
+                    None => {
+                        poll_fn(|cx| {
+                            match me.m.intent.try_begin_range(first, last, Some(cx.waker())) {
+                                Some(n) => std::task::Poll::Ready(n),
+                                None => std::task::Poll::Pending,
+                            }
+                        })
+                        .await
+                    }
+                };
+                if me.owes(first, last) {
+                    me.m.intent.end_range(first, last);
+                    if let Err(st) = me.copy_owed(first, last).await {
+                        io.complete(st);
+                        return;
+                    }
+                    continue;
                 }
-            };
-            if need > 0 {
-                jobs::sync_meta(&me.m, need).await;
+                if n > 0 {
+                    jobs::sync_meta(&me.m, n).await;
+                }
+                me.dispatch(io, Some((first, last)));
+                return;
             }
-            me.dispatch(io, Some((first, last)));
         })
         .detach();
+    }
+
+    /// Whether the image of a snapshot split still owes a region of `first..=last`.
+    #[inline]
+    fn owes(&self, first: usize, last: usize) -> bool {
+        self.m.pit().is_some_and(|p| p.any_owed(first, last))
+    }
+
+    /// Copies the owed regions of `first..=last` to the secondary (before a host write).
+    async fn copy_owed(&self, first: usize, last: usize) -> Result<(), IoStatus> {
+        let Some(pit) = self.m.pit() else {
+            return Ok(());
+        };
+        let (p, s) = {
+            let c = self.m.ctl.lock();
+            (c.primary, c.secondary())
+        };
+        let (Some(pc), Some(sc)) = (self.leg(p), self.leg(s)) else {
+            return Err(IoStatus::Failed);
+        };
+        for r in first..=last {
+            super::pit::ensure_copied(&self.m, &pit, &pc, &sc, r, super::pit::CopyFor::Write)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Fans a counted write (or a flush) out to the legs that take writes.

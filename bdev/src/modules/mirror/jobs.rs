@@ -34,6 +34,8 @@ pub enum JobKind {
     Resync,
     Scan,
     Scrub,
+    /// The background copy of a snapshot split's owed regions ([`super::pit`]).
+    ImageCopy,
 }
 
 impl JobKind {
@@ -42,6 +44,7 @@ impl JobKind {
             JobKind::Resync => "resync",
             JobKind::Scan => "scan",
             JobKind::Scrub => "scrub",
+            JobKind::ImageCopy => "image_copy",
         }
     }
 }
@@ -136,13 +139,19 @@ async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
     };
     let mut wrote = false;
     let mut failed = false;
+    let split = m.split_record(snap);
     for (slot, ch, unit) in targets {
         let sb = m.superblock_for(slot, snap.generation);
+        let meta = if split.is_some() {
+            super::superblock::meta_blocks_with_maps(sb.bits, sb.block_size)
+        } else {
+            sb.meta_blocks()
+        };
         // Whole units of the leg (a RAID leg's stripes), so it never reads to write them.
-        let blocks = (sb.meta_blocks().div_ceil(unit) * unit).min(m.data_offset);
+        let blocks = (meta.div_ceil(unit) * unit).min(m.data_offset);
         let bytes = (blocks * m.block_size as u64) as usize;
         let mut raw = vec![0u8; bytes];
-        sb.encode_meta(&snap.bitmap, &mut raw);
+        sb.encode_meta(&snap.bitmap, split.as_ref().map(|(r, x)| (r, x)), &mut raw);
         match wait::write_slice(&ch, 0, &raw).await {
             Ok(()) => wrote = true,
             Err(st) => {
@@ -172,6 +181,7 @@ pub async fn run(m: Arc<Mirror>, job: Arc<Job>) {
     let res = match job.kind {
         JobKind::Resync => resync(&m, &ch, &job).await,
         JobKind::Scan | JobKind::Scrub => scan(&m, &ch, &job).await,
+        JobKind::ImageCopy => image_copy(&m, &ch, &job).await,
     };
     let result = match res {
         Ok(()) => "done",
@@ -218,7 +228,7 @@ enum Stop {
 }
 
 /// Blocks per secondary write unit: whole stripes of a RAID secondary, else one block.
-fn unit_blocks(m: &Mirror) -> u64 {
+pub(super) fn unit_blocks(m: &Mirror) -> u64 {
     let c = m.ctl.lock();
     c.legs[c.secondary()]
         .base
@@ -258,16 +268,54 @@ fn check_running(m: &Mirror) -> Result<(), Stop> {
     }
 }
 
+/// The background copy of a snapshot split's owed regions.
+async fn image_copy(m: &Arc<Mirror>, ch: &MirrorChannel, job: &Job) -> Result<(), Stop> {
+    let Some(pit) = m.pit() else {
+        return Ok(());
+    };
+    let (p, s) = leg_channels(m, ch)?;
+    tracing::info!(mirror = %m.name, image = %pit.image_name, owed_regions = pit.owed_count(), "image copy started");
+    let res = super::pit::copy_owed(m, &pit, &p, &s, job).await;
+    match res {
+        Ok(()) => {
+            tracing::info!(mirror = %m.name, image = %pit.image_name, "image complete: the secondary holds the point-in-time image");
+            // The owed map is empty now: on disk too.
+            m.intent.bump_unordered();
+            Ok(())
+        }
+        Err(e) if pit.dropped.load(Ordering::Acquire) || e == "cancelled" || e == "aborted" => {
+            Err(Stop::Aborted)
+        }
+        Err(e) => Err(Stop::Failed(e)),
+    }
+}
+
+/// Copies blocks `[a, b)` primary → secondary; the caller holds their regions locked.
+/// A leg that fails is failed.
+pub(super) async fn copy_range(
+    m: &Mirror,
+    p: &IoChannel,
+    s: &IoChannel,
+    a: u64,
+    b: u64,
+) -> Result<(), IoStatus> {
+    let unit = unit_blocks(m);
+    copy_locked(m, p, s, a, b, unit).await.map_err(|e| {
+        tracing::error!(mirror = %m.name, lba = a, blocks = b - a, error = ?e, "copy to the secondary failed");
+        IoStatus::Failed
+    })
+}
+
 /// Locks the regions covering blocks `[a, b)` and waits for the host writes in flight in
 /// them; the guard unlocks.
-async fn lock_blocks(m: &Mirror, a: u64, b: u64) -> RegionLock<'_> {
+pub(super) async fn lock_blocks(m: &Mirror, a: u64, b: u64) -> RegionLock<'_> {
     let (f, l) = m.regions(a, b - a);
     m.intent.lock_range(f, l);
     poll_fn(|cx| m.intent.poll_drained(f, l, cx.waker())).await;
     RegionLock { m, f, l }
 }
 
-struct RegionLock<'a> {
+pub(super) struct RegionLock<'a> {
     m: &'a Mirror,
     f: usize,
     l: usize,

@@ -8,15 +8,22 @@
 //! - [`jobs`]: metadata writes, resync / scan / scrub, housekeeping.
 //! - [`superblock`]: the on-leg format.
 //! - [`record`]: its leg states in the cluster store (optional).
+//! - [`pit`], [`image`], [`snapshot`]: the snapshot split — a point-in-time image of the
+//!   primary, exported as a read-only bdev while the copy to the secondary still runs.
+//! - [`backup`]: backups of that image into a repository ([`crate::backup`]).
 //!
 //! This module holds the operations behind the `bdev_mirror_*` RPCs and examine: a bdev
 //! carrying a mirror superblock is held until its partner appears (or, at the end of
 //! examine, the mirror starts degraded from the newest leg if that leg holds the data).
 //! The mirror uses its legs only through the [`crate::Bdev`] interface.
 
+pub mod backup;
 pub mod channel;
+pub mod image;
 pub mod jobs;
+pub mod pit;
 pub mod record;
+pub mod snapshot;
 pub mod superblock;
 pub mod volume;
 
@@ -421,6 +428,11 @@ pub async fn split(name: &str) -> Result<(), BdevError> {
 /// bitmap cannot be trusted or `mode` asks, the chunks whose checksums differ.
 pub async fn resume(name: &str, mode: ResumeMode) -> Result<(), BdevError> {
     let m = find(name)?;
+    // A snapshot split's image goes first (a running backup of it refuses the resume); the
+    // bitmap then holds the regions it still owed and every write since the split.
+    if m.job.current().is_some_and(|j| j.kind == JobKind::ImageCopy) || m.pit().is_some() {
+        snapshot::drop_image(&m, false).await?;
+    }
     let kind = {
         let mut c = m.ctl.lock();
         if m.job.is_busy() {
@@ -510,6 +522,11 @@ async fn add_leg_from(name: &str, base: &str, automatic: bool) -> Result<(), Bde
         }
         s
     };
+    // An image read the old secondary: it is gone with it.
+    if m.pit().is_some() {
+        tracing::warn!(mirror = %name, "the secondary is replaced: the point-in-time image on it is dropped");
+        snapshot::drop_image(&m, true).await?;
+    }
     // The failed leg's bdev, if still attached, is let go first.
     let old = m.ctl.lock().legs[slot].base.take();
     if let Some(b) = old {
@@ -528,8 +545,8 @@ async fn add_leg_from(name: &str, base: &str, automatic: bool) -> Result<(), Bde
     let sb = match b.channel() {
         Ok(ch) => read_superblock_from(&ch)
             .await
-            .filter(|(sb, _)| sb.mirror_uuid == m.uuid)
-            .map(|(sb, _)| sb),
+            .filter(|(sb, _, _)| sb.mirror_uuid == m.uuid)
+            .map(|(sb, _, _)| sb),
         Err(_) => None,
     };
     let ours = sb.is_some();
@@ -632,7 +649,11 @@ struct Candidate {
     sb: Superblock,
     /// `None` when the bitmap's CRC failed.
     bitmap: Option<Vec<u64>>,
+    /// The split section (`Err`: damaged).
+    split: SplitSection,
 }
+
+type SplitSection = Result<Option<(superblock::SplitRecord, superblock::SplitMaps)>, String>;
 
 static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> = LazyLock::new(Default::default);
 /// Mirrors refused for split brain, as `bdev_mirror_get` shows them.
@@ -707,7 +728,7 @@ impl BdevModule for MirrorModule {
 
 async fn read_superblock_from(
     ch: &crate::channel::IoChannel,
-) -> Option<(Superblock, Option<Vec<u64>>)> {
+) -> Option<(Superblock, Option<Vec<u64>>, SplitSection)> {
     let bs = ch.block_size() as u64;
     let head_blocks = (superblock::HEADER_BYTES as u64).div_ceil(bs);
     if ch.num_blocks() < head_blocks {
@@ -731,12 +752,19 @@ async fn read_superblock_from(
         tracing::warn!(bdev = %ch.bdev().name(), "mirror superblock does not fit this bdev; ignored");
         return None;
     }
-    let meta = wait::read_vec(ch, 0, sb.meta_blocks()).await.ok()?;
+    let with_maps = superblock::meta_blocks_with_maps(sb.bits, sb.block_size);
+    let blocks = if with_maps <= sb.data_offset {
+        with_maps
+    } else {
+        sb.meta_blocks()
+    };
+    let meta = wait::read_vec(ch, 0, blocks).await.ok()?;
     let bitmap = sb.decode_bitmap(&meta);
+    let split = sb.decode_split(&meta).map_err(|e| e.to_string());
     if bitmap.is_none() {
         tracing::warn!(bdev = %ch.bdev().name(), mirror = %sb.name, "mirror change bitmap damaged (CRC mismatch): it will not be trusted");
     }
-    Some((sb, bitmap))
+    Some((sb, bitmap, split))
 }
 
 async fn examine(name: &str) {
@@ -752,7 +780,7 @@ async fn examine(name: &str) {
     let Ok(ch) = desc.channel() else {
         return;
     };
-    let Some((sb, bitmap)) = read_superblock_from(&ch).await else {
+    let Some((sb, bitmap, split)) = read_superblock_from(&ch).await else {
         return;
     };
     drop(ch);
@@ -795,6 +823,7 @@ async fn examine(name: &str) {
             bdev: name.to_string(),
             sb: sb.clone(),
             bitmap,
+            split,
         });
     assemble(sb.mirror_uuid, false).await;
 }
@@ -802,6 +831,7 @@ async fn examine(name: &str) {
 /// The plan for bringing up a mirror from its candidates.
 struct Plan {
     best: Superblock,
+    split: SplitSection,
     /// Bdev per role, and whether the newest superblock trusts it as it says.
     legs: [Option<(String, LegState)>; 2],
     bitmap: Option<Vec<u64>>,
@@ -936,6 +966,7 @@ fn plan(
     }
     Ok(Some(Plan {
         best: b.clone(),
+        split: best.split.clone(),
         legs,
         bitmap,
     }))
@@ -1084,6 +1115,8 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
     }
     MIRRORS.lock().push(m.clone());
     tracing::info!(mirror = %b.name, generation = b.generation, state = state.name(), dirty_regions = dirty, bitmap_trusted = trusted, "mirror assembled from superblocks");
+    // Before the first metadata write, which writes the split section from memory.
+    snapshot::restore(&m, p.split);
     jobs::persist_all(&m).await;
     start_background(&m);
     if let Some(kind) = job {

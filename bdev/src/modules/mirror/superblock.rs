@@ -7,6 +7,14 @@
 //! the header still says who the mirror is; then, at `data_offset` blocks, the volume's data.
 //! Every metadata update writes header and bitmap together to every reachable leg and bumps
 //! the generation, so the leg with the highest generation speaks for the mirror.
+//!
+//! The split section ([`SplitRecord`], bytes [`SPLIT_AT`]..[`BITMAP_AT`], its own CRC) holds
+//! what a snapshot split and backups need across a restart: the point-in-time image, the
+//! backup being written, the last backup taken; its three maps (regions changed since the
+//! last backup's image, regions the image still owes the secondary, the image's changes
+//! since the previous backup) follow the change bitmap, one bitmap's size each, when the
+//! metadata area has room for them (mirrors created before the section have one bitmap's
+//! room at least: a snapshot split tells when it is too small).
 
 use crate::state_codes;
 use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
@@ -30,6 +38,12 @@ pub const MAX_BITMAP_BYTES: u64 = 1 << 20;
 /// Data starts at least this far into each leg.
 pub const MIN_DATA_OFFSET_BYTES: u64 = 1 << 20;
 const NAME_MAX: usize = 128;
+/// The split section: magic, length, CRC32C, then its JSON.
+pub const SPLIT_AT: usize = 512;
+const SPLIT_MAGIC: &[u8; 8] = b"STRATSPL";
+const SPLIT_MAX: usize = BITMAP_AT as usize - SPLIT_AT - 16;
+/// Maps after the change bitmap: change map, owed map, image delta.
+pub const EXTRA_MAPS: u64 = 3;
 
 // Body layout (offsets in the body, after the common header).
 const STATE_AT: usize = 0;
@@ -134,6 +148,61 @@ pub struct Superblock {
     pub max_bandwidth_mb_sec: u32,
 }
 
+/// A backup being written, as the split section keeps it to resume after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupRecord {
+    pub repository: String,
+    pub id: String,
+    pub kind: String,
+    pub mode: String,
+    pub chunk_size: u64,
+    pub parent: Option<String>,
+}
+
+/// The point-in-time image of a snapshot split.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    /// Unix seconds of the split.
+    pub split_time: u64,
+    pub split_time_ns: u32,
+    /// A backup of this image completed (its changes are consumed).
+    pub backed_up: bool,
+    pub backup: Option<BackupRecord>,
+}
+
+/// The last complete backup of the mirror (the parent of the next incremental).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastBackup {
+    pub repository: String,
+    pub id: String,
+    pub image_time: u64,
+    pub image_time_ns: u32,
+    pub chunk_size: u64,
+}
+
+/// The split section: snapshot split, backups, and the CRCs of the maps after the bitmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitRecord {
+    pub image: Option<ImageRecord>,
+    pub last_backup: Option<LastBackup>,
+    /// CRC32C of the change map, owed map and image delta (when written).
+    pub map_crcs: Option<[u32; 3]>,
+}
+
+/// The maps the split section describes, by order after the change bitmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitMaps {
+    pub track: Vec<u64>,
+    pub owed: Vec<u64>,
+    pub delta: Vec<u64>,
+}
+
+/// Blocks of metadata with the split section's maps.
+pub fn meta_blocks_with_maps(bits: u64, block_size: u32) -> u64 {
+    (bitmap_at(block_size) + (1 + EXTRA_MAPS) * bitmap_bytes(bits)).div_ceil(block_size as u64)
+}
+
 /// Byte offset of the bitmap in a leg.
 pub fn bitmap_at(block_size: u32) -> u64 {
     BITMAP_AT.max(block_size as u64)
@@ -149,10 +218,34 @@ impl Superblock {
         meta_blocks(self.bits, self.block_size)
     }
 
-    /// Serialises header and `bitmap` into `out` (`meta_blocks()` blocks).
-    pub fn encode_meta(&self, bitmap: &[u64], out: &mut [u8]) {
+    /// Serialises header and `bitmap` into `out` (`meta_blocks()` blocks), and the split
+    /// section with its maps when given (`out` then spans [`meta_blocks_with_maps`]).
+    pub fn encode_meta(
+        &self,
+        bitmap: &[u64],
+        split: Option<(&SplitRecord, &SplitMaps)>,
+        out: &mut [u8],
+    ) {
         out.fill(0);
-        let crc = meta::encode_bitmap(bitmap, self.bits, out, bitmap_at(self.block_size) as usize);
+        let at = bitmap_at(self.block_size) as usize;
+        let crc = meta::encode_bitmap(bitmap, self.bits, out, at);
+        if let Some((rec, maps)) = split {
+            let bb = bitmap_bytes(self.bits) as usize;
+            let mut r = rec.clone();
+            let mut crcs = [0u32; 3];
+            for (k, map) in [&maps.track, &maps.owed, &maps.delta].into_iter().enumerate() {
+                crcs[k] = meta::encode_bitmap(map, self.bits, out, at + (k + 1) * bb);
+            }
+            r.map_crcs = Some(crcs);
+            let json = serde_json::to_vec(&r).unwrap_or_default();
+            if json.len() <= SPLIT_MAX {
+                let sec = &mut out[SPLIT_AT..SPLIT_AT + 16 + json.len()];
+                sec[..8].copy_from_slice(SPLIT_MAGIC);
+                put_u32(sec, 8, json.len() as u32);
+                put_u32(sec, 12, crate::kernels::crc32c(&json));
+                sec[16..].copy_from_slice(&json);
+            }
+        }
         let h = Header {
             volume_uuid: self.mirror_uuid,
             generation: self.generation,
@@ -250,6 +343,51 @@ impl Superblock {
     pub fn decode_bitmap(&self, meta: &[u8]) -> Option<Vec<u64>> {
         meta::decode_bitmap(meta, self.bits, bitmap_at(self.block_size) as usize)
     }
+
+    /// The split section and its maps from `meta`: `Ok(None)` when there is none (never
+    /// written), `Err` when it is damaged (section or a map's CRC).
+    pub fn decode_split(&self, meta: &[u8]) -> Result<Option<(SplitRecord, SplitMaps)>, SbError> {
+        let Some(sec) = meta.get(SPLIT_AT..SPLIT_AT + 16) else {
+            return Ok(None);
+        };
+        if &sec[..8] != SPLIT_MAGIC {
+            return Ok(None);
+        }
+        let len = get_u32(sec, 8) as usize;
+        if len > SPLIT_MAX {
+            return Err(SbError::Corrupt("split section length"));
+        }
+        let json = meta
+            .get(SPLIT_AT + 16..SPLIT_AT + 16 + len)
+            .ok_or(SbError::Corrupt("split section cut short"))?;
+        if crate::kernels::crc32c(json) != get_u32(sec, 12) {
+            return Err(SbError::Corrupt("split section checksum"));
+        }
+        let rec: SplitRecord =
+            serde_json::from_slice(json).map_err(|_| SbError::Corrupt("split section"))?;
+        let Some(crcs) = rec.map_crcs else {
+            return Ok(Some((rec, SplitMaps::default())));
+        };
+        let at = bitmap_at(self.block_size) as usize;
+        let bb = bitmap_bytes(self.bits) as usize;
+        let words = self.bits.div_ceil(64) as usize;
+        let mut maps: [Vec<u64>; 3] = Default::default();
+        for (k, map) in maps.iter_mut().enumerate() {
+            let off = at + (k + 1) * bb;
+            let raw = meta
+                .get(off..off + words * 8)
+                .ok_or(SbError::Corrupt("split maps cut short"))?;
+            if crate::kernels::crc32c_append(0, raw) != crcs[k] {
+                return Err(SbError::Corrupt("split map checksum"));
+            }
+            *map = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+        }
+        let [track, owed, delta] = maps;
+        Ok(Some((rec, SplitMaps { track, owed, delta })))
+    }
 }
 
 #[cfg(test)]
@@ -284,7 +422,8 @@ mod tests {
         for bs in [512u32, 4096] {
             let sb = sample(bs);
             let mut buf = vec![0u8; (sb.meta_blocks() * bs as u64) as usize];
-            sb.encode_meta(&[0b1010], &mut buf);
+            sb.encode_meta(&[0b1010], None, &mut buf);
+            assert_eq!(sb.decode_split(&buf), Ok(None));
             let got = Superblock::decode(&buf).unwrap();
             assert_eq!(got, sb);
             assert_eq!(got.decode_bitmap(&buf), Some(vec![0b1010]));
@@ -299,11 +438,41 @@ mod tests {
     }
 
     #[test]
+    fn split_section_round_trip_and_damage() {
+        let sb = sample(512);
+        let rec = SplitRecord {
+            image: Some(ImageRecord {
+                name: "m0_pit".into(),
+                split_time: 5,
+                split_time_ns: 6,
+                backed_up: false,
+                backup: None,
+            }),
+            last_backup: None,
+            map_crcs: None,
+        };
+        let maps = SplitMaps {
+            track: vec![1],
+            owed: vec![2],
+            delta: vec![4],
+        };
+        let mut buf = vec![0u8; (meta_blocks_with_maps(sb.bits, 512) * 512) as usize];
+        sb.encode_meta(&[8], Some((&rec, &maps)), &mut buf);
+        let (r, m) = sb.decode_split(&buf).unwrap().unwrap();
+        assert_eq!(r.image, rec.image);
+        assert_eq!(m, maps);
+        assert_eq!(sb.decode_bitmap(&buf), Some(vec![8]));
+        let at = bitmap_at(512) as usize + 2 * bitmap_bytes(sb.bits) as usize;
+        buf[at] ^= 1;
+        assert!(sb.decode_split(&buf).is_err(), "a damaged owed map is found");
+    }
+
+    #[test]
     fn impossible_shapes_are_refused() {
         let mut sb = sample(4096);
         sb.bits = 5;
         let mut buf = vec![0u8; 8192];
-        sb.encode_meta(&[], &mut buf);
+        sb.encode_meta(&[], None, &mut buf);
         assert_eq!(
             Superblock::decode(&buf),
             Err(SbError::Corrupt("bitmap size"))

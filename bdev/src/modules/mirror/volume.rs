@@ -11,7 +11,12 @@
 
 use super::channel::MirrorChannel;
 use super::jobs::Job;
-use super::superblock::{LegState, MirrorState, Superblock, FLAG_BITMAP_UNTRUSTED};
+use super::pit::Pit;
+use super::superblock::{
+    self as sbf, LastBackup, LegState, MirrorState, SplitMaps, SplitRecord, Superblock,
+    FLAG_BITMAP_UNTRUSTED,
+};
+use crate::volume::intent::Snapshot;
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
 use crate::io::{ChecksumAlg, IoType};
@@ -131,6 +136,14 @@ pub struct Mirror {
     pub stopping: AtomicBool,
     /// The leg states last written to the cluster store (written again only on a change).
     pub recorded: Mutex<Option<super::record::Record>>,
+    /// The point-in-time image of a snapshot split, while there is one.
+    pit: Mutex<Option<Arc<Pit>>>,
+    /// Fast-path flag: an image exists (writes check its owed map).
+    pit_on: AtomicBool,
+    /// The last complete backup (parent of the next incremental).
+    pub last_backup: Mutex<Option<LastBackup>>,
+    /// The metadata area has room for the split section's maps.
+    pub maps_fit: bool,
     supported: [bool; IoType::COUNT],
     boundary: u64,
 }
@@ -163,6 +176,10 @@ impl Mirror {
             .base
             .as_ref()
             .map_or(0, |b| b.optimal_io_boundary);
+        let maps_fit = data_offset >= sbf::meta_blocks_with_maps(intent.bits, block_size);
+        if maps_fit {
+            intent.set_tracking(Vec::new());
+        }
         let m = Mirror {
             name,
             uuid,
@@ -179,6 +196,10 @@ impl Mirror {
             last_job: Mutex::new(None),
             stopping: AtomicBool::new(false),
             recorded: Mutex::new(None),
+            pit: Mutex::new(None),
+            pit_on: AtomicBool::new(false),
+            last_backup: Mutex::new(None),
+            maps_fit,
             supported,
             boundary,
         };
@@ -187,6 +208,41 @@ impl Mirror {
             m.refresh(&c);
         }
         m
+    }
+
+    /// The snapshot split's image, if there is one.
+    pub fn pit(&self) -> Option<Arc<Pit>> {
+        if !self.pit_on.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pit.lock().clone()
+    }
+
+    /// Installs (or, with `None`, drops) the image; the caller persists.
+    pub fn set_pit(&self, pit: Option<Arc<Pit>>) {
+        let mut g = self.pit.lock();
+        self.pit_on.store(pit.is_some(), Ordering::Release);
+        *g = pit;
+        self.intent.bump();
+    }
+
+    /// The split section and its maps for a metadata write of `snap` (None: no room).
+    pub fn split_record(&self, snap: &Snapshot) -> Option<(SplitRecord, SplitMaps)> {
+        if !self.maps_fit {
+            return None;
+        }
+        let pit = self.pit.lock().clone();
+        let rec = SplitRecord {
+            image: pit.as_ref().map(|p| p.record()),
+            last_backup: self.last_backup.lock().clone(),
+            map_crcs: None,
+        };
+        let maps = SplitMaps {
+            track: snap.track.clone(),
+            owed: pit.as_ref().map(|p| p.owed_bits()).unwrap_or_default(),
+            delta: pit.as_ref().map(|p| p.delta.clone()).unwrap_or_default(),
+        };
+        Some((rec, maps))
     }
 
     /// Recomputes the fast-path routing from the legs' states, after any change.
@@ -358,6 +414,8 @@ impl Mirror {
             })
             .collect();
         let job = self.job.current().map(|j| j.info());
+        let image = self.pit().map(|p| p.info(self));
+        let last_backup = self.last_backup.lock().clone();
         json!({
             "name": self.name,
             "uuid": self.uuid.to_string(),
@@ -378,6 +436,9 @@ impl Mirror {
             "legs": legs,
             "job": job,
             "last_job": self.last_job.lock().clone(),
+            "image": image,
+            "last_backup": last_backup,
+            "changed_regions_since_last_backup": self.intent.track_bits().iter().map(|w| w.count_ones() as u64).sum::<u64>(),
         })
     }
 }
@@ -427,6 +488,12 @@ impl Bdev for Mirror {
     }
     fn on_unregister(&self) {
         self.stopping.store(true, Ordering::Release);
+        // The image reads the legs through the mirror: it goes with it.
+        let pit = self.pit.lock().take();
+        if let Some(p) = pit {
+            p.dropped.store(true, Ordering::Release);
+            let _ = crate::registry::unregister(&p.image_name);
+        }
         let c = self.ctl.lock();
         for l in c.legs.iter() {
             if let Some(b) = &l.base {

@@ -4,6 +4,8 @@
 use super::{invalid, is_false, is_true, parse_uuid, yes, SpdkParams};
 use crate::rpc::RpcError;
 use serde::{Deserialize, Serialize};
+use strata_bdev::backup::repo::BackupKind;
+use strata_bdev::modules::mirror::backup::{BackupMode, BackupOptions};
 use strata_bdev::modules::mirror::{volume::ReadPolicy, CreateOptions, ResumeMode, SetOptions};
 use strata_bdev::ChecksumAlg;
 
@@ -188,6 +190,95 @@ impl MirrorSetOptions {
             read_policy: read_policy("bdev_mirror_set_options", self.read_policy.as_deref())?,
             scrub_interval_s: self.scrub_interval_s,
             max_bandwidth_mb_sec: self.max_bandwidth_mb_sec,
+        })
+    }
+}
+
+/// `bdev_mirror_split`: pause the secondary; with `snapshot`, a point-in-time image of the
+/// primary as of now, exported as a read-only bdev while the copy to the secondary runs.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSplit {
+    pub name: String,
+    /// Take a point-in-time image (answers at once, even while a copy runs).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub snapshot: bool,
+    /// The image bdev's name (default <name>_pit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+impl SpdkParams for MirrorSplit {}
+
+impl MirrorSplit {
+    pub fn check(&self) -> Result<(), RpcError> {
+        if self.image.is_some() && !self.snapshot {
+            return Err(invalid(
+                "bdev_mirror_split",
+                "image",
+                "only with snapshot: true",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `bdev_mirror_backup`: back up a snapshot split's image into a repository.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorBackup {
+    pub name: String,
+    /// The repository: a directory (created if missing or empty).
+    #[arg(short = 'r', long)]
+    pub repository: String,
+    /// full (default) or incremental (to the mirror's last backup).
+    #[arg(short = 't', long = "type")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// secondary (default: owed regions are copied to the secondary first) or memory (read
+    /// from the primary into memory; the secondary is not written).
+    #[arg(short = 'm', long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Chunk size in KiB (power of two, default 1024; an incremental uses its parent's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_kb: Option<u64>,
+    /// The backup's id (default <mirror>-<split time>-<type>); the id of an interrupted
+    /// backup resumes it from its checkpoint.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Show the backup's progress until it ends.
+    #[arg(long)]
+    #[serde(skip)]
+    pub wait: bool,
+}
+impl SpdkParams for MirrorBackup {}
+
+impl MirrorBackup {
+    pub fn options(&self) -> Result<BackupOptions, RpcError> {
+        let m = "bdev_mirror_backup";
+        let kind = match self.kind.as_deref() {
+            None => BackupKind::Full,
+            Some(v) => BackupKind::from_name(v)
+                .ok_or_else(|| bad(m, "type", v, "full, incremental"))?,
+        };
+        let mode = match self.mode.as_deref() {
+            None => BackupMode::Secondary,
+            Some(v) => BackupMode::from_name(v)
+                .ok_or_else(|| bad(m, "mode", v, "secondary, memory"))?,
+        };
+        if self.repository.is_empty() {
+            return Err(invalid(m, "repository", "empty"));
+        }
+        Ok(BackupOptions {
+            repository: self.repository.clone(),
+            kind,
+            mode,
+            chunk_kb: self.chunk_kb,
+            id: self.id.clone(),
         })
     }
 }

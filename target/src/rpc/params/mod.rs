@@ -8,6 +8,7 @@
 //! missing and unknown fields and ill-typed values to the error type of the deserializer, and
 //! only this one knows which key it was reading.
 
+pub mod backup;
 pub mod bdev;
 pub mod framework;
 pub mod mirror;

@@ -1,0 +1,604 @@
+//! The backup repository on a directory: content-addressed chunks and one manifest per
+//! backup. The format is documented for users in `docs/backup-format.md`; in short:
+//!
+//! ```text
+//! <repo>/strata-backup.json            {"format": "strata-backup", "version": 1}
+//! <repo>/chunks/<hh>/<sha256 hex>      one chunk's bytes, named by its SHA-256 (stored once)
+//! <repo>/backups/<id>.json             a complete backup's manifest
+//! <repo>/backups/<id>.partial.json     the checkpoint of a backup being written
+//! ```
+//!
+//! Every file is written to a temporary name, synced and renamed into place, so a crash
+//! leaves either the old state or the new one. A manifest appears under its final name only
+//! after every chunk it lists is durable: a half-written backup is never listed as complete.
+//! Nothing is ever overwritten or deleted by a backup, so a failing backup (a full or
+//! read-only file system) loses nothing already in the repository.
+//!
+//! These calls block on the file system: jobs run them off the reactors
+//! ([`super::offload`]).
+
+use super::BackupError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const FORMAT: &str = "strata-backup";
+pub const MANIFEST_FORMAT: &str = "strata-backup-manifest";
+pub const VERSION: u32 = 1;
+const MARKER: &str = "strata-backup.json";
+
+/// A chunk's content address.
+pub type ChunkId = [u8; 32];
+
+pub fn chunk_id(data: &[u8]) -> ChunkId {
+    Sha256::digest(data).into()
+}
+
+pub fn hex(id: &ChunkId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn parse_hex(s: &str) -> Option<ChunkId> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Full or incremental.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Full,
+    Incremental,
+}
+
+impl BackupKind {
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(BackupKind::Full),
+            "incremental" => Some(BackupKind::Incremental),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// One chunk of the volume in a manifest. `sha256: None` is a chunk of zeros (stored as
+/// nothing); a full backup lists only the chunks that are not zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub index: u64,
+    pub sha256: Option<String>,
+    /// CRC32C of the chunk's bytes (0 for a zero chunk).
+    pub crc32c: u32,
+}
+
+/// A backup's manifest (also its checkpoint while it is written).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub volume_name: String,
+    pub volume_uuid: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// Bytes per chunk (the last chunk of the volume may be shorter).
+    pub chunk_size: u64,
+    pub kind: BackupKind,
+    pub parent: Option<String>,
+    /// When the image was taken (the split), and when the backup was finished (unix s).
+    pub image_time: u64,
+    pub created: u64,
+    /// Chunks gone through so far (a checkpoint's cursor; `chunk_count` when complete).
+    pub done_chunks: u64,
+    pub chunks: Vec<ChunkRef>,
+    /// CRC32C of this manifest serialised with this field 0: a damaged manifest is found.
+    pub manifest_crc32c: u32,
+}
+
+impl Manifest {
+    pub fn chunk_count(&self) -> u64 {
+        (self.num_blocks * self.block_size as u64).div_ceil(self.chunk_size)
+    }
+    /// Bytes of chunk `index` (the last may be short).
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let total = self.num_blocks * self.block_size as u64;
+        (total - index * self.chunk_size).min(self.chunk_size)
+    }
+    fn sealed(&self) -> Result<Vec<u8>, BackupError> {
+        let mut m = self.clone();
+        m.manifest_crc32c = 0;
+        let body = serde_json::to_vec(&m).map_err(|e| BackupError::Damaged(e.to_string()))?;
+        m.manifest_crc32c = crate::kernels::crc32c(&body);
+        serde_json::to_vec_pretty(&m).map_err(|e| BackupError::Damaged(e.to_string()))
+    }
+    fn parse(raw: &[u8], what: &str) -> Result<Manifest, BackupError> {
+        let m: Manifest = serde_json::from_slice(raw)
+            .map_err(|e| BackupError::Damaged(format!("{what}: not a manifest ({e})")))?;
+        let mut z = m.clone();
+        z.manifest_crc32c = 0;
+        let body = serde_json::to_vec(&z).map_err(|e| BackupError::Damaged(e.to_string()))?;
+        if crate::kernels::crc32c(&body) != m.manifest_crc32c {
+            return Err(BackupError::Damaged(format!(
+                "{what}: manifest checksum mismatch"
+            )));
+        }
+        if m.format != MANIFEST_FORMAT || m.version != VERSION {
+            return Err(BackupError::Damaged(format!(
+                "{what}: format {} version {} is not {MANIFEST_FORMAT} {VERSION}",
+                m.format, m.version
+            )));
+        }
+        if m.chunk_size == 0 || m.block_size == 0 || m.chunk_size % m.block_size as u64 != 0 {
+            return Err(BackupError::Damaged(format!("{what}: impossible chunk size")));
+        }
+        let n = m.chunk_count();
+        if m.chunks.iter().any(|c| {
+            c.index >= n || c.sha256.as_deref().is_some_and(|h| parse_hex(h).is_none())
+        }) {
+            return Err(BackupError::Damaged(format!(
+                "{what}: chunk list out of range"
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// A backup as `backup_list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    pub id: String,
+    /// complete, incomplete (a checkpoint: being written, or interrupted) or damaged.
+    pub state: &'static str,
+    pub kind: Option<BackupKind>,
+    pub parent: Option<String>,
+    pub volume_name: Option<String>,
+    pub volume_uuid: Option<String>,
+    pub image_time: Option<u64>,
+    pub created: Option<u64>,
+    pub size_bytes: Option<u64>,
+    pub chunks: Option<usize>,
+    pub done_chunks: Option<u64>,
+    pub error: Option<String>,
+}
+
+pub struct Repository {
+    root: PathBuf,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn io_err(path: &Path, e: std::io::Error) -> BackupError {
+    BackupError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+/// Writes `data` to `path` atomically: a temporary file, synced, renamed into place.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BackupError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let res = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        f.write_all(data).map_err(|e| io_err(&tmp, e))?;
+        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BackupError> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// Backup ids are file names: letters, digits, `-`, `_`, `.` (not leading).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.ends_with(".partial")
+}
+
+impl Repository {
+    /// Opens the repository at `path`, creating it if the directory is empty or missing.
+    pub fn open_or_create(path: &Path) -> Result<Repository, BackupError> {
+        let marker = path.join(MARKER);
+        if !marker.exists() {
+            fs::create_dir_all(path).map_err(|e| io_err(path, e))?;
+            let stray = fs::read_dir(path)
+                .map_err(|e| io_err(path, e))?
+                .filter_map(|e| e.ok())
+                .any(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"));
+            if stray {
+                return Err(BackupError::NotARepository(format!(
+                    "{} is not empty and holds no {MARKER}: refusing to use it as a backup repository",
+                    path.display()
+                )));
+            }
+            for d in ["chunks", "backups"] {
+                fs::create_dir_all(path.join(d)).map_err(|e| io_err(path, e))?;
+            }
+            let m = serde_json::json!({ "format": FORMAT, "version": VERSION });
+            write_atomic(&marker, m.to_string().as_bytes())?;
+            sync_dir(path)?;
+        }
+        Self::open(path)
+    }
+
+    /// Opens an existing repository.
+    pub fn open(path: &Path) -> Result<Repository, BackupError> {
+        let marker = path.join(MARKER);
+        let raw = fs::read(&marker).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BackupError::NotARepository(format!(
+                    "{} is not a backup repository (no {MARKER})",
+                    path.display()
+                ))
+            } else {
+                io_err(&marker, e)
+            }
+        })?;
+        let v: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| BackupError::Damaged(format!("{}: {e}", marker.display())))?;
+        if v["format"] != FORMAT || v["version"] != VERSION {
+            return Err(BackupError::Damaged(format!(
+                "{}: not a {FORMAT} version {VERSION} repository",
+                marker.display()
+            )));
+        }
+        Ok(Repository {
+            root: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let h = hex(id);
+        self.root.join("chunks").join(&h[..2]).join(h)
+    }
+
+    fn manifest_path(&self, id: &str, partial: bool) -> PathBuf {
+        let name = if partial {
+            format!("{id}.partial.json")
+        } else {
+            format!("{id}.json")
+        };
+        self.root.join("backups").join(name)
+    }
+
+    /// Stores a chunk unless it is there already. Returns whether it wrote one.
+    pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<bool, BackupError> {
+        let p = self.chunk_path(id);
+        if p.metadata().is_ok_and(|m| m.len() == data.len() as u64) {
+            return Ok(false);
+        }
+        let dir = p.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        write_atomic(&p, data)?;
+        Ok(true)
+    }
+
+    /// Reads a chunk back and checks it against its CRC32C.
+    pub fn read_chunk(&self, c: &ChunkRef, len: u64) -> Result<Vec<u8>, BackupError> {
+        let Some(h) = c.sha256.as_deref() else {
+            return Ok(vec![0u8; len as usize]);
+        };
+        let id = parse_hex(h).ok_or_else(|| BackupError::Damaged(format!("chunk name {h}")))?;
+        let p = self.chunk_path(&id);
+        let data = fs::read(&p).map_err(|e| io_err(&p, e))?;
+        if data.len() as u64 != len || crate::kernels::crc32c(&data) != c.crc32c {
+            return Err(BackupError::ChunkDamaged {
+                index: c.index,
+                path: p.display().to_string(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Syncs the chunk directories (after a backup's chunks, before its manifest).
+    pub fn sync_chunks(&self) -> Result<(), BackupError> {
+        let dir = self.root.join("chunks");
+        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {
+            sync_dir(&e.path())?;
+        }
+        sync_dir(&dir)
+    }
+
+    /// Writes a checkpoint of a backup being written.
+    pub fn write_checkpoint(&self, m: &Manifest) -> Result<(), BackupError> {
+        write_atomic(&self.manifest_path(&m.id, true), &m.sealed()?)
+    }
+
+    /// The checkpoint of backup `id`, if one is there.
+    pub fn checkpoint(&self, id: &str) -> Result<Option<Manifest>, BackupError> {
+        let p = self.manifest_path(id, true);
+        match fs::read(&p) {
+            Ok(raw) => Manifest::parse(&raw, &p.display().to_string()).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p, e)),
+        }
+    }
+
+    /// Publishes a complete backup: chunks synced, manifest in place, checkpoint removed.
+    pub fn commit(&self, m: &Manifest) -> Result<(), BackupError> {
+        let p = self.manifest_path(&m.id, false);
+        if p.exists() {
+            return Err(BackupError::Exists(m.id.clone()));
+        }
+        self.sync_chunks()?;
+        write_atomic(&p, &m.sealed()?)?;
+        sync_dir(&self.root.join("backups"))?;
+        let _ = fs::remove_file(self.manifest_path(&m.id, true));
+        Ok(())
+    }
+
+    /// A complete backup's manifest.
+    pub fn manifest(&self, id: &str) -> Result<Manifest, BackupError> {
+        if !valid_id(id) {
+            return Err(BackupError::NotFound(id.to_string()));
+        }
+        let p = self.manifest_path(id, false);
+        let raw = fs::read(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BackupError::NotFound(id.to_string())
+            } else {
+                io_err(&p, e)
+            }
+        })?;
+        let m = Manifest::parse(&raw, &p.display().to_string())?;
+        if m.id != id {
+            return Err(BackupError::Damaged(format!(
+                "{}: manifest names backup {}",
+                p.display(),
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Backup `id` and its ancestors, the full backup first.
+    pub fn chain(&self, id: &str) -> Result<Vec<Manifest>, BackupError> {
+        let mut out = vec![self.manifest(id)?];
+        while let Some(parent) = out.last().and_then(|m| m.parent.clone()) {
+            if out.len() > 10_000 || out.iter().any(|m| m.id == parent) {
+                return Err(BackupError::Damaged(format!("backup chain of {id} loops")));
+            }
+            let p = self.manifest(&parent).map_err(|e| match e {
+                BackupError::NotFound(_) => BackupError::Damaged(format!(
+                    "backup {id} needs parent {parent}, which is not in the repository"
+                )),
+                e => e,
+            })?;
+            let c = out.last().map(|m| (m.volume_uuid.clone(), m.num_blocks, m.chunk_size));
+            if c != Some((p.volume_uuid.clone(), p.num_blocks, p.chunk_size)) {
+                return Err(BackupError::Damaged(format!(
+                    "backup {parent} does not match its child's volume or chunk size"
+                )));
+            }
+            out.push(p);
+        }
+        if out.last().is_some_and(|m| m.kind != BackupKind::Full) {
+            return Err(BackupError::Damaged(format!(
+                "backup chain of {id} does not start with a full backup"
+            )));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The volume's chunk map at backup `id`: full backup, then each incremental over it.
+    /// Index → chunk (None for zeros).
+    pub fn resolve(&self, id: &str) -> Result<(Manifest, Vec<Option<ChunkRef>>), BackupError> {
+        let chain = self.chain(id)?;
+        let last = chain.last().cloned().ok_or(BackupError::NotFound(id.into()))?;
+        let mut map: Vec<Option<ChunkRef>> = vec![None; last.chunk_count() as usize];
+        for m in &chain {
+            for c in &m.chunks {
+                map[c.index as usize] = c.sha256.as_ref().map(|_| c.clone());
+            }
+        }
+        Ok((last, map))
+    }
+
+    /// Every backup in the repository, complete or not, oldest first.
+    pub fn list(&self) -> Result<Vec<Listing>, BackupError> {
+        let dir = self.root.join("backups");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let (id, partial) = match stem.strip_suffix(".partial") {
+                Some(id) => (id, true),
+                None => (stem, false),
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            let parsed = fs::read(e.path())
+                .map_err(|x| io_err(&e.path(), x))
+                .and_then(|raw| Manifest::parse(&raw, &name));
+            out.push(match parsed {
+                Ok(m) => Listing {
+                    id: id.to_string(),
+                    state: if partial { "incomplete" } else { "complete" },
+                    kind: Some(m.kind),
+                    parent: m.parent.clone(),
+                    volume_name: Some(m.volume_name.clone()),
+                    volume_uuid: Some(m.volume_uuid.clone()),
+                    image_time: Some(m.image_time),
+                    created: (!partial).then_some(m.created),
+                    size_bytes: Some(m.num_blocks * m.block_size as u64),
+                    chunks: Some(m.chunks.len()),
+                    done_chunks: Some(m.done_chunks),
+                    error: None,
+                },
+                Err(err) => Listing {
+                    id: id.to_string(),
+                    state: "damaged",
+                    kind: None,
+                    parent: None,
+                    volume_name: None,
+                    volume_uuid: None,
+                    image_time: None,
+                    created: None,
+                    size_bytes: None,
+                    chunks: None,
+                    done_chunks: None,
+                    error: Some(err.to_string()),
+                },
+            });
+        }
+        out.sort_by(|a, b| {
+            (a.image_time, a.created.unwrap_or(u64::MAX), &a.id).cmp(&(
+                b.image_time,
+                b.created.unwrap_or(u64::MAX),
+                &b.id,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// The newest complete backup of the volume `uuid`.
+    pub fn latest_for(&self, uuid: &str) -> Result<Option<Manifest>, BackupError> {
+        let mut best: Option<Manifest> = None;
+        for l in self.list()? {
+            if l.state != "complete" || l.volume_uuid.as_deref() != Some(uuid) {
+                continue;
+            }
+            let m = self.manifest(&l.id)?;
+            if best.as_ref().is_none_or(|b| (m.image_time, m.created) >= (b.image_time, b.created)) {
+                best = Some(m);
+            }
+        }
+        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, kind: BackupKind, parent: Option<&str>, chunks: Vec<ChunkRef>) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: VERSION,
+            id: id.into(),
+            volume_name: "m0".into(),
+            volume_uuid: "u".into(),
+            block_size: 512,
+            num_blocks: 16,
+            chunk_size: 2048,
+            kind,
+            parent: parent.map(String::from),
+            image_time: 1,
+            created: 2,
+            done_chunks: 4,
+            chunks,
+            manifest_crc32c: 0,
+        }
+    }
+
+    fn put(r: &Repository, index: u64, fill: u8) -> ChunkRef {
+        let data = vec![fill; 2048];
+        let id = chunk_id(&data);
+        r.put_chunk(&id, &data).unwrap();
+        ChunkRef {
+            index,
+            sha256: Some(hex(&id)),
+            crc32c: crate::kernels::crc32c(&data),
+        }
+    }
+
+    #[test]
+    fn chain_resolves_incrementals_over_the_full_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Repository::open_or_create(d.path()).unwrap();
+        let full = manifest("a", BackupKind::Full, None, vec![put(&r, 0, 1), put(&r, 2, 2)]);
+        r.commit(&full).unwrap();
+        let zero = ChunkRef {
+            index: 2,
+            sha256: None,
+            crc32c: 0,
+        };
+        let inc = manifest("b", BackupKind::Incremental, Some("a"), vec![put(&r, 1, 3), zero]);
+        r.commit(&inc).unwrap();
+        let (_, map) = r.resolve("b").unwrap();
+        assert_eq!(map[0].as_ref().map(|c| c.index), Some(0));
+        assert!(map[1].is_some());
+        assert!(map[2].is_none(), "chunk 2 became zero");
+        assert!(map[3].is_none());
+        assert_eq!(r.read_chunk(map[1].as_ref().unwrap(), 2048).unwrap(), vec![3u8; 2048]);
+        // The same content is stored once.
+        let n = fs::read_dir(d.path().join("chunks")).unwrap().count();
+        put(&r, 3, 1);
+        assert_eq!(fs::read_dir(d.path().join("chunks")).unwrap().count(), n);
+        assert_eq!(r.latest_for("u").unwrap().unwrap().id, "b");
+    }
+
+    #[test]
+    fn damage_is_found_and_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Repository::open_or_create(d.path()).unwrap();
+        let c = put(&r, 0, 7);
+        r.commit(&manifest("a", BackupKind::Full, None, vec![c.clone()])).unwrap();
+        // A flipped byte in a chunk.
+        let p = r.chunk_path(&parse_hex(c.sha256.as_deref().unwrap()).unwrap());
+        let mut raw = fs::read(&p).unwrap();
+        raw[5] ^= 1;
+        fs::write(&p, raw).unwrap();
+        assert!(matches!(r.read_chunk(&c, 2048), Err(BackupError::ChunkDamaged { index: 0, .. })));
+        // A damaged manifest is listed as damaged, not as a backup.
+        let mp = r.manifest_path("a", false);
+        let mut raw = fs::read(&mp).unwrap();
+        let at = raw.iter().position(|&b| b == b'm').unwrap();
+        raw[at] = b'n';
+        fs::write(&mp, raw).unwrap();
+        assert!(matches!(r.manifest("a"), Err(BackupError::Damaged(_))));
+        assert_eq!(r.list().unwrap()[0].state, "damaged");
+        // An incremental whose parent is missing does not resolve.
+        r.commit(&manifest("b", BackupKind::Incremental, Some("zz"), vec![])).unwrap();
+        assert!(matches!(r.chain("b"), Err(BackupError::Damaged(_))));
+    }
+
+    #[test]
+    fn a_directory_with_other_files_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("x"), b"1").unwrap();
+        assert!(matches!(
+            Repository::open_or_create(d.path()),
+            Err(BackupError::NotARepository(_))
+        ));
+    }
+}
