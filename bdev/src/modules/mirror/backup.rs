@@ -153,19 +153,13 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
             (Some(pm), lb.chunk_size)
         }
     };
-    let id = o.id.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}-{}",
-            name,
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_secs(pit.split_time)
-            )
-            .to_string()
-            .replace(':', ""),
-            o.kind.name()
-        )
+    let base = o.id.clone().unwrap_or_else(|| {
+        let t = std::time::UNIX_EPOCH
+            + Duration::new(pit.split_time, pit.split_time_ns);
+        let stamp = humantime::format_rfc3339_millis(t).to_string().replace(':', "");
+        format!("{name}-{stamp}-{}", o.kind.name())
     });
-    let id = id
+    let base: String = base
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
@@ -174,17 +168,23 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
                 '_'
             }
         })
-        .collect::<String>();
-    let (r2, id2) = (r.clone(), id.clone());
-    let existing = backup::offload(move || match r2.manifest(&id2) {
-        Ok(_) => Ok(Some(())),
-        Err(BackupError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
+        .collect();
+    // A default id that is taken (a second backup of one image) gets a suffix; a chosen
+    // one is refused.
+    let (r2, b2, pick) = (r.clone(), base.clone(), o.id.is_none());
+    let id = backup::offload(move || {
+        for k in 1..1000 {
+            let id = if k == 1 { b2.clone() } else { format!("{b2}-{k}") };
+            match r2.manifest(&id) {
+                Err(BackupError::NotFound(_)) => return Ok(id),
+                Ok(_) if pick => continue,
+                Ok(_) => return Err(BackupError::Exists(id)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BackupError::Exists(b2))
     })
     .await?;
-    if existing.is_some() {
-        return Err(BdevError::Exists(format!("backup {id}")));
-    }
     let rec = BackupRecord {
         repository: o.repository.clone(),
         id: id.clone(),
