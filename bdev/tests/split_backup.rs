@@ -137,7 +137,9 @@ fn model_io_with_image(
         let mut model = m;
         let d = registry::open(&nm, |_| {}).unwrap();
         let ch = d.channel().unwrap();
-        let img_desc = img.as_ref().map(|(n, _)| registry::open(n, |_| {}).unwrap());
+        let img_desc = img
+            .as_ref()
+            .map(|(n, _)| registry::open(n, |_| {}).unwrap());
         let img_ch = img_desc.as_ref().map(|d| d.channel().unwrap());
         let blocks = ch.num_blocks();
         let bs = BS as usize;
@@ -221,7 +223,10 @@ fn snapshot_split_during_the_initial_copy_backs_up_and_restores_the_image() {
     wait_image_complete("sb");
     let img = info("sb")["image"].clone();
     assert!(img["copied_before_writes"].as_u64().unwrap() > 0, "{img}");
-    assert!(read_all("sb_pit") == image_model, "image differs from the primary at the split");
+    assert!(
+        read_all("sb_pit") == image_model,
+        "image differs from the primary at the split"
+    );
     assert!(read_all("sb") == model, "primary differs from the model");
     let r = restore(&repo, &b1, "sb_r1");
     assert_eq!(r["state"], "done", "{r}");
@@ -235,7 +240,10 @@ fn snapshot_split_during_the_initial_copy_backs_up_and_restores_the_image() {
     // mode secondary: the regions it owes are reflected into the secondary first.
     set_bw("sb", 2);
     on_reactor(|| async { mirror::resume("sb", ResumeMode::Auto).await }).unwrap();
-    assert!(registry::get("sb_pit").is_none(), "the image bdev is dropped");
+    assert!(
+        registry::get("sb_pit").is_none(),
+        "the image bdev is dropped"
+    );
     model_io_with_image("sb", &mut model, None, 3, |ops| ops >= 200);
     assert_eq!(info("sb")["job"]["kind"], "resync", "the resync runs");
     let s2 = split("sb");
@@ -247,7 +255,13 @@ fn snapshot_split_during_the_initial_copy_backs_up_and_restores_the_image() {
     assert_eq!(last["result"], "done", "{last}");
     assert!(last["reflected_regions"].as_u64().unwrap() > 0, "{last}");
     assert_eq!(info("sb")["image"]["owed_regions"], 0);
-    model_io_with_image("sb", &mut model, Some(("sb_pit", image2.clone())), 4, |ops| ops >= 100);
+    model_io_with_image(
+        "sb",
+        &mut model,
+        Some(("sb_pit", image2.clone())),
+        4,
+        |ops| ops >= 100,
+    );
     let r = restore(&repo, &b2, "sb_r2");
     assert_eq!(r["state"], "done", "{r}");
     assert!(
@@ -279,12 +293,16 @@ fn snapshot_split_during_the_initial_copy_backs_up_and_restores_the_image() {
     let last = wait_backup("sb");
     assert_eq!(last["result"], "done", "{last}");
     assert!(
-        last["stored_chunks"].as_u64().unwrap() <= 3 && last["total_bytes"].as_u64().unwrap() <= 3 * 64 * 1024,
+        last["stored_chunks"].as_u64().unwrap() <= 3
+            && last["total_bytes"].as_u64().unwrap() <= 3 * 64 * 1024,
         "an incremental goes through the changed chunks only: {last}"
     );
     let r = restore(&repo, &b3, "sb_r2");
     assert_eq!(r["state"], "done", "{r}");
-    assert!(read_all("sb_r2")[..image3.len()] == image3[..], "third image");
+    assert!(
+        read_all("sb_r2")[..image3.len()] == image3[..],
+        "third image"
+    );
     let list = on_reactor({
         let repo = repo.clone();
         move || async move { backup::list(&repo).await }
@@ -359,7 +377,13 @@ fn image_copy_and_backup_resume_after_a_restart() {
     model_io_with_image("rs", &mut model, None, 11, |ops| ops >= 150);
     split("rs");
     let image_model = model.clone();
-    model_io_with_image("rs", &mut model, Some(("rs_pit", image_model.clone())), 12, |ops| ops >= 100);
+    model_io_with_image(
+        "rs",
+        &mut model,
+        Some(("rs_pit", image_model.clone())),
+        12,
+        |ops| ops >= 100,
+    );
     let owed = info("rs")["image"]["owed_regions"].as_u64().unwrap();
     assert!(owed > 0, "the copy is still under way");
     restart("rs", ["rs_a", "rs_b"]);
@@ -367,7 +391,13 @@ fn image_copy_and_backup_resume_after_a_restart() {
     assert_eq!(img["name"], "rs_pit", "the image is back: {img}");
     assert!(registry::get("rs_pit").is_some());
     assert!(read_all("rs_pit") == image_model, "image after the restart");
-    model_io_with_image("rs", &mut model, Some(("rs_pit", image_model.clone())), 13, |ops| ops >= 100);
+    model_io_with_image(
+        "rs",
+        &mut model,
+        Some(("rs_pit", image_model.clone())),
+        13,
+        |ops| ops >= 100,
+    );
     // A backup (rate-limited) is interrupted by a restart and resumes from its checkpoint.
     set_bw("rs", 1);
     let id = start_backup("rs", &repo, BackupKind::Full, BackupMode::Memory);
@@ -412,7 +442,8 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
     split("bq");
     // A second split while the image exists.
-    let e = on_reactor(|| async { mirror::snapshot::split_snapshot("bq", None).await }).unwrap_err();
+    let e =
+        on_reactor(|| async { mirror::snapshot::split_snapshot("bq", None).await }).unwrap_err();
     assert!(e.to_string().contains("already has the image"), "{e}");
     // Incremental with no full backup.
     let o = BackupOptions {
@@ -441,14 +472,19 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
     // A good backup, then a damaged manifest: listed as damaged, restore refused.
     let id = start_backup("bq", &repo, BackupKind::Full, BackupMode::Secondary);
     assert_eq!(wait_backup("bq")["result"], "done");
-    let mp = std::path::Path::new(&repo).join("backups").join(format!("{id}.json"));
+    let mp = std::path::Path::new(&repo)
+        .join("backups")
+        .join(format!("{id}.json"));
     let mut raw = std::fs::read(&mp).unwrap();
     let at = raw.len() / 2;
     raw[at] ^= 0x01;
     std::fs::write(&mp, raw).unwrap();
     let (r, i) = (repo.clone(), id.clone());
     let e = on_reactor(move || async move { backup::restore(&r, &i, "bq_a").await }).unwrap_err();
-    assert!(e.to_string().contains("damaged") || e.to_string().contains("claimed"), "{e}");
+    assert!(
+        e.to_string().contains("damaged") || e.to_string().contains("claimed"),
+        "{e}"
+    );
     // Resume drops the image; a backup of it then has nothing to back up.
     on_reactor(|| async { mirror::resume("bq", ResumeMode::Auto).await }).unwrap();
     let o = BackupOptions {

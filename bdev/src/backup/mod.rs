@@ -130,7 +130,12 @@ static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 /// Finished jobs kept for `backup_job_get`.
 const KEEP_FINISHED: usize = 64;
 
-fn new_job(kind: &'static str, repository: &str, backup: &str, target: Option<&str>) -> Arc<RepoJob> {
+fn new_job(
+    kind: &'static str,
+    repository: &str,
+    backup: &str,
+    target: Option<&str>,
+) -> Arc<RepoJob> {
     let j = Arc::new(RepoJob {
         id: NEXT_JOB.fetch_add(1, Ordering::Relaxed),
         kind,
@@ -216,7 +221,12 @@ fn verify_blocking(r: &Repository, ids: &[String], job: &RepoJob) -> Value {
     for id in ids {
         match r.manifest(id) {
             Ok(m) => {
-                total += m.chunks.iter().filter(|c| c.sha256.is_some()).map(|c| m.chunk_len(c.index)).sum::<u64>();
+                total += m
+                    .chunks
+                    .iter()
+                    .filter(|c| c.sha256.is_some())
+                    .map(|c| m.chunk_len(c.index))
+                    .sum::<u64>();
                 manifests.push(m);
             }
             Err(e) => damaged.push(json!({ "backup": id, "error": e.to_string() })),

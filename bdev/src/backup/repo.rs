@@ -143,13 +143,19 @@ impl Manifest {
                 m.format, m.version
             )));
         }
-        if m.chunk_size == 0 || m.block_size == 0 || m.chunk_size % m.block_size as u64 != 0 {
-            return Err(BackupError::Damaged(format!("{what}: impossible chunk size")));
+        if m.chunk_size == 0
+            || m.block_size == 0
+            || !m.chunk_size.is_multiple_of(m.block_size as u64)
+        {
+            return Err(BackupError::Damaged(format!(
+                "{what}: impossible chunk size"
+            )));
         }
         let n = m.chunk_count();
-        if m.chunks.iter().any(|c| {
-            c.index >= n || c.sha256.as_deref().is_some_and(|h| parse_hex(h).is_none())
-        }) {
+        if m.chunks
+            .iter()
+            .any(|c| c.index >= n || c.sha256.as_deref().is_some_and(|h| parse_hex(h).is_none()))
+        {
             return Err(BackupError::Damaged(format!(
                 "{what}: chunk list out of range"
             )));
@@ -399,7 +405,9 @@ impl Repository {
                 )),
                 e => e,
             })?;
-            let c = out.last().map(|m| (m.volume_uuid.clone(), m.num_blocks, m.chunk_size));
+            let c = out
+                .last()
+                .map(|m| (m.volume_uuid.clone(), m.num_blocks, m.chunk_size));
             if c != Some((p.volume_uuid.clone(), p.num_blocks, p.chunk_size)) {
                 return Err(BackupError::Damaged(format!(
                     "backup {parent} does not match its child's volume or chunk size"
@@ -420,7 +428,10 @@ impl Repository {
     /// Index → chunk (None for zeros).
     pub fn resolve(&self, id: &str) -> Result<(Manifest, Vec<Option<ChunkRef>>), BackupError> {
         let chain = self.chain(id)?;
-        let last = chain.last().cloned().ok_or(BackupError::NotFound(id.into()))?;
+        let last = chain
+            .last()
+            .cloned()
+            .ok_or(BackupError::NotFound(id.into()))?;
         let mut map: Vec<Option<ChunkRef>> = vec![None; last.chunk_count() as usize];
         for m in &chain {
             for c in &m.chunks {
@@ -498,7 +509,10 @@ impl Repository {
                 continue;
             }
             let m = self.manifest(&l.id)?;
-            if best.as_ref().is_none_or(|b| (m.image_time, m.created) >= (b.image_time, b.created)) {
+            if best
+                .as_ref()
+                .is_none_or(|b| (m.image_time, m.created) >= (b.image_time, b.created))
+            {
                 best = Some(m);
             }
         }
@@ -510,7 +524,12 @@ impl Repository {
 mod tests {
     use super::*;
 
-    fn manifest(id: &str, kind: BackupKind, parent: Option<&str>, chunks: Vec<ChunkRef>) -> Manifest {
+    fn manifest(
+        id: &str,
+        kind: BackupKind,
+        parent: Option<&str>,
+        chunks: Vec<ChunkRef>,
+    ) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT.into(),
             version: VERSION,
@@ -545,21 +564,34 @@ mod tests {
     fn chain_resolves_incrementals_over_the_full_backup() {
         let d = tempfile::tempdir().unwrap();
         let r = Repository::open_or_create(d.path()).unwrap();
-        let full = manifest("a", BackupKind::Full, None, vec![put(&r, 0, 1), put(&r, 2, 2)]);
+        let full = manifest(
+            "a",
+            BackupKind::Full,
+            None,
+            vec![put(&r, 0, 1), put(&r, 2, 2)],
+        );
         r.commit(&full).unwrap();
         let zero = ChunkRef {
             index: 2,
             sha256: None,
             crc32c: 0,
         };
-        let inc = manifest("b", BackupKind::Incremental, Some("a"), vec![put(&r, 1, 3), zero]);
+        let inc = manifest(
+            "b",
+            BackupKind::Incremental,
+            Some("a"),
+            vec![put(&r, 1, 3), zero],
+        );
         r.commit(&inc).unwrap();
         let (_, map) = r.resolve("b").unwrap();
         assert_eq!(map[0].as_ref().map(|c| c.index), Some(0));
         assert!(map[1].is_some());
         assert!(map[2].is_none(), "chunk 2 became zero");
         assert!(map[3].is_none());
-        assert_eq!(r.read_chunk(map[1].as_ref().unwrap(), 2048).unwrap(), vec![3u8; 2048]);
+        assert_eq!(
+            r.read_chunk(map[1].as_ref().unwrap(), 2048).unwrap(),
+            vec![3u8; 2048]
+        );
         // The same content is stored once.
         let n = fs::read_dir(d.path().join("chunks")).unwrap().count();
         put(&r, 3, 1);
@@ -572,13 +604,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = Repository::open_or_create(d.path()).unwrap();
         let c = put(&r, 0, 7);
-        r.commit(&manifest("a", BackupKind::Full, None, vec![c.clone()])).unwrap();
+        r.commit(&manifest("a", BackupKind::Full, None, vec![c.clone()]))
+            .unwrap();
         // A flipped byte in a chunk.
         let p = r.chunk_path(&parse_hex(c.sha256.as_deref().unwrap()).unwrap());
         let mut raw = fs::read(&p).unwrap();
         raw[5] ^= 1;
         fs::write(&p, raw).unwrap();
-        assert!(matches!(r.read_chunk(&c, 2048), Err(BackupError::ChunkDamaged { index: 0, .. })));
+        assert!(matches!(
+            r.read_chunk(&c, 2048),
+            Err(BackupError::ChunkDamaged { index: 0, .. })
+        ));
         // A damaged manifest is listed as damaged, not as a backup.
         let mp = r.manifest_path("a", false);
         let mut raw = fs::read(&mp).unwrap();
@@ -588,7 +624,8 @@ mod tests {
         assert!(matches!(r.manifest("a"), Err(BackupError::Damaged(_))));
         assert_eq!(r.list().unwrap()[0].state, "damaged");
         // An incremental whose parent is missing does not resolve.
-        r.commit(&manifest("b", BackupKind::Incremental, Some("zz"), vec![])).unwrap();
+        r.commit(&manifest("b", BackupKind::Incremental, Some("zz"), vec![]))
+            .unwrap();
         assert!(matches!(r.chain("b"), Err(BackupError::Damaged(_))));
     }
 

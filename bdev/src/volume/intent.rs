@@ -424,7 +424,10 @@ mod tests {
         m.end_write(1);
         m.take_track();
         m.finish_sync(m.generation());
-        assert!(m.begin_write(1) > 0, "the new mark's first write must wait for its bit");
+        assert!(
+            m.begin_write(1) > 0,
+            "the new mark's first write must wait for its bit"
+        );
     }
 
     #[test]

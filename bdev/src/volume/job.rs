@@ -171,7 +171,10 @@ impl<'a> JobRun<'a> {
 
     /// As [`JobRun::step`], for bytes moved that are not progress (a scan's copies).
     pub async fn pace(&mut self, bytes: u64, mb_per_sec: u64) -> Result<(), Cancelled> {
-        self.pacer.account(mb_per_sec, bytes).await;
+        let p = self.progress;
+        self.pacer
+            .account_unless(mb_per_sec, bytes, &|| p.is_cancelled())
+            .await;
         if self.progress.is_cancelled() {
             return Err(Cancelled);
         }

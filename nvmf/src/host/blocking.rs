@@ -226,6 +226,37 @@ impl BlockingController {
         self.ctrl.get_log_page(lid, nsid, len, 0)
     }
 
+    /// Splits the mirror behind namespace `nsid` with a point-in-time image (strata's
+    /// vendor admin command C0h); returns the regions the image still owes its secondary.
+    pub fn mirror_split(&mut self, nsid: u32) -> Result<u32, HostError> {
+        Ok(self
+            .admin(super::cmd::mirror_split(nsid), DataDir::None)?
+            .cqe
+            .dw0)
+    }
+
+    /// Starts a backup of the image behind `nsid` (vendor admin command C1h) with these
+    /// JSON parameters (`{"repository": ..., "type"?, "mode"?, "chunk_kb"?, "id"?}`).
+    pub fn mirror_backup(&mut self, nsid: u32, params: &str) -> Result<(), HostError> {
+        let data = DataDir::ToController(IoBuf::Heap(params.as_bytes().to_vec()));
+        self.admin(super::cmd::mirror_backup(nsid), data)
+            .map(|_| ())
+    }
+
+    /// The image and backup state of the mirror behind `nsid` (vendor admin command C2h),
+    /// as the JSON text the target sent.
+    pub fn mirror_status(&mut self, nsid: u32) -> Result<String, HostError> {
+        let data = DataDir::FromController(IoBuf::Heap(vec![0u8; 4096]));
+        let c = self.admin(super::cmd::mirror_status(nsid), data)?;
+        let raw = c
+            .data
+            .as_ref()
+            .map(|d| d.as_slice().to_vec())
+            .unwrap_or_default();
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
+    }
+
     pub fn keep_alive(&mut self) -> Result<(), HostError> {
         self.ctrl.keep_alive()
     }

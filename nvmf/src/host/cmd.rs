@@ -204,6 +204,24 @@ pub fn checksum_len(nlb: u32, chunk: u32) -> usize {
     4 * (nlb as usize).div_ceil(chunk.max(1) as usize)
 }
 
+/// strata's vendor admin command: split the mirror behind namespace `nsid` with a
+/// point-in-time image.
+pub fn mirror_split(nsid: u32) -> Sqe {
+    admin_sqe(admin::VENDOR_MIRROR_SPLIT, nsid)
+}
+
+/// strata's vendor admin command: start a backup of the image of the mirror behind `nsid`
+/// (data: the JSON parameters).
+pub fn mirror_backup(nsid: u32) -> Sqe {
+    admin_sqe(admin::VENDOR_MIRROR_BACKUP, nsid)
+}
+
+/// strata's vendor admin command: the image and backup state of the mirror behind `nsid`
+/// (JSON, zero-padded to the transfer length).
+pub fn mirror_status(nsid: u32) -> Sqe {
+    admin_sqe(admin::VENDOR_MIRROR_STATUS, nsid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

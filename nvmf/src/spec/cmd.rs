@@ -95,6 +95,19 @@ pub mod admin {
     pub const ASYNC_EVENT_REQUEST: u8 = 0x0c;
     pub const KEEP_ALIVE: u8 = 0x18;
     pub const FABRICS: u8 = 0x7f;
+    /// strata: split the mirror exported as namespace NSID with a point-in-time image (a
+    /// production host's freeze/thaw hook). No data; answers once the split is durable, with
+    /// DW0 = regions the image still owes the secondary (saturated to u32).
+    pub const VENDOR_MIRROR_SPLIT: u8 = 0xc0;
+    /// strata: start a backup of the image of the mirror behind namespace NSID (the image's
+    /// own namespace or the mirror's). Host to controller: a JSON object in the capsule,
+    /// `{"repository": ..., "type"?: "full"|"incremental", "mode"?: "secondary"|"memory",
+    /// "chunk_kb"?: n, "id"?: "..."}`.
+    pub const VENDOR_MIRROR_BACKUP: u8 = 0xc1;
+    /// strata: the image and backup state of the mirror behind namespace NSID, as JSON
+    /// (`bdev_mirror_get`'s `image` object), zero-padded to the transfer length.
+    /// Controller to host.
+    pub const VENDOR_MIRROR_STATUS: u8 = 0xc2;
 }
 
 /// NVM (I/O) command opcodes, and strata's vendor-specific ones.

@@ -56,19 +56,19 @@ pub struct AdminOutcome {
 }
 
 impl AdminOutcome {
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         AdminOutcome {
             status: Some(Status::SUCCESS),
             ..Default::default()
         }
     }
-    fn err(s: Status) -> Self {
+    pub(crate) fn err(s: Status) -> Self {
         AdminOutcome {
             status: Some(s),
             ..Default::default()
         }
     }
-    fn data(v: Vec<u8>) -> Self {
+    pub(crate) fn data(v: Vec<u8>) -> Self {
         AdminOutcome {
             status: Some(Status::SUCCESS),
             data: Some(v),

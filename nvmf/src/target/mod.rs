@@ -5,6 +5,7 @@ pub mod conn;
 pub mod controller;
 pub mod subsystem;
 pub mod transport;
+pub mod vendor;
 
 use controller::{Controller, Limits};
 use parking_lot::Mutex;

@@ -12,15 +12,17 @@ pub fn register(t: &mut MethodTable) {
         on_reactor(move || async move { backup::list(&p.repository).await })
     });
     t.add("backup_verify", |_, p: BackupVerify| {
-        let id = on_reactor(move || async move {
-            backup::verify(&p.repository, p.backup.as_deref()).await
-        })?;
+        let id =
+            on_reactor(
+                move || async move { backup::verify(&p.repository, p.backup.as_deref()).await },
+            )?;
         Ok(json!({ "job": id }))
     });
     t.add("backup_restore", |_, p: BackupRestore| {
-        let id = on_reactor(move || async move {
-            backup::restore(&p.repository, &p.backup, &p.bdev).await
-        })?;
+        let id =
+            on_reactor(
+                move || async move { backup::restore(&p.repository, &p.backup, &p.bdev).await },
+            )?;
         Ok(json!({ "job": id }))
     });
     t.add("backup_job_get", |_, p: BackupJobGet| {

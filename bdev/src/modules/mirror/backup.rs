@@ -100,6 +100,9 @@ impl BackupJob {
     }
 }
 
+/// A chunk being stored on a helper thread: its reference and whether it was new.
+type StoreResult = strata_reactor::oneshot::Receiver<Result<(ChunkRef, bool), BackupError>>;
+
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 fn invalid(s: String) -> BdevError {
@@ -154,9 +157,10 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
         }
     };
     let base = o.id.clone().unwrap_or_else(|| {
-        let t = std::time::UNIX_EPOCH
-            + Duration::new(pit.split_time, pit.split_time_ns);
-        let stamp = humantime::format_rfc3339_millis(t).to_string().replace(':', "");
+        let t = std::time::UNIX_EPOCH + Duration::new(pit.split_time, pit.split_time_ns);
+        let stamp = humantime::format_rfc3339_millis(t)
+            .to_string()
+            .replace(':', "");
         format!("{name}-{stamp}-{}", o.kind.name())
     });
     let base: String = base
@@ -174,7 +178,11 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
     let (r2, b2, pick) = (r.clone(), base.clone(), o.id.is_none());
     let id = backup::offload(move || {
         for k in 1..1000 {
-            let id = if k == 1 { b2.clone() } else { format!("{b2}-{k}") };
+            let id = if k == 1 {
+                b2.clone()
+            } else {
+                format!("{b2}-{k}")
+            };
             match r2.manifest(&id) {
                 Err(BackupError::NotFound(_)) => return Ok(id),
                 Ok(_) if pick => continue,
@@ -276,7 +284,12 @@ impl From<BackupError> for Stop {
     }
 }
 
-async fn finish(m: &Arc<Mirror>, pit: &Arc<Pit>, job: &Arc<BackupJob>, res: Result<Manifest, Stop>) {
+async fn finish(
+    m: &Arc<Mirror>,
+    pit: &Arc<Pit>,
+    job: &Arc<BackupJob>,
+    res: Result<Manifest, Stop>,
+) {
     let mut info = job.info();
     match &res {
         Ok(man) => {
@@ -324,21 +337,30 @@ fn check(m: &Mirror, pit: &Pit, job: &BackupJob) -> Result<(), Stop> {
 }
 
 /// Chunks to go through: all (full), or those over regions changed since the parent's image.
-fn chunks_to_send(m: &Mirror, pit: &Pit, kind: BackupKind, chunk_size: u64, count: u64) -> Vec<u64> {
+fn chunks_to_send(
+    m: &Mirror,
+    pit: &Pit,
+    kind: BackupKind,
+    chunk_size: u64,
+    count: u64,
+) -> Vec<u64> {
     if kind == BackupKind::Full {
         return (0..count).collect();
     }
-    let same_image = m
-        .last_backup
-        .lock()
-        .as_ref()
-        .is_some_and(|lb| (lb.image_time, lb.image_time_ns) == (pit.split_time, pit.split_time_ns));
+    let same_image =
+        m.last_backup.lock().as_ref().is_some_and(|lb| {
+            (lb.image_time, lb.image_time_ns) == (pit.split_time, pit.split_time_ns)
+        });
     if same_image {
         return Vec::new();
     }
     let bs = m.block_size as u64;
     let rb = m.region_blocks;
-    let changed = |r: u64| pit.delta.get((r / 64) as usize).is_some_and(|w| w & (1 << (r % 64)) != 0);
+    let changed = |r: u64| {
+        pit.delta
+            .get((r / 64) as usize)
+            .is_some_and(|w| w & (1 << (r % 64)) != 0)
+    };
     (0..count)
         .filter(|&c| {
             let a = c * chunk_size / bs;
@@ -348,7 +370,12 @@ fn chunks_to_send(m: &Mirror, pit: &Pit, kind: BackupKind, chunk_size: u64, coun
         .collect()
 }
 
-async fn run(m: &Arc<Mirror>, pit: &Arc<Pit>, job: &Arc<BackupJob>, r: &Arc<Repository>) -> Result<Manifest, Stop> {
+async fn run(
+    m: &Arc<Mirror>,
+    pit: &Arc<Pit>,
+    job: &Arc<BackupJob>,
+    r: &Arc<Repository>,
+) -> Result<Manifest, Stop> {
     let rec = pit
         .backup_rec
         .lock()
@@ -407,12 +434,24 @@ async fn run(m: &Arc<Mirror>, pit: &Arc<Pit>, job: &Arc<BackupJob>, r: &Arc<Repo
     };
     let (r2, id2) = (r.clone(), rec.id.clone());
     if let Some(ck) = backup::offload(move || r2.checkpoint(&id2)).await? {
-        let same = (ck.volume_uuid.as_str(), ck.image_time, ck.chunk_size, ck.kind, ck.num_blocks)
-            == (man.volume_uuid.as_str(), man.image_time, man.chunk_size, man.kind, man.num_blocks);
+        let same = (
+            ck.volume_uuid.as_str(),
+            ck.image_time,
+            ck.chunk_size,
+            ck.kind,
+            ck.num_blocks,
+        ) == (
+            man.volume_uuid.as_str(),
+            man.image_time,
+            man.chunk_size,
+            man.kind,
+            man.num_blocks,
+        );
         if same {
             man.done_chunks = ck.done_chunks;
             man.chunks = ck.chunks;
-            job.resumed_at_chunk.store(ck.done_chunks, Ordering::Relaxed);
+            job.resumed_at_chunk
+                .store(ck.done_chunks, Ordering::Relaxed);
             tracing::info!(backup = %rec.id, chunk = ck.done_chunks, "backup resumes from its checkpoint");
         } else {
             return Err(Stop::Failed(format!(
@@ -434,7 +473,7 @@ async fn run(m: &Arc<Mirror>, pit: &Arc<Pit>, job: &Arc<BackupJob>, r: &Arc<Repo
     let mut run = JobRun::new(&job.progress);
     let mut last_ckpt = Instant::now();
     // Hashing and storing chunk i runs on a helper thread while chunk i+1 is read.
-    let mut pending: Option<(u64, strata_reactor::oneshot::Receiver<Result<(ChunkRef, bool), BackupError>>)> = None;
+    let mut pending: Option<(u64, StoreResult)> = None;
     let store = |idx: u64, data: Vec<u8>| {
         let r = r.clone();
         let (tx, rx) = strata_reactor::oneshot::channel();
@@ -465,7 +504,9 @@ async fn run(m: &Arc<Mirror>, pit: &Arc<Pit>, job: &Arc<BackupJob>, r: &Arc<Repo
                 let (f, l) = m.regions(a, b - a);
                 let mut res = Ok(());
                 for reg in f..=l {
-                    if let Err(st) = pit::ensure_copied(m, pit, &p, &s, reg, CopyFor::Background).await {
+                    if let Err(st) =
+                        pit::ensure_copied(m, pit, &p, &s, reg, CopyFor::Background).await
+                    {
                         res = Err(st);
                         break;
                     }
@@ -523,12 +564,15 @@ async fn settle(
     job: &BackupJob,
     man: &mut Manifest,
     idx: u64,
-    rx: strata_reactor::oneshot::Receiver<Result<(ChunkRef, bool), BackupError>>,
+    rx: StoreResult,
 ) -> Result<(), Stop> {
-    let (c, wrote) = rx.await.map_err(|_| Stop::Failed("chunk store thread died".into()))??;
+    let (c, wrote) = rx
+        .await
+        .map_err(|_| Stop::Failed("chunk store thread died".into()))??;
     if wrote {
         job.stored_chunks.fetch_add(1, Ordering::Relaxed);
-        job.stored_bytes.fetch_add(man.chunk_len(idx), Ordering::Relaxed);
+        job.stored_bytes
+            .fetch_add(man.chunk_len(idx), Ordering::Relaxed);
     } else {
         job.deduplicated_chunks.fetch_add(1, Ordering::Relaxed);
     }

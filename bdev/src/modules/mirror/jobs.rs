@@ -505,6 +505,6 @@ pub async fn housekeeping(m: Arc<Mirror>) {
 /// Waits until no job runs on the mirror.
 pub async fn wait_idle(m: &Mirror) {
     while m.job.is_busy() {
-        strata_reactor::sleep(Duration::from_millis(2)).await;
+        strata_reactor::sleep(Duration::from_micros(250)).await;
     }
 }

@@ -55,6 +55,15 @@ pub fn mirror(name: &str) -> Option<Arc<Mirror>> {
     MIRRORS.lock().iter().find(|m| m.name == name).cloned()
 }
 
+/// The mirror bdev `bdev` is, or whose point-in-time image it is.
+pub fn mirror_of(bdev: &str) -> Option<Arc<Mirror>> {
+    MIRRORS
+        .lock()
+        .iter()
+        .find(|m| m.name == bdev || m.pit().is_some_and(|p| p.image_name == bdev))
+        .cloned()
+}
+
 fn find(name: &str) -> Result<Arc<Mirror>, BdevError> {
     mirror(name).ok_or_else(|| BdevError::NotFound(name.to_string()))
 }
@@ -430,7 +439,11 @@ pub async fn resume(name: &str, mode: ResumeMode) -> Result<(), BdevError> {
     let m = find(name)?;
     // A snapshot split's image goes first (a running backup of it refuses the resume); the
     // bitmap then holds the regions it still owed and every write since the split.
-    if m.job.current().is_some_and(|j| j.kind == JobKind::ImageCopy) || m.pit().is_some() {
+    if m.job
+        .current()
+        .is_some_and(|j| j.kind == JobKind::ImageCopy)
+        || m.pit().is_some()
+    {
         snapshot::drop_image(&m, false).await?;
     }
     let kind = {

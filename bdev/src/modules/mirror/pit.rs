@@ -127,7 +127,9 @@ impl Pit {
 
     pub fn owed_regions(&self) -> Vec<usize> {
         let s = self.st.lock();
-        (0..s.owed.len() * 64).filter(|&r| bit(&s.owed, r)).collect()
+        (0..s.owed.len() * 64)
+            .filter(|&r| bit(&s.owed, r))
+            .collect()
     }
 
     /// Takes region `r` for a copier: `true` if it is owed and now held by the caller,

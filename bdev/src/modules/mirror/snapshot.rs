@@ -82,6 +82,7 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         }
         jobs::wait_idle(&m).await;
     }
+    let t_job = started.elapsed();
     // Quiesce: no write is in flight while the routing changes, so every write is either
     // before the split (on both legs, or owed) or after it (on the primary only).
     let last = (m.intent.bits - 1) as usize;
@@ -107,12 +108,19 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         m.intent.hold_bits(true);
         let delta = m.intent.take_track();
         let words = m.intent.bits.div_ceil(64) as usize;
-        let pit = Arc::new(Pit::new(image.clone(), crate::backup::now(), owed, delta, words));
+        let pit = Arc::new(Pit::new(
+            image.clone(),
+            crate::backup::now(),
+            owed,
+            delta,
+            words,
+        ));
         m.set_pit(Some(pit.clone()));
         m.intent.bump();
         m.refresh(&c);
         Ok(pit)
     })();
+    let t_quiesce = started.elapsed();
     let pit = match res {
         Ok(p) => p,
         Err(e) => {
@@ -121,6 +129,7 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         }
     };
     jobs::persist_all(&m).await;
+    let t_persist = started.elapsed();
     m.intent.unlock_range(0, last);
     if !m.intent.is_durable(m.intent.generation()) && m.state() == MirrorState::Offline {
         return Err(BdevError::IoFailed(format!(
@@ -133,7 +142,9 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         super::start_job(&m, JobKind::ImageCopy, false)?;
     }
     let us = started.elapsed().as_micros() as u64;
-    tracing::info!(mirror = %name, image = %image, owed_regions = owed, split_us = us, "snapshot split: the image is the primary as of now");
+    tracing::info!(mirror = %name, image = %image, owed_regions = owed, split_us = us,
+        job_stopped_us = t_job.as_micros() as u64, quiesced_us = t_quiesce.as_micros() as u64,
+        persisted_us = t_persist.as_micros() as u64, "snapshot split: the image is the primary as of now");
     Ok(json!({
         "image": image,
         "split_time": pit.split_time,
@@ -181,10 +192,7 @@ pub async fn drop_image(m: &Arc<Mirror>, force: bool) -> Result<(), BdevError> {
 
 /// After a restart: the change map, the last backup and the image from the superblock's
 /// split section (`Err`: the section was damaged).
-pub fn restore(
-    m: &Arc<Mirror>,
-    split: Result<Option<(SplitRecord, SplitMaps)>, String>,
-) {
+pub fn restore(m: &Arc<Mirror>, split: Result<Option<(SplitRecord, SplitMaps)>, String>) {
     let (rec, maps) = match split {
         Ok(Some(x)) => x,
         Ok(None) => return,

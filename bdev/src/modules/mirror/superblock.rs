@@ -233,7 +233,10 @@ impl Superblock {
             let bb = bitmap_bytes(self.bits) as usize;
             let mut r = rec.clone();
             let mut crcs = [0u32; 3];
-            for (k, map) in [&maps.track, &maps.owed, &maps.delta].into_iter().enumerate() {
+            for (k, map) in [&maps.track, &maps.owed, &maps.delta]
+                .into_iter()
+                .enumerate()
+            {
                 crcs[k] = meta::encode_bitmap(map, self.bits, out, at + (k + 1) * bb);
             }
             r.map_crcs = Some(crcs);
@@ -464,7 +467,10 @@ mod tests {
         assert_eq!(sb.decode_bitmap(&buf), Some(vec![8]));
         let at = bitmap_at(512) as usize + 2 * bitmap_bytes(sb.bits) as usize;
         buf[at] ^= 1;
-        assert!(sb.decode_split(&buf).is_err(), "a damaged owed map is found");
+        assert!(
+            sb.decode_split(&buf).is_err(),
+            "a damaged owed map is found"
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use super::superblock::{
     self as sbf, LastBackup, LegState, MirrorState, SplitMaps, SplitRecord, Superblock,
     FLAG_BITMAP_UNTRUSTED,
 };
-use crate::volume::intent::Snapshot;
 use crate::bdev::{Bdev, BdevChannel, ConfigEntry};
 use crate::error::BdevError;
 use crate::io::{ChecksumAlg, IoType};
 use crate::modules::base::ClaimedBase;
 use crate::volume::intent::IntentBitmap;
+use crate::volume::intent::Snapshot;
 use crate::volume::job::JobSlot;
 use parking_lot::Mutex;
 use serde_json::{json, Value};

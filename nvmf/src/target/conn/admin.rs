@@ -14,8 +14,43 @@ impl Connection {
             return;
         }
         let data_in: &[u8] = data.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
+        if super::super::vendor::is_vendor_admin(sqe.opcode) {
+            self.on_vendor_admin(ctrl, sqe, data_in);
+            return;
+        }
         let target = self.target;
         let out: AdminOutcome = ctrl.admin(&sqe, data_in, &|host| target.discovery_log(host));
+        self.finish_admin(&sqe, out);
+    }
+
+    /// strata's vendor admin commands act on volumes and take time (a split writes
+    /// superblocks): they run as a task on this reactor and answer when done.
+    fn on_vendor_admin(&self, ctrl: &Arc<Controller>, sqe: Sqe, data_in: &[u8]) {
+        if !ctrl.is_enabled() || ctrl.is_discovery() {
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
+        let Some(ns) = ctrl.subsys.namespace(sqe.nsid) else {
+            tracing::warn!(peer = %self.peer, opcode = sqe.opcode, nsid = sqe.nsid, "vendor admin command for an unknown namespace");
+            self.respond_now(sqe.cid, status::INVALID_NAMESPACE, 0);
+            return;
+        };
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let bdev = ns.desc.name().to_string();
+        let data = data_in.to_vec();
+        let peer = self.peer;
+        strata_reactor::spawn_local(async move {
+            let out = super::super::vendor::run(&sqe, &bdev, &data, &peer.to_string()).await;
+            me.finish_admin(&sqe, out);
+            me.flush();
+        })
+        .detach();
+    }
+
+    /// Sends an admin command's answer: its data (if any) and its completion.
+    fn finish_admin(&self, sqe: &Sqe, out: AdminOutcome) {
         if out.hold_aer {
             let mut s = self.st.borrow_mut();
             if s.held_aers.len() >= AER_LIMIT {

@@ -262,13 +262,15 @@ impl MirrorBackup {
         let m = "bdev_mirror_backup";
         let kind = match self.kind.as_deref() {
             None => BackupKind::Full,
-            Some(v) => BackupKind::from_name(v)
-                .ok_or_else(|| bad(m, "type", v, "full, incremental"))?,
+            Some(v) => {
+                BackupKind::from_name(v).ok_or_else(|| bad(m, "type", v, "full, incremental"))?
+            }
         };
         let mode = match self.mode.as_deref() {
             None => BackupMode::Secondary,
-            Some(v) => BackupMode::from_name(v)
-                .ok_or_else(|| bad(m, "mode", v, "secondary, memory"))?,
+            Some(v) => {
+                BackupMode::from_name(v).ok_or_else(|| bad(m, "mode", v, "secondary, memory"))?
+            }
         };
         if self.repository.is_empty() {
             return Err(invalid(m, "repository", "empty"));
