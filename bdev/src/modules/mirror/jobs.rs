@@ -137,10 +137,9 @@ async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
             })
             .collect()
     };
-    let mut wrote = false;
-    let mut failed = false;
     let split = m.split_record(snap);
-    for (slot, ch, unit) in targets {
+    // Both legs at once: a split (or any state change) waits for one write, not two.
+    let writes = targets.into_iter().map(|(slot, ch, unit)| {
         let sb = m.superblock_for(slot, snap.generation);
         let meta = if split.is_some() {
             super::superblock::meta_blocks_with_maps(sb.bits, sb.block_size)
@@ -152,7 +151,13 @@ async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
         let bytes = (blocks * m.block_size as u64) as usize;
         let mut raw = vec![0u8; bytes];
         sb.encode_meta(&snap.bitmap, split.as_ref().map(|(r, x)| (r, x)), &mut raw);
-        match wait::write_slice(&ch, 0, &raw).await {
+        async move { (slot, wait::write_slice(&ch, 0, &raw).await) }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    let mut wrote = false;
+    let mut failed = false;
+    for (slot, res) in results {
+        match res {
             Ok(()) => wrote = true,
             Err(st) => {
                 failed = true;
