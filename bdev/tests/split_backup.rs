@@ -71,12 +71,23 @@ fn split(name: &'static str) -> Value {
 }
 
 fn start_backup(name: &'static str, repo: &str, kind: BackupKind, mode: BackupMode) -> String {
+    start_backup_at(name, repo, kind, mode, 0)
+}
+
+fn start_backup_at(
+    name: &'static str,
+    repo: &str,
+    kind: BackupKind,
+    mode: BackupMode,
+    mb_per_sec: u32,
+) -> String {
     let o = BackupOptions {
         repository: repo.into(),
         kind,
         mode,
         chunk_kb: Some(64),
         id: None,
+        max_bandwidth_mb_sec: mb_per_sec,
     };
     let v = on_reactor(move || async move { mirror::backup::start(name, o).await }).unwrap();
     v["id"].as_str().unwrap().to_string()
@@ -248,7 +259,7 @@ fn snapshot_split_during_the_initial_copy_backs_up_and_restores_the_image() {
     assert_eq!(info("sb")["job"]["kind"], "resync", "the resync runs");
     let s2 = split("sb");
     assert!(s2["owed_regions"].as_u64().unwrap() > 0, "{s2}");
-    set_bw("sb", 0);
+    // The background copy stays slow; the backup (not rate-limited) reflects what it owes.
     let image2 = model.clone();
     let b2 = start_backup("sb", &repo, BackupKind::Incremental, BackupMode::Secondary);
     let last = wait_backup("sb");
@@ -399,8 +410,7 @@ fn image_copy_and_backup_resume_after_a_restart() {
         |ops| ops >= 100,
     );
     // A backup (rate-limited) is interrupted by a restart and resumes from its checkpoint.
-    set_bw("rs", 1);
-    let id = start_backup("rs", &repo, BackupKind::Full, BackupMode::Memory);
+    let id = start_backup_at("rs", &repo, BackupKind::Full, BackupMode::Memory, 2);
     std::thread::sleep(Duration::from_millis(2600));
     let listed = on_reactor({
         let repo = repo.clone();
@@ -409,7 +419,6 @@ fn image_copy_and_backup_resume_after_a_restart() {
     .unwrap();
     assert_eq!(listed[0]["state"], "incomplete", "{listed}");
     restart("rs", ["rs_a", "rs_b"]);
-    set_bw("rs", 0);
     let last = wait_backup("rs");
     assert_eq!(last["result"], "done", "{last}");
     assert!(last["resumed_at_chunk"].as_u64().unwrap() > 0, "{last}");
@@ -437,6 +446,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         mode: BackupMode::Secondary,
         chunk_kb: None,
         id: None,
+        max_bandwidth_mb_sec: 0,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
@@ -452,6 +462,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         mode: BackupMode::Secondary,
         chunk_kb: None,
         id: None,
+        max_bandwidth_mb_sec: 0,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("full backup first"), "{e}");
@@ -465,6 +476,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         mode: BackupMode::Secondary,
         chunk_kb: None,
         id: None,
+        max_bandwidth_mb_sec: 0,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
@@ -493,6 +505,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         mode: BackupMode::Secondary,
         chunk_kb: None,
         id: None,
+        max_bandwidth_mb_sec: 0,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");

@@ -169,7 +169,9 @@ fn split_during_the_copy_export_backup_restore_across_kill9() {
     assert!(h2.write_blocks(1, 0, &vec![1u8; BS]).is_err());
 
     // The backup host starts a backup; it is killed with the copy, mid-way.
-    let params = json!({ "repository": repo, "mode": "memory", "chunk_kb": 256 }).to_string();
+    let params =
+        json!({ "repository": repo, "mode": "memory", "chunk_kb": 256, "max_bandwidth_mb_sec": 8 })
+            .to_string();
     h2.mirror_backup(1, &params).unwrap();
     let st: Value = serde_json::from_str(&h2.mirror_status(1).unwrap()).unwrap();
     assert_eq!(st["image"]["backup"]["mode"], "memory", "{st}");

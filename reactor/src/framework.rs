@@ -34,6 +34,48 @@ pub struct ReactorInfo {
     pub pollers: Vec<PollerInfo>,
 }
 
+static HELPER_CORES: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+type HelperJob = Box<dyn FnOnce() + Send>;
+static HELPERS: std::sync::OnceLock<crossbeam::channel::Sender<HelperJob>> =
+    std::sync::OnceLock::new();
+/// Helper threads: enough for a backup's pipeline next to a long verify.
+const HELPER_THREADS: usize = 4;
+
+/// Runs `f` on a helper thread: blocking work (file-system calls) a reactor must not make.
+/// The helpers are a small pool started with the reactors, on the cores no reactor uses (all
+/// the process's cores if every one has a reactor). Jobs queue when all are busy. (A thread
+/// spawned per job by a polling reactor would start on the reactor's core and wait a whole
+/// scheduler slice before it could move.)
+pub fn run_on_helper(f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
+    let tx = HELPERS.get_or_init(start_helpers);
+    tx.send(Box::new(f)).map_err(|_| ReactorError::Stopped)
+}
+
+fn start_helpers() -> crossbeam::channel::Sender<HelperJob> {
+    let (tx, rx) = crossbeam::channel::unbounded::<HelperJob>();
+    let cores = HELPER_CORES.get().cloned().unwrap_or_default();
+    for i in 0..HELPER_THREADS {
+        let (rx, cores) = (rx.clone(), cores.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("helper_{i}"))
+            .spawn(move || {
+                if !cores.is_empty() {
+                    if let Err(e) = crate::sys::set_thread_affinity(&cores) {
+                        tracing::warn!(error = %e, "helper thread keeps its inherited CPU affinity");
+                    }
+                }
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a helper thread");
+        }
+    }
+    tx
+}
+
 /// Handle to the running reactors. Cloneable and `Send`.
 #[derive(Clone, Debug)]
 pub struct ReactorSet {
@@ -62,6 +104,21 @@ impl ReactorSet {
             .into_iter()
             .map(|c| c.id)
             .collect();
+        // Helper threads (blocking file work) run where no reactor polls, if there is such
+        // a core: a thread spawned by a reactor would otherwise inherit its pinning and
+        // queue behind a polling loop for whole scheduler slices.
+        let free: Vec<usize> = available
+            .iter()
+            .copied()
+            .filter(|c| !cores.contains(c))
+            .collect();
+        let _ = HELPER_CORES.set(if free.is_empty() {
+            available.clone()
+        } else {
+            free
+        });
+        // Started here, from the thread starting the reactors, not later from a reactor.
+        let _ = HELPERS.get_or_init(start_helpers);
         for c in cores {
             if !available.is_empty() && !available.contains(c) {
                 return Err(ReactorError::CoreUnavailable(*c, available.clone()));

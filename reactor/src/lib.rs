@@ -23,7 +23,7 @@ mod timer;
 
 pub use cpumask::parse_core_mask;
 pub use executor::{yield_now, JoinHandle};
-pub use framework::{framework, Mode, ReactorInfo, ReactorSet};
+pub use framework::{framework, run_on_helper, Mode, ReactorInfo, ReactorSet};
 pub use poller::{PollerHandle, PollerInfo};
 pub use reactor::{current_index, with_current};
 pub use timer::{Sleep, TimerHandle};

@@ -8,6 +8,7 @@
 //! result on their reactor.
 
 pub mod repo;
+mod sys;
 
 use crate::registry;
 use crate::volume::job::Progress;
@@ -59,13 +60,7 @@ pub async fn offload<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
 ) -> Result<T, BackupError> {
     let (tx, rx) = strata_reactor::oneshot::channel();
-    std::thread::Builder::new()
-        .name("backup-io".into())
-        .spawn(move || tx.send(f()))
-        .map_err(|e| BackupError::Io {
-            path: "backup helper thread".into(),
-            source: e,
-        })?;
+    strata_reactor::run_on_helper(move || tx.send(f())).map_err(|_| BackupError::Offload)?;
     rx.await.map_err(|_| BackupError::Offload)?
 }
 
@@ -199,17 +194,12 @@ pub async fn verify(repository: &str, id: Option<&str>) -> Result<u64, BdevError
     };
     let job = new_job("verify", repository, id.unwrap_or("*"), None);
     let j = job.clone();
-    std::thread::Builder::new()
-        .name("backup-verify".into())
-        .spawn(move || {
-            let out = verify_blocking(&r, &ids, &j);
-            tracing::info!(repository = %j.repository, result = %out, "backup verify finished");
-            *j.result.lock() = Some(out);
-        })
-        .map_err(|e| BdevError::Io {
-            path: "backup verify thread".into(),
-            source: e,
-        })?;
+    strata_reactor::run_on_helper(move || {
+        let out = verify_blocking(&r, &ids, &j);
+        tracing::info!(repository = %j.repository, result = %out, "backup verify finished");
+        *j.result.lock() = Some(out);
+    })
+    .map_err(BdevError::from)?;
     Ok(job.id)
 }
 

@@ -8,9 +8,13 @@
 //! <repo>/backups/<id>.partial.json     the checkpoint of a backup being written
 //! ```
 //!
-//! Every file is written to a temporary name, synced and renamed into place, so a crash
-//! leaves either the old state or the new one. A manifest appears under its final name only
-//! after every chunk it lists is durable: a half-written backup is never listed as complete.
+//! Every file is written to a temporary name and renamed into place, so a reader never sees
+//! half a file. Chunks are not synced one by one: before a checkpoint or a manifest names
+//! them, the whole file system is synced once ([`Repository::sync_chunks`], `syncfs`), so a
+//! checkpoint or manifest is written only after every chunk it lists is durable, and a
+//! half-written backup is never listed as complete. A chunk that is already there (the same
+//! content address) is compared byte for byte before it is reused: one left damaged by a
+//! crash before its sync is written again.
 //! Nothing is ever overwritten or deleted by a backup, so a failing backup (a full or
 //! read-only file system) loses nothing already in the repository.
 //!
@@ -197,6 +201,11 @@ fn io_err(path: &Path, e: std::io::Error) -> BackupError {
 
 /// Writes `data` to `path` atomically: a temporary file, synced, renamed into place.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BackupError> {
+    write_renamed(path, data, true)
+}
+
+/// Writes `data` to a temporary file (synced if `sync`) and renames it to `path`.
+fn write_renamed(path: &Path, data: &[u8], sync: bool) -> Result<(), BackupError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
@@ -206,7 +215,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BackupError> {
     let res = (|| {
         let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
         f.write_all(data).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        if sync {
+            f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| io_err(path, e))
     })();
     if res.is_err() {
@@ -302,15 +313,18 @@ impl Repository {
         self.root.join("backups").join(name)
     }
 
-    /// Stores a chunk unless it is there already. Returns whether it wrote one.
+    /// Stores a chunk unless the same bytes are there already. Returns whether it wrote
+    /// one. Not durable until [`Repository::sync_chunks`].
     pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<bool, BackupError> {
         let p = self.chunk_path(id);
-        if p.metadata().is_ok_and(|m| m.len() == data.len() as u64) {
+        if p.metadata().is_ok_and(|m| m.len() == data.len() as u64)
+            && fs::read(&p).is_ok_and(|old| old == data)
+        {
             return Ok(false);
         }
         let dir = p.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        write_atomic(&p, data)?;
+        write_renamed(&p, data, false)?;
         Ok(true)
     }
 
@@ -331,17 +345,15 @@ impl Repository {
         Ok(data)
     }
 
-    /// Syncs the chunk directories (after a backup's chunks, before its manifest).
+    /// Makes every chunk written so far durable, with the directories naming them: one
+    /// `syncfs` of the repository's file system.
     pub fn sync_chunks(&self) -> Result<(), BackupError> {
-        let dir = self.root.join("chunks");
-        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {
-            sync_dir(&e.path())?;
-        }
-        sync_dir(&dir)
+        super::sys::syncfs(&self.root).map_err(|e| io_err(&self.root, e))
     }
 
-    /// Writes a checkpoint of a backup being written.
+    /// Writes a checkpoint of a backup being written (its chunks made durable first).
     pub fn write_checkpoint(&self, m: &Manifest) -> Result<(), BackupError> {
+        self.sync_chunks()?;
         write_atomic(&self.manifest_path(&m.id, true), &m.sealed()?)
     }
 

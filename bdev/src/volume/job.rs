@@ -6,6 +6,7 @@
 
 use super::pacer::Pacer;
 use parking_lot::Mutex;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,8 @@ pub struct Progress {
     total_bytes: AtomicU64,
     done_bytes: AtomicU64,
     cancelled: AtomicBool,
+    /// The job's task while it sleeps for its rate: cancel wakes it at once.
+    sleeper: Mutex<Option<std::task::Waker>>,
 }
 
 /// Progress at one instant, with the derived figures every report shows.
@@ -61,6 +64,7 @@ impl Progress {
             total_bytes: AtomicU64::new(total_bytes),
             done_bytes: AtomicU64::new(0),
             cancelled: AtomicBool::new(false),
+            sleeper: Mutex::new(None),
         }
     }
     pub fn set_total(&self, bytes: u64) {
@@ -75,6 +79,9 @@ impl Progress {
     /// Asks the job to stop at its next step.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
+        if let Some(w) = self.sleeper.lock().take() {
+            w.wake();
+        }
     }
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
@@ -171,10 +178,19 @@ impl<'a> JobRun<'a> {
 
     /// As [`JobRun::step`], for bytes moved that are not progress (a scan's copies).
     pub async fn pace(&mut self, bytes: u64, mb_per_sec: u64) -> Result<(), Cancelled> {
-        let p = self.progress;
-        self.pacer
-            .account_unless(mb_per_sec, bytes, &|| p.is_cancelled())
+        if let Some(d) = self.pacer.delay(mb_per_sec, bytes) {
+            let p = self.progress;
+            let mut sleep = std::pin::pin!(strata_reactor::sleep(d));
+            std::future::poll_fn(|cx| {
+                *p.sleeper.lock() = Some(cx.waker().clone());
+                if p.is_cancelled() {
+                    return std::task::Poll::Ready(());
+                }
+                sleep.as_mut().poll(cx)
+            })
             .await;
+            p.sleeper.lock().take();
+        }
         if self.progress.is_cancelled() {
             return Err(Cancelled);
         }

@@ -24,23 +24,19 @@ impl Pacer {
 
     /// Counts `bytes` and sleeps until the job is back under `mb_per_sec` (0: unlimited).
     pub async fn account(&mut self, mb_per_sec: u64, bytes: u64) {
-        self.account_unless(mb_per_sec, bytes, &|| false).await
+        if let Some(d) = self.delay(mb_per_sec, bytes) {
+            strata_reactor::sleep(d).await;
+        }
     }
 
-    /// As [`Pacer::account`], waking early once `stop` says so (a job cancelled while it
-    /// sleeps stops within a millisecond: a snapshot split waits for that).
-    pub async fn account_unless(&mut self, mb_per_sec: u64, bytes: u64, stop: &dyn Fn() -> bool) {
+    /// Counts `bytes`; how long to sleep to be back under `mb_per_sec` (None: no need).
+    pub fn delay(&mut self, mb_per_sec: u64, bytes: u64) -> Option<Duration> {
         self.bytes += bytes;
         if mb_per_sec == 0 {
-            return;
+            return None;
         }
         let due = Duration::from_secs_f64(self.bytes as f64 / (mb_per_sec as f64 * 1e6));
-        loop {
-            let el = self.start.elapsed();
-            if due <= el || stop() {
-                return;
-            }
-            strata_reactor::sleep((due - el).min(Duration::from_millis(1))).await;
-        }
+        let el = self.start.elapsed();
+        (due > el).then(|| due - el)
     }
 }

@@ -31,6 +31,7 @@ struct BackupParams {
     mode: Option<String>,
     chunk_kb: Option<u64>,
     id: Option<String>,
+    max_bandwidth_mb_sec: Option<u32>,
 }
 
 fn refuse(st: Status, opcode: u8, bdev: &str, peer: &str, why: &str) -> AdminOutcome {
@@ -125,6 +126,7 @@ pub async fn run(sqe: &Sqe, bdev: &str, data: &[u8], peer: &str) -> AdminOutcome
                 mode,
                 chunk_kb: p.chunk_kb,
                 id: p.id,
+                max_bandwidth_mb_sec: p.max_bandwidth_mb_sec.unwrap_or(0),
             };
             match mirror::backup::start(&m.name, o).await {
                 Ok(v) => {

@@ -64,6 +64,8 @@ pub struct BackupOptions {
     /// The backup's id (default: `<mirror>-<split time>`); an id whose checkpoint is in
     /// the repository resumes that backup.
     pub id: Option<String>,
+    /// The backup's own rate limit (0: none; the mirror's limit paces its copies, not this).
+    pub max_bandwidth_mb_sec: u32,
 }
 
 /// A running backup, read by `bdev_mirror_get` from any thread.
@@ -200,6 +202,7 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
         mode: o.mode.name().into(),
         chunk_size,
         parent: parent.as_ref().map(|p| p.id.clone()),
+        max_bandwidth_mb_sec: o.max_bandwidth_mb_sec,
     };
     let job = pit
         .backup
@@ -407,7 +410,7 @@ async fn run(
             if copied {
                 job.reflected_regions.fetch_add(1, Ordering::Relaxed);
             }
-            run.step(region_bytes, m.options().max_bandwidth_mb_sec as u64)
+            run.step(region_bytes, rec.max_bandwidth_mb_sec as u64)
                 .await
                 .map_err(|_| Stop::Failed("cancelled".into()))?;
         }
@@ -477,7 +480,7 @@ async fn run(
     let store = |idx: u64, data: Vec<u8>| {
         let r = r.clone();
         let (tx, rx) = strata_reactor::oneshot::channel();
-        std::thread::spawn(move || {
+        let spawned = strata_reactor::run_on_helper(move || {
             let id = repo::chunk_id(&data);
             let crc = crate::kernels::crc32c(&data);
             tx.send(r.put_chunk(&id, &data).map(|wrote| {
@@ -491,6 +494,9 @@ async fn run(
                 )
             }))
         });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no helper thread for a backup chunk");
+        }
         rx
     };
     let start = man.done_chunks;
@@ -534,7 +540,7 @@ async fn run(
         } else {
             pending = Some((idx, store(idx, data)));
         }
-        run.step(man.chunk_len(idx), m.options().max_bandwidth_mb_sec as u64)
+        run.step(man.chunk_len(idx), rec.max_bandwidth_mb_sec as u64)
             .await
             .map_err(|_| Stop::Failed("cancelled".into()))?;
         if last_ckpt.elapsed() >= CHECKPOINT_EVERY {

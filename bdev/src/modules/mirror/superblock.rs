@@ -157,6 +157,9 @@ pub struct BackupRecord {
     pub mode: String,
     pub chunk_size: u64,
     pub parent: Option<String>,
+    /// The backup's rate limit (0: none).
+    #[serde(default)]
+    pub max_bandwidth_mb_sec: u32,
 }
 
 /// The point-in-time image of a snapshot split.

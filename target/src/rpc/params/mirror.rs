@@ -250,6 +250,10 @@ pub struct MirrorBackup {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The backup's rate limit in MB/s (default 0: none).
+    #[arg(short = 'b', long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_mb_sec: Option<u32>,
     /// Show the backup's progress until it ends.
     #[arg(long)]
     #[serde(skip)]
@@ -281,6 +285,7 @@ impl MirrorBackup {
             mode,
             chunk_kb: self.chunk_kb,
             id: self.id.clone(),
+            max_bandwidth_mb_sec: self.max_bandwidth_mb_sec.unwrap_or(0),
         })
     }
 }
