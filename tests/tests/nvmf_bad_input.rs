@@ -2085,3 +2085,81 @@ fn connection_limits_refuse_only_new_connections() {
         assert_serves(&mut t);
     }
 }
+
+/// strata's vendor admin commands (C0h split, C1h backup, C2h status): a namespace that is
+/// no mirror, an unknown namespace, malformed backup parameters, a second split and a status
+/// buffer too short are refused with a status and a log line; the connection and the
+/// target serve on, and a good split answers.
+#[test]
+fn vendor_admin_commands_refuse_bad_input() {
+    const SPLIT: u8 = 0xc0;
+    const BACKUP: u8 = 0xc1;
+    const STATUS: u8 = 0xc2;
+    let mut t = start();
+    for name in ["va", "vb"] {
+        t.t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": 1024, "block_size": 4096}),
+        );
+    }
+    t.t.rpc_ok(
+        "bdev_mirror_create",
+        json!({"name": "VM", "primary": "va", "secondary": "vb", "initial_sync": false, "region_size_kb": 64}),
+    );
+    t.t.rpc_ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "VM", "nsid": 2}}),
+    );
+    let (mut a, _q) = association(t.port, 0);
+    // Namespace 1 is a malloc bdev: no mirror.
+    a.cmd(&sqe(SPLIT, 1), &[], "split of a malloc namespace")
+        .assert_status(
+            0,
+            SC_INVALID_FIELD,
+            "split of a namespace that is no mirror",
+        );
+    assert!(wait_log(&t, "not a mirror"), "no log line");
+    a.cmd(&sqe(SPLIT, 9), &[], "split of nsid 9").assert_status(
+        0,
+        SC_INVALID_NAMESPACE,
+        "split of an unknown namespace",
+    );
+    // Malformed backup parameters (after a good split, so only the JSON is wrong).
+    a.cmd(&sqe(SPLIT, 2), &[], "split")
+        .assert_ok("split of the mirror");
+    a.cmd(&sqe(SPLIT, 2), &[], "second split").assert_status(
+        0,
+        SC_INVALID_FIELD,
+        "a second split while the image exists",
+    );
+    for body in [
+        &b"{not json"[..],
+        b"{\"repository\": 5}",
+        b"{\"repository\": \"/x\", \"type\": \"weekly\"}",
+        b"{\"repository\": \"/x\", \"extra\": 1}",
+    ] {
+        let mut s = sqe(BACKUP, 2);
+        let mut data = body.to_vec();
+        data.resize(512, 0);
+        set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, 512);
+        a.cmd(&s, &data, "backup with bad parameters")
+            .assert_status(
+                0,
+                SC_INVALID_FIELD,
+                &format!("backup parameters {:?}", String::from_utf8_lossy(body)),
+            );
+    }
+    // Status into a buffer too short, then one long enough.
+    let mut s = sqe(STATUS, 2);
+    set_sgl(&mut s, SGL_TRANSPORT_DATA_BLOCK, 16);
+    a.cmd(&s, &[], "short status")
+        .assert_status(0, SC_INVALID_FIELD, "status into 16 bytes");
+    let mut s = sqe(STATUS, 2);
+    set_sgl(&mut s, SGL_TRANSPORT_DATA_BLOCK, 4096);
+    let c = a.cmd(&s, &[], "status");
+    c.assert_ok("status");
+    let end = c.data.iter().position(|&b| b == 0).unwrap_or(c.data.len());
+    let v: serde_json::Value = serde_json::from_slice(&c.data[..end]).expect("status is JSON");
+    assert_eq!(v["image"]["name"], "VM_pit", "{v}");
+    assert_serves(&mut t);
+}

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use strata_tests::{RpcConn, Target};
+use strata_tests::{wait_for, RpcConn, Target};
 
 fn assert_alive(t: &Target) {
     let v = t.rpc_ok("spdk_get_version", Value::Null);
@@ -673,5 +673,180 @@ fn parity_methods_refuse_bad_input() {
     assert_eq!(got[0]["state"], "active", "{got}");
     bad("bdev_parity_get", json!({"name": "nope"}), -19, "nope");
     bad("bdev_parity_verify", json!({"name": "nope"}), -19, "nope");
+    assert_alive(&t);
+}
+
+/// The split-mirror backup methods refuse bad parameters with -32602 naming them and bad
+/// states with errno codes and a reason; nothing is written to a directory that is not a
+/// repository; the target serves on.
+#[test]
+fn split_backup_methods_refuse_bad_input() {
+    let t = Target::start(&[]);
+    for name in ["la", "lb", "deg_a", "deg_b"] {
+        t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": 8 * 256, "block_size": 4096}),
+        );
+    }
+    t.rpc_ok(
+        "bdev_mirror_create",
+        json!({"name": "M", "primary": "la", "secondary": "lb", "initial_sync": false, "region_size_kb": 64}),
+    );
+    let bad = |method: &str, params: Value, code: i64, needle: &str| {
+        let (c, msg) = t.rpc_err(method, params.clone());
+        assert_eq!(c, code, "{method} {params}: {msg}");
+        assert!(msg.contains(needle), "{method} {params}: {msg}");
+    };
+    let repo = t.dir().join("repo");
+    let repo_s = repo.to_string_lossy().to_string();
+    bad(
+        "bdev_mirror_split",
+        json!({"name": "M", "image": "X"}),
+        -32602,
+        "image",
+    );
+    bad(
+        "bdev_mirror_split",
+        json!({"name": "nope", "snapshot": true}),
+        -19,
+        "nope",
+    );
+    bad(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": repo_s}),
+        -32602,
+        "no point-in-time image",
+    );
+    let s = t.rpc_ok("bdev_mirror_split", json!({"name": "M", "snapshot": true}));
+    assert_eq!(s["image"], "M_pit", "{s}");
+    assert!(t.bdev("M_pit")["supported_io_types"]["write"] == false);
+    bad(
+        "bdev_mirror_split",
+        json!({"name": "M", "snapshot": true}),
+        -32602,
+        "already has the image",
+    );
+    bad(
+        "bdev_mirror_split",
+        json!({"name": "M"}),
+        -32602,
+        "not in_sync",
+    );
+    for (params, needle) in [
+        (
+            json!({"name": "M", "repository": repo_s, "type": "weekly"}),
+            "type",
+        ),
+        (
+            json!({"name": "M", "repository": repo_s, "mode": "tape"}),
+            "mode",
+        ),
+        (json!({"name": "M", "repository": ""}), "repository"),
+        (
+            json!({"name": "M", "repository": repo_s, "chunk_kb": "big"}),
+            "chunk_kb",
+        ),
+    ] {
+        bad("bdev_mirror_backup", params, -32602, needle);
+    }
+    bad(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": repo_s, "chunk_kb": 3}),
+        -32602,
+        "chunk_kb",
+    );
+    bad(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": repo_s, "type": "incremental"}),
+        -32602,
+        "full backup first",
+    );
+    bad(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": repo_s, "id": "../etc"}),
+        -32602,
+        "backup id",
+    );
+    // A directory holding other files is never turned into a repository.
+    let other = t.dir().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("keep"), b"x").unwrap();
+    bad(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": other}),
+        -32602,
+        "not empty",
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    bad(
+        "backup_list",
+        json!({"repository": other}),
+        -32602,
+        "not a backup repository",
+    );
+    bad("backup_list", json!({}), -32602, "repository");
+    bad(
+        "backup_restore",
+        json!({"repository": other, "backup": "b", "bdev": "deg_a"}),
+        -32602,
+        "not a backup repository",
+    );
+    bad(
+        "backup_verify",
+        json!({"repository": other}),
+        -32602,
+        "not a backup repository",
+    );
+    bad("backup_job_get", json!({"id": 999}), -19, "999");
+    bad("backup_job_get", json!({"id": "x"}), -32602, "id");
+    // A degraded mirror cannot be split with a snapshot.
+    t.rpc_ok(
+        "bdev_mirror_create",
+        json!({"name": "D", "primary": "deg_a", "secondary": "deg_b", "initial_sync": false, "region_size_kb": 64}),
+    );
+    t.rpc_ok("bdev_malloc_delete", json!({"name": "deg_b"}));
+    assert!(wait_for(Duration::from_secs(5), || {
+        t.rpc_ok("bdev_mirror_get", json!({"name": "D"}))[0]["state"] == "degraded"
+    }));
+    bad(
+        "bdev_mirror_split",
+        json!({"name": "D", "snapshot": true}),
+        -32602,
+        "degraded",
+    );
+    // A good backup, listed; a restore onto a bdev too small is refused.
+    let id = t.rpc_ok(
+        "bdev_mirror_backup",
+        json!({"name": "M", "repository": repo_s}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(wait_for(Duration::from_secs(10), || {
+        t.rpc_ok("bdev_mirror_get", json!({"name": "M"}))[0]["image"]["last_backup_job"]["result"]
+            == "done"
+    }));
+    let l = t.rpc_ok("backup_list", json!({"repository": repo_s}));
+    assert_eq!(l[0]["id"], id.as_str(), "{l}");
+    assert_eq!(l[0]["state"], "complete", "{l}");
+    t.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "tiny", "num_blocks": 16, "block_size": 4096}),
+    );
+    bad(
+        "backup_restore",
+        json!({"repository": repo_s, "backup": id, "bdev": "tiny"}),
+        -32602,
+        "does not fit",
+    );
+    bad(
+        "backup_restore",
+        json!({"repository": repo_s, "backup": "nope", "bdev": "tiny"}),
+        -19,
+        "nope",
+    );
+    // A backup is refused while one runs? (It finished.) Resume drops the image.
+    t.rpc_ok("bdev_mirror_resume", json!({"name": "M"}));
+    assert!(t.bdevs().iter().all(|b| b["name"] != "M_pit"));
     assert_alive(&t);
 }
