@@ -1519,8 +1519,9 @@ fn invalid_opcode_namespace_and_sgl() {
     let mut t = start();
     let (mut a, mut q) = association(t.port, 0);
 
-    // Admin: vendor-specific 0xC0 and an unassigned 0x3F.
-    for opc in [0xC0u8, 0x3F] {
+    // Admin: a vendor-specific opcode strata does not use (C0h–C2h are its own) and an
+    // unassigned 0x3F.
+    for opc in [0xC8u8, 0x3F] {
         let c = a.cmd(&sqe(opc, 0), &[], "unknown admin opcode");
         c.assert_status(0, SC_INVALID_OPCODE, &format!("admin opcode {opc:#x}"));
     }

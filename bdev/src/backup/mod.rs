@@ -1,4 +1,5 @@
-//! Backups: the repository format ([`repo`]) and the jobs that work on a repository alone —
+//! Backups: the repository format ([`repo`]) over a directory or a bdev ([`store`],
+//! [`bdev_store`]), and the jobs that work on a repository alone —
 //! verify (re-read every chunk and check its CRC32C) and restore (a backup chain, full plus
 //! incrementals merged, onto any bdev of the right size). The jobs that *write* backups
 //! belong to the volume types that take them (a mirror's split image:
@@ -7,7 +8,9 @@
 //! File-system calls block, so jobs run them on a helper thread ([`offload`]) and await the
 //! result on their reactor.
 
+pub mod bdev_store;
 pub mod repo;
+pub mod store;
 mod sys;
 
 use crate::registry;
@@ -17,7 +20,6 @@ use crate::{BdevError, IoType};
 use parking_lot::Mutex;
 use repo::Repository;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -69,7 +71,7 @@ pub async fn open_repository(path: &str, create: bool) -> Result<Arc<Repository>
     if path.is_empty() {
         return Err(BackupError::Invalid("repository path is empty".into()));
     }
-    let p = PathBuf::from(path);
+    let p = path.to_string();
     offload(move || {
         if create {
             Repository::open_or_create(&p)
@@ -253,6 +255,11 @@ pub async fn restore(repository: &str, id: &str, target: &str) -> Result<u64, Bd
     let r = open_repository(repository, false).await?;
     let (r2, id2) = (r.clone(), id.to_string());
     let (m, map) = offload(move || r2.resolve(&id2)).await?;
+    if repository.strip_prefix("bdev:") == Some(target) {
+        return Err(BdevError::Invalid(format!(
+            "{target} holds the repository: restore onto another bdev"
+        )));
+    }
     let h = registry::get(target).ok_or_else(|| BdevError::NotFound(target.into()))?;
     if let Some(by) = &h.claimed_by {
         return Err(BdevError::Claimed {

@@ -1,5 +1,6 @@
-//! The backup repository on a directory: content-addressed chunks and one manifest per
-//! backup. The format is documented for users in `docs/backup-format.md`; in short:
+//! The backup repository: content-addressed chunks and one manifest per backup, in a
+//! directory or, as an append-only log, on a bdev ([`super::store`]). The format is
+//! documented for users in `docs/backup-format.md`; the directory form in short:
 //!
 //! ```text
 //! <repo>/strata-backup.json            {"format": "strata-backup", "version": 1}
@@ -21,18 +22,15 @@
 //! These calls block on the file system: jobs run them off the reactors
 //! ([`super::offload`]).
 
+use super::store::{DirStore, Kind, Store};
 use super::BackupError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 pub const FORMAT: &str = "strata-backup";
 pub const MANIFEST_FORMAT: &str = "strata-backup-manifest";
 pub const VERSION: u32 = 1;
-const MARKER: &str = "strata-backup.json";
 
 /// A chunk's content address.
 pub type ChunkId = [u8; 32];
@@ -187,49 +185,20 @@ pub struct Listing {
 }
 
 pub struct Repository {
-    root: PathBuf,
+    store: Box<dyn Store>,
+    location: String,
 }
 
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn io_err(path: &Path, e: std::io::Error) -> BackupError {
-    BackupError::Io {
-        path: path.display().to_string(),
-        source: e,
+/// Checks the marker of a directory repository.
+pub(super) fn check_marker(raw: &[u8], what: &str) -> Result<(), BackupError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| BackupError::Damaged(format!("{what}: {e}")))?;
+    if v["format"] != FORMAT || v["version"] != VERSION {
+        return Err(BackupError::Damaged(format!(
+            "{what}: not a {FORMAT} version {VERSION} repository"
+        )));
     }
-}
-
-/// Writes `data` to `path` atomically: a temporary file, synced, renamed into place.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BackupError> {
-    write_renamed(path, data, true)
-}
-
-/// Writes `data` to a temporary file (synced if `sync`) and renames it to `path`.
-fn write_renamed(path: &Path, data: &[u8], sync: bool) -> Result<(), BackupError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let res = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(data).map_err(|e| io_err(&tmp, e))?;
-        if sync {
-            f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        }
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(dir, e))
+    Ok(())
 }
 
 /// Backup ids are file names: letters, digits, `-`, `_`, `.` (not leading).
@@ -244,87 +213,49 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Repository {
-    /// Opens the repository at `path`, creating it if the directory is empty or missing.
-    pub fn open_or_create(path: &Path) -> Result<Repository, BackupError> {
-        let marker = path.join(MARKER);
-        if !marker.exists() {
-            fs::create_dir_all(path).map_err(|e| io_err(path, e))?;
-            let stray = fs::read_dir(path)
-                .map_err(|e| io_err(path, e))?
-                .filter_map(|e| e.ok())
-                .any(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"));
-            if stray {
-                return Err(BackupError::NotARepository(format!(
-                    "{} is not empty and holds no {MARKER}: refusing to use it as a backup repository",
-                    path.display()
-                )));
-            }
-            for d in ["chunks", "backups"] {
-                fs::create_dir_all(path.join(d)).map_err(|e| io_err(path, e))?;
-            }
-            let m = serde_json::json!({ "format": FORMAT, "version": VERSION });
-            write_atomic(&marker, m.to_string().as_bytes())?;
-            sync_dir(path)?;
-        }
-        Self::open(path)
+    /// Opens the repository at `location` — a directory, or `bdev:NAME` — creating it if
+    /// the directory is missing or empty (the bdev's first 4 KiB zero).
+    pub fn open_or_create(location: &str) -> Result<Repository, BackupError> {
+        Self::open_with(location, true)
     }
 
     /// Opens an existing repository.
-    pub fn open(path: &Path) -> Result<Repository, BackupError> {
-        let marker = path.join(MARKER);
-        let raw = fs::read(&marker).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                BackupError::NotARepository(format!(
-                    "{} is not a backup repository (no {MARKER})",
-                    path.display()
-                ))
-            } else {
-                io_err(&marker, e)
-            }
-        })?;
-        let v: serde_json::Value = serde_json::from_slice(&raw)
-            .map_err(|e| BackupError::Damaged(format!("{}: {e}", marker.display())))?;
-        if v["format"] != FORMAT || v["version"] != VERSION {
-            return Err(BackupError::Damaged(format!(
-                "{}: not a {FORMAT} version {VERSION} repository",
-                marker.display()
-            )));
-        }
+    pub fn open(location: &str) -> Result<Repository, BackupError> {
+        Self::open_with(location, false)
+    }
+
+    fn open_with(location: &str, create: bool) -> Result<Repository, BackupError> {
+        let store: Box<dyn Store> = match location.strip_prefix("bdev:") {
+            Some(b) => Box::new(super::bdev_store::BdevStore::open(b, create)?),
+            None => Box::new(DirStore::open(Path::new(location), create)?),
+        };
         Ok(Repository {
-            root: path.to_path_buf(),
+            store,
+            location: location.to_string(),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.root
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let h = hex(id);
-        self.root.join("chunks").join(&h[..2]).join(h)
-    }
-
-    fn manifest_path(&self, id: &str, partial: bool) -> PathBuf {
-        let name = if partial {
-            format!("{id}.partial.json")
-        } else {
-            format!("{id}.json")
-        };
-        self.root.join("backups").join(name)
+    /// Where chunk `h` is stored, for messages.
+    pub fn chunk_location(&self, h: &str) -> String {
+        self.store.describe(Kind::Chunk, h)
     }
 
     /// Stores a chunk unless the same bytes are there already. Returns whether it wrote
     /// one. Not durable until [`Repository::sync_chunks`].
     pub fn put_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<bool, BackupError> {
-        let p = self.chunk_path(id);
-        if p.metadata().is_ok_and(|m| m.len() == data.len() as u64)
-            && fs::read(&p).is_ok_and(|old| old == data)
+        let h = hex(id);
+        if self
+            .store
+            .get(Kind::Chunk, &h)?
+            .is_some_and(|old| old == data)
         {
             return Ok(false);
         }
-        let dir = p.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        write_renamed(&p, data, false)?;
+        self.store.put(Kind::Chunk, &h, data)?;
         Ok(true)
     }
 
@@ -333,50 +264,49 @@ impl Repository {
         let Some(h) = c.sha256.as_deref() else {
             return Ok(vec![0u8; len as usize]);
         };
-        let id = parse_hex(h).ok_or_else(|| BackupError::Damaged(format!("chunk name {h}")))?;
-        let p = self.chunk_path(&id);
-        let data = fs::read(&p).map_err(|e| io_err(&p, e))?;
+        if parse_hex(h).is_none() {
+            return Err(BackupError::Damaged(format!("chunk name {h}")));
+        }
+        let damaged = || BackupError::ChunkDamaged {
+            index: c.index,
+            path: self.store.describe(Kind::Chunk, h),
+        };
+        let data = self.store.get(Kind::Chunk, h)?.ok_or_else(damaged)?;
         if data.len() as u64 != len || crate::kernels::crc32c(&data) != c.crc32c {
-            return Err(BackupError::ChunkDamaged {
-                index: c.index,
-                path: p.display().to_string(),
-            });
+            return Err(damaged());
         }
         Ok(data)
     }
 
-    /// Makes every chunk written so far durable, with the directories naming them: one
-    /// `syncfs` of the repository's file system.
+    /// Makes every chunk written so far durable (a directory: one `syncfs`).
     pub fn sync_chunks(&self) -> Result<(), BackupError> {
-        super::sys::syncfs(&self.root).map_err(|e| io_err(&self.root, e))
+        self.store.sync()
     }
 
     /// Writes a checkpoint of a backup being written (its chunks made durable first).
     pub fn write_checkpoint(&self, m: &Manifest) -> Result<(), BackupError> {
         self.sync_chunks()?;
-        write_atomic(&self.manifest_path(&m.id, true), &m.sealed()?)
+        self.store.put(Kind::Checkpoint, &m.id, &m.sealed()?)
     }
 
     /// The checkpoint of backup `id`, if one is there.
     pub fn checkpoint(&self, id: &str) -> Result<Option<Manifest>, BackupError> {
-        let p = self.manifest_path(id, true);
-        match fs::read(&p) {
-            Ok(raw) => Manifest::parse(&raw, &p.display().to_string()).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&p, e)),
+        match self.store.get(Kind::Checkpoint, id)? {
+            Some(raw) => {
+                Manifest::parse(&raw, &self.store.describe(Kind::Checkpoint, id)).map(Some)
+            }
+            None => Ok(None),
         }
     }
 
     /// Publishes a complete backup: chunks synced, manifest in place, checkpoint removed.
     pub fn commit(&self, m: &Manifest) -> Result<(), BackupError> {
-        let p = self.manifest_path(&m.id, false);
-        if p.exists() {
+        if self.store.get(Kind::Manifest, &m.id)?.is_some() {
             return Err(BackupError::Exists(m.id.clone()));
         }
         self.sync_chunks()?;
-        write_atomic(&p, &m.sealed()?)?;
-        sync_dir(&self.root.join("backups"))?;
-        let _ = fs::remove_file(self.manifest_path(&m.id, true));
+        self.store.put(Kind::Manifest, &m.id, &m.sealed()?)?;
+        let _ = self.store.remove(Kind::Checkpoint, &m.id);
         Ok(())
     }
 
@@ -385,19 +315,15 @@ impl Repository {
         if !valid_id(id) {
             return Err(BackupError::NotFound(id.to_string()));
         }
-        let p = self.manifest_path(id, false);
-        let raw = fs::read(&p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                BackupError::NotFound(id.to_string())
-            } else {
-                io_err(&p, e)
-            }
-        })?;
-        let m = Manifest::parse(&raw, &p.display().to_string())?;
+        let what = self.store.describe(Kind::Manifest, id);
+        let raw = self
+            .store
+            .get(Kind::Manifest, id)?
+            .ok_or_else(|| BackupError::NotFound(id.to_string()))?;
+        let m = Manifest::parse(&raw, &what)?;
         if m.id != id {
             return Err(BackupError::Damaged(format!(
-                "{}: manifest names backup {}",
-                p.display(),
+                "{what}: manifest names backup {}",
                 m.id
             )));
         }
@@ -455,23 +381,35 @@ impl Repository {
 
     /// Every backup in the repository, complete or not, oldest first.
     pub fn list(&self) -> Result<Vec<Listing>, BackupError> {
-        let dir = self.root.join("backups");
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(stem) = name.strip_suffix(".json") else {
-                continue;
-            };
-            let (id, partial) = match stem.strip_suffix(".partial") {
-                Some(id) => (id, true),
-                None => (stem, false),
-            };
-            if !valid_id(id) {
+        let mut names: Vec<(String, bool)> = Vec::new();
+        names.extend(
+            self.store
+                .names(Kind::Manifest)?
+                .into_iter()
+                .map(|n| (n, false)),
+        );
+        names.extend(
+            self.store
+                .names(Kind::Checkpoint)?
+                .into_iter()
+                .map(|n| (n, true)),
+        );
+        for (id, partial) in names {
+            if !valid_id(&id) {
                 continue;
             }
-            let parsed = fs::read(e.path())
-                .map_err(|x| io_err(&e.path(), x))
-                .and_then(|raw| Manifest::parse(&raw, &name));
+            let kind = if partial {
+                Kind::Checkpoint
+            } else {
+                Kind::Manifest
+            };
+            let what = self.store.describe(kind, &id);
+            let parsed = self.store.get(kind, &id).and_then(|raw| {
+                raw.ok_or_else(|| BackupError::NotFound(id.clone()))
+                    .and_then(|raw| Manifest::parse(&raw, &what))
+            });
+            let id = id.as_str();
             out.push(match parsed {
                 Ok(m) => Listing {
                     id: id.to_string(),
@@ -535,6 +473,11 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn open(d: &tempfile::TempDir) -> Repository {
+        Repository::open_or_create(d.path().to_str().unwrap()).unwrap()
+    }
 
     fn manifest(
         id: &str,
@@ -575,7 +518,7 @@ mod tests {
     #[test]
     fn chain_resolves_incrementals_over_the_full_backup() {
         let d = tempfile::tempdir().unwrap();
-        let r = Repository::open_or_create(d.path()).unwrap();
+        let r = open(&d);
         let full = manifest(
             "a",
             BackupKind::Full,
@@ -614,12 +557,13 @@ mod tests {
     #[test]
     fn damage_is_found_and_reported() {
         let d = tempfile::tempdir().unwrap();
-        let r = Repository::open_or_create(d.path()).unwrap();
+        let r = open(&d);
         let c = put(&r, 0, 7);
         r.commit(&manifest("a", BackupKind::Full, None, vec![c.clone()]))
             .unwrap();
         // A flipped byte in a chunk.
-        let p = r.chunk_path(&parse_hex(c.sha256.as_deref().unwrap()).unwrap());
+        let h = c.sha256.as_deref().unwrap();
+        let p = d.path().join("chunks").join(&h[..2]).join(h);
         let mut raw = fs::read(&p).unwrap();
         raw[5] ^= 1;
         fs::write(&p, raw).unwrap();
@@ -628,7 +572,7 @@ mod tests {
             Err(BackupError::ChunkDamaged { index: 0, .. })
         ));
         // A damaged manifest is listed as damaged, not as a backup.
-        let mp = r.manifest_path("a", false);
+        let mp = d.path().join("backups").join("a.json");
         let mut raw = fs::read(&mp).unwrap();
         let at = raw.iter().position(|&b| b == b'm').unwrap();
         raw[at] = b'n';
@@ -646,7 +590,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("x"), b"1").unwrap();
         assert!(matches!(
-            Repository::open_or_create(d.path()),
+            Repository::open_or_create(d.path().to_str().unwrap()),
             Err(BackupError::NotARepository(_))
         ));
     }

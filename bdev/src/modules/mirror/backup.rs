@@ -105,6 +105,9 @@ impl BackupJob {
 /// A chunk being stored on a helper thread: its reference and whether it was new.
 type StoreResult = strata_reactor::oneshot::Receiver<Result<(ChunkRef, bool), BackupError>>;
 
+/// Longest repository path (it is kept in the superblock's split section).
+pub const MAX_REPOSITORY_PATH: usize = 1024;
+
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 fn invalid(s: String) -> BdevError {
@@ -119,6 +122,13 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
             "mirror {name} has no point-in-time image (split it with snapshot first)"
         ))
     })?;
+    // The superblock's split section names the repository (so a backup resumes after a
+    // restart): the path must fit there.
+    if o.repository.len() > MAX_REPOSITORY_PATH {
+        return Err(invalid(format!(
+            "repository path longer than {MAX_REPOSITORY_PATH} bytes"
+        )));
+    }
     let bs = m.block_size as u64;
     let chunk_kb = o.chunk_kb.unwrap_or(1024);
     if !chunk_kb.is_power_of_two() || !(4..=65536).contains(&chunk_kb) || chunk_kb * 1024 < bs {

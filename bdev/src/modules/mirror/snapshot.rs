@@ -25,8 +25,10 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
     let started = Instant::now();
     let m = super::find(name)?;
     let image = image.unwrap_or_else(|| format!("{name}_pit"));
-    if image.is_empty() {
-        return Err(invalid("image name must not be empty".into()));
+    if image.is_empty() || image.len() > 128 {
+        return Err(invalid(format!(
+            "image name '{image}' must be 1 to 128 bytes"
+        )));
     }
     if let Some(p) = m.pit() {
         return Err(invalid(format!(

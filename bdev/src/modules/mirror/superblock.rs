@@ -250,6 +250,9 @@ impl Superblock {
                 put_u32(sec, 8, json.len() as u32);
                 put_u32(sec, 12, crate::kernels::crc32c(&json));
                 sec[16..].copy_from_slice(&json);
+            } else {
+                // Names are bounded where they are set, so this is a bug, not an input.
+                tracing::error!(mirror = %self.name, bytes = json.len(), "split section too large for the superblock: not written");
             }
         }
         let h = Header {
