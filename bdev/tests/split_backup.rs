@@ -88,6 +88,7 @@ fn start_backup_at(
         chunk_kb: Some(64),
         id: None,
         max_bandwidth_mb_sec: mb_per_sec,
+        create_repository: true,
     };
     let v = on_reactor(move || async move { mirror::backup::start(name, o).await }).unwrap();
     v["id"].as_str().unwrap().to_string()
@@ -447,6 +448,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         chunk_kb: None,
         id: None,
         max_bandwidth_mb_sec: 0,
+        create_repository: true,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
@@ -463,6 +465,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         chunk_kb: None,
         id: None,
         max_bandwidth_mb_sec: 0,
+        create_repository: true,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("full backup first"), "{e}");
@@ -477,6 +480,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         chunk_kb: None,
         id: None,
         max_bandwidth_mb_sec: 0,
+        create_repository: true,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
@@ -506,6 +510,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         chunk_kb: None,
         id: None,
         max_bandwidth_mb_sec: 0,
+        create_repository: true,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
@@ -594,7 +599,55 @@ fn repository_on_a_bdev() {
         chunk_kb: None,
         id: None,
         max_bandwidth_mb_sec: 0,
+        create_repository: true,
     };
     let e = on_reactor(move || async move { mirror::backup::start("bd", o).await }).unwrap_err();
     assert!(e.to_string().contains("holds data"), "{e}");
+}
+
+/// The secondary fails while the image still owes it regions: the image is lost and
+/// dropped, and host writes (which would have copied owed regions first) go on to the
+/// primary without an error; every acknowledged write reads back.
+#[test]
+fn a_failing_secondary_loses_the_image_not_the_host_writes() {
+    setup();
+    mk_malloc("fs_a", 8 << 10);
+    mk_malloc("fs_b0", 8 << 10);
+    strata_bdev::modules::error::create("fs_b0", None).unwrap();
+    let mut o = CreateOptions::new("fs", "fs_a", "EE_fs_b0");
+    o.region_size_kb = 64;
+    o.max_bandwidth_mb_sec = 1;
+    on_reactor(move || async move { mirror::create(o).await.map(|_| ()) }).unwrap();
+    let n = registry::get("fs").unwrap().bdev.num_blocks();
+    let mut model = vec![0u8; (n * BS as u64) as usize];
+    model_io_with_image("fs", &mut model, None, 31, |ops| ops >= 50);
+    let s = split("fs");
+    assert!(s["owed_regions"].as_u64().unwrap() > 10, "{s}");
+    strata_bdev::modules::error::inject(
+        "EE_fs_b0",
+        strata_bdev::modules::error::Target::All,
+        strata_bdev::modules::error::ErrorKind::Failure,
+        u64::MAX,
+        0,
+        0,
+    )
+    .unwrap();
+    // Writes everywhere: many land in owed regions whose copy now fails.
+    model_io_with_image("fs", &mut model, None, 32, |ops| ops >= 300);
+    for _ in 0..500 {
+        if registry::get("fs_pit").is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        registry::get("fs_pit").is_none(),
+        "the lost image is dropped"
+    );
+    let i = info("fs");
+    assert!(i["image"].is_null(), "{i}");
+    assert!(
+        read_all("fs") == model,
+        "the primary holds every acknowledged write"
+    );
 }

@@ -168,7 +168,15 @@ fn split_during_the_copy_export_backup_restore_across_kill9() {
     // A write to the image is refused.
     assert!(h2.write_blocks(1, 0, &vec![1u8; BS]).is_err());
 
-    // The backup host starts a backup; it is killed with the copy, mid-way.
+    // The backup host starts a backup (in a repository the operator made); it is killed
+    // with the copy, mid-way.
+    let e = h2.mirror_backup(1, &json!({ "repository": repo }).to_string());
+    assert!(e.is_err(), "a host cannot make a repository");
+    rpc(
+        &t,
+        "backup_repository_create",
+        json!({ "repository": repo }),
+    );
     let params =
         json!({ "repository": repo, "mode": "memory", "chunk_kb": 256, "max_bandwidth_mb_sec": 8 })
             .to_string();

@@ -95,6 +95,11 @@ fn linux_host_splits_reads_the_image_and_starts_a_backup_while_the_copy_runs() {
             "secondary": "D1", "max_bandwidth_mb_sec": 4 } }),
     ];
     let t = TgtProcess::launch(dir.path(), "k", cfg, NQN, "M0", &["--interrupt-mode"]);
+    rpc_ok(
+        &t,
+        "backup_repository_create",
+        json!({ "repository": repo }),
+    );
     let m = t.mirror_get("M0");
     let n = m["num_blocks"].as_u64().unwrap();
     assert!(n * BS >= 1 << 30, "a 1 GiB volume: {m}");

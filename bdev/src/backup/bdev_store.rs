@@ -88,9 +88,14 @@ struct Log {
 
 pub struct BdevStore {
     bdev: String,
+    uuid: uuid::Uuid,
     size: u64,
     log: Mutex<Log>,
 }
+
+/// One store per bdev in the process: every backup, restore and listing of a bdev
+/// repository shares its log (its append position and index).
+static OPEN: Mutex<Vec<std::sync::Arc<BdevStore>>> = Mutex::new(Vec::new());
 
 fn err(bdev: &str, what: String) -> BackupError {
     BackupError::Io {
@@ -126,10 +131,26 @@ where
 }
 
 impl BdevStore {
-    pub fn open(bdev: &str, create: bool) -> Result<BdevStore, BackupError> {
+    /// The store of bdev `bdev`, opened once per process (again if the bdev was replaced).
+    pub fn open(bdev: &str, create: bool) -> Result<std::sync::Arc<BdevStore>, BackupError> {
         let h = registry::get(bdev).ok_or_else(|| {
             BackupError::NotARepository(format!("no bdev '{bdev}' for a backup repository"))
         })?;
+        let mut open = OPEN.lock();
+        open.retain(|s| registry::get(&s.bdev).is_some_and(|x| x.bdev.uuid() == s.uuid));
+        if let Some(s) = open.iter().find(|s| s.bdev == bdev) {
+            return Ok(s.clone());
+        }
+        let s = std::sync::Arc::new(Self::open_new(bdev, create, h)?);
+        open.push(s.clone());
+        Ok(s)
+    }
+
+    fn open_new(
+        bdev: &str,
+        create: bool,
+        h: registry::BdevHandle,
+    ) -> Result<BdevStore, BackupError> {
         if let Some(by) = &h.claimed_by {
             return Err(BackupError::NotARepository(format!(
                 "bdev '{bdev}' is claimed by {by}: not usable as a backup repository"
@@ -149,6 +170,7 @@ impl BdevStore {
         }
         let s = BdevStore {
             bdev: bdev.to_string(),
+            uuid: h.bdev.uuid(),
             size,
             log: Mutex::new(Log {
                 end: UNIT,
@@ -298,7 +320,7 @@ impl BdevStore {
     }
 }
 
-impl Store for BdevStore {
+impl Store for std::sync::Arc<BdevStore> {
     fn get(&self, kind: Kind, name: &str) -> Result<Option<Vec<u8>>, BackupError> {
         let Some((off, len)) = self
             .log

@@ -167,6 +167,14 @@ pub fn jobs(id: Option<u64>) -> Result<Vec<Value>, BdevError> {
     }
 }
 
+/// `backup_repository_create`: makes a repository (a missing or empty directory, or a bdev
+/// whose first 4 KiB are zero); an existing repository is left as it is.
+pub async fn create_repository(repository: &str) -> Result<(), BdevError> {
+    open_repository(repository, true).await?;
+    tracing::info!(repository, "backup repository ready");
+    Ok(())
+}
+
 /// `backup_list`.
 pub async fn list(repository: &str) -> Result<Value, BdevError> {
     let r = open_repository(repository, false).await?;
@@ -335,6 +343,12 @@ async fn restore_run(
         res.map_err(|st| BdevError::IoFailed(format!("writing chunk {i} to the bdev: {st:?}")))?;
         job.chunks_done.fetch_add(1, Ordering::Relaxed);
         job.progress.add_done(n * bs);
+    }
+    // Done means durable.
+    if ch.bdev().supports(IoType::Flush) {
+        wait::no_data(ch, IoType::Flush, 0, 0)
+            .await
+            .map_err(|st| BdevError::IoFailed(format!("flushing the restored bdev: {st:?}")))?;
     }
     Ok(())
 }

@@ -272,6 +272,7 @@ fn main() -> Res<()> {
             chunk_kb: None,
             id: None,
             max_bandwidth_mb_sec: 0,
+            create_repository: true,
         };
         let t = Instant::now();
         rs.block_on(

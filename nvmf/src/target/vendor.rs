@@ -127,6 +127,8 @@ pub async fn run(sqe: &Sqe, bdev: &str, data: &[u8], peer: &str) -> AdminOutcome
                 chunk_kb: p.chunk_kb,
                 id: p.id,
                 max_bandwidth_mb_sec: p.max_bandwidth_mb_sec.unwrap_or(0),
+                // A host names only repositories the operator made.
+                create_repository: false,
             };
             match mirror::backup::start(&m.name, o).await {
                 Ok(v) => {
@@ -145,7 +147,8 @@ pub async fn run(sqe: &Sqe, bdev: &str, data: &[u8], peer: &str) -> AdminOutcome
                 "last_backup": v["last_backup"],
             }))
             .unwrap_or_default();
-            let want = sqe.sgl.length as usize;
+            // At most 4 KiB whatever the host asks for: no allocation sized by the host.
+            let want = (sqe.sgl.length as usize).min(4096);
             if out.len() > want {
                 return refuse(
                     status::INVALID_FIELD,

@@ -143,6 +143,8 @@ methods! {
     "bdev_mirror_split" => BdevMirrorSplit(mirror::MirrorSplit),
     /// Back up a snapshot split's image into a repository (full or incremental).
     "bdev_mirror_backup" => BdevMirrorBackup(mirror::MirrorBackup),
+    /// Make a backup repository (a directory, or bdev:NAME).
+    "backup_repository_create" => BackupRepositoryCreate(backup::BackupRepositoryCreate),
     /// List the backups in a repository (complete, incomplete, damaged).
     "backup_list" => BackupList(backup::BackupList),
     /// Re-read every chunk of a backup (or all) and check its CRC32C.

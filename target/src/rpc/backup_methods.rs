@@ -2,12 +2,21 @@
 //! them (a mirror's split image today).
 
 use super::bdev_methods::on_reactor;
-use super::params::backup::{BackupJobGet, BackupList, BackupRestore, BackupVerify};
+use super::params::backup::{
+    BackupJobGet, BackupList, BackupRepositoryCreate, BackupRestore, BackupVerify,
+};
 use super::MethodTable;
 use serde_json::{json, Value};
 use strata_bdev::backup;
 
 pub fn register(t: &mut MethodTable) {
+    t.add(
+        "backup_repository_create",
+        |_, p: BackupRepositoryCreate| {
+            on_reactor(move || async move { backup::create_repository(&p.repository).await })?;
+            Ok(Value::Bool(true))
+        },
+    );
     t.add("backup_list", |_, p: BackupList| {
         on_reactor(move || async move { backup::list(&p.repository).await })
     });

@@ -66,6 +66,9 @@ pub struct BackupOptions {
     pub id: Option<String>,
     /// The backup's own rate limit (0: none; the mirror's limit paces its copies, not this).
     pub max_bandwidth_mb_sec: u32,
+    /// Make the repository if it is not there (the RPC does; a host's vendor command only
+    /// uses repositories that exist).
+    pub create_repository: bool,
 }
 
 /// A running backup, read by `bdev_mirror_get` from any thread.
@@ -124,7 +127,7 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
     })?;
     // The superblock's split section names the repository (so a backup resumes after a
     // restart): the path must fit there.
-    if o.repository.len() > MAX_REPOSITORY_PATH {
+    if serde_json::to_string(&o.repository).map_or(usize::MAX, |j| j.len()) > MAX_REPOSITORY_PATH {
         return Err(invalid(format!(
             "repository path longer than {MAX_REPOSITORY_PATH} bytes"
         )));
@@ -143,7 +146,7 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
             )));
         }
     }
-    let r = backup::open_repository(&o.repository, true).await?;
+    let r = backup::open_repository(&o.repository, o.create_repository).await?;
     let (parent, chunk_size) = match o.kind {
         BackupKind::Full => (None, chunk_kb * 1024),
         BackupKind::Incremental => {
@@ -159,9 +162,9 @@ pub async fn start(name: &str, o: BackupOptions) -> Result<Value, BdevError> {
                     lb.id, lb.repository, o.repository
                 ))
             })?;
-            if pm.volume_uuid != m.uuid.to_string() {
+            if pm.volume_uuid != m.uuid.to_string() || pm.image_time != lb.image_time {
                 return Err(invalid(format!(
-                    "backup {} in {} is not of mirror {name}",
+                    "backup {} in {} is not the last backup of mirror {name} (another volume or image): take a full backup",
                     lb.id, o.repository
                 )));
             }
@@ -571,8 +574,26 @@ async fn run(
     man.created = backup::now().0;
     *job.phase.lock() = "commit";
     let (r2, fin) = (r.clone(), man.clone());
-    backup::offload(move || r2.commit(&fin)).await?;
-    Ok(man)
+    match backup::offload(move || r2.commit(&fin)).await {
+        Ok(()) => Ok(man),
+        // A restart between the commit and the superblock's record of it: the manifest
+        // there is this backup's if it names the same image and chunks.
+        Err(BackupError::Exists(_)) => {
+            let (r2, id) = (r.clone(), man.id.clone());
+            let there = backup::offload(move || r2.manifest(&id)).await?;
+            if (there.volume_uuid.as_str(), there.image_time, &there.chunks)
+                == (man.volume_uuid.as_str(), man.image_time, &man.chunks)
+            {
+                Ok(there)
+            } else {
+                Err(Stop::Failed(format!(
+                    "backup {} already exists in the repository",
+                    man.id
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Waits for chunk `idx`'s store and records it in the manifest.

@@ -11,6 +11,7 @@
 //! change) and the write completes once that state is on disk.
 
 use super::jobs;
+use super::superblock::LegState;
 use super::volume::Mirror;
 use crate::bdev::BdevChannel;
 use crate::bufs::share_range;
@@ -218,12 +219,30 @@ impl MirrorChannel {
             let c = self.m.ctl.lock();
             (c.primary, c.secondary())
         };
+        let secondary_ok = |m: &super::volume::Mirror| {
+            let c = m.ctl.lock();
+            let l = c.by_role(1);
+            l.base.is_some() && !matches!(l.state, LegState::Failed | LegState::Missing)
+        };
         let (Some(pc), Some(sc)) = (self.leg(p), self.leg(s)) else {
+            if !secondary_ok(&self.m) {
+                super::snapshot::image_lost(&self.m, "the secondary is gone");
+                return Ok(());
+            }
             return Err(IoStatus::Failed);
         };
         for r in first..=last {
-            super::pit::ensure_copied(&self.m, &pit, &pc, &sc, r, super::pit::CopyFor::Write)
-                .await?;
+            let res =
+                super::pit::ensure_copied(&self.m, &pit, &pc, &sc, r, super::pit::CopyFor::Write)
+                    .await;
+            if let Err(st) = res {
+                // A copy that failed on the secondary loses the image, not the host's write.
+                if !secondary_ok(&self.m) {
+                    super::snapshot::image_lost(&self.m, "a copy to the secondary failed");
+                    return Ok(());
+                }
+                return Err(st);
+            }
         }
         Ok(())
     }

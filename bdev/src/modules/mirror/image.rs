@@ -148,6 +148,10 @@ impl BdevChannel for ImageChannel {
                     return;
                 }
             }
+            if me.img.pit.dropped.load(Ordering::Acquire) {
+                io.complete(IoStatus::Removed);
+                return;
+            }
             me.read_secondary(io);
         })
         .detach();

@@ -138,8 +138,10 @@ async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
             .collect()
     };
     let split = m.split_record(snap);
-    // Both legs at once: a split (or any state change) waits for one write, not two.
-    let writes = targets.into_iter().map(|(slot, ch, unit)| {
+    let mut wrote = false;
+    let mut failed = false;
+    // One leg after the other: a crash tears at most one leg's metadata.
+    for (slot, ch, unit) in targets {
         let sb = m.superblock_for(slot, snap.generation);
         let meta = if split.is_some() {
             super::superblock::meta_blocks_with_maps(sb.bits, sb.block_size)
@@ -151,13 +153,7 @@ async fn write_legs_meta(m: &Mirror, snap: &Snapshot) -> (bool, bool) {
         let bytes = (blocks * m.block_size as u64) as usize;
         let mut raw = vec![0u8; bytes];
         sb.encode_meta(&snap.bitmap, split.as_ref().map(|(r, x)| (r, x)), &mut raw);
-        async move { (slot, wait::write_slice(&ch, 0, &raw).await) }
-    });
-    let results = futures_util::future::join_all(writes).await;
-    let mut wrote = false;
-    let mut failed = false;
-    for (slot, res) in results {
-        match res {
+        match wait::write_slice(&ch, 0, &raw).await {
             Ok(()) => wrote = true,
             Err(st) => {
                 failed = true;
@@ -269,6 +265,8 @@ fn check_running(m: &Mirror) -> Result<(), Stop> {
         MirrorState::Degraded | MirrorState::Offline => {
             Err(Stop::Failed("a leg failed during the job".into()))
         }
+        // A split (a snapshot's image on the secondary): copies from the primary stop.
+        MirrorState::Split => Err(Stop::Aborted),
         _ => Ok(()),
     }
 }

@@ -1122,14 +1122,15 @@ async fn bring_up(p: Plan) -> Result<(), BdevError> {
         ctl,
         intent,
     ));
+    // Before the mirror takes writes (their change-map bits must not be replaced) and before
+    // the first metadata write (which writes the split section from memory).
+    snapshot::restore(&m, p.split);
     if let Err(e) = registry::register(m.clone()) {
         opened.iter().for_each(|c| c.release());
         return Err(e);
     }
     MIRRORS.lock().push(m.clone());
     tracing::info!(mirror = %b.name, generation = b.generation, state = state.name(), dirty_regions = dirty, bitmap_trusted = trusted, "mirror assembled from superblocks");
-    // Before the first metadata write, which writes the split section from memory.
-    snapshot::restore(&m, p.split);
     jobs::persist_all(&m).await;
     start_background(&m);
     if let Some(kind) = job {

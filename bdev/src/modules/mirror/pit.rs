@@ -121,6 +121,9 @@ impl Pit {
     /// Whether any region of `first..=last` is still owed (the fast paths' one check).
     #[inline]
     pub fn any_owed(&self, first: usize, last: usize) -> bool {
+        if self.dropped.load(Ordering::Acquire) {
+            return false;
+        }
         let s = self.st.lock();
         s.remaining > 0 && (first..=last).any(|r| bit(&s.owed, r))
     }
@@ -137,7 +140,7 @@ impl Pit {
     async fn claim(&self, r: usize) -> bool {
         poll_fn(|cx| {
             let mut s = self.st.lock();
-            if !bit(&s.owed, r) {
+            if !bit(&s.owed, r) || self.dropped.load(Ordering::Acquire) {
                 return Poll::Ready(false);
             }
             if bit(&s.copying, r) {
@@ -164,6 +167,26 @@ impl Pit {
             std::mem::take(&mut s.waiters)
         };
         wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// The image is lost (its secondary failed): nothing is owed any more, so host writes
+    /// go on; copiers stop. The caller drops the image bdev.
+    pub fn abandon(&self) {
+        self.dropped.store(true, Ordering::Release);
+        let wake = {
+            let mut s = self.st.lock();
+            s.owed.iter_mut().for_each(|w| *w = 0);
+            s.remaining = 0;
+            std::mem::take(&mut s.waiters)
+        };
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Waits until no copier holds a region (after `dropped` is set, none starts).
+    pub async fn wait_no_copiers(&self) {
+        while self.st.lock().copying.iter().any(|&w| w != 0) {
+            strata_reactor::sleep(std::time::Duration::from_micros(250)).await;
+        }
     }
 
     pub fn record(&self) -> ImageRecord {
@@ -221,6 +244,12 @@ pub async fn ensure_copied(
     let rb = m.region_blocks;
     let (a, b) = (r as u64 * rb, ((r as u64 + 1) * rb).min(m.num_blocks));
     let g = jobs::lock_blocks(m, a, b).await;
+    if pit.dropped.load(Ordering::Acquire) {
+        // The image went while this copier waited: the secondary may be another bdev now.
+        drop(g);
+        pit.release(r, false);
+        return Ok(false);
+    }
     let res = jobs::copy_range(m, p, s, a, b).await;
     if res.is_ok() {
         // Both legs agree on the region now: it is no longer a difference either.
@@ -262,6 +291,8 @@ pub async fn read_image_to_memory(
             drop(g);
             pit.release(r, false);
             out.extend_from_slice(&res?);
+        } else if pit.dropped.load(Ordering::Acquire) {
+            return Err(IoStatus::Removed);
         } else {
             out.extend_from_slice(&crate::wait::read_vec(s, m.data_offset + lba, end - lba).await?);
         }

@@ -72,18 +72,22 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         jobs::persist(&m).await;
     }
     // A running copy stops: what it still owes becomes the image's owed map. A checksum
-    // scan does not know what it owes region by region.
-    if let Some(j) = m.job.current() {
-        match j.kind {
-            JobKind::Scan => {
+    // scan does not know what it owes region by region. The split takes the job slot (for
+    // the image's copy) before it quiesces, so no other job can start in between.
+    let job = loop {
+        if let Some(j) = jobs::reserve(&m, JobKind::ImageCopy, false) {
+            break j;
+        }
+        if let Some(j) = m.job.current() {
+            if j.kind == JobKind::Scan {
                 return Err(invalid(format!(
                     "mirror {name} runs a checksum resync (its bitmap was lost): what the secondary lacks is not known region by region; split after it ends"
-                )))
+                )));
             }
-            _ => j.progress.cancel(),
+            j.progress.cancel();
         }
         jobs::wait_idle(&m).await;
-    }
+    };
     let t_job = started.elapsed();
     // Quiesce: no write is in flight while the routing changes, so every write is either
     // before the split (on both legs, or owed) or after it (on the primary only).
@@ -93,11 +97,10 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
     let res = (|| {
         check_state(&m)?;
         let mut c = m.ctl.lock();
-        if m.job.is_busy() {
-            return Err(BdevError::Claimed {
-                name: name.into(),
-                by: "a running mirror job".into(),
-            });
+        if c.state == MirrorState::Resyncing && !c.bitmap_trusted {
+            return Err(invalid(format!(
+                "mirror {name} is resyncing without a trusted bitmap: what the secondary lacks is not known region by region; split after the resync"
+            )));
         }
         let owed = if c.state == MirrorState::Resyncing {
             m.intent.snapshot_bits()
@@ -127,22 +130,26 @@ pub async fn split_snapshot(name: &str, image: Option<String>) -> Result<Value, 
         Ok(p) => p,
         Err(e) => {
             m.intent.unlock_range(0, last);
+            m.job.release();
             return Err(e);
         }
     };
     jobs::persist_all(&m).await;
     let t_persist = started.elapsed();
     m.intent.unlock_range(0, last);
+    let owed = pit.owed_count();
+    if owed > 0 {
+        let mm = m.clone();
+        crate::volume::examine::on_a_reactor(move || jobs::run(mm, job));
+    } else {
+        m.job.release();
+    }
     if !m.intent.is_durable(m.intent.generation()) && m.state() == MirrorState::Offline {
         return Err(BdevError::IoFailed(format!(
             "mirror {name}: the split could not be written to any leg"
         )));
     }
     registry::register(Arc::new(MirrorImage::new(m.clone(), pit.clone())))?;
-    let owed = pit.owed_count();
-    if owed > 0 {
-        super::start_job(&m, JobKind::ImageCopy, false)?;
-    }
     let us = started.elapsed().as_micros() as u64;
     tracing::info!(mirror = %name, image = %image, owed_regions = owed, split_us = us,
         job_stopped_us = t_job.as_micros() as u64, quiesced_us = t_quiesce.as_micros() as u64,
@@ -180,6 +187,7 @@ pub async fn drop_image(m: &Arc<Mirror>, force: bool) -> Result<(), BdevError> {
     while pit.backup.is_busy() {
         strata_reactor::sleep(std::time::Duration::from_millis(2)).await;
     }
+    pit.wait_no_copiers().await;
     if !pit.backed_up.load(Ordering::Acquire) {
         m.intent.merge_track(&pit.delta);
     }
@@ -190,6 +198,25 @@ pub async fn drop_image(m: &Arc<Mirror>, force: bool) -> Result<(), BdevError> {
     }
     tracing::info!(mirror = %m.name, image = %pit.image_name, owed_regions = pit.owed_count(), "image dropped");
     Ok(())
+}
+
+/// The secondary failed under the image: the image is lost. Host writes must not wait for
+/// copies that cannot be made: nothing is owed from now on; the image bdev goes in the
+/// background (its hosts see the namespace go).
+pub fn image_lost(m: &Arc<Mirror>, why: &str) {
+    let Some(pit) = m.pit() else { return };
+    if pit.dropped.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    pit.abandon();
+    tracing::error!(mirror = %m.name, image = %pit.image_name, reason = why, "the secondary failed: the point-in-time image is lost and dropped");
+    let m = m.clone();
+    crate::volume::examine::on_a_reactor(move || async move {
+        if let Err(e) = drop_image(&m, true).await {
+            tracing::error!(mirror = %m.name, error = %e, "dropping the lost image failed");
+        }
+        jobs::persist_all(&m).await;
+    });
 }
 
 /// After a restart: the change map, the last backup and the image from the superblock's

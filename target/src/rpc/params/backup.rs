@@ -4,6 +4,15 @@
 use super::SpdkParams;
 use serde::{Deserialize, Serialize};
 
+/// `backup_repository_create`: make a repository (hosts' vendor backup commands only use
+/// repositories that exist).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRepositoryCreate {
+    pub repository: String,
+}
+impl SpdkParams for BackupRepositoryCreate {}
+
 /// `backup_list`: the backups in a repository, complete, incomplete or damaged.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]

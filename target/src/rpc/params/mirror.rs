@@ -286,6 +286,7 @@ impl MirrorBackup {
             chunk_kb: self.chunk_kb,
             id: self.id.clone(),
             max_bandwidth_mb_sec: self.max_bandwidth_mb_sec.unwrap_or(0),
+            create_repository: true,
         })
     }
 }
