@@ -70,6 +70,19 @@ fn split(name: &'static str) -> Value {
     on_reactor(move || async move { mirror::snapshot::split_snapshot(name, None).await }).unwrap()
 }
 
+/// A backup's options with the defaults (chunk size, id, no rate limit).
+fn opts(repo: &str, kind: BackupKind, mode: BackupMode) -> BackupOptions {
+    BackupOptions {
+        repository: repo.into(),
+        kind,
+        mode,
+        chunk_kb: None,
+        id: None,
+        max_bandwidth_mb_sec: 0,
+        create_repository: true,
+    }
+}
+
 fn start_backup(name: &'static str, repo: &str, kind: BackupKind, mode: BackupMode) -> String {
     start_backup_at(name, repo, kind, mode, 0)
 }
@@ -441,15 +454,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("r").to_string_lossy().to_string();
     // No image yet.
-    let o = BackupOptions {
-        repository: repo.clone(),
-        kind: BackupKind::Full,
-        mode: BackupMode::Secondary,
-        chunk_kb: None,
-        id: None,
-        max_bandwidth_mb_sec: 0,
-        create_repository: true,
-    };
+    let o = opts(&repo, BackupKind::Full, BackupMode::Secondary);
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
     split("bq");
@@ -458,30 +463,18 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
         on_reactor(|| async { mirror::snapshot::split_snapshot("bq", None).await }).unwrap_err();
     assert!(e.to_string().contains("already has the image"), "{e}");
     // Incremental with no full backup.
-    let o = BackupOptions {
-        repository: repo.clone(),
-        kind: BackupKind::Incremental,
-        mode: BackupMode::Secondary,
-        chunk_kb: None,
-        id: None,
-        max_bandwidth_mb_sec: 0,
-        create_repository: true,
-    };
+    let o = opts(&repo, BackupKind::Incremental, BackupMode::Secondary);
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("full backup first"), "{e}");
     // A directory that is not a repository.
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("precious"), b"keep").unwrap();
-    let o = BackupOptions {
-        repository: other.to_string_lossy().to_string(),
-        kind: BackupKind::Full,
-        mode: BackupMode::Secondary,
-        chunk_kb: None,
-        id: None,
-        max_bandwidth_mb_sec: 0,
-        create_repository: true,
-    };
+    let o = opts(
+        &other.to_string_lossy(),
+        BackupKind::Full,
+        BackupMode::Secondary,
+    );
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
     assert_eq!(std::fs::read(other.join("precious")).unwrap(), b"keep");
@@ -503,15 +496,7 @@ fn bad_requests_are_refused_and_nothing_in_the_repository_is_lost() {
     );
     // Resume drops the image; a backup of it then has nothing to back up.
     on_reactor(|| async { mirror::resume("bq", ResumeMode::Auto).await }).unwrap();
-    let o = BackupOptions {
-        repository: repo.clone(),
-        kind: BackupKind::Full,
-        mode: BackupMode::Secondary,
-        chunk_kb: None,
-        id: None,
-        max_bandwidth_mb_sec: 0,
-        create_repository: true,
-    };
+    let o = opts(&repo, BackupKind::Full, BackupMode::Secondary);
     let e = on_reactor(move || async move { mirror::backup::start("bq", o).await }).unwrap_err();
     assert!(e.to_string().contains("no point-in-time image"), "{e}");
 }
@@ -592,15 +577,7 @@ fn repository_on_a_bdev() {
             .await
             .unwrap();
     });
-    let o = BackupOptions {
-        repository: "bdev:bd_other".into(),
-        kind: BackupKind::Full,
-        mode: BackupMode::Secondary,
-        chunk_kb: None,
-        id: None,
-        max_bandwidth_mb_sec: 0,
-        create_repository: true,
-    };
+    let o = opts("bdev:bd_other", BackupKind::Full, BackupMode::Secondary);
     let e = on_reactor(move || async move { mirror::backup::start("bd", o).await }).unwrap_err();
     assert!(e.to_string().contains("holds data"), "{e}");
 }

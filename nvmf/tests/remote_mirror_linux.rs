@@ -10,11 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::linux_guest::{self, Guest};
 use common::{free_port, rpc_call, LinkCut, TgtProcess};
 
 const A: &str = "127.0.0.16";
@@ -26,8 +25,8 @@ const BS: u64 = 4096;
 const MIB: u64 = 24;
 const GUEST_TIMEOUT_S: u64 = 420;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+fn repo() -> std::path::PathBuf {
+    linux_guest::repo_dir()
 }
 
 fn rpc_ok(t: &TgtProcess, method: &str, params: Value) -> Value {
@@ -60,44 +59,11 @@ fn guest_listener(t: &TgtProcess, nqn: &str) -> u16 {
     port
 }
 
-fn wait_file(share: &Path, name: &str, guest: &mut std::process::Child, within: Duration) {
-    let t0 = Instant::now();
-    while !share.join(name).exists() {
-        if let Some(st) = guest.try_wait().unwrap() {
-            panic!(
-                "guest ended ({st}) before writing {name}:\n{}",
-                guest_log(share)
-            );
-        }
-        assert!(
-            t0.elapsed() < within,
-            "guest did not write {name}:\n{}",
-            guest_log(share)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn guest_log(share: &Path) -> String {
-    std::fs::read_to_string(share.join("guest-output.log")).unwrap_or_default()
-}
-
 #[test]
 fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
-    let install = Command::new(repo().join("scripts/linux-host/install.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if install.status.code() == Some(3) {
-        eprintln!("{}", String::from_utf8_lossy(&install.stdout));
+    if !linux_guest::installed() {
         return;
     }
-    assert!(
-        install.status.success(),
-        "install.sh failed:\n{}{}",
-        String::from_utf8_lossy(&install.stdout),
-        String::from_utf8_lossy(&install.stderr)
-    );
 
     let dir = tempfile::tempdir().unwrap();
     let b = TgtProcess::launch_on(
@@ -143,25 +109,14 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
     let a_port = guest_listener(&a, NQN_A);
     let b_port = guest_listener(&b, NQN_B);
 
-    let share = dir.path().join("share");
-    std::fs::create_dir(&share).unwrap();
     let script = repo().join("scripts/linux-host/remote-mirror-guest.sh");
     let command = format!(
         "A_PORT={a_port} A_NQN={NQN_A} B_PORT={b_port} B_NQN={NQN_B} DATA_OFFSET={data_offset} MIB={MIB} bash {}",
         script.display()
     );
-    let mut guest = Command::new(repo().join("scripts/linux-host/run-guest.sh"))
-        .args(["--timeout", &GUEST_TIMEOUT_S.to_string(), "--share"])
-        .arg(&share)
-        .args(["--", &command])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("run-guest.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("run-guest.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let limit = Duration::from_secs(GUEST_TIMEOUT_S);
+    let mut guest = Guest::start(dir.path(), &command, GUEST_TIMEOUT_S);
 
-    wait_file(&share, "writing", &mut guest, limit);
+    guest.wait_file("writing");
     let cut = LinkCut::new(A, B);
     let t0 = Instant::now();
     while a.mirror_get("M0")["state"] != "degraded" {
@@ -176,9 +131,9 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
     eprintln!("mirror degraded {:?} after the cut", t0.elapsed());
     std::thread::sleep(Duration::from_secs(2));
     drop(cut);
-    std::fs::write(share.join("healed"), b"").unwrap();
+    guest.signal("healed");
 
-    wait_file(&share, "written", &mut guest, limit);
+    guest.wait_file("written");
     let t0 = Instant::now();
     loop {
         let m = a.mirror_get("M0");
@@ -197,30 +152,11 @@ fn linux_host_writes_to_a_mirror_with_a_remote_raid5_leg_across_a_link_cut() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::write(share.join("resynced"), b"").unwrap();
+    guest.signal("resynced");
 
-    wait_file(&share, "verified-a", &mut guest, limit);
+    guest.wait_file("verified-a");
     a.stop();
-    std::fs::write(share.join("a-stopped"), b"").unwrap();
-
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = guest.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "guest did not finish:\n{}",
-            guest_log(&share)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let log = guest_log(&share);
-    println!("{log}");
-    assert!(
-        status.success() && log.contains("ALL STEPS OK"),
-        "guest failed ({status}):\n{log}\n{}",
-        std::fs::read_to_string(dir.path().join("run-guest.err")).unwrap_or_default()
-    );
+    guest.signal("a-stopped");
+    guest.finish();
     b.stop();
 }

@@ -13,10 +13,10 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::linux_guest::{self, Guest};
 use common::{rpc_call, uring_cfg, TgtProcess};
 
 const NQN: &str = "nqn.2026-12.io.strata:ksplit";
@@ -27,10 +27,6 @@ const MIB: u64 = 32;
 /// Leg size: a 1 GiB volume plus the metadata area.
 const LEG_MIB: u64 = 1025;
 const GUEST_TIMEOUT_S: u64 = 480;
-
-fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn rpc_ok(t: &TgtProcess, method: &str, params: Value) -> Value {
     rpc_call(&t.sock, method, &params)
@@ -46,44 +42,11 @@ fn sparse(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn guest_log(share: &Path) -> String {
-    std::fs::read_to_string(share.join("guest-output.log")).unwrap_or_default()
-}
-
-fn wait_file(share: &Path, name: &str, guest: &mut std::process::Child) {
-    let t0 = Instant::now();
-    while !share.join(name).exists() {
-        if let Some(st) = guest.try_wait().unwrap() {
-            panic!(
-                "guest ended ({st}) before writing {name}:\n{}",
-                guest_log(share)
-            );
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(GUEST_TIMEOUT_S),
-            "guest did not write {name}:\n{}",
-            guest_log(share)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn linux_host_splits_reads_the_image_and_starts_a_backup_while_the_copy_runs() {
-    let install = Command::new(repo_dir().join("scripts/linux-host/install.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if install.status.code() == Some(3) {
-        eprintln!("{}", String::from_utf8_lossy(&install.stdout));
+    if !linux_guest::installed() {
         return;
     }
-    assert!(
-        install.status.success(),
-        "install.sh failed:\n{}{}",
-        String::from_utf8_lossy(&install.stdout),
-        String::from_utf8_lossy(&install.stderr)
-    );
     let dir = tempfile::tempdir().unwrap();
     let legs = [sparse(dir.path(), "leg0"), sparse(dir.path(), "leg1")];
     let repo = dir.path().join("repo");
@@ -105,26 +68,16 @@ fn linux_host_splits_reads_the_image_and_starts_a_backup_while_the_copy_runs() {
     assert!(n * BS >= 1 << 30, "a 1 GiB volume: {m}");
     assert_eq!(m["job"]["kind"], "resync", "{m}");
 
-    let share = dir.path().join("share");
-    std::fs::create_dir(&share).unwrap();
-    let script = repo_dir().join("scripts/linux-host/split-backup-guest.sh");
+    let script = linux_guest::repo_dir().join("scripts/linux-host/split-backup-guest.sh");
     let command = format!(
         "PORT={} NQN={NQN} IMG_NQN={IMG_NQN} MIB={MIB} REPO={} bash {}",
         t.port,
         repo.display(),
         script.display()
     );
-    let mut guest = Command::new(repo_dir().join("scripts/linux-host/run-guest.sh"))
-        .args(["--timeout", &GUEST_TIMEOUT_S.to_string(), "--share"])
-        .arg(&share)
-        .args(["--", &command])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("run-guest.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("run-guest.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut guest = Guest::start(dir.path(), &command, GUEST_TIMEOUT_S);
 
-    wait_file(&share, "split", &mut guest);
+    guest.wait_file("split");
     let m = t.mirror_get("M0");
     assert_eq!(m["state"], "split", "{m}");
     assert_eq!(m["image"]["name"], "M0_pit", "{m}");
@@ -150,15 +103,15 @@ fn linux_host_splits_reads_the_image_and_starts_a_backup_while_the_copy_runs() {
         json!({ "nqn": IMG_NQN, "listen_address":
         { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": t.port.to_string() } }),
     );
-    std::fs::write(share.join("exported"), b"").unwrap();
+    guest.signal("exported");
 
-    wait_file(&share, "verified", &mut guest);
+    guest.wait_file("verified");
     let m = t.mirror_get("M0");
     assert!(
         m["image"]["owed_regions"].as_u64().unwrap() > 0,
         "the copy still ran while the guest verified the image: {m}"
     );
-    wait_file(&share, "backup", &mut guest);
+    guest.wait_file("backup");
     rpc_ok(
         &t,
         "bdev_mirror_set_options",
@@ -179,25 +132,7 @@ fn linux_host_splits_reads_the_image_and_starts_a_backup_while_the_copy_runs() {
     assert_eq!(last["result"], "done", "{last}\n{}", t.log_text());
     assert_eq!(last["mode"], "memory", "{last}");
 
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = guest.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(GUEST_TIMEOUT_S),
-            "guest did not finish:\n{}",
-            guest_log(&share)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let log = guest_log(&share);
-    println!("{log}");
-    assert!(
-        status.success() && log.contains("ALL STEPS OK"),
-        "guest failed ({status}):\n{log}\n{}",
-        std::fs::read_to_string(dir.path().join("run-guest.err")).unwrap_or_default()
-    );
+    guest.finish();
 
     // The backup restored onto a fresh bdev holds the image the guest verified.
     let rfile = sparse(dir.path(), "restore");

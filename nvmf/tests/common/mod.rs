@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod etcd;
+pub mod linux_guest;
 pub mod writes;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
