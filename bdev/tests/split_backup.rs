@@ -559,13 +559,17 @@ fn repository_on_a_bdev() {
     // A restore onto the repository's own bdev is refused.
     let e = on_reactor(move || async move { backup::restore(repo, &b2, "bd_repo").await });
     assert!(e.is_err());
-    // Damage on the device: a chunk's byte flipped (past the header and first record header).
+    // The repository's bdev is claimed while the target runs.
+    let h = registry::get("bd_repo").unwrap();
+    assert_eq!(h.claimed_by.as_deref(), Some("backup repository"));
+    // Damage on the device: a byte of the first chunk flipped (past the two header slots
+    // and the first record's header: block 24 of 512 bytes).
     on_reactor(|| async {
         let d = registry::open("bd_repo", |_| {}).unwrap();
         let ch = d.channel().unwrap();
-        let mut blk = read_vec(&ch, 16, 1).await.unwrap();
+        let mut blk = read_vec(&ch, 24, 1).await.unwrap();
         blk[100] ^= 0xff;
-        strata_bdev::wait::write_slice(&ch, 16, &blk).await.unwrap();
+        strata_bdev::wait::write_slice(&ch, 24, &blk).await.unwrap();
     });
     let v = on_reactor(move || async move { backup::verify(repo, None).await }).unwrap();
     assert_eq!(wait_repo_job(v)["result"]["state"], "damaged");
@@ -627,4 +631,73 @@ fn a_failing_secondary_loses_the_image_not_the_host_writes() {
         read_all("fs") == model,
         "the primary holds every acknowledged write"
     );
+}
+
+/// A bdev repository whose newest header slot is torn (as by a crash in the middle of its
+/// write) opens from the other slot: the backups it lists are the ones that slot names.
+#[test]
+fn bdev_repository_survives_a_torn_header() {
+    use strata_bdev::modules::uring::{self, UringOptions};
+    setup();
+    mk_malloc("th_a", 4 << 10);
+    mk_malloc("th_b", 4 << 10);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("repo.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let attach = |f: &std::path::Path| {
+        uring::create(UringOptions {
+            name: "th_repo".into(),
+            filename: f.to_string_lossy().to_string(),
+            block_size: Some(512),
+            uuid: None,
+            module: "uring",
+        })
+        .unwrap();
+    };
+    attach(&file);
+    let mut o = CreateOptions::new("th", "th_a", "th_b");
+    o.region_size_kb = 64;
+    o.initial_sync = false;
+    on_reactor(move || async move { mirror::create(o).await.map(|_| ()) }).unwrap();
+    let mut model =
+        vec![0u8; (registry::get("th").unwrap().bdev.num_blocks() * BS as u64) as usize];
+    model_io_with_image("th", &mut model, None, 41, |ops| ops >= 100);
+    split("th");
+    let repo = "bdev:th_repo";
+    let b1 = start_backup("th", repo, BackupKind::Full, BackupMode::Secondary);
+    assert_eq!(wait_backup("th")["result"], "done");
+    // The header slot written last (the higher generation) is torn.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    let mut slots = vec![0u8; 8192];
+    f.read_exact_at(&mut slots, 0).unwrap();
+    let generation = |s: &[u8]| u64::from_le_bytes(s[24..32].try_into().unwrap());
+    let newer = if generation(&slots[..4096]) > generation(&slots[4096..]) {
+        0
+    } else {
+        4096
+    };
+    let older_gen = generation(&slots[4096 - newer..8192 - newer]);
+    f.write_all_at(&[0xa5; 300], newer as u64 + 100).unwrap();
+    f.sync_all().unwrap();
+    // Reattached (a new bdev: the repository is read from the device again).
+    uring::delete("th_repo", "uring").unwrap();
+    attach(&file);
+    let list = on_reactor(move || async move { backup::list(repo).await }).unwrap();
+    assert!(older_gen > 0, "two header slots were written");
+    // The older slot still names a consistent log: whatever it lists reads back.
+    for b in list.as_array().unwrap() {
+        assert_ne!(b["state"], "damaged", "{list}");
+    }
+    let v = on_reactor(move || async move { backup::verify(repo, None).await }).unwrap();
+    let r = wait_repo_job(v);
+    assert_eq!(r["result"]["state"], "ok", "{r}");
+    let _ = b1;
 }

@@ -2,16 +2,19 @@
 //! directory store, kept as an append-only log.
 //!
 //! ```text
-//! bytes 0..4096    header: "STRATBKP", version u32, CRC32C u32 (of the 4096 bytes with
-//!                  this field 0), durable end of the log u64 (byte offset)
-//! from 4096        records, each a 4096-byte record header — "STRATREC", kind u8
+//! bytes 0..8192    two header slots of 4096 bytes: "STRATBKP", version u32, CRC32C u32 (of
+//!                  the 4096 bytes with this field 0), durable end of the log u64 (byte
+//!                  offset), generation u64; the valid slot of the higher generation counts
+//!                  (they are written in turn, so a torn header write loses nothing)
+//! from 8192        records, each a 4096-byte record header — "STRATREC", kind u8
 //!                  (1 chunk, 2 manifest, 3 checkpoint, 4 checkpoint removed), name length
 //!                  u16 at 10, data length u64 at 16, data CRC32C u32 at 24, header CRC32C
 //!                  u32 at 28, the name from 64 — then the data, padded to 4096 bytes
 //! ```
 //!
 //! Opening scans the log up to the durable end into an in-memory index; a later record of
-//! the same name wins. Appends go past the durable end and become part of the repository
+//! the same name wins. The bdev is claimed ("backup repository") while the target runs, so
+//! no volume or namespace takes it. Appends go past the durable end and become part of the repository
 //! when the header is rewritten ([`Store::sync`], after a flush): a crash loses at most what
 //! was appended since the last sync, which no checkpoint or manifest names yet. The device
 //! is used through the bdev layer from the helper thread that runs the repository call
@@ -82,6 +85,8 @@ struct Log {
     /// Durable end (in the header) and append position.
     end: u64,
     tail: u64,
+    /// Generation of the newest header slot written.
+    generation: u64,
     /// (kind, name) → (data offset, data length).
     index: HashMap<(Kind, String), (u64, u64)>,
 }
@@ -91,7 +96,12 @@ pub struct BdevStore {
     uuid: uuid::Uuid,
     size: u64,
     log: Mutex<Log>,
+    /// Holds the claim.
+    _desc: registry::BdevDesc,
 }
+
+/// The log starts after the two header slots.
+const LOG_AT: u64 = 2 * UNIT;
 
 /// One store per bdev in the process: every backup, restore and listing of a bdev
 /// repository shares its log (its append position and index).
@@ -168,18 +178,35 @@ impl BdevStore {
                 "bdev '{bdev}' is too small for a backup repository"
             )));
         }
+        let desc = registry::open(bdev, |_| {})
+            .map_err(|e| BackupError::NotARepository(format!("bdev '{bdev}': {e}")))?;
+        desc.claim("backup repository")
+            .map_err(|e| BackupError::NotARepository(format!("bdev '{bdev}': {e}")))?;
         let s = BdevStore {
             bdev: bdev.to_string(),
             uuid: h.bdev.uuid(),
             size,
             log: Mutex::new(Log {
-                end: UNIT,
-                tail: UNIT,
+                end: LOG_AT,
+                tail: LOG_AT,
+                generation: 0,
                 index: HashMap::new(),
             }),
+            _desc: desc,
         };
-        let head = s.read(0, UNIT)?;
-        if &head[..8] != MAGIC {
+        let head = s.read(0, LOG_AT)?;
+        let (a, b) = head.split_at(UNIT as usize);
+        let valid = |h: &[u8]| &h[..8] == MAGIC && sealed_ok(h, 12) && get_u32(h, 8) == VERSION;
+        let best = [a, b]
+            .into_iter()
+            .filter(|h| valid(h))
+            .max_by_key(|h| get_u64(h, 24));
+        let Some(best) = best else {
+            if &a[..8] == MAGIC || &b[..8] == MAGIC {
+                return Err(BackupError::Damaged(format!(
+                    "bdev '{bdev}': both repository header slots damaged or of another version"
+                )));
+            }
             if !create {
                 return Err(BackupError::NotARepository(format!(
                     "bdev '{bdev}' is not a backup repository"
@@ -187,26 +214,24 @@ impl BdevStore {
             }
             if head.iter().any(|&b| b != 0) {
                 return Err(BackupError::NotARepository(format!(
-                    "bdev '{bdev}' holds data and no backup repository: refusing to use it (zero its first 4 KiB to allow it)"
+                    "bdev '{bdev}' holds data and no backup repository: refusing to use it (zero its first 8 KiB to allow it)"
                 )));
             }
-            s.write_header(UNIT)?;
+            let mut log = s.log.lock();
+            s.write_header(&mut log, LOG_AT)?;
+            drop(log);
             return Ok(s);
-        }
-        if !sealed_ok(&head, 12) || get_u32(&head, 8) != VERSION {
-            return Err(BackupError::Damaged(format!(
-                "bdev '{bdev}': repository header damaged or of another version"
-            )));
-        }
-        let end = get_u64(&head, 16);
-        if end < UNIT || end > size {
+        };
+        let end = get_u64(best, 16);
+        let generation = get_u64(best, 24);
+        if end < LOG_AT || end > size {
             return Err(BackupError::Damaged(format!(
                 "bdev '{bdev}': log end {end} out of range"
             )));
         }
         // Scan the log.
         let mut index = HashMap::new();
-        let mut pos = UNIT;
+        let mut pos = LOG_AT;
         while pos < end {
             let h = s.read(pos, UNIT)?;
             if &h[..8] != REC_MAGIC || !sealed_ok(&h, 28) {
@@ -238,6 +263,7 @@ impl BdevStore {
         *s.log.lock() = Log {
             end,
             tail: end,
+            generation,
             index,
         };
         Ok(s)
@@ -273,14 +299,19 @@ impl BdevStore {
         })
     }
 
-    fn write_header(&self, end: u64) -> Result<(), BackupError> {
+    /// Writes the next header slot (the one not holding the newest header).
+    fn write_header(&self, log: &mut Log, end: u64) -> Result<(), BackupError> {
+        let generation = log.generation + 1;
         let mut h = vec![0u8; UNIT as usize];
         h[..8].copy_from_slice(MAGIC);
         put_u32(&mut h, 8, VERSION);
         put_u64(&mut h, 16, end);
+        put_u64(&mut h, 24, generation);
         seal(&mut h, 12);
-        self.write(0, h)?;
-        self.flush()
+        self.write((generation % 2) * UNIT, h)?;
+        self.flush()?;
+        log.generation = generation;
+        Ok(())
     }
 
     fn append(&self, log: &mut Log, code: u8, name: &str, data: &[u8]) -> Result<u64, BackupError> {
@@ -314,8 +345,9 @@ impl BdevStore {
             return Ok(());
         }
         self.flush()?;
-        self.write_header(log.tail)?;
-        log.end = log.tail;
+        let tail = log.tail;
+        self.write_header(log, tail)?;
+        log.end = tail;
         Ok(())
     }
 }

@@ -168,7 +168,7 @@ pub fn jobs(id: Option<u64>) -> Result<Vec<Value>, BdevError> {
 }
 
 /// `backup_repository_create`: makes a repository (a missing or empty directory, or a bdev
-/// whose first 4 KiB are zero); an existing repository is left as it is.
+/// whose first 8 KiB are zero); an existing repository is left as it is.
 pub async fn create_repository(repository: &str) -> Result<(), BdevError> {
     open_repository(repository, true).await?;
     tracing::info!(repository, "backup repository ready");

@@ -214,7 +214,7 @@ pub fn valid_id(id: &str) -> bool {
 
 impl Repository {
     /// Opens the repository at `location` — a directory, or `bdev:NAME` — creating it if
-    /// the directory is missing or empty (the bdev's first 4 KiB zero).
+    /// the directory is missing or empty (the bdev's first 8 KiB zero).
     pub fn open_or_create(location: &str) -> Result<Repository, BackupError> {
         Self::open_with(location, true)
     }
