@@ -22,6 +22,7 @@
 
 use super::store::{Kind, Store};
 use super::BackupError;
+use crate::volume::ondisk::{get_u32, get_u64, put_u32, put_u64};
 use crate::{registry, wait, IoType};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -53,19 +54,11 @@ fn pad(n: u64) -> u64 {
     n.div_ceil(UNIT) * UNIT
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
+/// A record's end (`pos` + header + padded data), None when a damaged length overflows.
+fn record_end(pos: u64, len: u64) -> Option<u64> {
+    len.checked_add(UNIT - 1)
+        .map(|l| l / UNIT * UNIT)
+        .and_then(|d| pos.checked_add(UNIT)?.checked_add(d))
 }
 
 /// Seals a 4096-byte header: its CRC32C (with the CRC field zero) at `crc_at`.
@@ -248,17 +241,17 @@ impl BdevStore {
             let name = std::str::from_utf8(h.get(NAME_AT..NAME_AT + nlen).unwrap_or(&[]))
                 .map_err(|_| BackupError::Damaged(format!("bdev '{bdev}': record name at {pos}")))?
                 .to_string();
-            if pos + UNIT + pad(len) > end {
+            let Some(next) = record_end(pos, len).filter(|&e| e <= end) else {
                 return Err(BackupError::Damaged(format!(
                     "bdev '{bdev}': record at {pos} runs past the log end"
                 )));
-            }
+            };
             if code == 4 {
                 index.remove(&(kind, name));
             } else {
                 index.insert((kind, name), (pos + UNIT, len));
             }
-            pos += UNIT + pad(len);
+            pos = next;
         }
         *s.log.lock() = Log {
             end,

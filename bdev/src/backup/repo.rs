@@ -31,6 +31,8 @@ use std::path::Path;
 pub const FORMAT: &str = "strata-backup";
 pub const MANIFEST_FORMAT: &str = "strata-backup-manifest";
 pub const VERSION: u32 = 1;
+/// Chunks a volume may have (64 Mi: a 64 TiB volume at 1 MiB chunks).
+const MAX_CHUNKS: u64 = 1 << 26;
 
 /// A chunk's content address.
 pub type ChunkId = [u8; 32];
@@ -145,12 +147,15 @@ impl Manifest {
                 m.format, m.version
             )));
         }
+        // Sizes from a file: bounded before anything is computed or allocated from them.
+        let bytes = m.num_blocks.checked_mul(m.block_size as u64);
         if m.chunk_size == 0
             || m.block_size == 0
             || !m.chunk_size.is_multiple_of(m.block_size as u64)
+            || bytes.is_none_or(|b| b == 0 || b.div_ceil(m.chunk_size) > MAX_CHUNKS)
         {
             return Err(BackupError::Damaged(format!(
-                "{what}: impossible chunk size"
+                "{what}: impossible chunk size or volume size"
             )));
         }
         let n = m.chunk_count();
@@ -583,6 +588,23 @@ mod tests {
         r.commit(&manifest("b", BackupKind::Incremental, Some("zz"), vec![]))
             .unwrap();
         assert!(matches!(r.chain("b"), Err(BackupError::Damaged(_))));
+    }
+
+    #[test]
+    fn a_manifest_with_impossible_sizes_is_damaged_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let r = open(&d);
+        for (blocks, bs) in [(u64::MAX, 512u32), (1u64 << 40, 4096)] {
+            let mut m = manifest("huge", BackupKind::Full, None, vec![]);
+            m.num_blocks = blocks;
+            m.block_size = bs;
+            fs::write(
+                d.path().join("backups").join("huge.json"),
+                m.sealed().unwrap(),
+            )
+            .unwrap();
+            assert!(matches!(r.manifest("huge"), Err(BackupError::Damaged(_))));
+        }
     }
 
     #[test]

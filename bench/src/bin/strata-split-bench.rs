@@ -93,6 +93,21 @@ fn randwrite(rs: &ReactorSet, bdev: &'static str, secs: u64) -> Res<f64> {
     Ok(n as f64 / secs as f64)
 }
 
+/// One 4 KiB write of `fill` at the start of each region in `regions` of mirror SM.
+fn touch_regions(rs: &ReactorSet, regions: Vec<u64>, rb: u64, fill: u8) -> Res<()> {
+    rs.block_on(0, move || async move {
+        let d = registry::open("SM", |_| {}).map_err(err)?;
+        let ch = d.channel().map_err(err)?;
+        for r in regions {
+            write_slice(&ch, r * rb, &[fill; 4096])
+                .await
+                .map_err(|st| format!("write to region {r}: {st:?}"))?;
+        }
+        Ok::<(), String>(())
+    })
+    .map_err(err)?
+}
+
 fn smallvec_of(b: dma::DmaBuf) -> strata_bdev::bufs::Bufs {
     let mut v = strata_bdev::bufs::Bufs::new();
     v.push(b);
@@ -186,18 +201,7 @@ fn main() -> Res<()> {
     rs.block_on(0, || async { mirror::split("SM").await })
         .map_err(err)?
         .map_err(err)?;
-    rs.block_on(0, move || async move {
-        let d = registry::open("SM", |_| {})?;
-        let ch = d.channel()?;
-        for r in 0..regions {
-            write_slice(&ch, r * rb, &[7u8; 4096])
-                .await
-                .map_err(|st| strata_bdev::BdevError::Invalid(format!("{st:?}")))?;
-        }
-        Ok::<(), strata_bdev::BdevError>(())
-    })
-    .map_err(err)?
-    .map_err(err)?;
+    touch_regions(&rs, (0..regions).collect(), rb, 7)?;
     let set = |mb: u32| {
         let o = mirror::SetOptions {
             max_bandwidth_mb_sec: Some(mb),
@@ -335,23 +339,12 @@ fn main() -> Res<()> {
     rs.block_on(0, move || async move { mirror::wait_idle(&m).await })
         .map_err(err)?;
     let dirty = (regions / 100).max(1);
-    rs.block_on(0, move || async move {
-        let d = registry::open("SM", |_| {})?;
-        let ch = d.channel()?;
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
-        let mut picked = std::collections::BTreeSet::new();
-        while (picked.len() as u64) < dirty {
-            picked.insert(rng.gen_range(0..regions));
-        }
-        for r in picked {
-            write_slice(&ch, r * rb, &[9u8; 4096])
-                .await
-                .map_err(|st| strata_bdev::BdevError::Invalid(format!("{st:?}")))?;
-        }
-        Ok::<(), strata_bdev::BdevError>(())
-    })
-    .map_err(err)?
-    .map_err(err)?;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+    let mut picked = std::collections::BTreeSet::new();
+    while (picked.len() as u64) < dirty {
+        picked.insert(rng.gen_range(0..regions));
+    }
+    touch_regions(&rs, picked.into_iter().collect(), rb, 9)?;
     rs.block_on(0, || async {
         mirror::snapshot::split_snapshot("SM", None).await
     })

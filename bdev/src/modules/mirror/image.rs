@@ -84,9 +84,10 @@ struct ImageChannel {
 }
 
 impl ImageChannel {
+    /// (primary, secondary) slots, from the routing word (no lock on the read path).
     fn slots(&self) -> (usize, usize) {
-        let c = self.img.m.ctl.lock();
-        (c.primary, c.secondary())
+        let p = self.img.m.primary_slot();
+        (p, 1 - p)
     }
 
     fn read_secondary(&self, mut io: BdevIo) {

@@ -278,23 +278,29 @@ pub async fn read_image_to_memory(
     a: u64,
     b: u64,
 ) -> Result<Vec<u8>, IoStatus> {
-    let bs = m.block_size as u64;
     let rb = m.region_blocks;
-    let mut out = Vec::with_capacity(((b - a) * bs) as usize);
+    // One piece per region the range covers; a chunk within one region (the usual case)
+    // is returned as read, not copied again.
+    let mut out: Vec<u8> = Vec::new();
     let mut lba = a;
     while lba < b {
         let r = (lba / rb) as usize;
         let end = ((r as u64 + 1) * rb).min(b);
-        if pit.claim(r).await {
+        let piece = if pit.claim(r).await {
             let g = jobs::lock_blocks(m, lba, end).await;
             let res = crate::wait::read_vec(p, m.data_offset + lba, end - lba).await;
             drop(g);
             pit.release(r, false);
-            out.extend_from_slice(&res?);
+            res?
         } else if pit.dropped.load(Ordering::Acquire) {
             return Err(IoStatus::Removed);
         } else {
-            out.extend_from_slice(&crate::wait::read_vec(s, m.data_offset + lba, end - lba).await?);
+            crate::wait::read_vec(s, m.data_offset + lba, end - lba).await?
+        };
+        if out.is_empty() {
+            out = piece;
+        } else {
+            out.extend_from_slice(&piece);
         }
         lba = end;
     }
