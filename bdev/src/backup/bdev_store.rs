@@ -38,6 +38,7 @@ fn kind_code(k: Kind) -> u8 {
         Kind::Chunk => 1,
         Kind::Manifest => 2,
         Kind::Checkpoint => 3,
+        Kind::Catalog => 5,
     }
 }
 
@@ -46,6 +47,7 @@ fn kind_of(c: u8) -> Option<Kind> {
         1 => Some(Kind::Chunk),
         2 => Some(Kind::Manifest),
         3 | 4 => Some(Kind::Checkpoint),
+        5 => Some(Kind::Catalog),
         _ => None,
     }
 }

@@ -456,6 +456,28 @@ impl Repository {
         Ok(out)
     }
 
+    /// Stores a group's catalog (replacing the one before), durable when this returns.
+    /// The bytes are the caller's (JSON with its own checksum).
+    pub fn put_catalog(&self, group: &str, data: &[u8]) -> Result<(), BackupError> {
+        if !valid_id(group) {
+            return Err(BackupError::Invalid(format!("group name '{group}'")));
+        }
+        self.store.put(Kind::Catalog, group, data)
+    }
+
+    /// A group's catalog, if the repository holds one.
+    pub fn catalog(&self, group: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        if !valid_id(group) {
+            return Ok(None);
+        }
+        self.store.get(Kind::Catalog, group)
+    }
+
+    /// Names of the groups whose catalogs the repository holds.
+    pub fn catalogs(&self) -> Result<Vec<String>, BackupError> {
+        self.store.names(Kind::Catalog)
+    }
+
     /// The newest complete backup of the volume `uuid`.
     pub fn latest_for(&self, uuid: &str) -> Result<Option<Manifest>, BackupError> {
         let mut best: Option<Manifest> = None;

@@ -18,6 +18,9 @@ pub enum Kind {
     Manifest,
     /// The checkpoint of a backup being written, named by its id.
     Checkpoint,
+    /// A protected volume group's catalog (its volumes' layout and attributes), named by
+    /// the group: what recreates the layout from the repository alone.
+    Catalog,
 }
 
 pub trait Store: Send + Sync {
@@ -132,6 +135,7 @@ impl DirStore {
                 .root
                 .join("backups")
                 .join(format!("{name}.partial.json")),
+            Kind::Catalog => self.root.join("catalogs").join(format!("{name}.json")),
         }
     }
 }
@@ -153,6 +157,10 @@ impl Store for DirStore {
             fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
             return write_renamed(&p, data, false);
         }
+        if kind == Kind::Catalog {
+            // Repositories made before catalogs existed have no such directory.
+            fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        }
         write_renamed(&p, data, true)?;
         sync_dir(&dir)
     }
@@ -167,6 +175,19 @@ impl Store for DirStore {
     }
 
     fn names(&self, kind: Kind) -> Result<Vec<String>, BackupError> {
+        if kind == Kind::Catalog {
+            let dir = self.root.join("catalogs");
+            let Ok(rd) = fs::read_dir(&dir) else {
+                return Ok(Vec::new());
+            };
+            return Ok(rd
+                .flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    n.strip_suffix(".json").map(String::from)
+                })
+                .collect());
+        }
         let dir = self.root.join("backups");
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {

@@ -5,12 +5,14 @@
 //! [`error`] and [`delay`], built on [`base::ClaimedBase`] (an opened, claimed base bdev).
 //! Redundancy: [`raid`] (raid0/1/5/6, concat), [`mirror`] (two legs of any kind, split and
 //! resume, checksum resync, scrub), [`parity`] (remote parity: data members sending XOR
-//! deltas to P and Q parity volumes on other nodes). Shared by them: the volume framework,
+//! deltas to P and Q parity volumes on other nodes), [`journal`] (dual redundancy: a base
+//! plus a mirrored journal drained to a backup repository, rebuilt from both). Shared by them: the volume framework,
 //! [`crate::volume`] (superblocks, intent bitmap, metadata writes, jobs, examine).
 
 pub mod base;
 pub mod delay;
 pub mod error;
+pub mod journal;
 pub mod malloc;
 pub mod mirror;
 pub mod null;
@@ -47,4 +49,8 @@ pub(crate) fn delete_of_module(name: &str, module: &str) -> Result<(), BdevError
 
 /// The modules with hooks into the bdev layer ([`crate::module::BdevModule`]), in order:
 /// RAID before mirrors, whose legs may be RAID volumes.
-pub static BUILTIN: &[&dyn BdevModule] = &[&raid::RaidModule, &mirror::MirrorModule];
+pub static BUILTIN: &[&dyn BdevModule] = &[
+    &raid::RaidModule,
+    &mirror::MirrorModule,
+    &journal::JournalModule,
+];

@@ -1,0 +1,1106 @@
+//! `journal`: dual redundancy. A *protected volume group* keeps a mirrored journal (the
+//! second scheme: two journal bdevs holding the same log) and a backup repository; each
+//! *protected volume* in it is a bdev over a base (the first scheme, usually a RAID-5 or
+//! RAID-6). Every write lands in the base and, as a journal record, in both journal legs,
+//! and is acknowledged when both schemes have it. The group keeps a catalog of its volumes
+//! (the blueprint of their bases, their attributes, their last backups) and per-volume
+//! deltas (the undrained records). A drain copies the deltas to the repository as
+//! incremental backups (the first drain of a volume takes a full one) and trims the
+//! journal; when a base fails beyond its redundancy, a rebuild recreates it from the
+//! catalog, restores the last backup chain and replays the journal.
+//!
+//! Map: [`format`] the on-disk layout of a leg; [`catalog`] the skeleton; [`log`] space,
+//! order, header and scan of the log; [`append`] group commit (one appender per reactor);
+//! [`volume`] the volume bdev and its I/O path; [`drain`] and [`rebuild`] the jobs. This file
+//! holds the group itself, the management operations and re-assembly from the legs.
+
+pub mod append;
+pub mod catalog;
+pub mod drain;
+pub mod format;
+pub mod log;
+pub mod rebuild;
+pub mod volume;
+
+use crate::backup;
+use crate::error::BdevError;
+use crate::module::BdevModule;
+use crate::modules::base::ClaimedBase;
+use crate::registry;
+use crate::volume::examine;
+use crate::volume::job::{JobSlot, Progress};
+use crate::wait;
+use catalog::{BaseLayout, Catalog, DrainPolicy, VolumeEntry};
+use format::LegState;
+use log::{HeaderSync, Index, LogState};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use volume::ProtectedVolume;
+
+/// One journal leg of a group.
+pub struct Leg {
+    pub base: Option<Arc<ClaimedBase>>,
+    pub name: String,
+    pub uuid: Uuid,
+    pub state: LegState,
+}
+
+/// A protected volume group.
+pub struct Group {
+    pub name: String,
+    pub uuid: Uuid,
+    pub block_size: u32,
+    /// The log's first block on each leg and its length in blocks.
+    pub log_start: u64,
+    pub log_blocks: u64,
+    pub legs: Mutex<[Leg; 2]>,
+    pub epoch: AtomicU64,
+    pub log: Mutex<LogState>,
+    pub index: Mutex<Index>,
+    pub header: Mutex<HeaderSync>,
+    pub catalog: Mutex<Catalog>,
+    pub volumes: Mutex<Vec<Arc<ProtectedVolume>>>,
+    pub stopping: AtomicBool,
+    pub drain: JobSlot<drain::DrainJob>,
+    pub last_drain: Mutex<Option<Value>>,
+    pub resync: JobSlot<Progress>,
+    pub backpressure_waits: AtomicU64,
+    pub last_full_warning: Mutex<Option<Instant>>,
+    pub appended_records: AtomicU64,
+    pub appended_batches: AtomicU64,
+    pub appended_bytes: AtomicU64,
+    /// Records found damaged on one leg (the other's copy used), and on both.
+    pub damaged_repaired: AtomicU64,
+    pub damaged_lost: AtomicU64,
+    pub drains_done: AtomicU64,
+}
+
+static GROUPS: Mutex<Vec<Arc<Group>>> = Mutex::new(Vec::new());
+
+pub fn group(name: &str) -> Option<Arc<Group>> {
+    GROUPS.lock().iter().find(|g| g.name == name).cloned()
+}
+
+fn find_group(name: &str) -> Result<Arc<Group>, BdevError> {
+    group(name).ok_or_else(|| BdevError::NotFound(format!("journal group {name}")))
+}
+
+/// The protected volume named `name`, and its group.
+pub fn volume(name: &str) -> Option<Arc<ProtectedVolume>> {
+    GROUPS
+        .lock()
+        .iter()
+        .flat_map(|g| g.volumes.lock().clone())
+        .find(|v| v.name == name)
+}
+
+fn find_volume(name: &str) -> Result<Arc<ProtectedVolume>, BdevError> {
+    volume(name).ok_or_else(|| BdevError::NotFound(format!("protected volume {name}")))
+}
+
+fn invalid(s: String) -> BdevError {
+    BdevError::Invalid(s)
+}
+
+/// Where a bdev is exported, as the NVMe-oF layer knows it (the bdev layer cannot ask it).
+pub type ExportLookup = fn(&str) -> Vec<catalog::Export>;
+static EXPORTS: Mutex<Option<ExportLookup>> = Mutex::new(None);
+
+/// Set by the target at start-up: the catalog then records each volume's subsystem and
+/// namespace.
+pub fn set_export_lookup(f: ExportLookup) {
+    *EXPORTS.lock() = Some(f);
+}
+
+/// Refreshes the export entries of the catalog; whether any changed.
+fn refresh_exports(g: &Group) -> bool {
+    let Some(f) = *EXPORTS.lock() else {
+        return false;
+    };
+    let mut c = g.catalog.lock();
+    let mut changed = false;
+    for v in c.volumes.iter_mut() {
+        let e = f(&v.name);
+        if e != v.export {
+            v.export = e;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Parameters of `bdev_journal_group_create`.
+#[derive(Clone, Debug)]
+pub struct GroupOptions {
+    pub name: String,
+    pub journal_bdevs: [String; 2],
+    pub repository: String,
+    pub drain: DrainPolicy,
+    pub create_repository: bool,
+}
+
+/// The smallest log: one batch of the most records with the most data.
+fn min_log_bytes(bs: u32) -> u64 {
+    format::header_blocks(format::MAX_BATCH_RECORDS, bs) as u64 * bs as u64 + (2 << 20)
+}
+
+fn leg_removed(group_name: &str, bdev: &str) {
+    let Some(g) = group(group_name) else { return };
+    let idx = {
+        let mut legs = g.legs.lock();
+        let i = legs.iter().position(|l| l.name == bdev);
+        if let Some(i) = i {
+            if let Some(b) = legs[i].base.take() {
+                b.release();
+            }
+        }
+        i
+    };
+    if let Some(i) = idx {
+        g.fail_leg(i, "the leg bdev was removed");
+        let g2 = g.clone();
+        examine::on_a_reactor(move || async move {
+            let _ = g2.persist_header().await;
+        });
+    }
+}
+
+fn open_leg(bdev: &str, group_name: &str) -> Result<Arc<ClaimedBase>, BdevError> {
+    let (gn, b) = (group_name.to_string(), bdev.to_string());
+    Ok(Arc::new(ClaimedBase::open_with(
+        bdev,
+        &format!("journal group {group_name}"),
+        move || leg_removed(&gn, &b),
+    )?))
+}
+
+fn base_removed(volume_name: &str) {
+    if let Some(v) = volume(volume_name) {
+        if let Some(b) = v.base.write().take() {
+            b.release();
+        }
+        v.epoch.fetch_add(1, Ordering::AcqRel);
+        if v.state() == volume::ONLINE {
+            v.go_offline("its base bdev was removed");
+        }
+    }
+}
+
+fn open_base(bdev: &str, volume_name: &str) -> Result<Arc<ClaimedBase>, BdevError> {
+    let vn = volume_name.to_string();
+    Ok(Arc::new(ClaimedBase::open_with(bdev, volume_name, move || {
+        base_removed(&vn)
+    })?))
+}
+
+/// The layout of bdev `name` for the catalog: a RAID's level, strip and members, or a
+/// plain bdev.
+fn layout_of(name: &str) -> BaseLayout {
+    let uuid = registry::get(name)
+        .map(|h| h.bdev.uuid().to_string())
+        .unwrap_or_default();
+    match crate::modules::raid::array(name) {
+        Some(a) => BaseLayout {
+            bdev: name.into(),
+            uuid,
+            kind: "raid".into(),
+            level: Some(a.level().name().into()),
+            strip_size_kb: Some(a.geo.strip * a.block_size as u64 / 1024),
+            members: a.slots.read().iter().map(|s| s.name.clone()).collect(),
+            member_blocks: Some(a.geo.member_blocks + a.data_offset),
+        },
+        None => BaseLayout {
+            bdev: name.into(),
+            uuid,
+            kind: "bdev".into(),
+            level: None,
+            strip_size_kb: None,
+            members: Vec::new(),
+            member_blocks: None,
+        },
+    }
+}
+
+fn check_leg(name: &str) -> Result<(u32, u64), BdevError> {
+    let h = registry::get(name).ok_or_else(|| BdevError::NotFound(name.into()))?;
+    if let Some(by) = &h.claimed_by {
+        return Err(BdevError::Claimed {
+            name: name.into(),
+            by: by.clone(),
+        });
+    }
+    Ok((h.bdev.block_size(), h.bdev.num_blocks()))
+}
+
+/// Reads the newest valid header slot of a bdev, if it holds one.
+async fn read_header(ch: &crate::IoChannel) -> Option<(format::SlotHeader, format::HeaderBody)> {
+    let bs = ch.block_size() as u64;
+    if !(512..=4096).contains(&bs) || ch.num_blocks() * bs < format::LOG_START_BYTES {
+        return None;
+    }
+    let mut best: Option<(format::SlotHeader, format::HeaderBody)> = None;
+    for slot in [0, format::SLOT_BYTES] {
+        let lba = slot / bs;
+        let Ok(first) = wait::read_vec(ch, lba, 1).await else {
+            continue;
+        };
+        if !format::has_magic(&first) {
+            continue;
+        }
+        let len = format::slot_len(&first) as u64;
+        let Ok(raw) = wait::read_vec(ch, lba, len.div_ceil(bs)).await else {
+            continue;
+        };
+        match format::decode_slot(&raw) {
+            Ok((h, b)) => {
+                if best.as_ref().is_none_or(|(bh, _)| h.generation > bh.generation) {
+                    best = Some((h, b));
+                }
+            }
+            Err(e) => tracing::warn!(bdev = %ch.bdev().name(), slot, error = %e, "journal header slot unusable"),
+        }
+    }
+    best
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_group(
+    name: &str,
+    uuid: Uuid,
+    bs: u32,
+    log_blocks: u64,
+    legs: [Leg; 2],
+    log: LogState,
+    catalog: Catalog,
+    generation: u64,
+) -> Arc<Group> {
+    Arc::new(Group {
+        name: name.into(),
+        uuid,
+        block_size: bs,
+        log_start: format::LOG_START_BYTES / bs as u64,
+        log_blocks,
+        legs: Mutex::new(legs),
+        epoch: AtomicU64::new(0),
+        log: Mutex::new(log),
+        index: Mutex::new(Index::default()),
+        header: Mutex::new(HeaderSync {
+            generation,
+            ..Default::default()
+        }),
+        catalog: Mutex::new(catalog),
+        volumes: Mutex::new(Vec::new()),
+        stopping: AtomicBool::new(false),
+        drain: JobSlot::default(),
+        last_drain: Mutex::new(None),
+        resync: JobSlot::default(),
+        backpressure_waits: AtomicU64::new(0),
+        last_full_warning: Mutex::new(None),
+        appended_records: AtomicU64::new(0),
+        appended_batches: AtomicU64::new(0),
+        appended_bytes: AtomicU64::new(0),
+        damaged_repaired: AtomicU64::new(0),
+        damaged_lost: AtomicU64::new(0),
+        drains_done: AtomicU64::new(0),
+    })
+}
+
+/// `bdev_journal_group_create`: formats the two journal bdevs and makes the group.
+pub async fn create_group(o: GroupOptions) -> Result<(), BdevError> {
+    if !backup::repo::valid_id(&o.name) {
+        return Err(invalid(format!(
+            "group name '{}': letters, digits, '-', '_' and '.' only, not leading '.'",
+            o.name
+        )));
+    }
+    if group(&o.name).is_some() {
+        return Err(BdevError::Exists(format!("journal group {}", o.name)));
+    }
+    let [a, b] = &o.journal_bdevs;
+    if a == b {
+        return Err(invalid("the two journal bdevs must differ".into()));
+    }
+    if o.drain.fill_percent > 100 {
+        return Err(invalid(format!(
+            "drain_fill_percent {} is over 100",
+            o.drain.fill_percent
+        )));
+    }
+    let ck = o.drain.chunk_size / 1024;
+    if !ck.is_power_of_two() || !(4..=65536).contains(&ck) {
+        return Err(invalid(format!(
+            "chunk_kb {ck} is not a power of two between 4 and 65536"
+        )));
+    }
+    let (bs_a, nb_a) = check_leg(a)?;
+    let (bs_b, nb_b) = check_leg(b)?;
+    if bs_a != bs_b {
+        return Err(invalid(format!(
+            "journal bdevs {a} and {b} have different block sizes ({bs_a} and {bs_b})"
+        )));
+    }
+    let bs = bs_a;
+    if !(512..=4096).contains(&bs) {
+        return Err(invalid(format!(
+            "journal block size {bs}: 512 to 4096 bytes"
+        )));
+    }
+    let bytes = nb_a.min(nb_b) * bs as u64;
+    let need = format::LOG_START_BYTES + min_log_bytes(bs);
+    if bytes < need {
+        return Err(invalid(format!(
+            "the journal bdevs hold {bytes} bytes, less than one record batch needs ({need}: 256 KiB of headers and a {} KiB log)",
+            min_log_bytes(bs) / 1024
+        )));
+    }
+    if o.drain.chunk_size < bs as u64 {
+        return Err(invalid("chunk_kb is smaller than a block".into()));
+    }
+    let repo = backup::open_repository(&o.repository, o.create_repository).await?;
+    // A bdev that holds a group's journal already is not formatted over.
+    for leg in [a, b] {
+        let d = registry::open(leg, |_| {})?;
+        let ch = d.channel()?;
+        if let Some((_, body)) = read_header(&ch).await {
+            return Err(BdevError::Exists(format!(
+                "{leg} holds the journal of group {} already (delete that group first, or let it assemble)",
+                body.catalog.group
+            )));
+        }
+    }
+    if o.repository.strip_prefix("bdev:").is_some_and(|r| r == a || r == b) {
+        return Err(invalid("the repository cannot be a journal bdev".into()));
+    }
+    let uuid = Uuid::new_v4();
+    let log_blocks = bytes / bs as u64 - format::LOG_START_BYTES / bs as u64;
+    let la = open_leg(a, &o.name)?;
+    let lb = match open_leg(b, &o.name) {
+        Ok(x) => x,
+        Err(e) => {
+            la.release();
+            return Err(e);
+        }
+    };
+    let legs = [la, lb].map(|base| Leg {
+        name: base.name.clone(),
+        uuid: base.uuid,
+        base: Some(base),
+        state: LegState::Ok,
+    });
+    let catalog = Catalog::new(&o.name, &uuid.to_string(), bs, &o.repository, o.drain);
+    let g = new_group(&o.name, uuid, bs, log_blocks, legs, LogState::new(0, 1, 1), catalog, 0);
+    if let Err(e) = g.persist_header().await {
+        release_legs(&g);
+        return Err(e);
+    }
+    // The repository holds the catalog from the start: the layout can be recreated from it.
+    let (r2, name, raw) = (repo.clone(), o.name.clone(), g.catalog.lock().to_bytes());
+    backup::offload(move || r2.put_catalog(&name, &raw)).await?;
+    GROUPS.lock().push(g.clone());
+    start_housekeeping(&g);
+    tracing::info!(group = %o.name, legs = ?o.journal_bdevs, repository = %o.repository, log_mib = (log_blocks * bs as u64) >> 20, "journal group created");
+    Ok(())
+}
+
+fn release_legs(g: &Group) {
+    let mut legs = g.legs.lock();
+    for l in legs.iter_mut() {
+        if let Some(b) = l.base.take() {
+            b.release();
+        }
+    }
+}
+
+/// `bdev_journal_group_delete`: the group must hold no volumes. Its journal headers are
+/// wiped (the legs are free bdevs again); the repository is left as it is.
+pub async fn delete_group(name: &str) -> Result<(), BdevError> {
+    let g = find_group(name)?;
+    if !g.volumes.lock().is_empty() {
+        return Err(BdevError::Claimed {
+            name: format!("journal group {name}"),
+            by: "its protected volumes (delete them first)".into(),
+        });
+    }
+    g.stopping.store(true, Ordering::Release);
+    if let Some(j) = g.drain.current() {
+        j.progress.cancel();
+    }
+    let bs = g.block_size as u64;
+    for ch in g.leg_channels().into_iter().flatten() {
+        let z = vec![0u8; (format::LOG_START_BYTES) as usize];
+        let _ = wait::write_slice(&ch, 0, &z[..(format::LOG_START_BYTES / bs * bs) as usize]).await;
+    }
+    release_legs(&g);
+    GROUPS.lock().retain(|x| !Arc::ptr_eq(x, &g));
+    tracing::info!(group = %name, "journal group deleted");
+    Ok(())
+}
+
+/// `bdev_journal_volume_create`: a protected volume over `base`.
+pub async fn create_volume(
+    group_name: &str,
+    name: &str,
+    base: &str,
+    attributes: BTreeMap<String, String>,
+) -> Result<(), BdevError> {
+    let g = find_group(group_name)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(invalid("volume name must be 1 to 255 bytes".into()));
+    }
+    if registry::get(name).is_some() || g.catalog.lock().by_name(name).is_some() {
+        return Err(BdevError::Exists(name.into()));
+    }
+    let h = registry::get(base).ok_or_else(|| BdevError::NotFound(base.into()))?;
+    if h.bdev.block_size() != g.block_size {
+        return Err(invalid(format!(
+            "base {base} has {}-byte blocks, the group's journal {}: they must match",
+            h.bdev.block_size(),
+            g.block_size
+        )));
+    }
+    if !h.bdev.supports(crate::IoType::Write) {
+        return Err(invalid(format!("base {base} does not take writes")));
+    }
+    if g.journal_lost() {
+        return Err(BdevError::IoFailed(format!(
+            "group {group_name} has no journal leg left"
+        )));
+    }
+    let cbase = open_base(base, name)?;
+    let id = {
+        let mut c = g.catalog.lock();
+        let id = c.next_volume_id;
+        c.next_volume_id += 1;
+        c.volumes.push(VolumeEntry {
+            id,
+            name: name.into(),
+            uuid: Uuid::new_v4().to_string(),
+            block_size: g.block_size,
+            num_blocks: cbase.num_blocks,
+            base: layout_of(base),
+            export: Vec::new(),
+            attributes,
+            backup: None,
+            created: backup::now().0,
+        });
+        c.updated = backup::now().0;
+        id
+    };
+    // The catalog is durable in the journal before the volume takes a write.
+    if let Err(e) = append::append_catalog(&g).await {
+        g.catalog.lock().volumes.retain(|v| v.id != id);
+        cbase.release();
+        return Err(e);
+    }
+    let v = make_volume(&g, id, Some(cbase))?;
+    v.state.store(volume::ONLINE, Ordering::Release);
+    if let Err(e) = registry::register(v.clone()) {
+        g.volumes.lock().retain(|x| x.id != id);
+        return Err(e);
+    }
+    tracing::info!(group = %group_name, volume = %name, base, id, "protected volume created");
+    // Its first drain takes the full backup a rebuild starts from.
+    drain::request(&g, "new volume");
+    Ok(())
+}
+
+fn make_volume(
+    g: &Arc<Group>,
+    id: u32,
+    base: Option<Arc<ClaimedBase>>,
+) -> Result<Arc<ProtectedVolume>, BdevError> {
+    let e = g
+        .catalog
+        .lock()
+        .volume(id)
+        .cloned()
+        .ok_or_else(|| BdevError::NotFound(format!("volume id {id}")))?;
+    let zeroes = base
+        .as_ref()
+        .is_none_or(|b| b.supports(crate::IoType::WriteZeroes));
+    let v = Arc::new(ProtectedVolume {
+        name: e.name.clone(),
+        uuid: Uuid::parse_str(&e.uuid).unwrap_or_else(|_| Uuid::new_v4()),
+        id,
+        block_size: e.block_size,
+        num_blocks: e.num_blocks,
+        group: g.clone(),
+        base: parking_lot::RwLock::new(base),
+        epoch: AtomicU64::new(0),
+        state: AtomicU8::new(volume::NO_BASE),
+        reason: Mutex::new(String::new()),
+        rebuild: JobSlot::default(),
+        last_rebuild: Mutex::new(None),
+        zeroes,
+    });
+    g.volumes.lock().push(v.clone());
+    Ok(v)
+}
+
+/// `bdev_journal_volume_delete`: unregisters the volume (its base is released, untouched)
+/// and drops it from the catalog.
+pub async fn delete_volume(name: &str) -> Result<(), BdevError> {
+    let v = find_volume(name)?;
+    if v.rebuild.is_busy() {
+        return Err(BdevError::Claimed {
+            name: name.into(),
+            by: "a running rebuild".into(),
+        });
+    }
+    let g = v.group.clone();
+    let _ = registry::unregister(name);
+    g.volumes.lock().retain(|x| !Arc::ptr_eq(x, &v));
+    g.catalog.lock().volumes.retain(|e| e.id != v.id);
+    append::append_catalog(&g).await?;
+    tracing::info!(group = %g.name, volume = %name, "protected volume deleted");
+    Ok(())
+}
+
+/// `bdev_journal_volume_set_attributes`: sets (or, with a null value, removes) user
+/// attributes; journaled with the catalog.
+pub async fn set_attributes(name: &str, set: BTreeMap<String, Option<String>>) -> Result<(), BdevError> {
+    let v = find_volume(name)?;
+    let g = v.group.clone();
+    for k in set.keys() {
+        if k.is_empty() || k.len() > 255 {
+            return Err(invalid("attribute names must be 1 to 255 bytes".into()));
+        }
+    }
+    let old = {
+        let mut c = g.catalog.lock();
+        let e = c
+            .volume_mut(v.id)
+            .ok_or_else(|| BdevError::NotFound(name.into()))?;
+        let old = e.attributes.clone();
+        for (k, val) in set {
+            match val {
+                Some(x) => {
+                    e.attributes.insert(k, x);
+                }
+                None => {
+                    e.attributes.remove(&k);
+                }
+            }
+        }
+        old
+    };
+    let size = g.catalog.lock().to_bytes().len();
+    if size > format::MAX_BODY - 4096 {
+        if let Some(e) = g.catalog.lock().volume_mut(v.id) {
+            e.attributes = old;
+        }
+        return Err(invalid(format!(
+            "the catalog would need {size} bytes; it holds at most {}",
+            format::MAX_BODY - 4096
+        )));
+    }
+    append::append_catalog(&g).await
+}
+
+/// `bdev_journal_group_get`.
+pub fn get(name: Option<&str>) -> Result<Vec<Value>, BdevError> {
+    let gs: Vec<Arc<Group>> = match name {
+        Some(n) => vec![find_group(n)?],
+        None => GROUPS.lock().clone(),
+    };
+    Ok(gs.iter().map(|g| g.info()).collect())
+}
+
+impl Group {
+    pub fn info(&self) -> Value {
+        let (head, tail, frontier_seq, run) = {
+            let st = self.log.lock();
+            (st.head, st.tail, st.frontier_seq, st.run)
+        };
+        let (undrained, oldest) = {
+            let ix = self.index.lock();
+            (ix.records.len(), ix.oldest)
+        };
+        let c = self.catalog.lock().clone();
+        let legs: Vec<Value> = self
+            .legs
+            .lock()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({
+                    "slot": i,
+                    "name": l.name,
+                    "uuid": l.uuid.to_string(),
+                    "state": l.state.name(),
+                    "present": l.base.is_some(),
+                })
+            })
+            .collect();
+        let bs = self.block_size as u64;
+        let vols: Vec<Value> = self.volumes.lock().iter().map(|v| v.info()).collect();
+        json!({
+            "name": self.name,
+            "uuid": self.uuid.to_string(),
+            "block_size": self.block_size,
+            "repository": c.repository,
+            "journal": {
+                "legs": legs,
+                "size_bytes": self.log_blocks * bs,
+                "used_bytes": (head - tail) * bs,
+                "fill_percent": ((head - tail) as f64 * 1000.0 / self.log_blocks as f64).round() / 10.0,
+                "undrained_records": undrained,
+                "oldest_undrained_age_seconds": oldest.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                "next_sequence": frontier_seq,
+                "run": run,
+                "appended_records": self.appended_records.load(Ordering::Relaxed),
+                "appended_batches": self.appended_batches.load(Ordering::Relaxed),
+                "appended_bytes": self.appended_bytes.load(Ordering::Relaxed),
+                "backpressure_waits": self.backpressure_waits.load(Ordering::Relaxed),
+                "damaged_records_repaired": self.damaged_repaired.load(Ordering::Relaxed),
+                "damaged_records_lost": self.damaged_lost.load(Ordering::Relaxed),
+                "resync": self.resync.current().map(|p| p.report().json(p.kind)),
+            },
+            "drain_policy": {
+                "fill_percent": c.drain.fill_percent,
+                "max_age_seconds": c.drain.max_age_secs,
+                "chunk_kb": c.drain.chunk_size / 1024,
+            },
+            "drain": self.drain.current().map(|j| j.info()),
+            "last_drain": self.last_drain.lock().clone(),
+            "drains_done": self.drains_done.load(Ordering::Relaxed),
+            "volumes": vols,
+        })
+    }
+}
+
+/// `bdev_journal_group_set_options`: the drain conditions.
+pub fn set_policy(
+    name: &str,
+    fill_percent: Option<u32>,
+    max_age_secs: Option<u64>,
+) -> Result<(), BdevError> {
+    let g = find_group(name)?;
+    if fill_percent.is_some_and(|f| f > 100) {
+        return Err(invalid("drain_fill_percent is over 100".into()));
+    }
+    let mut c = g.catalog.lock();
+    if let Some(f) = fill_percent {
+        c.drain.fill_percent = f;
+    }
+    if let Some(a) = max_age_secs {
+        c.drain.max_age_secs = a;
+    }
+    Ok(())
+}
+
+// ---- background ----
+
+fn start_housekeeping(g: &Arc<Group>) {
+    let g = g.clone();
+    examine::on_a_reactor(move || housekeeping(g));
+}
+
+/// Once a second: the drain conditions, and the bases' health.
+async fn housekeeping(g: Arc<Group>) {
+    loop {
+        strata_reactor::sleep(Duration::from_secs(1)).await;
+        if g.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for v in g.volumes.lock().iter() {
+            if v.state() != volume::ONLINE {
+                continue;
+            }
+            if let Some(b) = v.base_name() {
+                if crate::modules::raid::array(&b).is_some_and(|a| a.is_offline()) {
+                    v.go_offline(&format!("its base {b} is offline (failed beyond its redundancy)"));
+                }
+            }
+        }
+        let (fill_at, age) = {
+            let c = g.catalog.lock();
+            (c.drain.fill_percent, c.drain.max_age_secs)
+        };
+        let oldest = g.index.lock().oldest;
+        if fill_at > 0 && g.fill_percent() >= fill_at as f64 {
+            drain::request(&g, "journal fill");
+        } else if age > 0 && oldest.is_some_and(|t| t.elapsed() >= Duration::from_secs(age)) {
+            drain::request(&g, "record age");
+        } else if refresh_exports(&g) {
+            let _ = append::append_catalog(&g).await;
+        }
+    }
+}
+
+// ---- journal legs ----
+
+/// `bdev_journal_group_replace_leg`: puts `new_bdev` in place of a failed (or missing)
+/// leg and resyncs it from the other leg while writes go on.
+pub async fn replace_leg(name: &str, new_bdev: &str) -> Result<(), BdevError> {
+    let g = find_group(name)?;
+    let (bs, nb) = check_leg(new_bdev)?;
+    if bs != g.block_size {
+        return Err(invalid(format!(
+            "{new_bdev} has {bs}-byte blocks, the journal {}",
+            g.block_size
+        )));
+    }
+    if nb < g.log_start + g.log_blocks {
+        return Err(invalid(format!(
+            "{new_bdev} has {nb} blocks; the journal needs {}",
+            g.log_start + g.log_blocks
+        )));
+    }
+    let slot = {
+        let legs = g.legs.lock();
+        let ok = legs.iter().filter(|l| l.state == LegState::Ok && l.base.is_some()).count();
+        if ok == 0 {
+            return Err(BdevError::IoFailed(format!(
+                "group {name} has no good journal leg to resync from"
+            )));
+        }
+        legs.iter()
+            .position(|l| l.state != LegState::Ok || l.base.is_none())
+            .ok_or_else(|| invalid(format!("both journal legs of group {name} are fine")))?
+    };
+    if g.resync.is_busy() {
+        return Err(BdevError::Claimed {
+            name: name.into(),
+            by: "a running leg resync".into(),
+        });
+    }
+    let base = open_leg(new_bdev, name)?;
+    {
+        let mut legs = g.legs.lock();
+        if let Some(old) = legs[slot].base.take() {
+            old.release();
+        }
+        legs[slot] = Leg {
+            name: base.name.clone(),
+            uuid: base.uuid,
+            base: Some(base),
+            state: LegState::Resyncing,
+        };
+    }
+    g.epoch.fetch_add(1, Ordering::AcqRel);
+    g.header.lock().failed = false;
+    g.persist_header().await?;
+    let job = g
+        .resync
+        .reserve(|| Progress::new("leg_resync", Some(new_bdev.to_string()), 0))
+        .ok_or_else(|| BdevError::Claimed {
+            name: name.into(),
+            by: "a running leg resync".into(),
+        })?;
+    let g2 = g.clone();
+    examine::on_a_reactor(move || async move {
+        let res = resync_leg(&g2, slot, &job).await;
+        match res {
+            Ok(()) => {
+                g2.legs.lock()[slot].state = LegState::Ok;
+                g2.epoch.fetch_add(1, Ordering::AcqRel);
+                let _ = g2.persist_header().await;
+                tracing::info!(group = %g2.name, leg = slot, secs = job.started.elapsed().as_secs_f64(), "journal leg resynced");
+            }
+            Err(e) => {
+                g2.fail_leg(slot, &e.to_string());
+                let _ = g2.persist_header().await;
+                tracing::error!(group = %g2.name, leg = slot, error = %e, "journal leg resync failed");
+            }
+        }
+        g2.resync.release();
+    });
+    tracing::info!(group = %name, leg = slot, bdev = new_bdev, "journal leg replaced: resync started");
+    Ok(())
+}
+
+/// Copies the live part of the log to the leg in `slot`. Batches reserved from now on are
+/// written to it too; the copy covers everything before them.
+async fn resync_leg(g: &Arc<Group>, slot: usize, job: &Progress) -> Result<(), BdevError> {
+    let head = g.log.lock().head;
+    g.wait_frontier(head).await;
+    let tail = g.log.lock().tail;
+    let (src, dst) = {
+        let chans = g.leg_channels();
+        let readable = g.readable_legs();
+        (readable[1 - slot].clone(), chans[slot].clone())
+    };
+    let (Some(src), Some(dst)) = (src, dst) else {
+        return Err(BdevError::IoFailed("a journal leg went away".into()));
+    };
+    job.set_total((head - tail) * g.block_size as u64);
+    let step = (1u64 << 20) / g.block_size as u64;
+    let mut run = crate::volume::job::JobRun::new(job);
+    let mut pos = tail;
+    while pos < head {
+        // Never across the end of a lap.
+        let lap_left = g.log_blocks - pos % g.log_blocks;
+        let n = step.min(head - pos).min(lap_left);
+        let d = wait::read_vec(&src, g.phys(pos), n)
+            .await
+            .map_err(|st| BdevError::IoFailed(format!("reading the good leg: {st:?}")))?;
+        wait::write_slice(&dst, g.phys(pos), &d)
+            .await
+            .map_err(|st| BdevError::IoFailed(format!("writing the new leg: {st:?}")))?;
+        pos += n;
+        if run.step(n * g.block_size as u64, 0).await.is_err() || g.stopping.load(Ordering::Acquire) {
+            return Err(BdevError::IoFailed("resync stopped".into()));
+        }
+    }
+    Ok(())
+}
+
+// ---- re-assembly ----
+
+struct Candidate {
+    bdev: String,
+    header: format::SlotHeader,
+    body: format::HeaderBody,
+}
+
+static PENDING: LazyLock<Mutex<HashMap<Uuid, Vec<Candidate>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+pub struct JournalModule;
+
+impl BdevModule for JournalModule {
+    fn name(&self) -> &'static str {
+        "journal"
+    }
+    fn examine(&self, bdev: &str) {
+        examine::spawn_examine(bdev, |n| async move { examine_bdev(&n).await });
+    }
+    fn finish_examine(&self) {
+        examine::assemble_pending(
+            || PENDING.lock().keys().copied().collect(),
+            |u, _| async move { assemble(u).await },
+        );
+        // Volumes whose base did not come: offline with the reason.
+        for g in GROUPS.lock().iter() {
+            for v in g.volumes.lock().iter() {
+                if v.state() == volume::NO_BASE {
+                    *v.reason.lock() = "its base bdev is missing: rebuild it".into();
+                    v.state.store(volume::OFFLINE, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+async fn examine_bdev(name: &str) {
+    // A base a volume waits for?
+    let waiting: Option<Arc<ProtectedVolume>> = GROUPS
+        .lock()
+        .iter()
+        .flat_map(|g| g.volumes.lock().clone())
+        .find(|v| {
+            v.state() == volume::NO_BASE
+                && v.group
+                    .catalog
+                    .lock()
+                    .volume(v.id)
+                    .is_some_and(|e| e.base.bdev == name)
+        });
+    if let Some(v) = waiting {
+        attach_base(&v, name).await;
+        return;
+    }
+    let Some(h) = registry::get(name) else { return };
+    if h.claimed_by.is_some() {
+        return;
+    }
+    let Ok(desc) = registry::open(name, |_| {}) else {
+        return;
+    };
+    let Ok(ch) = desc.channel() else { return };
+    let Some((header, body)) = read_header(&ch).await else {
+        return;
+    };
+    drop(ch);
+    drop(desc);
+    let uuid = header.uuid;
+    if GROUPS.lock().iter().any(|g| g.uuid == uuid) {
+        tracing::warn!(bdev = name, group = %body.catalog.group, "bdev holds a journal leg of a running group: not used (replace the failed leg with it to resync it)");
+        return;
+    }
+    tracing::info!(bdev = name, group = %body.catalog.group, leg = header.leg, generation = header.generation, "found a journal leg");
+    let ready = {
+        let mut p = PENDING.lock();
+        let c = p.entry(uuid).or_default();
+        c.retain(|x| x.bdev != name);
+        c.push(Candidate {
+            bdev: name.into(),
+            header,
+            body,
+        });
+        let newest = c.iter().max_by_key(|x| x.header.generation).map(|x| x.body.legs.clone());
+        newest.is_some_and(|legs| {
+            legs.iter()
+                .filter(|l| l.state == LegState::Ok)
+                .all(|l| c.iter().any(|x| x.bdev == l.bdev))
+        })
+    };
+    if ready {
+        assemble(uuid).await;
+    }
+}
+
+/// Brings up a group from the legs found: the newest header, the scan of the log, the
+/// catalog (the newest in the log, else the header's), then its volumes.
+async fn assemble(uuid: Uuid) {
+    let Some(cands) = PENDING.lock().remove(&uuid) else {
+        return;
+    };
+    let Some(newest) = cands.iter().max_by_key(|c| c.header.generation) else {
+        return;
+    };
+    let body = newest.body.clone();
+    let generation = newest.header.generation;
+    let gname = body.catalog.group.clone();
+    if group(&gname).is_some() {
+        tracing::error!(group = %gname, "a journal group of that name runs already: legs not assembled");
+        return;
+    }
+    let bs = body.catalog.block_size;
+    // The legs, as the newest header says; one it says failed (or missing) is not used.
+    let mut legs: [Leg; 2] = [0, 1].map(|i| Leg {
+        base: None,
+        name: body.legs[i].bdev.clone(),
+        uuid: Uuid::parse_str(&body.legs[i].uuid).unwrap_or_default(),
+        state: LegState::Failed,
+    });
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let rec = &body.legs[i];
+        if rec.state != LegState::Ok || !cands.iter().any(|c| c.bdev == rec.bdev) {
+            continue;
+        }
+        match open_leg(&rec.bdev, &gname) {
+            Ok(b) => {
+                leg.base = Some(b);
+                leg.state = LegState::Ok;
+            }
+            Err(e) => tracing::error!(group = %gname, bdev = %rec.bdev, error = %e, "journal leg not opened"),
+        }
+    }
+    let chans: [Option<crate::IoChannel>; 2] =
+        [0, 1].map(|i| legs[i].base.as_ref().and_then(|b| b.channel().ok()));
+    if chans.iter().all(|c| c.is_none()) {
+        tracing::error!(group = %gname, "no usable journal leg: group not assembled");
+        return;
+    }
+    let log_start = format::LOG_START_BYTES / bs as u64;
+    let scan = log::scan(
+        &chans,
+        &uuid,
+        bs,
+        log_start,
+        body.log_blocks,
+        body.tail,
+        body.tail_seq,
+        body.run,
+    )
+    .await;
+    let catalog = match scan.catalog.as_deref().map(Catalog::parse) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::error!(group = %gname, error = %e, "the journal's newest catalog record is unusable: the header's copy is used");
+            body.catalog.clone()
+        }
+        None => body.catalog.clone(),
+    };
+    let mut st = LogState::new(body.tail, body.tail_seq, body.run + 1);
+    st.head = scan.head;
+    st.next_seq = scan.next_seq;
+    st.frontier = scan.head;
+    st.frontier_seq = scan.next_seq;
+    let g = new_group(&gname, uuid, bs, body.log_blocks, legs, st, catalog, generation);
+    {
+        let mut ix = g.index.lock();
+        for r in &scan.records {
+            ix.push(*r, bs);
+        }
+    }
+    g.damaged_repaired.store(scan.repaired, Ordering::Relaxed);
+    // The new run is on disk before anything is appended.
+    if let Err(e) = g.persist_header().await {
+        tracing::error!(group = %gname, error = %e, "journal header not written: group not assembled");
+        release_legs(&g);
+        return;
+    }
+    tracing::info!(group = %gname, batches = scan.batches, records = scan.records.len(), dropped_after_torn = scan.dropped_after_torn, repaired = scan.repaired, "journal group assembled from its legs");
+    if scan.dropped_after_torn > 0 {
+        tracing::warn!(group = %gname, batches = scan.dropped_after_torn, "batches after a torn one were dropped (never acknowledged)");
+    }
+    GROUPS.lock().push(g.clone());
+    let ids: Vec<(u32, String)> = g
+        .catalog
+        .lock()
+        .volumes
+        .iter()
+        .map(|v| (v.id, v.base.bdev.clone()))
+        .collect();
+    for (id, base) in ids {
+        let v = match make_volume(&g, id, None) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(group = %gname, id, error = %e, "volume not brought up");
+                continue;
+            }
+        };
+        *v.reason.lock() = format!("waiting for its base {base}");
+        if let Err(e) = registry::register(v.clone()) {
+            tracing::error!(group = %gname, volume = %v.name, error = %e, "volume not registered");
+            g.volumes.lock().retain(|x| !Arc::ptr_eq(x, &v));
+            continue;
+        }
+        if registry::get(&base).is_some() {
+            attach_base(&v, &base).await;
+        }
+    }
+    start_housekeeping(&g);
+}
+
+/// Claims a volume's base after a restart, brings it up to date with the journal's
+/// undrained records (redo: a write whose base half was cut by the crash), and puts the
+/// volume online.
+async fn attach_base(v: &Arc<ProtectedVolume>, base: &str) {
+    if v.state() != volume::NO_BASE {
+        return;
+    }
+    let b = match open_base(base, &v.name) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(volume = %v.name, base, error = %e, "base not claimed");
+            return;
+        }
+    };
+    if b.block_size != v.block_size || b.num_blocks < v.num_blocks {
+        tracing::error!(volume = %v.name, base, "base does not fit the volume (block size or size changed): volume offline");
+        b.release();
+        *v.reason.lock() = format!("its base {base} does not fit it");
+        v.state.store(volume::OFFLINE, Ordering::Release);
+        return;
+    }
+    if crate::modules::raid::array(base).is_some_and(|a| a.is_offline()) {
+        v.set_base(Some(b));
+        *v.reason.lock() = format!("its base {base} is offline (failed beyond its redundancy)");
+        v.state.store(volume::OFFLINE, Ordering::Release);
+        tracing::error!(volume = %v.name, base, "base is offline: rebuild the volume");
+        return;
+    }
+    v.set_base(Some(b.clone()));
+    let recs = v.group.index.lock().volume_records(v.id, u64::MAX);
+    let n = recs.len();
+    match rebuild::replay(v, &b, &recs, None).await {
+        Ok(()) => {
+            v.state.store(volume::ONLINE, Ordering::Release);
+            tracing::info!(volume = %v.name, base, replayed = n, "protected volume online");
+        }
+        Err(e) => {
+            *v.reason.lock() = format!("replaying the journal onto {base} failed: {e}");
+            v.state.store(volume::OFFLINE, Ordering::Release);
+            tracing::error!(volume = %v.name, base, error = %e, "protected volume offline");
+        }
+    }
+}
