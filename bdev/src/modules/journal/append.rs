@@ -112,7 +112,8 @@ impl Appender {
                 while let Some(io) = q.front() {
                     let d = Self::data_blocks(io);
                     if !batch.is_empty()
-                        && (batch.len() == format::MAX_BATCH_RECORDS || (data + d) * bs > MAX_BATCH_DATA)
+                        && (batch.len() == format::MAX_BATCH_RECORDS
+                            || (data + d) * bs > MAX_BATCH_DATA)
                     {
                         break;
                     }
@@ -267,6 +268,10 @@ impl Appender {
         let bytes = data * bs as u64;
         g.batch_done(pos, locs);
         g.wait_frontier(pos + total).await;
+        if g.durable_point().0 < pos + total {
+            // The group stopped before the batches ahead of this one finished.
+            return IoStatus::Failed;
+        }
         g.appended_records.fetch_add(nrec, Ordering::Relaxed);
         g.appended_batches.fetch_add(1, Ordering::Relaxed);
         g.appended_bytes.fetch_add(bytes, Ordering::Relaxed);

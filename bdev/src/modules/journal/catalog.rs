@@ -114,7 +114,13 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(group: &str, uuid: &str, block_size: u32, repository: &str, drain: DrainPolicy) -> Catalog {
+    pub fn new(
+        group: &str,
+        uuid: &str,
+        block_size: u32,
+        repository: &str,
+        drain: DrainPolicy,
+    ) -> Catalog {
         Catalog {
             format: FORMAT.into(),
             version: VERSION,

@@ -226,11 +226,22 @@ async fn backup_volume(
     let bs = g.block_size as u64;
     let (kind, parent, chunk_size, chain) = match &e.backup {
         None => (BackupKind::Full, None, chunk_size, 1),
-        Some(b) => (BackupKind::Incremental, Some(b.id.clone()), b.chunk_size, b.chain + 1),
+        Some(b) => (
+            BackupKind::Incremental,
+            Some(b.id.clone()),
+            b.chunk_size,
+            b.chain + 1,
+        ),
     };
     let id: String = format!("{}-{}-{upto:012}", g.name, e.name)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut man = Manifest {
         format: repo::MANIFEST_FORMAT.into(),
@@ -282,7 +293,9 @@ async fn backup_volume(
     let parent_map = match &parent {
         Some(p) => {
             let (r2, p2) = (r.clone(), p.clone());
-            let (pm, map) = backup::offload(move || r2.resolve(&p2)).await.map_err(stop)?;
+            let (pm, map) = backup::offload(move || r2.resolve(&p2))
+                .await
+                .map_err(stop)?;
             if pm.chunk_size != chunk_size || pm.num_blocks != e.num_blocks {
                 return Err(BdevError::Invalid(format!(
                     "the last backup of {} ({}) has another chunk or volume size",
@@ -299,7 +312,9 @@ async fn backup_volume(
             let ch = v
                 .as_ref()
                 .and_then(|v| v.base.read().as_ref().and_then(|b| b.channel().ok()));
-            let online = v.as_ref().is_some_and(|v| v.state() == super::volume::ONLINE);
+            let online = v
+                .as_ref()
+                .is_some_and(|v| v.state() == super::volume::ONLINE);
             match (ch, online) {
                 (Some(ch), true) => Some(ch),
                 _ => {
@@ -325,12 +340,17 @@ async fn backup_volume(
         let a = idx * chunk_size / bs;
         let mut buf = match (&base, &parent_map) {
             (Some(ch), _) => wait::read_vec(ch, a, len / bs).await.map_err(|st| {
-                BdevError::IoFailed(format!("reading chunk {idx} of {} from its base: {st:?}", e.name))
+                BdevError::IoFailed(format!(
+                    "reading chunk {idx} of {} from its base: {st:?}",
+                    e.name
+                ))
             })?,
             (None, Some(map)) => match map.get(idx as usize).cloned().flatten() {
                 Some(c) => {
                     let r2 = r.clone();
-                    backup::offload(move || r2.read_chunk(&c, len)).await.map_err(stop)?
+                    backup::offload(move || r2.read_chunk(&c, len))
+                        .await
+                        .map_err(stop)?
                 }
                 None => vec![0u8; len as usize],
             },

@@ -116,15 +116,19 @@ pub fn encode_batch(out: &mut [u8], uuid: &Uuid, h: &BatchHeader) {
 /// Reads a batch header from the first block(s) of `raw`: None unless it is a whole, valid
 /// header of group `uuid` that fits `log_blocks`. `raw` may be one block only: then
 /// `Err(hdr_blocks)` asks for more.
-pub fn decode_batch(raw: &[u8], uuid: &Uuid, bs: u32, log_blocks: u64) -> Option<Result<BatchHeader, u32>> {
+pub fn decode_batch(
+    raw: &[u8],
+    uuid: &Uuid,
+    bs: u32,
+    log_blocks: u64,
+) -> Option<Result<BatchHeader, u32>> {
     if raw.len() < FIXED || &raw[..8] != BATCH_MAGIC || &raw[8..24] != uuid.as_bytes() {
         return None;
     }
     let n = get_u32(raw, 32) as usize;
     let hdr_blocks = get_u32(raw, 36);
     let total = get_u64(raw, 40);
-    if n == 0 || n > MAX_BATCH_RECORDS || hdr_blocks != header_blocks(n, bs) || total > log_blocks
-    {
+    if n == 0 || n > MAX_BATCH_RECORDS || hdr_blocks != header_blocks(n, bs) || total > log_blocks {
         return None;
     }
     let used = FIXED + n * ENTRY_BYTES;
@@ -330,7 +334,11 @@ mod tests {
         let mut raw = vec![0u8; hb as usize * 512];
         encode_batch(&mut raw, &u, &h);
         assert_eq!(decode_batch(&raw, &u, 512, 1 << 20), Some(Ok(h.clone())));
-        assert_eq!(decode_batch(&raw, &Uuid::new_v4(), 512, 1 << 20), None, "other group");
+        assert_eq!(
+            decode_batch(&raw, &Uuid::new_v4(), 512, 1 << 20),
+            None,
+            "other group"
+        );
         raw[70] ^= 1;
         assert_eq!(decode_batch(&raw, &u, 512, 1 << 20), None, "damaged header");
     }
@@ -355,7 +363,10 @@ mod tests {
         };
         let mut raw = vec![0u8; h.hdr_blocks as usize * 512];
         encode_batch(&mut raw, &u, &h);
-        assert_eq!(decode_batch(&raw[..512], &u, 512, 1 << 20), Some(Err(h.hdr_blocks)));
+        assert_eq!(
+            decode_batch(&raw[..512], &u, 512, 1 << 20),
+            Some(Err(h.hdr_blocks))
+        );
         assert_eq!(decode_batch(&raw, &u, 512, 1 << 20), Some(Ok(h)));
     }
 }

@@ -217,7 +217,7 @@ impl Group {
         } else {
             st.head
         };
-        if pos + blocks - st.tail <= l {
+        if pos + blocks - st.tail <= l || self.stopping.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
         st.space_waiters.push(waker.clone());
@@ -267,11 +267,28 @@ impl Group {
         }
     }
 
-    /// Resolves once every batch up to `end` is durable.
+    /// Wakes every task waiting on the log (the group is stopping: they fail out).
+    pub fn wake_all(&self) {
+        let (a, b) = {
+            let mut st = self.log.lock();
+            (
+                std::mem::take(&mut st.frontier_waiters),
+                std::mem::take(&mut st.space_waiters),
+            )
+        };
+        for (_, w) in a {
+            w.wake();
+        }
+        for w in b {
+            w.wake();
+        }
+    }
+
+    /// Resolves once every batch up to `end` is durable (or the group stops).
     pub async fn wait_frontier(&self, end: u64) {
         poll_fn(|cx| {
             let mut st = self.log.lock();
-            if st.frontier >= end {
+            if st.frontier >= end || self.stopping.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
             st.frontier_waiters.push((end, cx.waker().clone()));
@@ -340,7 +357,9 @@ impl Group {
     /// Whether no leg holds every record any more.
     pub fn journal_lost(&self) -> bool {
         let legs = self.legs.lock();
-        !legs.iter().any(|l| l.state == LegState::Ok && l.base.is_some())
+        !legs
+            .iter()
+            .any(|l| l.state == LegState::Ok && l.base.is_some())
     }
 
     // ---- header ----
@@ -447,7 +466,11 @@ impl Group {
                         return false;
                     }
                 };
-                let slot = if generation.is_multiple_of(2) { 0 } else { format::SLOT_BYTES };
+                let slot = if generation.is_multiple_of(2) {
+                    0
+                } else {
+                    format::SLOT_BYTES
+                };
                 let lba = slot / self.block_size as u64;
                 match wait::write_slice(ch, lba, &raw).await {
                     Ok(()) => any = true,
@@ -459,7 +482,8 @@ impl Group {
             if !failed_one {
                 return any;
             }
-            if !chans.iter().any(|c| c.is_some()) || self.leg_channels().iter().all(|c| c.is_none()) {
+            if !chans.iter().any(|c| c.is_some()) || self.leg_channels().iter().all(|c| c.is_none())
+            {
                 return false;
             }
             // A leg failed under the write: its new state goes to the other leg.
@@ -666,4 +690,3 @@ pub async fn scan(
     }
     out
 }
-

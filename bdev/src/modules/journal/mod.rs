@@ -193,9 +193,11 @@ fn base_removed(volume_name: &str) {
 
 fn open_base(bdev: &str, volume_name: &str) -> Result<Arc<ClaimedBase>, BdevError> {
     let vn = volume_name.to_string();
-    Ok(Arc::new(ClaimedBase::open_with(bdev, volume_name, move || {
-        base_removed(&vn)
-    })?))
+    Ok(Arc::new(ClaimedBase::open_with(
+        bdev,
+        volume_name,
+        move || base_removed(&vn),
+    )?))
 }
 
 /// The layout of bdev `name` for the catalog: a RAID's level, strip and members, or a
@@ -258,11 +260,16 @@ async fn read_header(ch: &crate::IoChannel) -> Option<(format::SlotHeader, forma
         };
         match format::decode_slot(&raw) {
             Ok((h, b)) => {
-                if best.as_ref().is_none_or(|(bh, _)| h.generation > bh.generation) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(bh, _)| h.generation > bh.generation)
+                {
                     best = Some((h, b));
                 }
             }
-            Err(e) => tracing::warn!(bdev = %ch.bdev().name(), slot, error = %e, "journal header slot unusable"),
+            Err(e) => {
+                tracing::warn!(bdev = %ch.bdev().name(), slot, error = %e, "journal header slot unusable")
+            }
         }
     }
     best
@@ -373,7 +380,10 @@ pub async fn create_group(o: GroupOptions) -> Result<(), BdevError> {
             )));
         }
     }
-    if o.repository.strip_prefix("bdev:").is_some_and(|r| r == a || r == b) {
+    if o.repository
+        .strip_prefix("bdev:")
+        .is_some_and(|r| r == a || r == b)
+    {
         return Err(invalid("the repository cannot be a journal bdev".into()));
     }
     let uuid = Uuid::new_v4();
@@ -393,7 +403,16 @@ pub async fn create_group(o: GroupOptions) -> Result<(), BdevError> {
         state: LegState::Ok,
     });
     let catalog = Catalog::new(&o.name, &uuid.to_string(), bs, &o.repository, o.drain);
-    let g = new_group(&o.name, uuid, bs, log_blocks, legs, LogState::new(0, 1, 1), catalog, 0);
+    let g = new_group(
+        &o.name,
+        uuid,
+        bs,
+        log_blocks,
+        legs,
+        LogState::new(0, 1, 1),
+        catalog,
+        0,
+    );
     if let Err(e) = g.persist_header().await {
         release_legs(&g);
         return Err(e);
@@ -438,6 +457,32 @@ pub async fn delete_group(name: &str) -> Result<(), BdevError> {
     release_legs(&g);
     GROUPS.lock().retain(|x| !Arc::ptr_eq(x, &g));
     tracing::info!(group = %name, "journal group deleted");
+    Ok(())
+}
+
+/// Takes a group down without touching its legs (the target is shutting down, or a test
+/// plays a crash): its volumes are unregistered and its legs released; the group
+/// re-assembles from the legs when they are examined again.
+pub fn stop_group(name: &str) -> Result<(), BdevError> {
+    let g = find_group(name)?;
+    g.stopping.store(true, Ordering::Release);
+    if let Some(j) = g.drain.current() {
+        j.progress.cancel();
+    }
+    if let Some(j) = g.resync.current() {
+        j.cancel();
+    }
+    let vols = std::mem::take(&mut *g.volumes.lock());
+    for v in vols {
+        if let Some(j) = v.rebuild.current() {
+            j.cancel();
+        }
+        let _ = registry::unregister(&v.name);
+    }
+    release_legs(&g);
+    g.wake_all();
+    GROUPS.lock().retain(|x| !Arc::ptr_eq(x, &g));
+    tracing::info!(group = %name, "journal group stopped");
     Ok(())
 }
 
@@ -563,7 +608,10 @@ pub async fn delete_volume(name: &str) -> Result<(), BdevError> {
 
 /// `bdev_journal_volume_set_attributes`: sets (or, with a null value, removes) user
 /// attributes; journaled with the catalog.
-pub async fn set_attributes(name: &str, set: BTreeMap<String, Option<String>>) -> Result<(), BdevError> {
+pub async fn set_attributes(
+    name: &str,
+    set: BTreeMap<String, Option<String>>,
+) -> Result<(), BdevError> {
     let v = find_volume(name)?;
     let g = v.group.clone();
     for k in set.keys() {
@@ -714,7 +762,9 @@ async fn housekeeping(g: Arc<Group>) {
             }
             if let Some(b) = v.base_name() {
                 if crate::modules::raid::array(&b).is_some_and(|a| a.is_offline()) {
-                    v.go_offline(&format!("its base {b} is offline (failed beyond its redundancy)"));
+                    v.go_offline(&format!(
+                        "its base {b} is offline (failed beyond its redundancy)"
+                    ));
                 }
             }
         }
@@ -754,7 +804,10 @@ pub async fn replace_leg(name: &str, new_bdev: &str) -> Result<(), BdevError> {
     }
     let slot = {
         let legs = g.legs.lock();
-        let ok = legs.iter().filter(|l| l.state == LegState::Ok && l.base.is_some()).count();
+        let ok = legs
+            .iter()
+            .filter(|l| l.state == LegState::Ok && l.base.is_some())
+            .count();
         if ok == 0 {
             return Err(BdevError::IoFailed(format!(
                 "group {name} has no good journal leg to resync from"
@@ -844,7 +897,8 @@ async fn resync_leg(g: &Arc<Group>, slot: usize, job: &Progress) -> Result<(), B
             .await
             .map_err(|st| BdevError::IoFailed(format!("writing the new leg: {st:?}")))?;
         pos += n;
-        if run.step(n * g.block_size as u64, 0).await.is_err() || g.stopping.load(Ordering::Acquire) {
+        if run.step(n * g.block_size as u64, 0).await.is_err() || g.stopping.load(Ordering::Acquire)
+        {
             return Err(BdevError::IoFailed("resync stopped".into()));
         }
     }
@@ -934,7 +988,10 @@ async fn examine_bdev(name: &str) {
             header,
             body,
         });
-        let newest = c.iter().max_by_key(|x| x.header.generation).map(|x| x.body.legs.clone());
+        let newest = c
+            .iter()
+            .max_by_key(|x| x.header.generation)
+            .map(|x| x.body.legs.clone());
         newest.is_some_and(|legs| {
             legs.iter()
                 .filter(|l| l.state == LegState::Ok)
@@ -980,7 +1037,9 @@ async fn assemble(uuid: Uuid) {
                 leg.base = Some(b);
                 leg.state = LegState::Ok;
             }
-            Err(e) => tracing::error!(group = %gname, bdev = %rec.bdev, error = %e, "journal leg not opened"),
+            Err(e) => {
+                tracing::error!(group = %gname, bdev = %rec.bdev, error = %e, "journal leg not opened")
+            }
         }
     }
     let chans: [Option<crate::IoChannel>; 2] =
@@ -1014,7 +1073,16 @@ async fn assemble(uuid: Uuid) {
     st.next_seq = scan.next_seq;
     st.frontier = scan.head;
     st.frontier_seq = scan.next_seq;
-    let g = new_group(&gname, uuid, bs, body.log_blocks, legs, st, catalog, generation);
+    let g = new_group(
+        &gname,
+        uuid,
+        bs,
+        body.log_blocks,
+        legs,
+        st,
+        catalog,
+        generation,
+    );
     {
         let mut ix = g.index.lock();
         for r in &scan.records {

@@ -163,9 +163,7 @@ pub async fn start(name: &str, target: NewBase) -> Result<(), BdevError> {
         }
         NewBase::Bdev(b) => {
             if b == &layout.bdev && registry::get(b).is_some() {
-                return Err(invalid(format!(
-                    "{b} is the failed base: give a new bdev"
-                )));
+                return Err(invalid(format!("{b} is the failed base: give a new bdev")));
             }
             check(b, entry.num_blocks, None)?;
         }

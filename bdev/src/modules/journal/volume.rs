@@ -148,7 +148,10 @@ impl Bdev for ProtectedVolume {
         }
     }
     fn optimal_io_boundary(&self) -> u64 {
-        self.base.read().as_ref().map_or(0, |b| b.optimal_io_boundary)
+        self.base
+            .read()
+            .as_ref()
+            .map_or(0, |b| b.optimal_io_boundary)
     }
     fn write_unit_blocks(&self) -> u32 {
         self.base.read().as_ref().map_or(1, |b| b.write_unit_blocks)
@@ -263,13 +266,21 @@ impl VolumeChannel {
         let zeroes = matches!(io.io_type, IoType::WriteZeroes | IoType::Unmap);
         let (off, n) = (io.offset_blocks, io.num_blocks);
         let mut bio = BdevIo::new(
-            if zeroes { IoType::WriteZeroes } else { IoType::Write },
+            if zeroes {
+                IoType::WriteZeroes
+            } else {
+                IoType::Write
+            },
             off,
             n,
         );
         let mut jio = BdevIo::new(IoType::Write, off, n);
         jio.user_tag = record_tag(
-            if zeroes { RecordKind::Zeroes } else { RecordKind::Write },
+            if zeroes {
+                RecordKind::Zeroes
+            } else {
+                RecordKind::Write
+            },
             self.v.id,
         );
         if !zeroes {
@@ -300,7 +311,9 @@ impl VolumeChannel {
     fn flush(&self, io: BdevIo, me: Rc<VolumeChannel>, base: IoChannel) {
         let mut legs = self.v.group.leg_channels();
         for l in legs.iter_mut() {
-            if l.as_ref().is_some_and(|c| !c.bdev().supports(IoType::Flush)) {
+            if l.as_ref()
+                .is_some_and(|c| !c.bdev().supports(IoType::Flush))
+            {
                 *l = None;
             }
         }
@@ -362,13 +375,15 @@ impl IoSink for VolumeChannel {
             TAG_READ => {
                 self.outstanding.set(self.outstanding.get() - 1);
                 if fault(st) {
-                    self.v.go_offline(&format!("a read of the base failed: {st:?}"));
+                    self.v
+                        .go_offline(&format!("a read of the base failed: {st:?}"));
                 }
                 io.done();
             }
             TAG_BASE => {
                 if fault(st) && io.io_type != IoType::Flush {
-                    self.v.go_offline(&format!("a write to the base failed: {st:?}"));
+                    self.v
+                        .go_offline(&format!("a write to the base failed: {st:?}"));
                 }
                 drop(io);
                 self.child_done((tag & 0xffff_ffff) as u32, st);
