@@ -320,3 +320,301 @@ fn model_check_drains_leg_loss_restart_and_rebuild_beyond_redundancy() {
     wait_state("mc", "mc_v2", "online");
     check("mc_v2", &m2, "after the rebuild onto a new bdev");
 }
+
+#[test]
+fn a_full_journal_holds_writes_back_until_a_drain_trims_it() {
+    setup();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_path = repo.path().join("r").to_str().unwrap().to_string();
+    // A log of about 2.8 MiB; 8 MiB of writes must wait for drains (started by the full
+    // journal itself: the policy starts none).
+    mk_malloc("bp_ja", 3 * 1024);
+    mk_malloc("bp_jb", 3 * 1024);
+    mk_malloc("bp_base", 4 * 1024);
+    create_group(group_opts("bp", ["bp_ja", "bp_jb"], &repo_path)).unwrap();
+    create_volume("bp", "bp_v", "bp_base").unwrap();
+    wait_drain("bp", 1);
+    let mut model = read_all("bp_v");
+    let mut rng = SmallRng::seed_from_u64(7);
+    let bs = BS as usize;
+    let mut ops = Vec::new();
+    for i in 0..128u64 {
+        let off = (i % 64) * 128;
+        let data: Vec<u8> = (0..128 * bs).map(|_| rng.gen()).collect();
+        ops.push((off, data));
+    }
+    // Eight at a time, never overlapping within a wave.
+    for wave in ops.chunks(8) {
+        for (off, d) in wave {
+            model[*off as usize * bs..*off as usize * bs + d.len()].copy_from_slice(d);
+        }
+        let wave = wave.to_vec();
+        on_reactor(move || async move {
+            let d = registry::open("bp_v", |_| {}).unwrap();
+            let ch = d.channel().unwrap();
+            let hs: Vec<_> = wave
+                .into_iter()
+                .map(|(off, data)| {
+                    let ch = ch.clone();
+                    strata_reactor::spawn_local(async move { write_slice(&ch, off, &data).await })
+                })
+                .collect();
+            for h in hs {
+                h.await.expect("write held back by a full journal failed");
+            }
+        });
+    }
+    check("bp_v", &model, "after back-pressure");
+    let i = info("bp");
+    assert!(
+        i["journal"]["backpressure_waits"].as_u64().unwrap() > 0,
+        "{i}"
+    );
+    assert!(i["drains_done"].as_u64().unwrap() >= 2, "{i}");
+    assert!(i["journal"]["fill_percent"].as_f64().unwrap() <= 100.0);
+    // Everything since the last drain replays onto a new base with the chain.
+    wait_drain("bp", 0);
+    registry::unregister("bp_base").unwrap();
+    wait_state("bp", "bp_v", "offline");
+    mk_malloc("bp_base2", 4 * 1024);
+    on_reactor(|| async {
+        journal::rebuild::start("bp_v", NewBase::Bdev("bp_base2".into())).await
+    })
+    .unwrap();
+    wait_state("bp", "bp_v", "online");
+    check("bp_v", &model, "rebuilt after back-pressure");
+}
+
+/// Flips a byte of the oldest undrained record's data on one leg.
+fn damage_record(group: &str, leg: &str) -> u64 {
+    let g = journal::group(group).unwrap();
+    let r = *g
+        .index
+        .lock()
+        .records
+        .iter()
+        .find(|r| r.data_blocks > 0 && r.kind == journal::format::RecordKind::Write)
+        .unwrap();
+    let at = g.phys(r.data_pos);
+    let l = leg.to_string();
+    on_reactor(move || async move {
+        let d = registry::open(&l, |_| {}).unwrap();
+        let ch = d.channel().unwrap();
+        let mut b = read_vec(&ch, at, 1).await.unwrap();
+        b[17] ^= 0x5a;
+        write_slice(&ch, at, &b).await.unwrap();
+    });
+    r.seq
+}
+
+#[test]
+fn a_damaged_record_is_read_from_the_other_leg_and_never_silently() {
+    setup();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_path = repo.path().join("r").to_str().unwrap().to_string();
+    mk_malloc("dm_ja", 4 * 1024);
+    mk_malloc("dm_jb", 4 * 1024);
+    mk_malloc("dm_base", 1024);
+    create_group(group_opts("dm", ["dm_ja", "dm_jb"], &repo_path)).unwrap();
+    create_volume("dm", "dm_v", "dm_base").unwrap();
+    wait_drain("dm", 1);
+    let mut model = read_all("dm_v");
+    let mut rng = SmallRng::seed_from_u64(11);
+    random_writes("dm_v", &mut model, &mut rng, 32);
+    // Damaged on one leg: the rebuild's replay takes the other leg's copy and repairs it.
+    damage_record("dm", "dm_ja");
+    registry::unregister("dm_base").unwrap();
+    wait_state("dm", "dm_v", "offline");
+    mk_malloc("dm_base2", 1024);
+    on_reactor(|| async {
+        journal::rebuild::start("dm_v", NewBase::Bdev("dm_base2".into())).await
+    })
+    .unwrap();
+    wait_state("dm", "dm_v", "online");
+    check("dm_v", &model, "rebuilt past a record damaged on one leg");
+    assert!(
+        info("dm")["journal"]["damaged_records_repaired"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    // Damaged on both legs: the rebuild fails, says why, and the volume stays offline.
+    random_writes("dm_v", &mut model, &mut rng, 8);
+    damage_record("dm", "dm_ja");
+    damage_record("dm", "dm_jb");
+    registry::unregister("dm_base2").unwrap();
+    wait_state("dm", "dm_v", "offline");
+    mk_malloc("dm_base3", 1024);
+    on_reactor(|| async {
+        journal::rebuild::start("dm_v", NewBase::Bdev("dm_base3".into())).await
+    })
+    .unwrap();
+    for _ in 0..1000 {
+        if !vol_info("dm", "dm_v")["last_rebuild"].is_null()
+            && vol_info("dm", "dm_v")["state"] != "rebuilding"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let v = vol_info("dm", "dm_v");
+    assert_eq!(v["state"], "offline", "{v}");
+    assert_eq!(v["last_rebuild"]["result"], "failed", "{v}");
+    assert!(
+        v["last_rebuild"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("damaged"),
+        "{v}"
+    );
+    assert!(
+        info("dm")["journal"]["damaged_records_lost"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn recovery_from_the_repository_after_the_machines_metadata_is_lost() {
+    setup();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_path = repo.path().join("r").to_str().unwrap().to_string();
+    for m in ["rc_r1", "rc_r2", "rc_r3"] {
+        mk_malloc(m, 2048);
+    }
+    mk_raid5("rc_raid", &["rc_r1", "rc_r2", "rc_r3"]);
+    mk_malloc("rc_ja", 4 * 1024);
+    mk_malloc("rc_jb", 4 * 1024);
+    create_group(group_opts("rc", ["rc_ja", "rc_jb"], &repo_path)).unwrap();
+    create_volume("rc", "rc_v", "rc_raid").unwrap();
+    let mut attrs = BTreeMap::new();
+    attrs.insert("owner".to_string(), Some("db01".to_string()));
+    on_reactor(move || async move { journal::set_attributes("rc_v", attrs).await }).unwrap();
+    wait_drain("rc", 1);
+    let mut model = read_all("rc_v");
+    let mut rng = SmallRng::seed_from_u64(3);
+    random_writes("rc_v", &mut model, &mut rng, 32);
+    drain("rc");
+    // Undrained writes, and a volume made after the last drain (its catalog entry is only
+    // in the journal).
+    random_writes("rc_v", &mut model, &mut rng, 32);
+    mk_malloc("rc_late", 512);
+    create_volume("rc", "rc_late_v", "rc_late").unwrap();
+    wait_drain("rc", 0);
+    let mut late = read_all("rc_late_v");
+    random_writes("rc_late_v", &mut late, &mut rng, 8);
+    // The crash takes the machine's metadata: journal headers, the RAID's superblocks.
+    journal::stop_group("rc").unwrap();
+    on_reactor(|| async {
+        for l in ["rc_ja", "rc_jb"] {
+            let d = registry::open(l, |_| {}).unwrap();
+            let ch = d.channel().unwrap();
+            write_slice(&ch, 0, &vec![0u8; 256 * 1024]).await.unwrap();
+        }
+        raid::delete("rc_raid").await.unwrap();
+    });
+    let e = on_reactor(|| async {
+        journal::recover_group("rc", ["rc_ja".into(), "rc_jb".into()], "/nonexistent/repo").await
+    });
+    assert!(e.is_err());
+    let rp = repo_path.clone();
+    on_reactor(move || async move {
+        journal::recover_group("rc", ["rc_ja".into(), "rc_jb".into()], &rp).await
+    })
+    .unwrap();
+    let v = wait_state("rc", "rc_v", "offline");
+    assert_eq!(v["attributes"]["owner"], "db01", "{v}");
+    assert_eq!(v["layout"]["level"], "raid5", "{v}");
+    // The blueprint recreates the RAID-5 on the old members; backup + journal fill it.
+    let members = NewBase::Members(vec!["rc_r1".into(), "rc_r2".into(), "rc_r3".into()]);
+    on_reactor(move || async move { journal::rebuild::start("rc_v", members).await }).unwrap();
+    wait_state("rc", "rc_v", "online");
+    check(
+        "rc_v",
+        &model,
+        "recovered from the repository and the journal",
+    );
+    // The late volume's base survived: it is attached and replayed as it is.
+    wait_state("rc", "rc_late_v", "online");
+    check(
+        "rc_late_v",
+        &late,
+        "a volume the repository did not know yet",
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    setup();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_path = repo.path().join("r").to_str().unwrap().to_string();
+    mk_malloc("bi_small_a", 1024);
+    mk_malloc("bi_small_b", 1024);
+    mk_malloc("bi_ja", 4 * 1024);
+    mk_malloc("bi_jb", 4 * 1024);
+    let msg = |e: BdevError| e.to_string();
+    // A journal smaller than one record batch.
+    let e = create_group(group_opts("bi", ["bi_small_a", "bi_small_b"], &repo_path)).unwrap_err();
+    assert!(msg(e).contains("record batch"));
+    let e = create_group(group_opts("bi", ["bi_ja", "bi_ja"], &repo_path)).unwrap_err();
+    assert!(matches!(e, BdevError::Invalid(_)));
+    let e = create_group(group_opts("bad/name", ["bi_ja", "bi_jb"], &repo_path)).unwrap_err();
+    assert!(matches!(e, BdevError::Invalid(_)));
+    let e = create_group(group_opts("bi", ["bi_ja", "nope"], &repo_path)).unwrap_err();
+    assert!(matches!(e, BdevError::NotFound(_)));
+    create_group(group_opts("bi", ["bi_ja", "bi_jb"], &repo_path)).unwrap();
+    assert!(matches!(
+        create_group(group_opts("bi", ["bi_small_a", "bi_small_b"], &repo_path)),
+        Err(BdevError::Exists(_))
+    ));
+    // A base whose block size differs from the group's.
+    malloc::create(malloc::MallocOptions {
+        name: "bi_4k".into(),
+        num_blocks: 256,
+        block_size: 4096,
+        uuid: None,
+    })
+    .unwrap();
+    let e = create_volume("bi", "bi_v4k", "bi_4k").unwrap_err();
+    assert!(msg(e).contains("must match"));
+    mk_malloc("bi_base", 1024);
+    create_volume("bi", "bi_v", "bi_base").unwrap();
+    assert!(matches!(
+        create_volume("bi", "bi_v", "bi_base"),
+        Err(BdevError::Exists(_))
+    ));
+    assert!(matches!(
+        create_volume("nogroup", "x", "bi_base"),
+        Err(BdevError::NotFound(_))
+    ));
+    // An online volume has nothing to rebuild; a rebuild onto too small a bdev is refused
+    // before anything is touched.
+    wait_drain("bi", 1);
+    let e = on_reactor(|| async {
+        journal::rebuild::start("bi_v", NewBase::Bdev("bi_small_a".into())).await
+    })
+    .unwrap_err();
+    assert!(msg(e).contains("online"));
+    registry::unregister("bi_base").unwrap();
+    wait_state("bi", "bi_v", "offline");
+    mk_malloc("bi_tiny", 512);
+    let e = on_reactor(|| async {
+        journal::rebuild::start("bi_v", NewBase::Bdev("bi_tiny".into())).await
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("too small"), "{e}");
+    let e = on_reactor(|| async {
+        journal::rebuild::start("bi_v", NewBase::Members(vec!["bi_tiny".into()])).await
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("no RAID"), "{e}");
+    assert_eq!(vol_info("bi", "bi_v")["state"], "offline");
+    // The group holds a volume: not deleted.
+    let e = on_reactor(|| async { journal::delete_group("bi").await }).unwrap_err();
+    assert!(matches!(e, BdevError::Claimed { .. }));
+    on_reactor(|| async { journal::delete_volume("bi_v").await }).unwrap();
+    on_reactor(|| async { journal::delete_group("bi").await }).unwrap();
+    // The legs are free again and hold no journal.
+    create_group(group_opts("bi2", ["bi_ja", "bi_jb"], &repo_path)).unwrap();
+}

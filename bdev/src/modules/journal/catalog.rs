@@ -103,6 +103,9 @@ pub struct Catalog {
     pub group: String,
     pub group_uuid: String,
     pub block_size: u32,
+    /// Blocks of the log on each leg (the journal's geometry: a recovery from the
+    /// repository reads the legs with it).
+    pub log_blocks: u64,
     pub repository: String,
     pub drain: DrainPolicy,
     pub next_volume_id: u32,
@@ -118,6 +121,7 @@ impl Catalog {
         group: &str,
         uuid: &str,
         block_size: u32,
+        log_blocks: u64,
         repository: &str,
         drain: DrainPolicy,
     ) -> Catalog {
@@ -127,6 +131,7 @@ impl Catalog {
             group: group.into(),
             group_uuid: uuid.into(),
             block_size,
+            log_blocks,
             repository: repository.into(),
             drain,
             next_volume_id: 1,

@@ -548,6 +548,8 @@ pub struct Scan {
     pub dropped_after_torn: u64,
     /// Records whose copy on one leg was damaged (the other leg's was used).
     pub repaired: u64,
+    /// The highest run of a batch taken.
+    pub max_run: u32,
 }
 
 async fn read_header_at(
@@ -589,6 +591,7 @@ pub async fn scan(
         batches: 0,
         dropped_after_torn: 0,
         repaired: 0,
+        max_run: 0,
     };
     let phys = |p: u64| log_start + p % log_blocks;
     let mut pos = tail;
@@ -681,6 +684,7 @@ pub async fn scan(
             continue;
         }
         last_run = run;
+        out.max_run = out.max_run.max(run);
         out.records.extend(recs);
         out.batches += 1;
         pos = p + h.total_blocks;

@@ -402,7 +402,14 @@ pub async fn create_group(o: GroupOptions) -> Result<(), BdevError> {
         base: Some(base),
         state: LegState::Ok,
     });
-    let catalog = Catalog::new(&o.name, &uuid.to_string(), bs, &o.repository, o.drain);
+    let catalog = Catalog::new(
+        &o.name,
+        &uuid.to_string(),
+        bs,
+        log_blocks,
+        &o.repository,
+        o.drain,
+    );
     let g = new_group(
         &o.name,
         uuid,
@@ -1042,61 +1049,107 @@ async fn assemble(uuid: Uuid) {
             }
         }
     }
+    let start = Start {
+        name: gname,
+        uuid,
+        bs,
+        log_blocks: body.log_blocks,
+        tail: body.tail,
+        tail_seq: body.tail_seq,
+        max_run: body.run,
+        catalog: body.catalog.clone(),
+        generation,
+    };
+    if let Err(e) = bring_up(start, legs).await {
+        tracing::error!(group = %body.catalog.group, error = %e, "journal group not assembled");
+    }
+}
+
+/// What a group is brought up from: a header (re-assembly) or the repository's catalog
+/// (recovery after the loss of the machine's metadata).
+struct Start {
+    name: String,
+    uuid: Uuid,
+    bs: u32,
+    log_blocks: u64,
+    tail: u64,
+    tail_seq: u64,
+    max_run: u32,
+    catalog: Catalog,
+    generation: u64,
+}
+
+/// Scans the log from the start point, takes the newest catalog, writes the new run to the
+/// header, registers the group and its volumes (attaching the bases present).
+async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
+    let gname = s.name.clone();
     let chans: [Option<crate::IoChannel>; 2] =
         [0, 1].map(|i| legs[i].base.as_ref().and_then(|b| b.channel().ok()));
     if chans.iter().all(|c| c.is_none()) {
-        tracing::error!(group = %gname, "no usable journal leg: group not assembled");
-        return;
+        let g = new_group(
+            &gname,
+            s.uuid,
+            s.bs,
+            s.log_blocks,
+            legs,
+            LogState::new(0, 1, 1),
+            s.catalog,
+            0,
+        );
+        release_legs(&g);
+        return Err(BdevError::IoFailed(format!(
+            "group {gname}: no usable journal leg"
+        )));
     }
-    let log_start = format::LOG_START_BYTES / bs as u64;
+    let log_start = format::LOG_START_BYTES / s.bs as u64;
     let scan = log::scan(
         &chans,
-        &uuid,
-        bs,
+        &s.uuid,
+        s.bs,
         log_start,
-        body.log_blocks,
-        body.tail,
-        body.tail_seq,
-        body.run,
+        s.log_blocks,
+        s.tail,
+        s.tail_seq,
+        s.max_run,
     )
     .await;
     let catalog = match scan.catalog.as_deref().map(Catalog::parse) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
-            tracing::error!(group = %gname, error = %e, "the journal's newest catalog record is unusable: the header's copy is used");
-            body.catalog.clone()
+            tracing::error!(group = %gname, error = %e, "the journal's newest catalog record is unusable: the older copy is used");
+            s.catalog.clone()
         }
-        None => body.catalog.clone(),
+        None => s.catalog.clone(),
     };
-    let mut st = LogState::new(body.tail, body.tail_seq, body.run + 1);
+    let run = s.max_run.max(scan.max_run).saturating_add(1);
+    let mut st = LogState::new(s.tail, s.tail_seq, run);
     st.head = scan.head;
     st.next_seq = scan.next_seq;
     st.frontier = scan.head;
     st.frontier_seq = scan.next_seq;
     let g = new_group(
         &gname,
-        uuid,
-        bs,
-        body.log_blocks,
+        s.uuid,
+        s.bs,
+        s.log_blocks,
         legs,
         st,
         catalog,
-        generation,
+        s.generation,
     );
     {
         let mut ix = g.index.lock();
         for r in &scan.records {
-            ix.push(*r, bs);
+            ix.push(*r, s.bs);
         }
     }
     g.damaged_repaired.store(scan.repaired, Ordering::Relaxed);
     // The new run is on disk before anything is appended.
     if let Err(e) = g.persist_header().await {
-        tracing::error!(group = %gname, error = %e, "journal header not written: group not assembled");
         release_legs(&g);
-        return;
+        return Err(e);
     }
-    tracing::info!(group = %gname, batches = scan.batches, records = scan.records.len(), dropped_after_torn = scan.dropped_after_torn, repaired = scan.repaired, "journal group assembled from its legs");
+    tracing::info!(group = %gname, batches = scan.batches, records = scan.records.len(), dropped_after_torn = scan.dropped_after_torn, repaired = scan.repaired, run, "journal group up from its legs");
     if scan.dropped_after_torn > 0 {
         tracing::warn!(group = %gname, batches = scan.dropped_after_torn, "batches after a torn one were dropped (never acknowledged)");
     }
@@ -1127,6 +1180,102 @@ async fn assemble(uuid: Uuid) {
         }
     }
     start_housekeeping(&g);
+    Ok(g)
+}
+
+/// `bdev_journal_group_recover`: brings a group back after the loss of the machine's
+/// metadata (the journal headers, the target's configuration, the RAID superblocks): the
+/// layout from the repository's copy of the catalog, the records after its drain point from
+/// the journal legs (blank legs give the state of the last drain). Volumes whose bases are
+/// not there come up offline, to be rebuilt.
+pub async fn recover_group(
+    name: &str,
+    journal_bdevs: [String; 2],
+    repository: &str,
+) -> Result<(), BdevError> {
+    if group(name).is_some() {
+        return Err(BdevError::Exists(format!("journal group {name}")));
+    }
+    let r = backup::open_repository(repository, false).await?;
+    let (r2, n2) = (r.clone(), name.to_string());
+    let raw = backup::offload(move || r2.catalog(&n2))
+        .await?
+        .ok_or_else(|| BdevError::NotFound(format!("a catalog of group {name} in {repository}")))?;
+    let catalog = Catalog::parse(&raw)
+        .map_err(|e| invalid(format!("the repository's catalog of {name}: {e}")))?;
+    let uuid = Uuid::parse_str(&catalog.group_uuid).map_err(|_| {
+        invalid(format!(
+            "the repository's catalog of {name} has no group uuid"
+        ))
+    })?;
+    if journal_bdevs[0] == journal_bdevs[1] {
+        return Err(invalid("the two journal bdevs must differ".into()));
+    }
+    let need = catalog.log_blocks + format::LOG_START_BYTES / catalog.block_size as u64;
+    for leg in &journal_bdevs {
+        let (bs, nb) = check_leg(leg)?;
+        if bs != catalog.block_size || nb < need {
+            return Err(invalid(format!(
+                "{leg} does not fit the journal's geometry ({} blocks of {} bytes)",
+                need, catalog.block_size
+            )));
+        }
+        let d = registry::open(leg, |_| {})?;
+        let ch = d.channel()?;
+        if let Some((h, body)) = read_header(&ch).await {
+            return Err(BdevError::Exists(if h.uuid == uuid {
+                format!("{leg} holds this group's journal header: the group assembles from its legs (bdev_examine)")
+            } else {
+                format!("{leg} holds the journal of group {}", body.catalog.group)
+            }));
+        }
+    }
+    let mut legs_v = Vec::new();
+    for leg in &journal_bdevs {
+        match open_leg(leg, name) {
+            Ok(b) => legs_v.push(b),
+            Err(e) => {
+                for b in legs_v {
+                    b.release();
+                }
+                return Err(e);
+            }
+        }
+    }
+    // Slots of an older header could outrank the new ones: none is left.
+    for b in &legs_v {
+        if let Ok(ch) = b.channel() {
+            let z = vec![0u8; format::LOG_START_BYTES as usize];
+            let _ = wait::write_slice(&ch, 0, &z).await;
+        }
+    }
+    let legs: [Leg; 2] = [0, 1].map(|i| Leg {
+        name: legs_v[i].name.clone(),
+        uuid: legs_v[i].uuid,
+        base: Some(legs_v[i].clone()),
+        state: LegState::Ok,
+    });
+    let start = Start {
+        name: name.into(),
+        uuid,
+        bs: catalog.block_size,
+        log_blocks: catalog.log_blocks,
+        tail: catalog.drained.tail,
+        tail_seq: catalog.drained.seq.max(1),
+        max_run: u32::MAX - 1,
+        catalog: catalog.clone(),
+        generation: 0,
+    };
+    let g = bring_up(start, legs).await?;
+    tracing::warn!(group = %name, repository, volumes = g.volumes.lock().len(), "journal group recovered from the repository's catalog and the journal");
+    // Volumes without a base are offline now (not waiting for an examine).
+    for v in g.volumes.lock().iter() {
+        if v.state() == volume::NO_BASE {
+            *v.reason.lock() = "recovered from the repository: rebuild it".into();
+            v.state.store(volume::OFFLINE, Ordering::Release);
+        }
+    }
+    Ok(())
 }
 
 /// Claims a volume's base after a restart, brings it up to date with the journal's
