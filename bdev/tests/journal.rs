@@ -55,6 +55,7 @@ fn group_opts(name: &str, legs: [&str; 2], repo: &str) -> GroupOptions {
             fill_percent: 0,
             max_age_secs: 0,
             chunk_size: 64 * 1024,
+            max_bandwidth_mb_sec: 0,
         },
         create_repository: true,
     }

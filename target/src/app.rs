@@ -74,6 +74,8 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     let reactors = ReactorSet::start(&cores, mode)?;
     reactors.install_global();
     strata_nvmf::remote::init();
+    // Protected volume groups record where each volume is exported.
+    strata_bdev::modules::journal::set_export_lookup(exports_of);
     // Before any config: volumes assembled from it read their records there.
     if let Some(ep) = &opts.etcd {
         strata_bdev::volume::cluster::install(crate::cluster::EtcdStore::connect(ep)?);
@@ -221,4 +223,22 @@ fn close_bdevs() {
             let _ = registry::unregister(h.bdev.name());
         }
     }
+}
+
+/// The subsystems and namespaces bdev `name` is exported as (for the journal's catalog).
+fn exports_of(name: &str) -> Vec<strata_bdev::modules::journal::catalog::Export> {
+    strata_nvmf::target::Target::get()
+        .subsystems()
+        .iter()
+        .flat_map(|s| {
+            s.namespaces()
+                .into_iter()
+                .filter(|ns| ns.desc.name() == name)
+                .map(|ns| strata_bdev::modules::journal::catalog::Export {
+                    nqn: s.nqn.clone(),
+                    nsid: ns.nsid,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

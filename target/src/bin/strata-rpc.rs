@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use strata_target::rpc::params::{
-    backup, bdev, framework, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
+    backup, bdev, framework, journal, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
 };
 use strata_target::rpc_client::{
     error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
@@ -153,6 +153,31 @@ methods! {
     "backup_restore" => BackupRestore(backup::BackupRestore),
     /// Show backup verify and restore jobs.
     "backup_job_get" => BackupJobGet(backup::BackupJobGet),
+    /// Create a protected volume group: a mirrored journal on two bdevs and a backup
+    /// repository.
+    "bdev_journal_group_create" => BdevJournalGroupCreate(journal::JournalGroupCreate),
+    /// Delete a protected volume group (no volumes left; its journal headers are wiped).
+    "bdev_journal_group_delete" => BdevJournalGroupDelete(ByName),
+    /// Show protected volume groups: journal fill, oldest undrained record, volumes, jobs.
+    "bdev_journal_group_get" => BdevJournalGroupGet(journal::JournalGroupGet),
+    /// Drain a group now: undrained changes to the repository, then trim the journal.
+    "bdev_journal_group_drain" => BdevJournalGroupDrain(journal::JournalGroupDrain),
+    /// Change a group's drain conditions.
+    "bdev_journal_group_set_options" => BdevJournalGroupSetOptions(journal::JournalGroupSetOptions),
+    /// Put a new bdev in place of a failed journal leg (resynced from the other).
+    "bdev_journal_group_replace_leg" => BdevJournalGroupReplaceLeg(journal::JournalGroupReplaceLeg),
+    /// Bring a group back from its repository's catalog and its journal legs.
+    "bdev_journal_group_recover" => BdevJournalGroupRecover(journal::JournalGroupRecover),
+    /// Create a protected volume over a base bdev in a group.
+    "bdev_journal_volume_create" => BdevJournalVolumeCreate(journal::JournalVolumeCreate),
+    /// Delete a protected volume (its base is released untouched).
+    "bdev_journal_volume_delete" => BdevJournalVolumeDelete(ByName),
+    /// Show protected volumes: state, delta, last backup, layout, attributes, rebuild.
+    "bdev_journal_volume_get" => BdevJournalVolumeGet(journal::JournalVolumeGet),
+    /// Set (or with null remove) a protected volume's attributes.
+    "bdev_journal_volume_set_attributes" => BdevJournalVolumeSetAttributes(journal::JournalVolumeSetAttributes),
+    /// Rebuild a failed base from the blueprint, the backup chain and the journal.
+    "bdev_journal_volume_rebuild" => BdevJournalVolumeRebuild(journal::JournalVolumeRebuild),
     /// Resume a split mirror: copy the changes to the secondary.
     "bdev_mirror_resume" => BdevMirrorResume(mirror::MirrorResume),
     /// Scrub a mirror: compare the legs by checksums (and repair).
@@ -318,6 +343,18 @@ fn job_to_follow(method: &Method) -> Option<Follow> {
         Method::BdevParityVerify(p) if p.wait => {
             ("bdev_parity_get", &p.name, JOB, &["last_verify"])
         }
+        Method::BdevJournalGroupDrain(p) if p.wait => (
+            "bdev_journal_group_get",
+            &p.name,
+            &["drain"],
+            &["last_drain"],
+        ),
+        Method::BdevJournalVolumeRebuild(p) if p.wait => (
+            "bdev_journal_volume_get",
+            &p.name,
+            &["rebuild"],
+            &["last_rebuild"],
+        ),
         Method::BackupRestore(p) if p.wait => (REPO_JOB, "", JOB, JOB),
         Method::BackupVerify(p) if p.wait => (REPO_JOB, "", JOB, JOB),
         _ => return None,

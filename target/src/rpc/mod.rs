@@ -1,11 +1,13 @@
 //! JSON-RPC: the server ([`server`]), the methods' parameter structs ([`params`]), errors
 //! ([`error`]) and the method table, filled by one module per area ([`bdev_methods`],
-//! [`framework_methods`], [`mirror_methods`], [`parity_methods`], [`nvme_methods`], [`nvmf_methods`]).
+//! [`framework_methods`], [`mirror_methods`], [`parity_methods`], [`backup_methods`],
+//! [`journal_methods`], [`nvme_methods`], [`nvmf_methods`]).
 
 pub mod backup_methods;
 pub mod bdev_methods;
 pub mod error;
 pub mod framework_methods;
+pub mod journal_methods;
 pub mod mirror_methods;
 pub mod nvme_methods;
 pub mod nvmf_methods;
@@ -47,6 +49,7 @@ impl MethodTable {
         mirror_methods::register(&mut t);
         parity_methods::register(&mut t);
         backup_methods::register(&mut t);
+        journal_methods::register(&mut t);
         nvme_methods::register(&mut t);
         nvmf_methods::register(&mut t);
         Arc::new(t)

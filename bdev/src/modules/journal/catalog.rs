@@ -24,6 +24,9 @@ pub struct DrainPolicy {
     pub max_age_secs: u64,
     /// Bytes per backup chunk.
     pub chunk_size: u64,
+    /// Rate limit of drains and rebuilds (MB/s, 0: none), so they leave the disks to hosts.
+    #[serde(default)]
+    pub max_bandwidth_mb_sec: u32,
 }
 
 impl Default for DrainPolicy {
@@ -32,6 +35,7 @@ impl Default for DrainPolicy {
             fill_percent: 50,
             max_age_secs: 300,
             chunk_size: 1 << 20,
+            max_bandwidth_mb_sec: 0,
         }
     }
 }
@@ -87,6 +91,10 @@ pub struct VolumeEntry {
     pub attributes: BTreeMap<String, String>,
     pub backup: Option<VolumeBackup>,
     pub created: u64,
+    /// A rebuild started and has not finished: the base named above is not trusted (a
+    /// restart in the middle leaves a half-restored base) until a rebuild completes.
+    #[serde(default)]
+    pub rebuilding: bool,
 }
 
 /// Where the journal stood after the last drain.

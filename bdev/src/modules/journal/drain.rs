@@ -117,6 +117,7 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
         let c = g.catalog.lock();
         (c.volumes.clone(), c.repository.clone(), c.drain.chunk_size)
     };
+    let rate = || g.catalog.lock().drain.max_bandwidth_mb_sec as u64;
     let r = backup::open_repository(&repository, true).await?;
     let bs = g.block_size as u64;
     // Progress: every volume's delta bytes, and whole volumes for first backups.
@@ -138,7 +139,7 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
     let mut results = Vec::new();
     for (e, recs) in plan {
         *job.phase.lock() = format!("volume {}", e.name);
-        let b = backup_volume(g, job, &r, &e, &recs, upto, chunk_size, &mut run).await?;
+        let b = backup_volume(g, job, &r, &e, &recs, upto, chunk_size, &mut run, &rate).await?;
         job.backups.lock().push(json!({
             "volume": e.name,
             "backup": b.id,
@@ -222,6 +223,7 @@ async fn backup_volume(
     upto: u64,
     chunk_size: u64,
     run: &mut JobRun<'_>,
+    rate: &dyn Fn() -> u64,
 ) -> Result<VolumeBackup, BdevError> {
     let bs = g.block_size as u64;
     let (kind, parent, chunk_size, chain) = match &e.backup {
@@ -394,7 +396,7 @@ async fn backup_volume(
             }
             man.chunks.push(cref);
         }
-        if run.step(step, 0).await.is_err() {
+        if run.step(step, rate()).await.is_err() {
             return Err(BdevError::IoFailed("drain cancelled".into()));
         }
     }

@@ -539,6 +539,7 @@ pub async fn create_volume(
             attributes,
             backup: None,
             created: backup::now().0,
+            rebuilding: false,
         });
         c.updated = backup::now().0;
         id
@@ -666,6 +667,19 @@ pub fn get(name: Option<&str>) -> Result<Vec<Value>, BdevError> {
     Ok(gs.iter().map(|g| g.info()).collect())
 }
 
+/// `bdev_journal_volume_get`.
+pub fn get_volumes(name: Option<&str>) -> Result<Vec<Value>, BdevError> {
+    match name {
+        Some(n) => Ok(vec![find_volume(n)?.info()]),
+        None => Ok(GROUPS
+            .lock()
+            .iter()
+            .flat_map(|g| g.volumes.lock().clone())
+            .map(|v| v.info())
+            .collect()),
+    }
+}
+
 impl Group {
     pub fn info(&self) -> Value {
         let (head, tail, frontier_seq, run) = {
@@ -720,6 +734,7 @@ impl Group {
                 "fill_percent": c.drain.fill_percent,
                 "max_age_seconds": c.drain.max_age_secs,
                 "chunk_kb": c.drain.chunk_size / 1024,
+                "max_bandwidth_mb_sec": c.drain.max_bandwidth_mb_sec,
             },
             "drain": self.drain.current().map(|j| j.info()),
             "last_drain": self.last_drain.lock().clone(),
@@ -734,6 +749,7 @@ pub fn set_policy(
     name: &str,
     fill_percent: Option<u32>,
     max_age_secs: Option<u64>,
+    max_bandwidth_mb_sec: Option<u32>,
 ) -> Result<(), BdevError> {
     let g = find_group(name)?;
     if fill_percent.is_some_and(|f| f > 100) {
@@ -745,6 +761,9 @@ pub fn set_policy(
     }
     if let Some(a) = max_age_secs {
         c.drain.max_age_secs = a;
+    }
+    if let Some(b) = max_bandwidth_mb_sec {
+        c.drain.max_bandwidth_mb_sec = b;
     }
     Ok(())
 }
@@ -1284,6 +1303,27 @@ pub async fn recover_group(
 async fn attach_base(v: &Arc<ProtectedVolume>, base: &str) {
     if v.state() != volume::NO_BASE {
         return;
+    }
+    let entry = v.group.catalog.lock().volume(v.id).cloned();
+    if entry.as_ref().is_some_and(|e| e.rebuilding) {
+        *v.reason.lock() = "a rebuild was cut short: run bdev_journal_volume_rebuild again".into();
+        v.state.store(volume::OFFLINE, Ordering::Release);
+        tracing::error!(volume = %v.name, base, "a rebuild of this volume was interrupted: its base is not used; rebuild again");
+        return;
+    }
+    let uuid_now = registry::get(base).map(|h| h.bdev.uuid().to_string());
+    if let (Some(e), Some(u)) = (&entry, &uuid_now) {
+        // Only a RAID keeps its uuid across restarts (in its superblock); plain bdevs get
+        // a new one each time they are created.
+        if e.base.kind == "raid" && !e.base.uuid.is_empty() && &e.base.uuid != u {
+            *v.reason.lock() = format!(
+                "{base} is not the base the catalog names (uuid {u}, not {})",
+                e.base.uuid
+            );
+            v.state.store(volume::OFFLINE, Ordering::Release);
+            tracing::error!(volume = %v.name, base, "a bdev of the base's name with another uuid: not used");
+            return;
+        }
     }
     let b = match open_base(base, &v.name) {
         Ok(b) => b,

@@ -177,6 +177,16 @@ pub async fn start(name: &str, target: NewBase) -> Result<(), BdevError> {
         })?;
     v.state.store(volume::REBUILDING, Ordering::Release);
     *v.reason.lock() = "rebuilding from the repository and the journal".into();
+    // Durable before the old base is touched: a restart in the middle leaves the volume
+    // offline instead of serving a half-restored base.
+    if let Some(e) = g.catalog.lock().volume_mut(v.id) {
+        e.rebuilding = true;
+    }
+    if let Err(e) = super::append::append_catalog(&g).await {
+        v.state.store(st, Ordering::Release);
+        v.rebuild.release();
+        return Err(e);
+    }
     let v2 = v.clone();
     examine::on_a_reactor(move || async move {
         tracing::info!(volume = %v2.name, backup = %last.id, ?target, "rebuild started");
@@ -187,13 +197,13 @@ pub async fn start(name: &str, target: NewBase) -> Result<(), BdevError> {
                 v2.state.store(volume::ONLINE, Ordering::Release);
                 v2.reason.lock().clear();
                 tracing::info!(volume = %v2.name, secs, replayed, "rebuild done: volume online");
-                json!({ "result": "done", "seconds": secs, "backup": last.id, "replayed_records": replayed })
+                json!({ "kind": "rebuild", "percent": 100.0, "result": "done", "seconds": secs, "backup": last.id, "replayed_records": replayed })
             }
             Err(e) => {
                 *v2.reason.lock() = format!("rebuild failed: {e}");
                 v2.state.store(volume::OFFLINE, Ordering::Release);
                 tracing::error!(volume = %v2.name, error = %e, "rebuild failed: volume offline");
-                json!({ "result": "failed", "error": e.to_string(), "seconds": secs })
+                json!({ "kind": "rebuild", "result": "failed", "error": e.to_string(), "seconds": secs })
             }
         };
         *v2.last_rebuild.lock() = Some(info);
@@ -302,7 +312,8 @@ async fn run(
             None => zero(&base_ch, lba, n, bs).await,
         };
         res.map_err(|st| BdevError::IoFailed(format!("restoring chunk {i}: {st:?}")))?;
-        if run.step(n * bs, 0).await.is_err() || g.stopping.load(Ordering::Acquire) {
+        let rate = g.catalog.lock().drain.max_bandwidth_mb_sec as u64;
+        if run.step(n * bs, rate).await.is_err() || g.stopping.load(Ordering::Acquire) {
             return Err(BdevError::IoFailed("rebuild stopped".into()));
         }
     }
@@ -315,6 +326,7 @@ async fn run(
     let new_layout = super::layout_of(&base_name);
     if let Some(e) = g.catalog.lock().volume_mut(v.id) {
         e.base = new_layout;
+        e.rebuilding = false;
     }
     super::append::append_catalog(&g).await?;
     v.set_base(Some(base));

@@ -101,6 +101,7 @@ impl ProtectedVolume {
         let rebuild = self.rebuild.current().map(|p| p.report().json(p.kind));
         json!({
             "name": self.name,
+            "group": self.group.name,
             "uuid": self.uuid.to_string(),
             "id": self.id,
             "state": state_name(self.state()),

@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod bdev;
 pub mod framework;
+pub mod journal;
 pub mod mirror;
 pub mod nvme;
 pub mod nvmf;
