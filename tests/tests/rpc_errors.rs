@@ -850,3 +850,167 @@ fn split_backup_methods_refuse_bad_input() {
     assert!(t.bdevs().iter().all(|b| b["name"] != "M_pit"));
     assert_alive(&t);
 }
+
+#[test]
+fn journal_methods_refuse_bad_input() {
+    let t = Target::start(&[]);
+    for (name, blocks, bs) in [
+        ("ja", 4096, 4096),
+        ("jb", 4096, 4096),
+        ("tiny_a", 64, 4096),
+        ("tiny_b", 64, 4096),
+        ("base", 2048, 4096),
+        ("base512", 8192, 512),
+    ] {
+        t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": blocks, "block_size": bs}),
+        );
+    }
+    let bad = |method: &str, params: Value, code: i64, needle: &str| {
+        let (c, msg) = t.rpc_err(method, params.clone());
+        assert_eq!(c, code, "{method} {params}: {msg}");
+        assert!(msg.contains(needle), "{method} {params}: {msg}");
+    };
+    let repo = t.dir().join("repo").to_string_lossy().to_string();
+    for (params, code, needle) in [
+        (
+            json!({"name": "G", "journal_bdevs": ["ja"], "repository": repo}),
+            -32602,
+            "exactly two",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["ja", "jb"]}),
+            -32602,
+            "repository",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["ja", "jb"], "repository": repo, "chunk_kb": 3}),
+            -32602,
+            "chunk_kb",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["ja", "jb"], "repository": repo, "drain_fill_percent": 101}),
+            -32602,
+            "drain_fill_percent",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["tiny_a", "tiny_b"], "repository": repo}),
+            -32602,
+            "record batch",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["ja", "nope"], "repository": repo}),
+            -19,
+            "nope",
+        ),
+        (
+            json!({"name": "G/x", "journal_bdevs": ["ja", "jb"], "repository": repo}),
+            -32602,
+            "group name",
+        ),
+        (
+            json!({"name": "G", "journal_bdevs": ["ja", "jb"], "repository": repo, "extra": 1}),
+            -32602,
+            "extra",
+        ),
+    ] {
+        bad("bdev_journal_group_create", params, code, needle);
+    }
+    t.rpc_ok(
+        "bdev_journal_group_create",
+        json!({"name": "G", "journal_bdevs": "ja jb", "repository": repo, "chunk_kb": 64}),
+    );
+    bad(
+        "bdev_journal_group_create",
+        json!({"name": "G", "journal_bdevs": ["tiny_a", "tiny_b"], "repository": repo}),
+        -17,
+        "G",
+    );
+    bad(
+        "bdev_journal_volume_create",
+        json!({"group": "G", "name": "V", "base_bdev": "base512"}),
+        -32602,
+        "must match",
+    );
+    bad(
+        "bdev_journal_volume_create",
+        json!({"group": "G", "name": "V", "base_bdev": "base", "attributes": {"k": 1}}),
+        -32602,
+        "attributes",
+    );
+    bad(
+        "bdev_journal_volume_create",
+        json!({"group": "nope", "name": "V", "base_bdev": "base"}),
+        -19,
+        "nope",
+    );
+    t.rpc_ok(
+        "bdev_journal_volume_create",
+        json!({"group": "G", "name": "V", "base_bdev": "base", "attributes": {"owner": "ops"}}),
+    );
+    bad(
+        "bdev_journal_volume_create",
+        json!({"group": "G", "name": "V", "base_bdev": "base"}),
+        -17,
+        "V",
+    );
+    bad(
+        "bdev_journal_volume_set_attributes",
+        json!({"name": "V", "attributes": ["x"]}),
+        -32602,
+        "attributes",
+    );
+    t.rpc_ok(
+        "bdev_journal_volume_set_attributes",
+        json!({"name": "V", "attributes": {"owner": null, "tier": "gold"}}),
+    );
+    let v = t.rpc_ok("bdev_journal_volume_get", json!({"name": "V"}))[0].clone();
+    assert_eq!(v["attributes"], json!({"tier": "gold"}), "{v}");
+    bad(
+        "bdev_journal_volume_rebuild",
+        json!({"name": "V"}),
+        -32602,
+        "base_bdevs",
+    );
+    bad(
+        "bdev_journal_volume_rebuild",
+        json!({"name": "V", "base_bdev": "ja", "base_bdevs": ["jb"]}),
+        -32602,
+        "not both",
+    );
+    bad(
+        "bdev_journal_volume_rebuild",
+        json!({"name": "V", "base_bdev": "tiny_a"}),
+        -32602,
+        "online",
+    );
+    bad(
+        "bdev_journal_group_replace_leg",
+        json!({"name": "G", "new_bdev": "tiny_a"}),
+        -32602,
+        "",
+    );
+    bad(
+        "bdev_journal_group_delete",
+        json!({"name": "G"}),
+        -16,
+        "volumes",
+    );
+    bad(
+        "bdev_journal_group_get",
+        json!({"name": "nope"}),
+        -19,
+        "nope",
+    );
+    bad(
+        "bdev_journal_volume_get",
+        json!({"name": "nope"}),
+        -19,
+        "nope",
+    );
+    let g = t.rpc_ok("bdev_journal_group_get", json!({"name": "G"}))[0].clone();
+    assert_eq!(g["volumes"][0]["name"], "V", "{g}");
+    assert_eq!(g["drain_policy"]["chunk_kb"], 64, "{g}");
+    assert_alive(&t);
+}
