@@ -82,7 +82,7 @@ fn linux_host_pattern_survives_two_raid5_members_lost_via_backup_and_journal() {
     let t = TgtProcess::launch(dir.path(), "k", cfg, NQN, "PV", &["--interrupt-mode"]);
     let v = volume(&t);
     assert!(
-        v["num_blocks"].as_u64().unwrap() * BS >= 2 * MIB << 20,
+        v["num_blocks"].as_u64().unwrap() * BS >= (2 * MIB) << 20,
         "{v}"
     );
 
