@@ -2,7 +2,7 @@
 //!
 //! Each scrape builds a fresh registry from the same reports the JSON-RPC methods give
 //! (`bdev_get_iostat`, `framework_get_reactors`, `nvmf_get_stats`, `bdev_raid_get_bdevs`,
-//! `bdev_mirror_get`), so a graph and an `rpc.py` call never disagree, and nothing on the I/O
+//! `bdev_mirror_get`, `bdev_journal_group_get`), so a graph and an `rpc.py` call never disagree, and nothing on the I/O
 //! path changes. The HTTP server runs on its own thread; it never touches a reactor directly
 //! (the methods do that with their own timeouts).
 
@@ -362,6 +362,107 @@ pub fn gather(methods: &MethodTable) -> Result<Vec<u8>, MetricsError> {
                 .set(j.get("mb_per_sec").and_then(Value::as_f64).unwrap_or(0.0) * 1e6);
         }
     }
+    // Protected volume groups: journal fill and back-pressure, volumes' states and jobs.
+    let jfill = gauge(
+        "strata_journal_fill_ratio",
+        "Fraction of the journal's log in use (undrained records)",
+        &["group"],
+    )?;
+    let jundrained = igauge(
+        "strata_journal_undrained_records",
+        "Journal records not yet drained to the backup repository",
+        &["group"],
+    )?;
+    let jage = gauge(
+        "strata_journal_oldest_undrained_seconds",
+        "Age of the oldest undrained journal record",
+        &["group"],
+    )?;
+    let jwaits = counter(
+        "strata_journal_backpressure_waits_total",
+        "Journal batches that waited for a drain to trim a full journal",
+        &["group"],
+    )?;
+    let jdrains = counter(
+        "strata_journal_drains_total",
+        "Drains completed (undrained changes copied to the repository, journal trimmed)",
+        &["group"],
+    )?;
+    let jlegs = igauge(
+        "strata_journal_legs_ok",
+        "Journal legs holding every record",
+        &["group"],
+    )?;
+    let jdelta = igauge(
+        "strata_journal_volume_delta_bytes",
+        "Bytes of a protected volume's changes not yet in the repository",
+        &["group", "volume"],
+    )?;
+    for g in arr(&report(methods, "bdev_journal_group_get", None)) {
+        let name = s(g, "name");
+        let j = g.get("journal").unwrap_or(&Value::Null);
+        jfill
+            .with_label_values(&[name])
+            .set(j.get("fill_percent").and_then(Value::as_f64).unwrap_or(0.0) / 100.0);
+        jundrained
+            .with_label_values(&[name])
+            .set(u(j, "undrained_records") as i64);
+        jage.with_label_values(&[name]).set(
+            j.get("oldest_undrained_age_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+        );
+        jwaits
+            .with_label_values(&[name])
+            .inc_by(u(j, "backpressure_waits"));
+        jdrains
+            .with_label_values(&[name])
+            .inc_by(u(g, "drains_done"));
+        let ok = arr(j.get("legs").unwrap_or(&Value::Null))
+            .iter()
+            .filter(|l| s(l, "state") == "ok")
+            .count();
+        jlegs.with_label_values(&[name]).set(ok as i64);
+        for v in arr(g.get("volumes").unwrap_or(&Value::Null)) {
+            let vn = s(v, "name");
+            state
+                .with_label_values(&[vn, "journal", s(v, "state")])
+                .set(1);
+            jdelta
+                .with_label_values(&[name, vn])
+                .set(u(v, "delta_bytes") as i64);
+            if let Some(r) = v.get("rebuild").filter(|r| !r.is_null()) {
+                jpct.with_label_values(&[vn, "rebuild"])
+                    .set(r.get("percent").and_then(Value::as_f64).unwrap_or(0.0));
+                jdone
+                    .with_label_values(&[vn, "rebuild"])
+                    .set(u(r, "done_bytes") as i64);
+                jtotal
+                    .with_label_values(&[vn, "rebuild"])
+                    .set(u(r, "total_bytes") as i64);
+            }
+        }
+        if let Some(d) = g.get("drain").filter(|d| !d.is_null()) {
+            jpct.with_label_values(&[name, "drain"])
+                .set(d.get("percent").and_then(Value::as_f64).unwrap_or(0.0));
+            jdone
+                .with_label_values(&[name, "drain"])
+                .set(u(d, "done_bytes") as i64);
+            jtotal
+                .with_label_values(&[name, "drain"])
+                .set(u(d, "total_bytes") as i64);
+            jrate
+                .with_label_values(&[name, "drain"])
+                .set(d.get("mb_per_sec").and_then(Value::as_f64).unwrap_or(0.0) * 1e6);
+        }
+    }
+    reg("strata_journal_fill_ratio", Box::new(jfill))?;
+    reg("strata_journal_undrained_records", Box::new(jundrained))?;
+    reg("strata_journal_oldest_undrained_seconds", Box::new(jage))?;
+    reg("strata_journal_backpressure_waits_total", Box::new(jwaits))?;
+    reg("strata_journal_drains_total", Box::new(jdrains))?;
+    reg("strata_journal_legs_ok", Box::new(jlegs))?;
+    reg("strata_journal_volume_delta_bytes", Box::new(jdelta))?;
     reg("strata_volume_state", Box::new(state))?;
     reg("strata_volume_members_operational", Box::new(members))?;
     reg("strata_job_percent", Box::new(jpct))?;

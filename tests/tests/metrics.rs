@@ -224,3 +224,54 @@ fn a_bad_metrics_address_stops_the_start_with_a_message() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_show_a_journal_groups_legs_drains_and_volumes() {
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let t = Target::start(&["--no-default", "--metrics", &addr]);
+    for (n, blocks) in [("JA", 2048), ("JB", 2048), ("B0", 1024)] {
+        t.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": n, "num_blocks": blocks, "block_size": BS}),
+        );
+    }
+    let repo = t.dir().join("repo");
+    t.rpc_ok(
+        "bdev_journal_group_create",
+        json!({"name": "G", "journal_bdevs": "JA JB", "repository": repo}),
+    );
+    t.rpc_ok(
+        "bdev_journal_volume_create",
+        json!({"group": "G", "name": "PV", "base_bdev": "B0"}),
+    );
+    // The volume's first drain (its full backup) ends.
+    assert!(wait_for(Duration::from_secs(60), || {
+        let g = t.rpc_ok("bdev_journal_group_get", json!({"name": "G"}));
+        g[0]["drain"].is_null() && g[0]["drains_done"].as_u64() >= Some(1)
+    }));
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        sample(&body, "strata_journal_legs_ok", &[("group", "G")]),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "strata_journal_drains_total", &[("group", "G")]) >= Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "strata_journal_fill_ratio", &[("group", "G")]).is_some(),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "strata_volume_state",
+            &[("volume", "PV"), ("kind", "journal"), ("state", "online")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+}
