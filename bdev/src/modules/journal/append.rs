@@ -281,7 +281,11 @@ impl Appender {
 
 /// Appends the group's catalog as a journal record (from management code on a reactor).
 pub async fn append_catalog(g: &Arc<Group>) -> Result<(), crate::BdevError> {
-    let raw = g.catalog.lock().to_bytes();
+    let raw = {
+        let mut c = g.catalog.lock();
+        c.touch();
+        c.to_bytes()
+    };
     let bs = g.block_size as usize;
     let blocks = raw.len().div_ceil(bs).max(1);
     let mut padded = vec![0u8; blocks * bs];

@@ -122,6 +122,10 @@ pub struct Catalog {
     /// recovery from the repository starts reading the journal).
     pub drained: DrainPoint,
     pub updated: u64,
+    /// Bumped by every change: of two copies (the header's, the newest journal record, the
+    /// repository's) the one with the higher revision is the newer.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Catalog {
@@ -146,6 +150,7 @@ impl Catalog {
             volumes: Vec::new(),
             drained: DrainPoint::default(),
             updated: crate::backup::now().0,
+            revision: 1,
         }
     }
 
@@ -171,6 +176,12 @@ impl Catalog {
             ));
         }
         Ok(c)
+    }
+
+    /// Marks a change (a new revision).
+    pub fn touch(&mut self) {
+        self.revision += 1;
+        self.updated = crate::backup::now().0;
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -160,7 +160,7 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
             tail: point,
             seq: point_seq,
         };
-        c.updated = backup::now().0;
+        c.touch();
         c.to_bytes()
     };
     let (r2, name) = (r.clone(), g.name.clone());

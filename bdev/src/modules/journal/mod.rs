@@ -1132,13 +1132,15 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
         s.max_run,
     )
     .await;
+    // The newer of the copy we start from and the newest journal record: a drain writes its
+    // catalog to the header only, so the record may be the older one.
     let catalog = match scan.catalog.as_deref().map(Catalog::parse) {
-        Some(Ok(c)) => c,
+        Some(Ok(c)) if c.revision >= s.catalog.revision => c,
+        Some(Ok(_)) | None => s.catalog.clone(),
         Some(Err(e)) => {
             tracing::error!(group = %gname, error = %e, "the journal's newest catalog record is unusable: the older copy is used");
             s.catalog.clone()
         }
-        None => s.catalog.clone(),
     };
     let run = s.max_run.max(scan.max_run).saturating_add(1);
     let mut st = LogState::new(s.tail, s.tail_seq, run);
