@@ -55,12 +55,8 @@ impl DrainJob {
     }
 }
 
-/// Starts a drain unless one runs. Returns whether this call started it.
-pub fn request(g: &Arc<Group>, reason: &str) -> bool {
-    if g.stopping.load(Ordering::Acquire) {
-        return false;
-    }
-    let Some(job) = g.drain.reserve(|| DrainJob {
+fn new_job(g: &Group, reason: &str) -> DrainJob {
+    DrainJob {
         reason: reason.to_string(),
         progress: Progress::new("drain", Some(g.name.clone()), 0),
         phase: Mutex::new("starting".into()),
@@ -68,41 +64,62 @@ pub fn request(g: &Arc<Group>, reason: &str) -> bool {
         backups: Mutex::new(Vec::new()),
         stored_chunks: AtomicU64::new(0),
         stored_bytes: AtomicU64::new(0),
-    }) else {
+    }
+}
+
+/// Starts a drain unless one runs. Returns whether this call started it.
+pub fn request(g: &Arc<Group>, reason: &str) -> bool {
+    if g.stopping.load(Ordering::Acquire) {
+        return false;
+    }
+    let Some(mut job) = g.drain.reserve(|| new_job(g, reason)) else {
         return false;
     };
     let g = g.clone();
     examine::on_a_reactor(move || async move {
-        tracing::info!(group = %g.name, reason = %job.reason, "drain started");
-        let res = run(&g, &job).await;
-        let mut info = job.info();
-        match &res {
-            Ok(()) => {
-                g.drains_done.fetch_add(1, Ordering::Relaxed);
-                info["result"] = json!("done");
-                tracing::info!(group = %g.name, secs = job.progress.started.elapsed().as_secs_f64(), upto = job.upto_seq.load(Ordering::Relaxed),
-                    stored_bytes = job.stored_bytes.load(Ordering::Relaxed), "drain done; journal trimmed");
+        loop {
+            tracing::info!(group = %g.name, reason = %job.reason, "drain started");
+            let res = run(&g, &job).await;
+            let mut info = job.info();
+            match &res {
+                Ok(()) => {
+                    g.drains_done.fetch_add(1, Ordering::Relaxed);
+                    info["result"] = json!("done");
+                    tracing::info!(group = %g.name, secs = job.progress.started.elapsed().as_secs_f64(), upto = job.upto_seq.load(Ordering::Relaxed),
+                        stored_bytes = job.stored_bytes.load(Ordering::Relaxed), "drain done; journal trimmed");
+                }
+                Err(e) => {
+                    info["result"] = json!("failed");
+                    info["error"] = json!(e.to_string());
+                    tracing::error!(group = %g.name, error = %e, "drain failed: the journal keeps every record");
+                }
             }
-            Err(e) => {
-                info["result"] = json!("failed");
-                info["error"] = json!(e.to_string());
-                tracing::error!(group = %g.name, error = %e, "drain failed: the journal keeps every record");
+            *g.last_drain.lock() = Some(info);
+            // An operator asked for a drain while this one ran: its point may be later.
+            // The slot passes to the next drain without a gap (`--wait` follows both).
+            let mut slot = g.drain.lock();
+            if g.drain_again.swap(false, Ordering::AcqRel) && !g.stopping.load(Ordering::Acquire) {
+                job = Arc::new(new_job(&g, "rpc (asked during the previous drain)"));
+                *slot = Some(job.clone());
+                continue;
             }
+            *slot = None;
+            return;
         }
-        *g.last_drain.lock() = Some(info);
-        g.drain.release();
     });
     true
 }
 
-/// `bdev_journal_group_drain`: starts a drain now. Err if one runs.
+/// `bdev_journal_group_drain`: starts a drain now; while one runs, another follows it (its
+/// point takes in what was written meanwhile).
 pub fn start(name: &str) -> Result<(), BdevError> {
     let g = super::find_group(name)?;
     if !request(&g, "rpc") {
-        return Err(BdevError::Claimed {
-            name: format!("journal group {name}"),
-            by: "a running drain".into(),
-        });
+        g.drain_again.store(true, Ordering::Release);
+        // The running one may have ended between the two calls: then start now.
+        if request(&g, "rpc") {
+            g.drain_again.store(false, Ordering::Release);
+        }
     }
     Ok(())
 }

@@ -67,6 +67,8 @@ pub struct Group {
     pub volumes: Mutex<Vec<Arc<ProtectedVolume>>>,
     pub stopping: AtomicBool,
     pub drain: JobSlot<drain::DrainJob>,
+    /// A drain was asked for while one ran: another follows it.
+    pub drain_again: AtomicBool,
     pub last_drain: Mutex<Option<Value>>,
     pub resync: JobSlot<Progress>,
     pub backpressure_waits: AtomicU64,
@@ -304,6 +306,7 @@ fn new_group(
         volumes: Mutex::new(Vec::new()),
         stopping: AtomicBool::new(false),
         drain: JobSlot::default(),
+        drain_again: AtomicBool::new(false),
         last_drain: Mutex::new(None),
         resync: JobSlot::default(),
         backpressure_waits: AtomicU64::new(0),
