@@ -664,3 +664,81 @@ fn a_catalog_change_during_a_drain_does_not_undo_the_drains_record_after_a_resta
     wait_state("cd", "cd_va", "online");
     check("cd_va", &model, "rebuilt after a restart");
 }
+
+#[test]
+fn a_volume_whose_base_fails_before_its_first_backup_does_not_stop_the_others_draining() {
+    setup();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_path = repo.path().join("r").to_str().unwrap().to_string();
+    mk_malloc("sk_ja", 8 * 1024);
+    mk_malloc("sk_jb", 8 * 1024);
+    mk_malloc("sk_a", 2048);
+    create_group(group_opts("sk", ["sk_ja", "sk_jb"], &repo_path)).unwrap();
+    create_volume("sk", "sk_va", "sk_a").unwrap();
+    wait_drain("sk", 1);
+    let mut ma = read_all("sk_va");
+    let mut rng = SmallRng::seed_from_u64(9);
+    random_writes("sk_va", &mut ma, &mut rng, 16);
+    // B's first (full) backup is slow; its base goes away in the middle.
+    journal::set_policy("sk", None, None, Some(1)).unwrap();
+    mk_malloc("sk_b", 2048);
+    create_volume("sk", "sk_vb", "sk_b").unwrap();
+    let mut mb = read_all("sk_vb");
+    random_writes("sk_vb", &mut mb, &mut rng, 8);
+    registry::unregister("sk_b").unwrap();
+    wait_state("sk", "sk_vb", "offline");
+    journal::set_policy("sk", None, None, Some(0)).unwrap();
+    for _ in 0..1000 {
+        if info("sk")["drain"].is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        info("sk")["last_drain"]["result"],
+        "failed",
+        "{}",
+        info("sk")
+    );
+    // The next drain leaves B out and still drains A; B's records stay in the journal.
+    random_writes("sk_va", &mut ma, &mut rng, 16);
+    let chain = vol_info("sk", "sk_va")["last_backup"]["chain"]
+        .as_u64()
+        .unwrap();
+    let d = drain("sk");
+    assert_eq!(d["result"], "done", "{d}");
+    assert_eq!(
+        vol_info("sk", "sk_va")["last_backup"]["chain"]
+            .as_u64()
+            .unwrap(),
+        chain + 1
+    );
+    assert!(vol_info("sk", "sk_vb")["delta_records"].as_u64().unwrap() > 0);
+    // B cannot be rebuilt (no backup): a clear refusal. A can, holding every write.
+    mk_malloc("sk_b2", 2048);
+    let e = on_reactor(|| async {
+        journal::rebuild::start("sk_vb", NewBase::Bdev("sk_b2".into())).await
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("no backup"), "{e}");
+    registry::unregister("sk_a").unwrap();
+    wait_state("sk", "sk_va", "offline");
+    mk_malloc("sk_a2", 2048);
+    on_reactor(|| async { journal::rebuild::start("sk_va", NewBase::Bdev("sk_a2".into())).await })
+        .unwrap();
+    wait_state("sk", "sk_va", "online");
+    check(
+        "sk_va",
+        &ma,
+        "rebuilt while another volume held the trim back",
+    );
+    // Once B is deleted, a drain trims everything.
+    on_reactor(|| async { journal::delete_volume("sk_vb").await }).unwrap();
+    drain("sk");
+    assert_eq!(
+        info("sk")["journal"]["undrained_records"],
+        0,
+        "{}",
+        info("sk")
+    );
+}

@@ -25,7 +25,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Data one batch carries at most (a single larger record still goes alone).
-const MAX_BATCH_DATA: u64 = 2 << 20;
+pub const MAX_BATCH_DATA: u64 = 1 << 20;
 
 pub const KIND_SHIFT: u32 = 32;
 
@@ -211,6 +211,8 @@ impl Appender {
             });
             locs.push(RecordLoc {
                 seq: first_seq + k as u64,
+                batch_pos: pos,
+                batch_seq: first_seq,
                 kind,
                 volume,
                 lba,
@@ -230,11 +232,11 @@ impl Appender {
         };
         format::encode_batch(hbuf.as_mut_slice(), &g.uuid, &header);
         // One write per leg: header, then every record's data.
-        let chans = g.leg_channels();
+        let chans = g.write_legs();
         let lba = g.phys(pos);
         let mut waits = Vec::with_capacity(2);
-        for (i, ch) in chans.iter().enumerate() {
-            let Some(ch) = ch else { continue };
+        for (i, leg) in chans.iter().enumerate() {
+            let Some((ch, complete)) = leg else { continue };
             let mut w = BdevIo::new(IoType::Write, lba, total);
             // Lengths were checked above: the views cover what they must.
             share_range(std::slice::from_ref(&hbuf), 0, hdr_len, &mut w.bufs);
@@ -244,23 +246,29 @@ impl Appender {
                     share_range(&io.bufs, 0, len, &mut w.bufs);
                 }
             }
-            waits.push((i, wait::submit_wait(ch, w)));
+            waits.push((i, *complete, wait::submit_wait(ch, w)));
         }
+        // Durable only on a leg that holds every record (a resyncing one does not).
         let mut ok_legs = 0;
         let mut failed = false;
-        for (i, w) in waits {
+        for (i, complete, w) in waits {
             let io = w.await;
             if io.status.is_success() {
-                ok_legs += 1;
+                if complete {
+                    ok_legs += 1;
+                }
             } else {
-                failed |= g.fail_leg(i, &format!("journal write failed: {:?}", io.status));
+                g.fail_leg(i, &format!("journal write failed: {:?}", io.status));
+                failed = true;
             }
         }
         drop(hbuf);
-        if failed && g.persist_header().await.is_err() {
+        // The header must show every failed leg before a write only the other one holds is
+        // acknowledged (whoever noticed the failure first).
+        if (failed || ok_legs < 2) && g.leg_states_durable().await.is_err() {
             ok_legs = 0;
         }
-        if ok_legs == 0 {
+        if ok_legs == 0 || g.journal_lost() {
             g.batch_done(pos, Vec::new());
             return IoStatus::Failed;
         }

@@ -137,13 +137,38 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
     let rate = || g.catalog.lock().drain.max_bandwidth_mb_sec as u64;
     let r = backup::open_repository(&repository, true).await?;
     let bs = g.block_size as u64;
-    // Progress: every volume's delta bytes, and whole volumes for first backups.
+    // Progress: every volume's delta bytes, and whole volumes for first backups. A volume
+    // with no backup yet whose base is not online (or that is not registered yet) cannot
+    // have its first backup taken: it is left out, and the trim stops before its first
+    // record, so nothing of it is lost and the other volumes still drain.
     let mut plan = Vec::new();
     let mut total = 0u64;
+    let mut cut = (point, point_seq);
     for e in vols {
-        let recs = g.index.lock().volume_records(e.id, upto);
-        if recs.is_empty() && e.backup.is_some() {
-            continue;
+        let mut recs = g.index.lock().volume_records(e.id, upto);
+        if let Some(b) = &e.backup {
+            // Records a drain held back for another volume are in this one's backup already.
+            recs.retain(|r| r.seq > b.seq);
+            if recs.is_empty() {
+                continue;
+            }
+        } else {
+            let online = super::volume(&e.name).is_some_and(|v| v.state() == super::volume::ONLINE);
+            if !online {
+                if let Some(first) = g
+                    .index
+                    .lock()
+                    .records
+                    .iter()
+                    .find(|r| r.volume == e.id && r.kind != RecordKind::Catalog)
+                {
+                    if first.batch_seq < cut.1 {
+                        cut = (first.batch_pos, first.batch_seq);
+                    }
+                }
+                tracing::warn!(group = %g.name, volume = %e.name, "volume left out of the drain: no backup yet and its base is not online (the journal keeps its records)");
+                continue;
+            }
         }
         total += match e.backup {
             None => e.num_blocks * bs,
@@ -174,8 +199,8 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
             }
         }
         c.drained = DrainPoint {
-            tail: point,
-            seq: point_seq,
+            tail: cut.0,
+            seq: cut.1,
         };
         c.touch();
         c.to_bytes()
@@ -183,19 +208,45 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
     let (r2, name) = (r.clone(), g.name.clone());
     backup::offload(move || r2.put_catalog(&name, &catalog_bytes)).await?;
     *job.phase.lock() = "trim".into();
+    trim(g, cut.0, cut.1).await
+}
+
+/// Clears `trimming` when the trim ends, however it ends.
+struct Trimming<'a>(&'a Group);
+
+impl Drop for Trimming<'_> {
+    fn drop(&mut self) {
+        self.0.trimming.store(false, Ordering::Release);
+    }
+}
+
+/// Moves the log's tail to `pos` (first sequence number `seq`): the header first, then the
+/// space is reused. Waits for jobs reading records in place (rebuilds, a leg resync).
+async fn trim(g: &Arc<Group>, pos: u64, seq: u64) -> Result<(), BdevError> {
+    g.trimming.store(true, Ordering::Release);
+    let _t = Trimming(g);
+    while g.trim_pins.load(Ordering::Acquire) > 0 {
+        if g.stopping.load(Ordering::Acquire) {
+            return Err(BdevError::IoFailed("the group is stopping".into()));
+        }
+        strata_reactor::sleep(std::time::Duration::from_millis(10)).await;
+    }
     {
         let mut st = g.log.lock();
-        st.header_tail = point;
-        st.header_tail_seq = point_seq;
+        if pos <= st.tail {
+            return Ok(());
+        }
+        st.header_tail = pos;
+        st.header_tail_seq = seq;
     }
     g.persist_header().await?;
     let wake = {
         let mut st = g.log.lock();
-        st.tail = point;
-        st.tail_seq = point_seq;
+        st.tail = pos;
+        st.tail_seq = seq;
         st.take_space_waiters()
     };
-    g.index.lock().trim(upto, g.block_size);
+    g.index.lock().trim(seq.saturating_sub(1), g.block_size);
     for w in wake {
         w.wake();
     }

@@ -24,6 +24,10 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordLoc {
     pub seq: u64,
+    /// The batch it came in: its log position and first sequence number (a drain that
+    /// must keep this record trims no further than its batch).
+    pub batch_pos: u64,
+    pub batch_seq: u64,
     pub kind: RecordKind,
     pub volume: u32,
     pub lba: u64,
@@ -160,6 +164,14 @@ pub enum Reserve {
     TooBig,
 }
 
+/// Why a header write failed.
+enum HeaderFail {
+    /// No leg took it: the journal is gone.
+    NoLeg,
+    /// The body does not fit a slot (a catalog too large): nothing was written.
+    Encode(String),
+}
+
 /// Header writes: wanted and written versions, one writer at a time.
 #[derive(Default)]
 pub struct HeaderSync {
@@ -169,6 +181,8 @@ pub struct HeaderSync {
     pub generation: u64,
     pub waiters: Vec<Waker>,
     pub failed: bool,
+    /// The leg-state version the disk's header reflects.
+    pub legs_durable: u64,
 }
 
 impl Group {
@@ -181,7 +195,8 @@ impl Group {
     /// sequence number.
     pub fn reserve(&self, blocks: u64, count: u64) -> Result<(u64, u64, u32), Reserve> {
         let l = self.log_blocks;
-        if blocks > l {
+        // A batch larger than half the log might never fit after a skip to the next lap.
+        if blocks > l / 2 {
             return Err(Reserve::TooBig);
         }
         let mut st = self.log.lock();
@@ -323,6 +338,29 @@ impl Group {
         })
     }
 
+    /// This reactor's channels to the legs that take writes, each with whether the leg holds
+    /// every record (`Ok`): a write counts as durable only on such a leg.
+    pub fn write_legs(&self) -> [Option<(IoChannel, bool)>; 2] {
+        let legs = self.legs.lock();
+        [0, 1].map(|i| {
+            let l = &legs[i];
+            if l.state == LegState::Failed {
+                return None;
+            }
+            let ch = l.base.as_ref().and_then(|b| b.channel().ok())?;
+            Some((ch, l.state == LegState::Ok))
+        })
+    }
+
+    /// Makes sure the header on disk shows every leg failure so far (before anything that
+    /// only the surviving leg holds is acknowledged).
+    pub async fn leg_states_durable(&self) -> Result<(), BdevError> {
+        if self.legs_version.load(Ordering::Acquire) > self.header.lock().legs_durable {
+            self.persist_header().await?;
+        }
+        Ok(())
+    }
+
     /// Channels to the legs that hold every record (reads come from these).
     pub fn readable_legs(&self) -> [Option<IoChannel>; 2] {
         let legs = self.legs.lock();
@@ -344,6 +382,7 @@ impl Group {
         }
         legs[i].state = LegState::Failed;
         let survivor = legs[1 - i].state == LegState::Ok;
+        self.legs_version.fetch_add(1, Ordering::AcqRel);
         drop(legs);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if survivor {
@@ -364,7 +403,9 @@ impl Group {
 
     // ---- header ----
 
-    fn header_body(&self) -> HeaderBody {
+    fn header_body(&self) -> (HeaderBody, u64) {
+        // The version first: the body then shows at least that state.
+        let version = self.legs_version.load(Ordering::Acquire);
         let (tail, tail_seq, run) = {
             let st = self.log.lock();
             (st.header_tail, st.header_tail_seq, st.run)
@@ -375,14 +416,15 @@ impl Group {
             uuid: legs[i].uuid.to_string(),
             state: legs[i].state,
         };
-        HeaderBody {
+        let body = HeaderBody {
             tail,
             tail_seq,
             run,
             log_blocks: self.log_blocks,
             legs: [rec(0), rec(1)],
             catalog: self.catalog.lock().clone(),
-        }
+        };
+        (body, version)
     }
 
     /// Makes the header on the legs as new as memory is now. Err if no leg took it.
@@ -420,35 +462,43 @@ impl Group {
                 }
                 Some(Ok(x)) => x,
             };
-            let ok = self.write_header(generation).await;
+            let res = self.write_header(generation).await;
             let waiters = {
                 let mut h = self.header.lock();
                 h.writing = false;
-                if ok {
-                    h.written = h.written.max(version);
-                } else {
-                    h.failed = true;
+                match &res {
+                    Ok(v) => {
+                        h.written = h.written.max(version);
+                        h.legs_durable = h.legs_durable.max(*v);
+                    }
+                    Err(HeaderFail::NoLeg) => h.failed = true,
+                    Err(HeaderFail::Encode(_)) => {}
                 }
                 std::mem::take(&mut h.waiters)
             };
             for w in waiters {
                 w.wake();
             }
-            if !ok {
-                return Err(BdevError::IoFailed(format!(
-                    "group {}: the journal header could not be written to any leg",
-                    self.name
-                )));
+            match res {
+                Ok(_) => {}
+                Err(HeaderFail::NoLeg) => {
+                    return Err(BdevError::IoFailed(format!(
+                        "group {}: the journal header could not be written to any leg",
+                        self.name
+                    )))
+                }
+                Err(HeaderFail::Encode(e)) => return Err(BdevError::Invalid(e)),
             }
         }
     }
 
     /// Writes the header (generation `generation`) to every leg that takes writes; a leg
-    /// that fails it is failed and the (changed) header written again.
-    async fn write_header(&self, generation: u64) -> bool {
+    /// that fails it is failed and the (changed) header written again. Ok: the leg-state
+    /// version the written header shows.
+    async fn write_header(&self, generation: u64) -> Result<u64, HeaderFail> {
         let mut generation = generation;
         loop {
-            let body = self.header_body();
+            let (body, version) = self.header_body();
             let chans = self.leg_channels();
             let mut any = false;
             let mut failed_one = false;
@@ -459,13 +509,10 @@ impl Group {
                     generation,
                     leg: i as u32,
                 };
-                let raw = match format::encode_slot(&h, &body, self.block_size) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(group = %self.name, error = %e, "journal header not written");
-                        return false;
-                    }
-                };
+                let raw = format::encode_slot(&h, &body, self.block_size).map_err(|e| {
+                    tracing::error!(group = %self.name, error = %e, "journal header not written");
+                    HeaderFail::Encode(e)
+                })?;
                 let slot = if generation.is_multiple_of(2) {
                     0
                 } else {
@@ -480,11 +527,14 @@ impl Group {
                 }
             }
             if !failed_one {
-                return any;
+                return if any {
+                    Ok(version)
+                } else {
+                    Err(HeaderFail::NoLeg)
+                };
             }
-            if !chans.iter().any(|c| c.is_some()) || self.leg_channels().iter().all(|c| c.is_none())
-            {
-                return false;
+            if self.leg_channels().iter().all(|c| c.is_none()) {
+                return Err(HeaderFail::NoLeg);
             }
             // A leg failed under the write: its new state goes to the other leg.
             generation = {
@@ -599,20 +649,28 @@ pub async fn scan(
     let mut last_run = 0u32;
     let mut torn = false;
     loop {
-        // The batch at `pos`, or (after the end of a lap) at the next lap's start.
-        let mut found = None;
+        // The batch at `pos`, or (after the end of a lap) at the next lap's start; if both
+        // carry the expected sequence number, the later run's (the other is a stale header
+        // of a batch cut by a crash, whose successor skipped to the next lap).
+        let mut found: Option<(u64, BatchHeader)> = None;
         let next_lap = pos + (log_blocks - pos % log_blocks) % log_blocks;
-        for p in [pos, next_lap] {
+        let spots: &[u64] = if next_lap == pos {
+            &[pos]
+        } else {
+            &[pos, next_lap]
+        };
+        for &p in spots {
             for ch in legs.iter().flatten() {
                 if let Some(h) = read_header_at(ch, phys(p), uuid, bs, log_blocks).await {
-                    if h.first_seq == seq && p % log_blocks + h.total_blocks <= log_blocks {
+                    if h.first_seq == seq
+                        && p % log_blocks + h.total_blocks <= log_blocks
+                        && h.run <= max_run
+                        && found.as_ref().is_none_or(|(_, f)| h.run > f.run)
+                    {
                         found = Some((p, h));
                         break;
                     }
                 }
-            }
-            if found.is_some() || p == next_lap {
-                break;
             }
         }
         let Some((p, h)) = found else { break };
@@ -636,6 +694,8 @@ pub async fn scan(
         for (k, e) in h.entries.iter().enumerate() {
             let loc = RecordLoc {
                 seq: h.first_seq + k as u64,
+                batch_pos: p,
+                batch_seq: h.first_seq,
                 kind: e.kind,
                 volume: e.volume,
                 lba: e.lba,

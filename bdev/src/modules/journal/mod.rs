@@ -60,6 +60,12 @@ pub struct Group {
     pub log_blocks: u64,
     pub legs: Mutex<[Leg; 2]>,
     pub epoch: AtomicU64,
+    /// Bumped by every leg failure (the header records which version it shows).
+    pub legs_version: AtomicU64,
+    /// Jobs reading undrained records in place (rebuild, replay, leg resync): a trim waits
+    /// for them, and they wait for a trim under way.
+    pub trim_pins: std::sync::atomic::AtomicU32,
+    pub trimming: AtomicBool,
     pub log: Mutex<LogState>,
     pub index: Mutex<Index>,
     pub header: Mutex<HeaderSync>,
@@ -125,15 +131,20 @@ fn refresh_exports(g: &Group) -> bool {
         return false;
     };
     let mut c = g.catalog.lock();
+    let mut next = c.clone();
     let mut changed = false;
-    for v in c.volumes.iter_mut() {
+    for v in next.volumes.iter_mut() {
         let e = f(&v.name);
         if e != v.export {
             v.export = e;
             changed = true;
         }
     }
-    changed
+    if changed && catalog_fits(&next).is_ok() {
+        *c = next;
+        return true;
+    }
+    false
 }
 
 /// Parameters of `bdev_journal_group_create`.
@@ -146,9 +157,49 @@ pub struct GroupOptions {
     pub create_repository: bool,
 }
 
-/// The smallest log: one batch of the most records with the most data.
+/// The smallest log: twice the largest batch (a batch may take at most half the log, so
+/// one that skips to the next lap always fits once the log is drained).
 fn min_log_bytes(bs: u32) -> u64 {
-    format::header_blocks(format::MAX_BATCH_RECORDS, bs) as u64 * bs as u64 + (2 << 20)
+    2 * (format::header_blocks(format::MAX_BATCH_RECORDS, bs) as u64 * bs as u64
+        + append::MAX_BATCH_DATA)
+}
+
+/// Holds off trims while it lives: records read in place stay where they are.
+pub struct TailPin(Arc<Group>);
+
+impl Drop for TailPin {
+    fn drop(&mut self) {
+        self.0.trim_pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Group {
+    /// Pins the log's tail (waits for a trim under way to end).
+    pub async fn pin_tail(self: &Arc<Self>) -> TailPin {
+        loop {
+            while self.trimming.load(Ordering::Acquire) {
+                strata_reactor::sleep(Duration::from_millis(5)).await;
+            }
+            self.trim_pins.fetch_add(1, Ordering::AcqRel);
+            if !self.trimming.load(Ordering::Acquire) {
+                return TailPin(self.clone());
+            }
+            self.trim_pins.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Largest catalog (JSON) a header slot takes, with room to spare.
+const MAX_CATALOG: usize = format::MAX_BODY - 4096;
+
+fn catalog_fits(c: &Catalog) -> Result<(), BdevError> {
+    let n = c.to_bytes().len();
+    if n > MAX_CATALOG {
+        return Err(invalid(format!(
+            "the catalog would need {n} bytes; it holds at most {MAX_CATALOG} (fewer volumes or attributes)"
+        )));
+    }
+    Ok(())
 }
 
 fn leg_removed(group_name: &str, bdev: &str) {
@@ -296,6 +347,9 @@ fn new_group(
         log_blocks,
         legs: Mutex::new(legs),
         epoch: AtomicU64::new(0),
+        legs_version: AtomicU64::new(0),
+        trim_pins: std::sync::atomic::AtomicU32::new(0),
+        trimming: AtomicBool::new(false),
         log: Mutex::new(log),
         index: Mutex::new(Index::default()),
         header: Mutex::new(HeaderSync {
@@ -545,6 +599,12 @@ pub async fn create_volume(
             rebuilding: false,
         });
         c.updated = backup::now().0;
+        if let Err(e) = catalog_fits(&c) {
+            c.volumes.retain(|v| v.id != id);
+            drop(c);
+            cbase.release();
+            return Err(e);
+        }
         id
     };
     // The catalog is durable in the journal before the volume takes a write.
@@ -648,15 +708,12 @@ pub async fn set_attributes(
         }
         old
     };
-    let size = g.catalog.lock().to_bytes().len();
-    if size > format::MAX_BODY - 4096 {
+    let fits = catalog_fits(&g.catalog.lock());
+    if let Err(e) = fits {
         if let Some(e) = g.catalog.lock().volume_mut(v.id) {
             e.attributes = old;
         }
-        return Err(invalid(format!(
-            "the catalog would need {size} bytes; it holds at most {}",
-            format::MAX_BODY - 4096
-        )));
+        return Err(e);
     }
     append::append_catalog(&g).await
 }
@@ -880,8 +937,21 @@ pub async fn replace_leg(name: &str, new_bdev: &str) -> Result<(), BdevError> {
         let res = resync_leg(&g2, slot, &job).await;
         match res {
             Ok(()) => {
-                g2.legs.lock()[slot].state = LegState::Ok;
+                // Only if no write failed on it meanwhile (that made it Failed).
+                let done = {
+                    let mut legs = g2.legs.lock();
+                    let ok = legs[slot].state == LegState::Resyncing;
+                    if ok {
+                        legs[slot].state = LegState::Ok;
+                    }
+                    ok
+                };
                 g2.epoch.fetch_add(1, Ordering::AcqRel);
+                if !done {
+                    tracing::error!(group = %g2.name, leg = slot, "the new journal leg failed during its resync: replace it again");
+                    g2.resync.release();
+                    return;
+                }
                 let _ = g2.persist_header().await;
                 tracing::info!(group = %g2.name, leg = slot, secs = job.started.elapsed().as_secs_f64(), "journal leg resynced");
             }
@@ -900,6 +970,8 @@ pub async fn replace_leg(name: &str, new_bdev: &str) -> Result<(), BdevError> {
 /// Copies the live part of the log to the leg in `slot`. Batches reserved from now on are
 /// written to it too; the copy covers everything before them.
 async fn resync_leg(g: &Arc<Group>, slot: usize, job: &Progress) -> Result<(), BdevError> {
+    // No trim while the copy runs: new batches never land on blocks still to be copied.
+    let _pin = g.pin_tail().await;
     let head = g.log.lock().head;
     g.wait_frontier(head).await;
     let tail = g.log.lock().tail;
@@ -1079,6 +1151,7 @@ async fn assemble(uuid: Uuid) {
         tail: body.tail,
         tail_seq: body.tail_seq,
         max_run: body.run,
+        header_run: body.run,
         catalog: body.catalog.clone(),
         generation,
     };
@@ -1096,7 +1169,11 @@ struct Start {
     log_blocks: u64,
     tail: u64,
     tail_seq: u64,
+    /// Batches of later runs than this are not taken.
     max_run: u32,
+    /// The run the header names (0: unknown, a recovery): the new run is past it and past
+    /// every run the scan saw.
+    header_run: u32,
     catalog: Catalog,
     generation: u64,
 }
@@ -1145,7 +1222,16 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
             s.catalog.clone()
         }
     };
-    let run = s.max_run.max(scan.max_run).saturating_add(1);
+    let run = s.header_run.max(scan.max_run).saturating_add(1);
+    // The scan ended at the head: a batch header left there (cut by the crash) must not be
+    // read as the next batch if the next one skips to the next lap.
+    let zero = vec![0u8; s.bs as usize];
+    for ch in chans.iter().flatten() {
+        let at = log_start + scan.head % s.log_blocks;
+        if let Err(st) = wait::write_slice(ch, at, &zero).await {
+            tracing::warn!(group = %gname, status = ?st, "clearing the block at the log's head failed");
+        }
+    }
     let mut st = LogState::new(s.tail, s.tail_seq, run);
     st.head = scan.head;
     st.next_seq = scan.next_seq;
@@ -1287,6 +1373,7 @@ pub async fn recover_group(
         tail: catalog.drained.tail,
         tail_seq: catalog.drained.seq.max(1),
         max_run: u32::MAX - 1,
+        header_run: 0,
         catalog: catalog.clone(),
         generation: 0,
     };
@@ -1352,6 +1439,7 @@ async fn attach_base(v: &Arc<ProtectedVolume>, base: &str) {
         return;
     }
     v.set_base(Some(b.clone()));
+    let _pin = v.group.pin_tail().await;
     let recs = v.group.index.lock().volume_records(v.id, u64::MAX);
     let n = recs.len();
     match rebuild::replay(v, &b, &recs, None).await {

@@ -263,6 +263,9 @@ async fn run(
     };
     let base = super::open_base(&base_name, &v.name)?;
     let base_ch = base.channel()?;
+    // No trim from here to the end of the replay: the backup named now and the records
+    // after it stay one consistent pair.
+    let pin = g.pin_tail().await;
     // 2. Restore the backup chain.
     let (repository, last) = {
         let c = g.catalog.lock();
@@ -281,7 +284,8 @@ async fn run(
             last.id, v.name
         )));
     }
-    let recs = g.index.lock().volume_records(v.id, u64::MAX);
+    let mut recs = g.index.lock().volume_records(v.id, u64::MAX);
+    recs.retain(|r| r.seq > last.seq);
     let bs = v.block_size as u64;
     let replay_bytes: u64 = recs.iter().map(|r| r.blocks * bs).sum();
     job.set_total(m.num_blocks * bs + replay_bytes);
@@ -322,6 +326,8 @@ async fn run(
     if base_ch.bdev().supports(IoType::Flush) {
         let _ = wait::no_data(&base_ch, IoType::Flush, 0, 0).await;
     }
+    // The catalog append below may wait for a drain (a full journal): unpin first.
+    drop(pin);
     // 4. The catalog names the new base; the volume takes I/O again.
     let new_layout = super::layout_of(&base_name);
     if let Some(e) = g.catalog.lock().volume_mut(v.id) {
