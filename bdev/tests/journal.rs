@@ -742,3 +742,84 @@ fn a_volume_whose_base_fails_before_its_first_backup_does_not_stop_the_others_dr
         info("sk")
     );
 }
+
+/// Writes a batch of one record (`data` blocks of `fill`, or a CRC that does not match
+/// when `torn`) at log block `phys` of both legs.
+fn put_batch(legs: &[&str; 2], phys: u64, run: u32, seq: u64, data: u32, fill: u8, torn: bool) {
+    use journal::format::{self, BatchHeader, Entry, RecordKind};
+    let payload = vec![fill; data as usize * BS as usize];
+    let crc = strata_bdev::kernels::crc32c(&payload) ^ u32::from(torn);
+    let hb = format::header_blocks(1, BS);
+    let h = BatchHeader {
+        first_seq: seq,
+        run,
+        hdr_blocks: hb,
+        total_blocks: hb as u64 + data as u64,
+        entries: vec![Entry {
+            kind: RecordKind::Write,
+            volume: 1,
+            lba: 0,
+            blocks: data as u64,
+            data_blocks: data,
+            crc,
+        }],
+    };
+    let mut raw = vec![0u8; hb as usize * BS as usize];
+    format::encode_batch(&mut raw, &uuid_for_scan(), &h);
+    raw.extend_from_slice(&payload);
+    let legs = legs.map(String::from);
+    on_reactor(move || async move {
+        for l in legs {
+            let d = registry::open(&l, |_| {}).unwrap();
+            let ch = d.channel().unwrap();
+            write_slice(&ch, phys, &raw).await.unwrap();
+        }
+    });
+}
+
+fn uuid_for_scan() -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x5ca9)
+}
+
+#[test]
+fn the_scan_takes_the_later_run_over_a_stale_header_when_a_batch_skipped_to_the_next_lap() {
+    setup();
+    mk_malloc("sc_a", 64);
+    mk_malloc("sc_b", 64);
+    let legs = ["sc_a", "sc_b"];
+    const LOG: u64 = 64;
+    // Run 1 cut batch B (seq 5) at the end of lap 0; run 2's batch C (seq 5 too) did not
+    // fit there and went to the next lap's start, then D (seq 6) after it.
+    put_batch(&legs, 60, 1, 5, 1, 0xbb, true);
+    put_batch(&legs, 0, 2, 5, 9, 0xcc, false);
+    put_batch(&legs, 10, 2, 6, 1, 0xdd, false);
+    let found = on_reactor(|| async {
+        let descs: Vec<_> = ["sc_a", "sc_b"]
+            .iter()
+            .map(|l| registry::open(l, |_| {}).unwrap())
+            .collect();
+        let chans = [
+            Some(descs[0].channel().unwrap()),
+            Some(descs[1].channel().unwrap()),
+        ];
+        let s = journal::log::scan(&chans, &uuid_for_scan(), BS, 0, LOG, 60, 5, 2).await;
+        (s.records.len(), s.head, s.next_seq, s.batches)
+    });
+    assert_eq!(
+        found,
+        (2, 64 + 10 + 2, 7, 2),
+        "C and D are found past the stale B"
+    );
+    // With the run-2 batches gone, B (torn) ends the log where it is.
+    put_batch(&legs, 0, 0, 99, 1, 0, false);
+    let found = on_reactor(|| async {
+        let d: Vec<_> = ["sc_a", "sc_b"]
+            .iter()
+            .map(|l| registry::open(l, |_| {}).unwrap())
+            .collect();
+        let chans = [Some(d[0].channel().unwrap()), Some(d[1].channel().unwrap())];
+        let s = journal::log::scan(&chans, &uuid_for_scan(), BS, 0, LOG, 60, 5, 2).await;
+        (s.records.len(), s.head, s.next_seq)
+    });
+    assert_eq!(found, (0, 60, 5), "a torn batch is never taken");
+}
