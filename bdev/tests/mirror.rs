@@ -9,9 +9,9 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
+use strata_bdev::modules::error;
 use strata_bdev::modules::mirror::{self, CreateOptions, ResumeMode, SetOptions};
 use strata_bdev::modules::raid::{self, geometry::Level};
-use strata_bdev::modules::{error, malloc};
 use strata_bdev::wait::{read_vec, write_slice};
 use strata_bdev::{registry, IoType};
 
@@ -20,18 +20,12 @@ use common::{on_reactor, reactors, spawn_read, spawn_write, InFlight};
 
 const BS: u32 = 512;
 
-fn setup() {
-    reactors().install_global();
+fn mk_malloc(name: &str, kib: u64) {
+    common::malloc_kib(name, kib, BS);
 }
 
-fn mk_malloc(name: &str, kib: u64) {
-    malloc::create(malloc::MallocOptions {
-        name: name.into(),
-        num_blocks: kib * 1024 / BS as u64,
-        block_size: BS,
-        uuid: None,
-    })
-    .unwrap();
+fn setup() {
+    reactors().install_global();
 }
 
 fn create(o: CreateOptions) {

@@ -12,50 +12,26 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::time::Duration;
 use strata_bdev::backup::{self, repo::BackupKind};
-use strata_bdev::modules::malloc;
 use strata_bdev::modules::mirror::backup::{BackupMode, BackupOptions};
 use strata_bdev::modules::mirror::{self, CreateOptions, ResumeMode, SetOptions};
 use strata_bdev::registry;
 use strata_bdev::wait::read_vec;
 
 mod common;
-use common::{on_reactor, reactors, spawn_read, spawn_write, InFlight};
+use common::{on_reactor, reactors, read_all, spawn_read, spawn_write, InFlight};
 
 const BS: u32 = 512;
+
+fn mk_malloc(name: &str, kib: u64) {
+    common::malloc_kib(name, kib, BS);
+}
 
 fn setup() {
     reactors().install_global();
 }
 
-fn mk_malloc(name: &str, kib: u64) {
-    malloc::create(malloc::MallocOptions {
-        name: name.into(),
-        num_blocks: kib * 1024 / BS as u64,
-        block_size: BS,
-        uuid: None,
-    })
-    .unwrap();
-}
-
 fn info(name: &str) -> Value {
     mirror::get(Some(name)).unwrap().remove(0)
-}
-
-fn read_all(name: &str) -> Vec<u8> {
-    let nm = name.to_string();
-    on_reactor(move || async move {
-        let d = registry::open(&nm, |_| {}).unwrap();
-        let ch = d.channel().unwrap();
-        let n = ch.num_blocks();
-        let mut out = Vec::new();
-        let mut b = 0;
-        while b < n {
-            let k = 2048.min(n - b);
-            out.extend(read_vec(&ch, b, k).await.unwrap());
-            b += k;
-        }
-        out
-    })
 }
 
 fn set_bw(name: &'static str, mb: u32) {

@@ -2,12 +2,43 @@
 //! way to run an async test body on it.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod journal;
+
 use std::sync::OnceLock;
 use strata_reactor::{Mode, ReactorSet};
 
 pub fn reactors() -> &'static ReactorSet {
     static SET: OnceLock<ReactorSet> = OnceLock::new();
     SET.get_or_init(|| ReactorSet::start(&[0], Mode::Interrupt).unwrap())
+}
+
+/// A malloc bdev of `kib` KiB with `bs`-byte blocks.
+pub fn malloc_kib(name: &str, kib: u64, bs: u32) {
+    strata_bdev::modules::malloc::create(strata_bdev::modules::malloc::MallocOptions {
+        name: name.into(),
+        num_blocks: kib * 1024 / bs as u64,
+        block_size: bs,
+        uuid: None,
+    })
+    .unwrap();
+}
+
+/// The whole bdev's bytes, read on the test reactor.
+pub fn read_all(name: &str) -> Vec<u8> {
+    let nm = name.to_string();
+    on_reactor(move || async move {
+        let d = strata_bdev::registry::open(&nm, |_| {}).unwrap();
+        let ch = d.channel().unwrap();
+        let n = ch.num_blocks();
+        let mut out = Vec::new();
+        let mut b = 0;
+        while b < n {
+            let k = 2048.min(n - b);
+            out.extend(strata_bdev::wait::read_vec(&ch, b, k).await.unwrap());
+            b += k;
+        }
+        out
+    })
 }
 
 /// Runs the future built by `f` on the test reactor and returns its output.

@@ -240,6 +240,7 @@ async fn trim(g: &Arc<Group>, pos: u64, seq: u64) -> Result<(), BdevError> {
         st.header_tail_seq = seq;
     }
     g.persist_header().await?;
+    g.flush_legs().await;
     let wake = {
         let mut st = g.log.lock();
         st.tail = pos;

@@ -352,6 +352,18 @@ impl Group {
         })
     }
 
+    /// Flushes the legs' write caches (before log space is reused: the header naming the new
+    /// tail must reach the media before any batch written over the old records does).
+    pub async fn flush_legs(&self) {
+        for ch in self.leg_channels().into_iter().flatten() {
+            if ch.bdev().supports(crate::io::IoType::Flush) {
+                if let Err(st) = wait::no_data(&ch, crate::io::IoType::Flush, 0, 0).await {
+                    tracing::warn!(group = %self.name, status = ?st, "flushing a journal leg failed");
+                }
+            }
+        }
+    }
+
     /// Makes sure the header on disk shows every leg failure so far (before anything that
     /// only the surviving leg holds is acknowledged).
     pub async fn leg_states_durable(&self) -> Result<(), BdevError> {

@@ -492,10 +492,15 @@ pub async fn create_group(o: GroupOptions) -> Result<(), BdevError> {
 
 fn release_legs(g: &Group) {
     let mut legs = g.legs.lock();
+    release_leg_bases(&legs);
     for l in legs.iter_mut() {
-        if let Some(b) = l.base.take() {
-            b.release();
-        }
+        l.base = None;
+    }
+}
+
+fn release_leg_bases(legs: &[Leg; 2]) {
+    for b in legs.iter().flat_map(|l| l.base.as_ref()) {
+        b.release();
     }
 }
 
@@ -1150,6 +1155,7 @@ async fn assemble(uuid: Uuid) {
         log_blocks: body.log_blocks,
         tail: body.tail,
         tail_seq: body.tail_seq,
+        degraded: legs.iter().filter(|l| l.base.is_some()).count() < 2,
         max_run: body.run,
         header_run: body.run,
         catalog: body.catalog.clone(),
@@ -1169,6 +1175,9 @@ struct Start {
     log_blocks: u64,
     tail: u64,
     tail_seq: u64,
+    /// Assembled from one leg: it may be a stale one (failed, then back while the good one
+    /// is missing): checked against the repository's catalog.
+    degraded: bool,
     /// Batches of later runs than this are not taken.
     max_run: u32,
     /// The run the header names (0: unknown, a recovery): the new run is past it and past
@@ -1185,17 +1194,7 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
     let chans: [Option<crate::IoChannel>; 2] =
         [0, 1].map(|i| legs[i].base.as_ref().and_then(|b| b.channel().ok()));
     if chans.iter().all(|c| c.is_none()) {
-        let g = new_group(
-            &gname,
-            s.uuid,
-            s.bs,
-            s.log_blocks,
-            legs,
-            LogState::new(0, 1, 1),
-            s.catalog,
-            0,
-        );
-        release_legs(&g);
+        release_leg_bases(&legs);
         return Err(BdevError::IoFailed(format!(
             "group {gname}: no usable journal leg"
         )));
@@ -1222,6 +1221,26 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
             s.catalog.clone()
         }
     };
+    if s.degraded {
+        // A leg that failed keeps an old header saying all is well. The repository's catalog
+        // names the last drain's point, which a good leg always holds (a drain cuts at
+        // records durable on it): a leg whose log ends before that point missed writes.
+        let (repo, name) = (catalog.repository.clone(), gname.clone());
+        let newer = backup::offload(move || {
+            let r = backup::repo::Repository::open(&repo)?;
+            Ok(r.catalog(&name)?.and_then(|raw| Catalog::parse(&raw).ok()))
+        })
+        .await;
+        if let Ok(Some(rc)) = newer {
+            if rc.group_uuid == catalog.group_uuid && rc.drained.seq > scan.next_seq {
+                release_leg_bases(&legs);
+                return Err(BdevError::Invalid(format!(
+                    "group {gname}: the only journal leg present is stale (its log ends at record {}, the repository was drained up to {}); bring the other leg back, or recover the group from the repository",
+                    scan.next_seq, rc.drained.seq
+                )));
+            }
+        }
+    }
     let run = s.header_run.max(scan.max_run).saturating_add(1);
     // The scan ended at the head: a batch header left there (cut by the crash) must not be
     // read as the next batch if the next one skips to the next lap.
@@ -1372,6 +1391,7 @@ pub async fn recover_group(
         log_blocks: catalog.log_blocks,
         tail: catalog.drained.tail,
         tail_seq: catalog.drained.seq.max(1),
+        degraded: false,
         max_run: u32::MAX - 1,
         header_run: 0,
         catalog: catalog.clone(),
