@@ -102,6 +102,10 @@ pub struct VolumeEntry {
 pub struct DrainPoint {
     pub tail: u64,
     pub seq: u64,
+    /// The drain's own point (records before it are in the backups); above `seq` when a
+    /// volume without a backup held the cut back. New records never reuse a number below it.
+    #[serde(default)]
+    pub point_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

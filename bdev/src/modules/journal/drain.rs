@@ -38,6 +38,8 @@ pub struct DrainJob {
     pub phase: Mutex<String>,
     pub upto_seq: AtomicU64,
     pub backups: Mutex<Vec<Value>>,
+    /// Volumes without a backup whose records stopped the trim (their base is not online).
+    pub held_back_by: Mutex<Vec<String>>,
     pub stored_chunks: AtomicU64,
     pub stored_bytes: AtomicU64,
 }
@@ -49,6 +51,7 @@ impl DrainJob {
         v["phase"] = json!(*self.phase.lock());
         v["upto_sequence"] = json!(self.upto_seq.load(Ordering::Relaxed));
         v["backups"] = json!(*self.backups.lock());
+        v["held_back_by"] = json!(*self.held_back_by.lock());
         v["stored_chunks"] = json!(self.stored_chunks.load(Ordering::Relaxed));
         v["stored_bytes"] = json!(self.stored_bytes.load(Ordering::Relaxed));
         v
@@ -62,6 +65,7 @@ fn new_job(g: &Group, reason: &str) -> DrainJob {
         phase: Mutex::new("starting".into()),
         upto_seq: AtomicU64::new(0),
         backups: Mutex::new(Vec::new()),
+        held_back_by: Mutex::new(Vec::new()),
         stored_chunks: AtomicU64::new(0),
         stored_bytes: AtomicU64::new(0),
     }
@@ -165,6 +169,7 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
                     if first.batch_seq < cut.1 {
                         cut = (first.batch_pos, first.batch_seq);
                     }
+                    job.held_back_by.lock().push(e.name.clone());
                 }
                 tracing::warn!(group = %g.name, volume = %e.name, "volume left out of the drain: no backup yet and its base is not online (the journal keeps its records)");
                 continue;
@@ -201,6 +206,7 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
         c.drained = DrainPoint {
             tail: cut.0,
             seq: cut.1,
+            point_seq,
         };
         c.touch();
         c.to_bytes()
@@ -211,34 +217,19 @@ async fn run(g: &Arc<Group>, job: &DrainJob) -> Result<(), BdevError> {
     trim(g, cut.0, cut.1).await
 }
 
-/// Clears `trimming` when the trim ends, however it ends.
-struct Trimming<'a>(&'a Group);
-
-impl Drop for Trimming<'_> {
-    fn drop(&mut self) {
-        self.0.trimming.store(false, Ordering::Release);
-    }
-}
-
-/// Moves the log's tail to `pos` (first sequence number `seq`): the header first, then the
-/// space is reused. Waits for jobs reading records in place (rebuilds, a leg resync).
+/// Moves the log's tail to `pos` (first sequence number `seq`), or less far if a job reads
+/// records in place there (a pin): the header first, flushed, then the space is reused.
 async fn trim(g: &Arc<Group>, pos: u64, seq: u64) -> Result<(), BdevError> {
-    g.trimming.store(true, Ordering::Release);
-    let _t = Trimming(g);
-    while g.trim_pins.load(Ordering::Acquire) > 0 {
-        if g.stopping.load(Ordering::Acquire) {
-            return Err(BdevError::IoFailed("the group is stopping".into()));
-        }
-        strata_reactor::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    {
+    let (pos, seq) = {
         let mut st = g.log.lock();
-        if pos <= st.tail {
+        let (pos, seq) = st.pinned_cut(pos, seq);
+        if seq <= st.header_tail_seq {
             return Ok(());
         }
         st.header_tail = pos;
         st.header_tail_seq = seq;
-    }
+        (pos, seq)
+    };
     g.persist_header().await?;
     g.flush_legs().await;
     let wake = {

@@ -127,6 +127,8 @@ pub struct LogState {
     pub run: u32,
     frontier_waiters: Vec<(u64, Waker)>,
     space_waiters: Vec<Waker>,
+    /// Pins (id, position, sequence number): a trim stops at the lowest.
+    pins: Vec<(u64, u64, u64)>,
 }
 
 impl LogState {
@@ -144,7 +146,37 @@ impl LogState {
             run,
             frontier_waiters: Vec::new(),
             space_waiters: Vec::new(),
+            pins: Vec::new(),
         }
+    }
+
+    /// A pin at the header's tail (what the disk says is needed).
+    pub fn add_pin(&mut self, id: u64) {
+        let (p, s) = (self.header_tail, self.header_tail_seq);
+        self.pins.push((id, p, s));
+    }
+
+    pub fn move_pin(&mut self, id: u64, pos: u64, seq: u64) {
+        for x in self.pins.iter_mut().filter(|x| x.0 == id) {
+            // Only forward: what it pinned before stays pinned until now.
+            if seq > x.2 {
+                x.1 = pos;
+                x.2 = seq;
+            }
+        }
+    }
+
+    pub fn drop_pin(&mut self, id: u64) {
+        self.pins.retain(|x| x.0 != id);
+    }
+
+    /// The furthest a trim may go from `(pos, seq)`: not past any pin.
+    pub fn pinned_cut(&self, pos: u64, seq: u64) -> (u64, u64) {
+        self.pins
+            .iter()
+            .filter(|x| x.2 < seq)
+            .min_by_key(|x| x.2)
+            .map_or((pos, seq), |x| (x.1, x.2))
     }
 }
 

@@ -62,10 +62,8 @@ pub struct Group {
     pub epoch: AtomicU64,
     /// Bumped by every leg failure (the header records which version it shows).
     pub legs_version: AtomicU64,
-    /// Jobs reading undrained records in place (rebuild, replay, leg resync): a trim waits
-    /// for them, and they wait for a trim under way.
-    pub trim_pins: std::sync::atomic::AtomicU32,
-    pub trimming: AtomicBool,
+    /// Pins ids (each pin's bounds live in the log state).
+    pub next_pin: AtomicU64,
     pub log: Mutex<LogState>,
     pub index: Mutex<Index>,
     pub header: Mutex<HeaderSync>,
@@ -164,27 +162,39 @@ fn min_log_bytes(bs: u32) -> u64 {
         + append::MAX_BATCH_DATA)
 }
 
-/// Holds off trims while it lives: records read in place stay where they are.
-pub struct TailPin(Arc<Group>);
+/// Keeps the records a job reads in place (a rebuild's or a replay's, a leg resync's
+/// copy) from being trimmed while it lives: a trim never moves the tail past a pin.
+pub struct TailPin {
+    g: Arc<Group>,
+    id: u64,
+}
+
+impl TailPin {
+    /// Only records from `loc`'s batch on are needed any more (none: `None`).
+    pub fn narrow_to(&self, loc: Option<&log::RecordLoc>) {
+        let mut st = self.g.log.lock();
+        match loc {
+            Some(r) => st.move_pin(self.id, r.batch_pos, r.batch_seq),
+            None => st.drop_pin(self.id),
+        }
+    }
+}
 
 impl Drop for TailPin {
     fn drop(&mut self) {
-        self.0.trim_pins.fetch_sub(1, Ordering::AcqRel);
+        self.g.log.lock().drop_pin(self.id);
     }
 }
 
 impl Group {
-    /// Pins the log's tail (waits for a trim under way to end).
-    pub async fn pin_tail(self: &Arc<Self>) -> TailPin {
-        loop {
-            while self.trimming.load(Ordering::Acquire) {
-                strata_reactor::sleep(Duration::from_millis(5)).await;
-            }
-            self.trim_pins.fetch_add(1, Ordering::AcqRel);
-            if !self.trimming.load(Ordering::Acquire) {
-                return TailPin(self.clone());
-            }
-            self.trim_pins.fetch_sub(1, Ordering::AcqRel);
+    /// Pins the records from the current tail on (the trim's lock and this one are the
+    /// same: a trim under way has moved the tail before, or moves it after, never past).
+    pub fn pin_tail(self: &Arc<Self>) -> TailPin {
+        let id = self.next_pin.fetch_add(1, Ordering::Relaxed);
+        self.log.lock().add_pin(id);
+        TailPin {
+            g: self.clone(),
+            id,
         }
     }
 }
@@ -348,8 +358,7 @@ fn new_group(
         legs: Mutex::new(legs),
         epoch: AtomicU64::new(0),
         legs_version: AtomicU64::new(0),
-        trim_pins: std::sync::atomic::AtomicU32::new(0),
-        trimming: AtomicBool::new(false),
+        next_pin: AtomicU64::new(1),
         log: Mutex::new(log),
         index: Mutex::new(Index::default()),
         header: Mutex::new(HeaderSync {
@@ -976,7 +985,7 @@ pub async fn replace_leg(name: &str, new_bdev: &str) -> Result<(), BdevError> {
 /// written to it too; the copy covers everything before them.
 async fn resync_leg(g: &Arc<Group>, slot: usize, job: &Progress) -> Result<(), BdevError> {
     // No trim while the copy runs: new batches never land on blocks still to be copied.
-    let _pin = g.pin_tail().await;
+    let _pin = g.pin_tail();
     let head = g.log.lock().head;
     g.wait_frontier(head).await;
     let tail = g.log.lock().tail;
@@ -1232,11 +1241,13 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
         })
         .await;
         if let Ok(Some(rc)) = newer {
-            if rc.group_uuid == catalog.group_uuid && rc.drained.seq > scan.next_seq {
+            if rc.group_uuid == catalog.group_uuid
+                && rc.drained.seq.max(rc.drained.point_seq) > scan.next_seq
+            {
                 release_leg_bases(&legs);
                 return Err(BdevError::Invalid(format!(
                     "group {gname}: the only journal leg present is stale (its log ends at record {}, the repository was drained up to {}); bring the other leg back, or recover the group from the repository",
-                    scan.next_seq, rc.drained.seq
+                    scan.next_seq, rc.drained.seq.max(rc.drained.point_seq)
                 )));
             }
         }
@@ -1244,18 +1255,38 @@ async fn bring_up(s: Start, legs: [Leg; 2]) -> Result<Arc<Group>, BdevError> {
     let run = s.header_run.max(scan.max_run).saturating_add(1);
     // The scan ended at the head: a batch header left there (cut by the crash) must not be
     // read as the next batch if the next one skips to the next lap.
-    let zero = vec![0u8; s.bs as usize];
-    for ch in chans.iter().flatten() {
-        let at = log_start + scan.head % s.log_blocks;
-        if let Err(st) = wait::write_slice(ch, at, &zero).await {
-            tracing::warn!(group = %gname, status = ?st, "clearing the block at the log's head failed");
+    // A full log's head is its tail: that block is the first batch, not a leftover.
+    if scan.head - s.tail < s.log_blocks {
+        let zero = vec![0u8; s.bs as usize];
+        for ch in chans.iter().flatten() {
+            let at = log_start + scan.head % s.log_blocks;
+            if let Err(st) = wait::write_slice(ch, at, &zero).await {
+                tracing::warn!(group = %gname, status = ?st, "clearing the block at the log's head failed");
+            }
         }
     }
-    let mut st = LogState::new(s.tail, s.tail_seq, run);
+    // Sequence numbers are never reused: the backups say which records they hold by number,
+    // so a record numbered at or below a backup's would be skipped by a replay. An empty log
+    // (its records drained, or blank legs after a recovery) starts after every backup.
+    let needed = catalog
+        .volumes
+        .iter()
+        .filter_map(|v| v.backup.as_ref().map(|b| b.seq + 1))
+        .fold(catalog.drained.point_seq.max(catalog.drained.seq), u64::max);
+    let first_seq = if scan.head == s.tail && needed > s.tail_seq {
+        tracing::info!(group = %gname, from = s.tail_seq, to = needed, "empty log: sequence numbers continue after the backups");
+        needed
+    } else {
+        if scan.next_seq < needed {
+            tracing::error!(group = %gname, log_ends_at = scan.next_seq, backups_reach = needed, "the journal's records end before the backups' point: records written now could be taken as already drained");
+        }
+        s.tail_seq
+    };
+    let mut st = LogState::new(s.tail, first_seq, run);
     st.head = scan.head;
-    st.next_seq = scan.next_seq;
+    st.next_seq = scan.next_seq.max(first_seq);
     st.frontier = scan.head;
-    st.frontier_seq = scan.next_seq;
+    st.frontier_seq = st.next_seq;
     let g = new_group(
         &gname,
         s.uuid,
@@ -1459,8 +1490,9 @@ async fn attach_base(v: &Arc<ProtectedVolume>, base: &str) {
         return;
     }
     v.set_base(Some(b.clone()));
-    let _pin = v.group.pin_tail().await;
+    let pin = v.group.pin_tail();
     let recs = v.group.index.lock().volume_records(v.id, u64::MAX);
+    pin.narrow_to(recs.first());
     let n = recs.len();
     match rebuild::replay(v, &b, &recs, None).await {
         Ok(()) => {

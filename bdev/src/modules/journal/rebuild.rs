@@ -265,7 +265,7 @@ async fn run(
     let base_ch = base.channel()?;
     // No trim from here to the end of the replay: the backup named now and the records
     // after it stay one consistent pair.
-    let pin = g.pin_tail().await;
+    let pin = g.pin_tail();
     // 2. Restore the backup chain.
     let (repository, last) = {
         let c = g.catalog.lock();
@@ -286,6 +286,8 @@ async fn run(
     }
     let mut recs = g.index.lock().volume_records(v.id, u64::MAX);
     recs.retain(|r| r.seq > last.seq);
+    // Only these records are needed now: trims may pass everything before them.
+    pin.narrow_to(recs.first());
     let bs = v.block_size as u64;
     let replay_bytes: u64 = recs.iter().map(|r| r.blocks * bs).sum();
     job.set_total(m.num_blocks * bs + replay_bytes);
