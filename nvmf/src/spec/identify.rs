@@ -98,7 +98,12 @@ pub struct IdentifyController {
 const _: () = assert!(std::mem::size_of::<IdentifyController>() == 4096);
 
 pub const CMIC_MULTI_CTRL: u8 = 1 << 1;
+pub const CMIC_ANA_REPORTING: u8 = 1 << 3;
 pub const OAES_NS_ATTR_CHANGED: u32 = 1 << 8;
+pub const OAES_ANA_CHANGE: u32 = 1 << 11;
+/// ANACAP: optimized, non-optimized and inaccessible reported; a namespace's ANAGRPID does
+/// not change while it is attached.
+pub const ANACAP_STATES: u8 = 0x07 | (1 << 6);
 pub const ONCS_COMPARE: u16 = 1 << 0;
 pub const ONCS_DSM: u16 = 1 << 2;
 pub const ONCS_WRITE_ZEROES: u16 = 1 << 3;

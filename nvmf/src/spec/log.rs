@@ -121,3 +121,5 @@ pub const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
 /// Type 02h (notice) in bits 2:0, info 00h (namespace attribute changed) in 15:8, log page
 /// in 23:16.
 pub const AER_NS_CHANGED: u32 = 0x02 | ((lid::CHANGED_NS_LIST as u32) << 16);
+/// Notice, Asymmetric Namespace Access Change (info 03h), ANA log page.
+pub const AER_ANA_CHANGED: u32 = 0x02 | (0x03 << 8) | ((lid::ANA as u32) << 16);

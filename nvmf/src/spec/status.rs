@@ -93,6 +93,13 @@ pub const CONNECT_INVALID_HOST: Status = Status::command_specific(0x84);
 pub const INVALID_QUEUE_IDENTIFIER: Status = Status::command_specific(0x01);
 
 // Media and data integrity errors (SCT 2).
+/// Path related (SCT 3h): the namespace's ANA group is inaccessible through this
+/// controller; the host retries on another path.
+pub const ANA_INACCESSIBLE: Status = Status {
+    sct: 3,
+    sc: 0x02,
+    dnr: false,
+};
 pub const WRITE_FAULT: Status = Status::media(0x80);
 pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
 pub const COMPARE_FAILURE: Status = Status {

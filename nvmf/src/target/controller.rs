@@ -2,7 +2,7 @@
 //! features, keep-alive, asynchronous events) and the admin command set it answers.
 //! Admin commands are answered here without I/O; data moves through the queue pair.
 
-use super::subsystem::{Subsystem, SubsystemKind};
+use super::subsystem::{AnaState, ListenAddress, Subsystem, SubsystemKind, SubsystemState};
 use crate::spec::cmd::{admin, cns, feature};
 use crate::spec::fabrics::{self, prop};
 use crate::spec::identify::*;
@@ -11,7 +11,7 @@ use crate::spec::status::{self, Status};
 use crate::spec::{put_ascii, put_nqn, Sqe};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use strata_bdev::IoType;
@@ -94,6 +94,11 @@ pub struct Controller {
     state: Mutex<CtrlState>,
     /// Wakes the admin queue to deliver pending asynchronous events (set by the admin queue).
     pub aer_notify: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// The subsystem's listener this controller connected through (None: discovery).
+    pub listener: Option<ListenAddress>,
+    /// ANA state per group id (index), as seen through `listener`: read by every I/O
+    /// command without a lock.
+    ana: Box<[AtomicU8]>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -116,8 +121,14 @@ impl Controller {
         hostid: [u8; 16],
         kato_ms: u32,
         limits: Limits,
+        listener: Option<ListenAddress>,
     ) -> Arc<Self> {
+        let groups = subsys.state.lock().max_namespaces as usize + 1;
         Arc::new(Controller {
+            listener,
+            ana: (0..groups)
+                .map(|_| AtomicU8::new(AnaState::Optimized as u8))
+                .collect(),
             cntlid,
             subsys,
             hostnqn: hostnqn.to_string(),
@@ -187,6 +198,52 @@ impl Controller {
         if let Some(n) = self.aer_notify.lock().as_ref() {
             n();
         }
+    }
+
+    /// Takes the ANA states of its listener (called under the subsystem's lock, where
+    /// changes are made, so none is missed).
+    pub fn load_ana(&self, s: &SubsystemState) {
+        if let Some(l) = &self.listener {
+            for (g, a) in self.ana.iter().enumerate().skip(1) {
+                a.store(s.ana_state(l, g as u32) as u8, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The ANA state of group `grp` (None: every group) changed on this controller's
+    /// listener: stored for the I/O path and announced (AEC bit 11 enables the notice).
+    pub fn ana_changed(&self, grp: Option<u32>, state: AnaState) {
+        match grp {
+            Some(g) => {
+                if let Some(a) = self.ana.get(g as usize) {
+                    a.store(state as u8, Ordering::Release);
+                }
+            }
+            None => {
+                for a in self.ana.iter().skip(1) {
+                    a.store(state as u8, Ordering::Release);
+                }
+            }
+        }
+        {
+            let mut s = self.state.lock();
+            if s.async_event_config & (1 << 11) == 0 {
+                return;
+            }
+            if !s.pending_events.contains(&log::AER_ANA_CHANGED) {
+                s.pending_events.push_back(log::AER_ANA_CHANGED);
+            }
+        }
+        if let Some(n) = self.aer_notify.lock().as_ref() {
+            n();
+        }
+    }
+
+    /// The path status an I/O command to a namespace of group `grp` gets, if it may not
+    /// run through this controller.
+    pub fn ana_refusal(&self, grp: u32) -> Option<Status> {
+        let v = self.ana.get(grp as usize)?.load(Ordering::Acquire);
+        (AnaState::from_u8(v) == AnaState::Inaccessible).then_some(status::ANA_INACCESSIBLE)
     }
 
     /// Takes one pending asynchronous event (its completion DW0).
@@ -319,9 +376,12 @@ impl Controller {
                 AdminOutcome::data(vec![0; 4096])
             }
             cns::CS_INDEP_NAMESPACE => match self.subsys.namespace(sqe.nsid) {
-                Some(_) => {
+                Some(ns) => {
                     let mut id = IdentifyNamespaceIndependent::new_zeroed();
                     id.nmic = 1;
+                    if self.subsys.state.lock().ana_reporting {
+                        id.anagrpid = ns.anagrpid;
+                    }
                     id.nstat = 1;
                     AdminOutcome::data(id.as_bytes().to_vec())
                 }
@@ -333,12 +393,13 @@ impl Controller {
 
     pub fn identify_controller(&self) -> IdentifyController {
         let mut id = IdentifyController::new_zeroed();
-        let (serial, model, nn) = {
+        let (serial, model, nn, ana) = {
             let s = self.subsys.state.lock();
             (
                 s.serial_number.clone(),
                 s.model_number.clone(),
                 s.max_namespaces,
+                s.ana_reporting,
             )
         };
         put_ascii(&mut id.sn, &serial);
@@ -375,6 +436,14 @@ impl Controller {
         id.maxcmd = self.limits.max_queue_depth;
         id.nn = nn;
         id.mnan = nn;
+        if ana {
+            id.cmic |= CMIC_ANA_REPORTING;
+            id.oaes |= OAES_ANA_CHANGE;
+            id.anacap = ANACAP_STATES;
+            id.anatt = 10;
+            id.anagrpmax = nn;
+            id.nanagrpid = nn;
+        }
         id.oncs = ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES;
         id.vwc = 1;
         id.ioccsz = (64 + self.limits.in_capsule_data_size) / 16;
@@ -398,6 +467,9 @@ impl Controller {
             id.nlbaf = 0;
             id.flbas = 0;
             id.nmic = 1;
+            if self.subsys.state.lock().ana_reporting {
+                id.anagrpid = ns.anagrpid;
+            }
             id.dlfeat = DLFEAT_READ_ZEROES;
             id.lbaf[0].lbads = b.block_size().trailing_zeros() as u8;
             let wu = b.write_unit_blocks();
@@ -452,7 +524,7 @@ impl Controller {
                 out
             }
             lid::COMMAND_EFFECTS => command_effects().as_bytes().to_vec(),
-            lid::ANA => self.ana_log(),
+            lid::ANA => self.ana_log(sqe.cdw10 & (1 << 8) != 0),
             _ => return AdminOutcome::err(status::INVALID_LOG_PAGE),
         };
         let mut out = vec![0u8; len];
@@ -493,20 +565,32 @@ impl Controller {
         s.as_bytes().to_vec()
     }
 
-    /// One ANA group, optimized, holding every namespace.
-    fn ana_log(&self) -> Vec<u8> {
-        let nsids: Vec<u32> = self.subsys.namespaces().iter().map(|n| n.nsid).collect();
-        let mut out = Vec::with_capacity(16 + 32 + nsids.len() * 4);
-        out.extend_from_slice(&1u64.to_le_bytes()); // change count
-        out.extend_from_slice(&1u16.to_le_bytes()); // groups
+    /// The ANA log page as seen through this controller's listener: one descriptor per
+    /// group holding a namespace (with its NSIDs unless `groups_only`).
+    fn ana_log(&self, groups_only: bool) -> Vec<u8> {
+        let change_count = self.subsys.state.lock().ana_change_count.max(1);
+        let mut groups: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+        for n in self.subsys.namespaces() {
+            groups.entry(n.anagrpid).or_default().push(n.nsid);
+        }
+        let mut out = Vec::with_capacity(16 + groups.len() * 32 + groups.len() * 4);
+        out.extend_from_slice(&change_count.to_le_bytes());
+        out.extend_from_slice(&(groups.len() as u16).to_le_bytes());
         out.extend_from_slice(&[0; 6]);
-        out.extend_from_slice(&1u32.to_le_bytes()); // group id
-        out.extend_from_slice(&(nsids.len() as u32).to_le_bytes());
-        out.extend_from_slice(&1u64.to_le_bytes());
-        out.push(0x01); // optimized
-        out.extend_from_slice(&[0; 15]);
-        for n in nsids {
-            out.extend_from_slice(&n.to_le_bytes());
+        for (g, nsids) in groups {
+            let state = self
+                .ana
+                .get(g as usize)
+                .map_or(AnaState::Optimized as u8, |a| a.load(Ordering::Acquire));
+            let listed = if groups_only { 0 } else { nsids.len() };
+            out.extend_from_slice(&g.to_le_bytes());
+            out.extend_from_slice(&(listed as u32).to_le_bytes());
+            out.extend_from_slice(&change_count.to_le_bytes());
+            out.push(state);
+            out.extend_from_slice(&[0; 15]);
+            for n in nsids.iter().take(listed) {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
         }
         out
     }

@@ -353,6 +353,7 @@ impl Target {
                 TargetError::NotFound(format!("listener {}:{}", addr.traddr, addr.trsvcid))
             })?;
             s.listeners.remove(pos);
+            s.ana.remove(addr);
         }
         let mut i = self.inner.lock();
         if let Some(pos) = i.listeners.iter().position(|e| &e.addr == addr) {
@@ -367,13 +368,22 @@ impl Target {
     }
 
     /// Whether a connection that arrived on `local` may reach `subsys`.
-    pub fn listener_allowed(&self, subsys: &Subsystem, local: &SocketAddr) -> bool {
-        subsys.state.lock().listeners.iter().any(|l| {
-            l.trsvcid.parse::<u16>().ok() == Some(local.port())
-                && (l.traddr.parse::<std::net::IpAddr>().ok() == Some(local.ip())
-                    || l.traddr == "0.0.0.0"
-                    || l.traddr == "::")
-        })
+    /// The subsystem's listener a connection arrived through (an exact address before a
+    /// wildcard one), if any.
+    pub fn listener_of(&self, subsys: &Subsystem, local: &SocketAddr) -> Option<ListenAddress> {
+        let s = subsys.state.lock();
+        let on_port = |l: &&ListenAddress| l.trsvcid.parse::<u16>().ok() == Some(local.port());
+        s.listeners
+            .iter()
+            .filter(on_port)
+            .find(|l| l.traddr.parse::<std::net::IpAddr>().ok() == Some(local.ip()))
+            .or_else(|| {
+                s.listeners
+                    .iter()
+                    .filter(on_port)
+                    .find(|l| l.traddr == "0.0.0.0" || l.traddr == "::")
+            })
+            .cloned()
     }
 
     pub fn alloc_cntlid(&self) -> Option<u16> {

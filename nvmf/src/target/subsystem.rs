@@ -4,6 +4,12 @@
 //! Namespace changes bump a generation number (I/O queues refresh their per-reactor channel
 //! cache when it moves) and are announced to every controller (changed-namespace log and an
 //! asynchronous event).
+//!
+//! Asymmetric Namespace Access (multipath): each namespace is in an ANA group (default: its
+//! NSID), and each listener has a state per group (default optimized). Controllers read the
+//! state of the listener they connected through; a change is announced to them (ANA log's
+//! change count and an asynchronous event) and I/O to an inaccessible group is refused with
+//! a path status, so the host moves it to another path.
 
 use super::controller::Controller;
 use super::TargetError;
@@ -23,9 +29,48 @@ pub struct ListenAddress {
     pub trsvcid: String,
 }
 
+/// The ANA state of a group through one listener (the values of the ANA log page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AnaState {
+    Optimized = 1,
+    NonOptimized = 2,
+    Inaccessible = 3,
+}
+
+impl AnaState {
+    /// SPDK's RPC spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnaState::Optimized => "optimized",
+            AnaState::NonOptimized => "non_optimized",
+            AnaState::Inaccessible => "inaccessible",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AnaState> {
+        match s {
+            "optimized" => Some(AnaState::Optimized),
+            "non_optimized" => Some(AnaState::NonOptimized),
+            "inaccessible" => Some(AnaState::Inaccessible),
+            _ => None,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> AnaState {
+        match v {
+            2 => AnaState::NonOptimized,
+            3 => AnaState::Inaccessible,
+            _ => AnaState::Optimized,
+        }
+    }
+}
+
 /// One namespace: a claimed bdev plus its identifiers.
 pub struct Namespace {
     pub nsid: u32,
+    /// Its ANA group (1..=max_namespaces).
+    pub anagrpid: u32,
     pub desc: Arc<BdevDesc>,
     pub uuid: Uuid,
     pub nguid: Option<[u8; 16]>,
@@ -56,6 +101,24 @@ pub struct SubsystemState {
     pub namespaces: BTreeMap<u32, Arc<Namespace>>,
     pub max_namespaces: u32,
     pub controllers: Vec<Weak<Controller>>,
+    /// ANA reporting to hosts (SPDK's `ana_reporting`): Identify says so, and states other
+    /// than optimized may be set.
+    pub ana_reporting: bool,
+    /// Per listener, the groups whose state is not optimized.
+    pub ana: BTreeMap<ListenAddress, BTreeMap<u32, AnaState>>,
+    /// Bumped at every ANA state change (the ANA log's change count).
+    pub ana_change_count: u64,
+}
+
+impl SubsystemState {
+    /// The state of group `grp` through listener `l`.
+    pub fn ana_state(&self, l: &ListenAddress, grp: u32) -> AnaState {
+        self.ana
+            .get(l)
+            .and_then(|m| m.get(&grp))
+            .copied()
+            .unwrap_or(AnaState::Optimized)
+    }
 }
 
 pub struct Subsystem {
@@ -123,6 +186,9 @@ impl Subsystem {
                 namespaces: BTreeMap::new(),
                 max_namespaces: max_ns,
                 controllers: Vec::new(),
+                ana_reporting: false,
+                ana: BTreeMap::new(),
+                ana_change_count: 0,
             }),
             ns_generation: AtomicU64::new(0),
         })
@@ -141,7 +207,9 @@ impl Subsystem {
         self.state.lock().namespaces.values().cloned().collect()
     }
 
-    /// Adds `bdev_name` as a namespace (nsid 0: the lowest free one). Claims the bdev.
+    /// Adds `bdev_name` as a namespace (nsid 0: the lowest free one; ANA group 0: its
+    /// nsid). Claims the bdev.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_namespace(
         self: &Arc<Self>,
         bdev_name: &str,
@@ -149,6 +217,7 @@ impl Subsystem {
         uuid: Option<Uuid>,
         nguid: Option<[u8; 16]>,
         eui64: Option<[u8; 8]>,
+        anagrpid: u32,
     ) -> Result<u32, TargetError> {
         if self.kind == SubsystemKind::Discovery {
             return Err(TargetError::Invalid(
@@ -178,8 +247,15 @@ impl Subsystem {
             if s.namespaces.contains_key(&nsid) {
                 return Err(TargetError::Exists(format!("nsid {nsid} in {}", self.nqn)));
             }
+            if anagrpid > s.max_namespaces {
+                return Err(TargetError::Invalid(format!(
+                    "anagrpid {anagrpid} out of range 1..={}",
+                    s.max_namespaces
+                )));
+            }
             nsid
         };
+        let anagrpid = if anagrpid == 0 { nsid } else { anagrpid };
         let me = Arc::downgrade(self);
         let desc = registry::open(bdev_name, move |ev| {
             // The bdev is going away: take the namespace out (hot remove).
@@ -193,6 +269,7 @@ impl Subsystem {
         let uuid = uuid.unwrap_or_else(|| desc.bdev().uuid());
         let ns = Arc::new(Namespace {
             nsid,
+            anagrpid,
             desc: Arc::new(desc),
             uuid,
             nguid,
@@ -229,6 +306,63 @@ impl Subsystem {
         for c in ctrls {
             c.namespace_changed(nsid);
         }
+    }
+
+    /// Sets the ANA state of group `grp` (None: every group) through listener `l`, and
+    /// tells the controllers connected through it.
+    pub fn set_ana_state(
+        &self,
+        l: &ListenAddress,
+        grp: Option<u32>,
+        state: AnaState,
+    ) -> Result<(), TargetError> {
+        let ctrls = {
+            let mut s = self.state.lock();
+            if !s.listeners.contains(l) {
+                return Err(TargetError::NotFound(format!(
+                    "listener {}:{} of {}",
+                    l.traddr, l.trsvcid, self.nqn
+                )));
+            }
+            if !s.ana_reporting && state != AnaState::Optimized {
+                return Err(TargetError::Invalid(format!(
+                    "ANA reporting is disabled on {} (nvmf_create_subsystem ana_reporting)",
+                    self.nqn
+                )));
+            }
+            let max = s.max_namespaces;
+            if let Some(g) = grp {
+                if g == 0 || g > max {
+                    return Err(TargetError::Invalid(format!(
+                        "anagrpid {g} out of range 1..={max}"
+                    )));
+                }
+            }
+            let groups = s.ana.entry(l.clone()).or_default();
+            let grps: Vec<u32> = match grp {
+                Some(g) => vec![g],
+                None => (1..=max).collect(),
+            };
+            for g in &grps {
+                if state == AnaState::Optimized {
+                    groups.remove(g);
+                } else {
+                    groups.insert(*g, state);
+                }
+            }
+            s.ana_change_count += 1;
+            s.controllers.retain(|c| c.strong_count() > 0);
+            s.controllers
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|c| c.listener.as_ref() == Some(l))
+                .collect::<Vec<_>>()
+        };
+        tracing::info!(nqn = %self.nqn, listener = %format!("{}:{}", l.traddr, l.trsvcid), group = ?grp, state = state.name(), controllers = ctrls.len(), "ANA state set");
+        for c in ctrls {
+            c.ana_changed(grp, state);
+        }
+        Ok(())
     }
 
     pub fn controllers(&self) -> Vec<Arc<Controller>> {

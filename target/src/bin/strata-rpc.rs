@@ -245,6 +245,10 @@ methods! {
     "nvmf_subsystem_add_listener" => NvmfSubsystemAddListener(nvmf::Listener),
     /// Stop a subsystem listening on a transport address.
     "nvmf_subsystem_remove_listener" => NvmfSubsystemRemoveListener(nvmf::Listener),
+    /// Set the ANA state of a listener's ANA group (all groups without -g).
+    "nvmf_subsystem_listener_set_ana_state" => NvmfSubsystemListenerSetAnaState(nvmf::ListenerAnaState),
+    /// A subsystem's listeners and their ANA states.
+    "nvmf_subsystem_get_listeners" => NvmfSubsystemGetListeners(nvmf::ByNqn),
     /// Add a bdev as a namespace of a subsystem (claims the bdev); prints the nsid.
     "nvmf_subsystem_add_ns" => NvmfSubsystemAddNs(nvmf::AddNs),
     /// Remove a namespace from a subsystem (releases the bdev).

@@ -2,13 +2,13 @@
 
 use super::params::nvmf::{
     AddNs, AllowAnyHost, ByNqn, CreateSubsystem, CreateTransport, GetStats, GetSubsystems,
-    GetTransports, Host, Listener, RemoveNs,
+    GetTransports, Host, Listener, ListenerAnaState, RemoveNs,
 };
 use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use strata_nvmf::target::subsystem::{Subsystem, SubsystemKind};
+use strata_nvmf::target::subsystem::{AnaState, ListenAddress, Subsystem, SubsystemKind};
 use strata_nvmf::target::transport::SockGroup;
 use strata_nvmf::target::{Target, TargetError};
 
@@ -39,13 +39,17 @@ pub fn register(t: &mut MethodTable) {
         ))
     });
     t.add("nvmf_create_subsystem", |_, p: CreateSubsystem| {
-        Target::get().create_subsystem(
-            &p.nqn,
-            p.serial_number(),
-            p.model_number(),
-            p.allow_any_host,
-            p.max_namespaces(),
-        )?;
+        Target::get()
+            .create_subsystem(
+                &p.nqn,
+                p.serial_number(),
+                p.model_number(),
+                p.allow_any_host,
+                p.max_namespaces(),
+            )?
+            .state
+            .lock()
+            .ana_reporting = p.ana_reporting;
         Ok(Value::Bool(true))
     });
     t.add("nvmf_delete_subsystem", |_, p: ByNqn| {
@@ -70,8 +74,48 @@ pub fn register(t: &mut MethodTable) {
     t.add("nvmf_subsystem_add_ns", |_, p: AddNs| {
         let s = subsystem(&p.nqn)?;
         let ns = p.namespace()?;
-        let nsid = s.add_namespace(&ns.bdev_name, ns.nsid, ns.uuid, ns.nguid, ns.eui64)?;
+        let nsid = s.add_namespace(
+            &ns.bdev_name,
+            ns.nsid,
+            ns.uuid,
+            ns.nguid,
+            ns.eui64,
+            ns.anagrpid,
+        )?;
         Ok(json!(nsid))
+    });
+    t.add(
+        "nvmf_subsystem_listener_set_ana_state",
+        |_, p: ListenerAnaState| {
+            let s = subsystem(&p.nqn)?;
+            let state = AnaState::parse(&p.ana_state).ok_or_else(|| {
+                RpcError::new(
+                    super::error::INVALID_PARAMS,
+                    format!(
+                        "ana_state '{}': expected optimized, non_optimized or inaccessible",
+                        p.ana_state
+                    ),
+                )
+            })?;
+            let a: ListenAddress = p.listen_address.into();
+            s.set_ana_state(&a, p.anagrpid, state)?;
+            Ok(Value::Bool(true))
+        },
+    );
+    t.add("nvmf_subsystem_get_listeners", |_, p: ByNqn| {
+        let s = subsystem(&p.nqn)?;
+        let st = s.state.lock();
+        let v: Vec<Value> = st
+            .listeners
+            .iter()
+            .map(|l| {
+                let states: Vec<Value> = (1..=st.max_namespaces)
+                    .map(|g| json!({ "ana_group": g, "ana_state": st.ana_state(l, g).name() }))
+                    .collect();
+                json!({ "address": l, "ana_states": states })
+            })
+            .collect();
+        Ok(Value::Array(v))
     });
     t.add("nvmf_subsystem_remove_ns", |_, p: RemoveNs| {
         subsystem(&p.nqn)?.remove_namespace(p.nsid)?;
@@ -209,11 +253,12 @@ pub fn subsystem_json(s: &Subsystem) -> Value {
             o.insert("serial_number".into(), json!(st.serial_number));
             o.insert("model_number".into(), json!(st.model_number));
             o.insert("max_namespaces".into(), json!(st.max_namespaces));
+            o.insert("ana_reporting".into(), json!(st.ana_reporting));
             let ns: Vec<Value> = st
                 .namespaces
                 .values()
                 .map(|n| {
-                    let mut j = json!({ "nsid": n.nsid, "bdev_name": n.desc.name(), "name": n.desc.name(), "uuid": n.uuid.to_string() });
+                    let mut j = json!({ "nsid": n.nsid, "bdev_name": n.desc.name(), "name": n.desc.name(), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid });
                     if let (Some(g), Some(o)) = (n.nguid, j.as_object_mut()) {
                         o.insert("nguid".into(), json!(g.iter().map(|b| format!("{b:02X}")).collect::<String>()));
                     }
@@ -241,12 +286,13 @@ pub fn save() -> Vec<Value> {
             out.push(json!({ "method": "nvmf_create_subsystem", "params": {
                 "nqn": s.nqn, "serial_number": st.serial_number, "model_number": st.model_number,
                 "allow_any_host": st.allow_any_host, "max_namespaces": st.max_namespaces,
+                "ana_reporting": st.ana_reporting,
             }}));
             for h in &st.hosts {
                 out.push(json!({ "method": "nvmf_subsystem_add_host", "params": { "nqn": s.nqn, "host": h } }));
             }
             for n in st.namespaces.values() {
-                let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.desc.name(), "uuid": n.uuid.to_string() });
+                let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.desc.name(), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid });
                 if let (Some(g), Some(o)) = (n.nguid, ns.as_object_mut()) {
                     o.insert(
                         "nguid".into(),
@@ -264,6 +310,12 @@ pub fn save() -> Vec<Value> {
         }
         for l in &st.listeners {
             out.push(json!({ "method": "nvmf_subsystem_add_listener", "params": { "nqn": s.nqn, "listen_address": l } }));
+            for (g, a) in st.ana.get(l).into_iter().flatten() {
+                out.push(
+                    json!({ "method": "nvmf_subsystem_listener_set_ana_state", "params": {
+                    "nqn": s.nqn, "listen_address": l, "ana_state": a.name(), "anagrpid": g } }),
+                );
+            }
         }
     }
     out

@@ -120,8 +120,8 @@ impl Connection {
             self.connect_invalid(sqe.cid, 256, 1, &format!("unknown subsystem {subnqn}"));
             return;
         };
-        if subsys.kind == SubsystemKind::Nvme && !self.target.listener_allowed(&subsys, &self.local)
-        {
+        let listener = self.target.listener_of(&subsys, &self.local);
+        if subsys.kind == SubsystemKind::Nvme && listener.is_none() {
             self.connect_invalid(
                 sqe.cid,
                 256,
@@ -136,13 +136,14 @@ impl Connection {
             return;
         }
         if cmd.qid == 0 {
-            self.connect_admin_queue(&sqe, &cmd, &cd, subsys, &hostnqn, &subnqn);
+            self.connect_admin_queue(&sqe, &cmd, &cd, subsys, &hostnqn, &subnqn, listener);
         } else {
             self.connect_io_queue(&sqe, &cmd, &cd, subsys, &hostnqn);
         }
     }
 
-    /// Connect for queue 0: a new controller.
+    /// Connect for queue 0: a new controller, of the listener it came through.
+    #[allow(clippy::too_many_arguments)]
     fn connect_admin_queue(
         &self,
         sqe: &Sqe,
@@ -151,6 +152,7 @@ impl Connection {
         subsys: Arc<Subsystem>,
         hostnqn: &str,
         subnqn: &str,
+        listener: Option<ListenAddress>,
     ) {
         let opts = self.target.options();
         let limits = self.target.limits();
@@ -166,7 +168,15 @@ impl Connection {
             self.respond_now(sqe.cid, status::CONNECT_CONTROLLER_BUSY, 0);
             return;
         };
-        let ctrl = Controller::new(cntlid, subsys.clone(), hostnqn, cd.hostid, cmd.kato, limits);
+        let ctrl = Controller::new(
+            cntlid,
+            subsys.clone(),
+            hostnqn,
+            cd.hostid,
+            cmd.kato,
+            limits,
+            listener,
+        );
         ctrl.touch_keepalive();
         // The admin queue lives on this reactor: events are delivered there, looked up by
         // token (nothing reactor-local crosses threads).
@@ -181,7 +191,12 @@ impl Connection {
                 });
             }
         }));
-        subsys.state.lock().controllers.push(Arc::downgrade(&ctrl));
+        {
+            // The ANA states are read under the lock a change is made under: none is missed.
+            let mut st = subsys.state.lock();
+            ctrl.load_ana(&st);
+            st.controllers.push(Arc::downgrade(&ctrl));
+        }
         self.target.remember_controller(&ctrl);
         {
             let mut s = self.st.borrow_mut();

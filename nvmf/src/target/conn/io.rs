@@ -8,14 +8,15 @@ use strata_bdev::ChecksumAlg;
 impl Connection {
     // ---- I/O commands ------------------------------------------------------------------
 
-    pub(super) fn channel(&self, s: &mut State, nsid: u32) -> Option<(IoChannel, u32)> {
+    /// The reactor's channel to namespace `nsid`, its block size and its ANA group.
+    pub(super) fn channel(&self, s: &mut State, nsid: u32) -> Option<(IoChannel, u32, u32)> {
         let gen = s.subsys.as_ref()?.ns_generation.load(Ordering::Acquire);
         if gen != s.ns_gen {
             s.ns_cache.clear();
             s.ns_gen = gen;
         }
         if let Some(c) = s.ns_cache.iter().find(|c| c.nsid == nsid) {
-            return Some((c.ch.clone(), c.block_size));
+            return Some((c.ch.clone(), c.block_size, c.anagrpid));
         }
         let ns = s.subsys.as_ref()?.namespace(nsid)?;
         let ch = ns.desc.channel().ok()?;
@@ -24,8 +25,9 @@ impl Connection {
             nsid,
             ch: ch.clone(),
             block_size: bs,
+            anagrpid: ns.anagrpid,
         });
-        Some((ch, bs))
+        Some((ch, bs, ns.anagrpid))
     }
 
     pub(super) fn take_slot(&self, s: &mut State, sqe: Sqe) -> Option<u16> {
@@ -45,11 +47,18 @@ impl Connection {
 
     pub(super) fn on_io(&self, sqe: Sqe, capsule: Option<DmaBuf>) {
         let mut s = self.st.borrow_mut();
-        let Some((ch, bs)) = self.channel(&mut s, sqe.nsid) else {
+        let Some((ch, bs, anagrpid)) = self.channel(&mut s, sqe.nsid) else {
             drop(s);
             self.respond_now(sqe.cid, status::INVALID_NAMESPACE, 0);
             return;
         };
+        // Through a listener where the namespace's ANA group is inaccessible, the host is
+        // told to use another path.
+        if let Some(refused) = s.ctrl.as_ref().and_then(|c| c.ana_refusal(anagrpid)) {
+            drop(s);
+            self.respond_now(sqe.cid, refused, 0);
+            return;
+        }
         // Never two commands with one CID in flight, and at most SQSIZE + 1 outstanding
         // (the queue size the host asked for at Connect).
         let (word, bit) = (sqe.cid as usize / 64, 1u64 << (sqe.cid % 64));

@@ -13,7 +13,7 @@
 //! (admin commands and held AERs) and `io` (NVMe I/O mapped onto bdev I/O).
 
 use super::controller::{AdminOutcome, Controller, AER_LIMIT};
-use super::subsystem::{Subsystem, SubsystemKind};
+use super::subsystem::{ListenAddress, Subsystem, SubsystemKind};
 use super::transport::SockGroup;
 use super::Target;
 use crate::spec::cmd::{direction, Direction, SGL_IN_CAPSULE, SGL_TRANSPORT};
@@ -111,6 +111,7 @@ struct NsChannel {
     nsid: u32,
     ch: IoChannel,
     block_size: u32,
+    anagrpid: u32,
 }
 
 struct State {

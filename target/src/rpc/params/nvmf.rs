@@ -173,10 +173,13 @@ pub struct CreateSubsystem {
     #[arg(short = 'm', long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_namespaces: Option<u32>,
+    /// Report ANA (multipath) states to hosts.
+    #[arg(short = 'r', long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ana_reporting: bool,
 }
 impl SpdkParams for CreateSubsystem {
     const IGNORED: &'static [&'static str] = &[
-        "ana_reporting",
         "min_cntlid",
         "max_cntlid",
         "tgt_name",
@@ -303,6 +306,25 @@ impl SpdkParams for Listener {
     ];
 }
 
+/// `nvmf_subsystem_listener_set_ana_state`.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerAnaState {
+    pub nqn: String,
+    #[command(flatten)]
+    pub listen_address: ListenAddressParams,
+    /// optimized, non_optimized or inaccessible.
+    #[arg(short = 'n', long)]
+    pub ana_state: String,
+    /// ANA group ID (default: every group).
+    #[arg(short = 'g', long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anagrpid: Option<u32>,
+}
+impl SpdkParams for ListenerAnaState {
+    const IGNORED: &'static [&'static str] = &["tgt_name"];
+}
+
 /// The `namespace` of `nvmf_subsystem_add_ns`.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -324,6 +346,10 @@ pub struct NamespaceParams {
     #[arg(short = 'e', long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eui64: Option<String>,
+    /// ANA group ID (default: the nsid).
+    #[arg(short = 'a', long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anagrpid: Option<u32>,
 }
 
 /// A namespace to add, checked.
@@ -334,6 +360,8 @@ pub struct NewNamespace {
     pub uuid: Option<uuid::Uuid>,
     pub nguid: Option<[u8; 16]>,
     pub eui64: Option<[u8; 8]>,
+    /// 0: the nsid.
+    pub anagrpid: u32,
 }
 
 fn hex_bytes<const N: usize>(m: &str, key: &str, s: &str) -> Result<[u8; N], RpcError> {
@@ -363,7 +391,6 @@ impl SpdkParams for AddNs {
         "tgt_name",
         "no_auto_visible",
         "namespace.ptpl_file",
-        "namespace.anagrpid",
         "namespace.no_auto_visible",
     ];
 }
@@ -385,6 +412,10 @@ impl AddNs {
             // A nested parameter: SPDK names its object.
             uuid: parse_uuid("namespace", "uuid", ns.uuid.as_deref())?,
             nsid: ns.nsid.unwrap_or(0),
+            anagrpid: match ns.anagrpid {
+                Some(0) => return Err(invalid(m, "anagrpid", "ANA group IDs start at 1")),
+                g => g.unwrap_or(0),
+            },
             bdev_name: ns.bdev_name,
         })
     }
