@@ -185,7 +185,7 @@ fn an_inaccessible_path_refuses_io_and_the_other_serves_it() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["address"]["trsvcid"] == p1.to_string())
+        .find(|x| x["address"]["trsvcid"].as_str() == Some(p1.to_string().as_str()))
         .unwrap();
     assert_eq!(on_p1["ana_states"][4]["ana_group"], 5, "{l}");
     assert_eq!(on_p1["ana_states"][4]["ana_state"], "inaccessible", "{l}");
