@@ -845,6 +845,50 @@ mod tests {
     }
 
     #[test]
+    fn nvmf_ana() {
+        let nqn = "nqn.2016-06.io.spdk:cnode1";
+        assert_eq!(
+            ok(&["nvmf_create_subsystem", nqn, "-r"]).1,
+            Some(json!({"nqn": nqn, "ana_reporting": true}))
+        );
+        assert_eq!(
+            ok(&[
+                "nvmf_subsystem_listener_set_ana_state",
+                nqn,
+                "-t",
+                "tcp",
+                "-a",
+                "127.0.0.1",
+                "-s",
+                "4421",
+                "-n",
+                "inaccessible",
+                "-g",
+                "3"
+            ]),
+            (
+                "nvmf_subsystem_listener_set_ana_state".into(),
+                Some(json!({"nqn": nqn, "listen_address": {
+                    "trtype": "tcp", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4421"
+                }, "ana_state": "inaccessible", "anagrpid": 3}))
+            )
+        );
+        assert!(req(&[
+            "nvmf_subsystem_listener_set_ana_state",
+            nqn,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1"
+        ])
+        .is_err());
+        assert_eq!(
+            ok(&["nvmf_subsystem_get_listeners", nqn]).1,
+            Some(json!({"nqn": nqn}))
+        );
+    }
+
+    #[test]
     fn nvmf_listeners() {
         let nqn = "nqn.2016-06.io.spdk:cnode1";
         for m in [
