@@ -65,6 +65,16 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     let cores = strata_reactor::parse_core_mask(&opts.core_mask)?;
     // The socket lock first: a second instance must fail before touching anything.
     let lock = lock_socket(&opts.rpc_socket)?;
+    match crate::sys::raise_open_files_limit() {
+        Ok(n) if n < 8192 => {
+            tracing::warn!(
+                open_files = n,
+                "the open files limit is low: each NVMe/TCP queue takes one"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     dma::init_iobuf(opts.iobuf)?;
     let mode = if opts.interrupt_mode {
         Mode::Interrupt

@@ -455,6 +455,29 @@ impl Host {
         }
     }
 
+    /// TCP connection only, from source address `src` (another loopback address: another
+    /// host as the target counts them).
+    fn tcp_from(src: [u8; 4], port: u16, ident: &Ident) -> Host {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.bind(&std::net::SocketAddr::from((src, 0)).into())
+            .unwrap_or_else(|e| panic!("bind {src:?}: {e}"));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        sock.connect_timeout(&addr.into(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect from {src:?} to {addr}: {e}"));
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Host {
+            s,
+            hdgst: false,
+            ddgst: false,
+            next_cid: 1,
+            ident: ident.clone(),
+        }
+    }
+
     /// TCP connection plus a successful ICReq/ICResp exchange requesting `dgst`.
     fn ic(port: u16, ident: &Ident, dgst: u8) -> Host {
         let mut h = Host::tcp(port, ident);
@@ -2162,5 +2185,167 @@ fn vendor_admin_commands_refuse_bad_input() {
     let end = c.data.iter().position(|&b| b == 0).unwrap_or(c.data.len());
     let v: serde_json::Value = serde_json::from_slice(&c.data[..end]).expect("status is JSON");
     assert_eq!(v["image"]["name"], "VM_pit", "{v}");
+    assert_serves(&mut t);
+}
+
+/// Raises this process's soft open-files limit to the hard one (the test holds thousands of
+/// sockets); the limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we own.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur
+}
+
+/// VmRSS of a process, in KiB.
+fn vm_rss_kib(pid: libc::pid_t) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An association from source address `src`.
+fn association_from(src: [u8; 4], port: u16) -> (Host, Host) {
+    let ident = new_ident();
+    let mut a = Host::tcp_from(src, port, &ident);
+    a.icreq(0);
+    let c = a.connect(0, 31, 0xFFFF, NQN);
+    c.assert_ok("admin Connect");
+    let cntlid = c.dw0 as u16;
+    a.enable();
+    let mut q = Host::tcp_from(src, port, &ident);
+    q.icreq(0);
+    q.connect(1, 31, cntlid, NQN).assert_ok("I/O queue Connect");
+    (a, q)
+}
+
+/// One well-behaved 128 KiB write (through an R2T) and its read back; how long both took.
+fn write_read_128k(q: &mut Host, lba: u64, seed: u64) -> Duration {
+    let len = 128 * 1024;
+    let data = pattern(seed, len);
+    let t0 = Instant::now();
+    let (cid, r2t) = q.write_r2t_start(lba, len);
+    let d = q.h2c_data(cid, r2t.u16_at(10), 0, &data, true);
+    q.send(&d);
+    q.completion(cid, "a normal host's 128 KiB write")
+        .assert_ok("a normal host's 128 KiB write");
+    let r = q.read(lba, (len / BLOCK) as u32);
+    r.assert_ok("a normal host's 128 KiB read");
+    assert!(r.data == data, "a normal host read other data back");
+    t0.elapsed()
+}
+
+/// Attackers as the security issue describes them, from their own loopback addresses: 2000
+/// connections held open without a handshake (some with half an ICReq), 500 I/O queues that
+/// each send four 128 KiB writes and never answer the R2Ts (2000 buffers asked for, twice
+/// the large pool), and a sender trickling an ICReq at one byte per second. A normal host
+/// (127.0.0.1) keeps writing and reading 128 KiB with every operation done in well under a
+/// second (a starved write would wait for the 30 s data timeout), the attackers' host is held
+/// to its R2T buffer quota (logged), and the target's memory stays bounded (VmRSS printed).
+#[test]
+fn hoarders_and_held_connections_do_not_starve_a_normal_host() {
+    let fds = raise_fd_limit();
+    assert!(
+        fds >= 4000,
+        "the test needs 4000 open files, the hard limit is {fds}"
+    );
+    let mut t = start_with_transport(json!({"trtype": "TCP", "connect_timeout_ms": 120000}));
+    let port = t.port;
+    let pid = t.t.pid();
+    let (_a, mut q) = association(port, 0);
+    let mut before = Vec::new();
+    for i in 0..20 {
+        before.push(write_read_128k(&mut q, i * 32, i));
+    }
+    let rss0 = vm_rss_kib(pid);
+
+    let ident = new_ident();
+    let mut held = Vec::with_capacity(2000);
+    for i in 0..2000u32 {
+        let src = [127, 0, 0, 61 + (i % 2) as u8];
+        let mut h = Host::tcp_from(src, port, &ident);
+        if i % 4 == 0 {
+            h.send(&icreq_pdu(0, 0, 0)[..40]);
+        }
+        held.push(h);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        let mut h = Host::tcp_from([127, 0, 0, 64], port, &ident);
+        std::thread::spawn(move || {
+            for b in icreq_pdu(0, 0, 0) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if h.s.write_all(&[b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            h
+        })
+    };
+    let mut hoarders = Vec::with_capacity(500);
+    for _ in 0..500 {
+        let (a, mut hq) = association_from([127, 0, 0, 63], port);
+        for k in 0..4u64 {
+            let mut s = rw_sqe(IO_WRITE, 1, k * 32, 32);
+            set_sgl(&mut s, SGL_TRANSPORT_DATA_BLOCK, 128 * 1024);
+            hq.submit(&s, &[]);
+        }
+        hoarders.push((a, hq));
+    }
+    assert!(
+        wait_log(&t, "R2T buffer quota reached"),
+        "the hoarders' host was never held to its quota"
+    );
+    let rss1 = vm_rss_kib(pid);
+
+    let mut during = Vec::new();
+    for i in 0..40 {
+        during.push(write_read_128k(&mut q, 2048 + i * 32, 100 + i));
+    }
+    // A new well-behaved host is served too.
+    assert_serves(&mut t);
+    let worst = during.iter().max().copied().unwrap_or_default();
+    let mut sorted = during.clone();
+    sorted.sort();
+    eprintln!(
+        "measured: VmRSS {} MiB before, {} MiB with 2000 held connections, 500 hoarding queues \
+         (1000 connections) and a trickling sender; normal host 128 KiB write+read: median {:?} \
+         before, median {:?} / worst {:?} during",
+        rss0 / 1024,
+        rss1 / 1024,
+        before[before.len() / 2],
+        sorted[sorted.len() / 2],
+        worst
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "a normal host's write+read took {worst:?} under attack"
+    );
+    // Per connection the target keeps a 64 KiB receive buffer (touched only as far as data
+    // arrives) and its request table: 3000 connections stay far below this bound.
+    assert!(
+        rss1.saturating_sub(rss0) < 250 * 1024,
+        "VmRSS grew from {rss0} KiB to {rss1} KiB"
+    );
+    stop.store(true, Ordering::Relaxed);
+    drop(held);
+    drop(hoarders);
+    let _ = trickle.join();
+    std::thread::sleep(Duration::from_millis(500));
     assert_serves(&mut t);
 }

@@ -78,6 +78,12 @@ pub struct TransportOptions {
     pub max_connections_per_host: u32,
     /// strata: most connections on one listener (0: no limit).
     pub max_connections_per_listener: u32,
+    /// strata: most buffers one connection may hold for writes whose data it has been asked
+    /// for (R2T sent) and not yet sent (0: no limit); more writes wait their turn.
+    pub max_r2t_buffers_per_connection: u32,
+    /// strata: the same over all connections of one host (IP address), so hosts that do not
+    /// answer their R2Ts cannot take every buffer from the others (0: no limit).
+    pub max_r2t_buffers_per_host: u32,
 }
 
 impl Default for TransportOptions {
@@ -99,6 +105,8 @@ impl Default for TransportOptions {
             connect_timeout_ms: 10_000,
             max_connections_per_host: 1024,
             max_connections_per_listener: 4096,
+            max_r2t_buffers_per_connection: 64,
+            max_r2t_buffers_per_host: 256,
         }
     }
 }

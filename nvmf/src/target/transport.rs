@@ -98,7 +98,8 @@ impl SockGroup {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let fd = stream.as_raw_fd();
-        let conn = match Connection::new(stream, token, Rc::downgrade(self), target) {
+        let host_r2t = place.host_r2t.clone();
+        let conn = match Connection::new(stream, token, Rc::downgrade(self), target, host_r2t) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set up an accepted connection");
@@ -293,7 +294,7 @@ fn hand_over(idx: usize, stream: TcpStream, target: &'static Target, place: Conn
 }
 
 /// Connections per host (peer IP address), over all listeners.
-static PER_HOST: parking_lot::Mutex<Option<HashMap<std::net::IpAddr, usize>>> =
+static PER_HOST: parking_lot::Mutex<Option<HashMap<std::net::IpAddr, HostCounts>>> =
     parking_lot::Mutex::new(None);
 
 /// A connection's place under the listener's and its host's connection limits; dropping it
@@ -301,6 +302,15 @@ static PER_HOST: parking_lot::Mutex<Option<HashMap<std::net::IpAddr, usize>>> =
 pub(crate) struct ConnPlace {
     listener: Arc<AtomicUsize>,
     host: std::net::IpAddr,
+    /// Buffers the host's connections hold for writes awaiting their data.
+    pub(crate) host_r2t: Arc<AtomicUsize>,
+}
+
+/// Per host (IP address): its connections, and the R2T buffers they hold.
+#[derive(Default)]
+pub(crate) struct HostCounts {
+    conns: usize,
+    r2t: Arc<AtomicUsize>,
 }
 
 impl ConnPlace {
@@ -316,7 +326,7 @@ impl ConnPlace {
         let o = target.options();
         let mut hosts = PER_HOST.lock();
         let per_host = hosts.get_or_insert_with(HashMap::new);
-        let from_host = per_host.get(&host).copied().unwrap_or(0);
+        let from_host = per_host.get(&host).map_or(0, |h| h.conns);
         let on_listener = live.load(Ordering::Acquire);
         if o.max_connections_per_host > 0 && from_host >= o.max_connections_per_host as usize {
             tracing::warn!(%host, listener = %bound, connections = from_host, limit = o.max_connections_per_host, "NVMe/TCP connection refused: too many connections from this host");
@@ -328,11 +338,14 @@ impl ConnPlace {
             tracing::warn!(%host, listener = %bound, connections = on_listener, limit = o.max_connections_per_listener, "NVMe/TCP connection refused: too many connections on this listener");
             return None;
         }
-        *per_host.entry(host).or_insert(0) += 1;
+        let h = per_host.entry(host).or_default();
+        h.conns += 1;
+        let host_r2t = h.r2t.clone();
         live.fetch_add(1, Ordering::AcqRel);
         Some(ConnPlace {
             listener: live.clone(),
             host,
+            host_r2t,
         })
     }
 }
@@ -342,9 +355,9 @@ impl Drop for ConnPlace {
         self.listener.fetch_sub(1, Ordering::AcqRel);
         let mut hosts = PER_HOST.lock();
         if let Some(m) = hosts.as_mut() {
-            if let Some(n) = m.get_mut(&self.host) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(h) = m.get_mut(&self.host) {
+                h.conns = h.conns.saturating_sub(1);
+                if h.conns == 0 {
                     m.remove(&self.host);
                 }
             }

@@ -202,6 +202,7 @@ impl Connection {
             let mut s = self.st.borrow_mut();
             s.qid = Some(0);
             s.sq_size = cmd.sqsize;
+            s.size_for_queue(cmd.sqsize);
             s.sqflow_disabled = cmd.cattr & 0x04 != 0;
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
@@ -257,6 +258,7 @@ impl Connection {
             let mut s = self.st.borrow_mut();
             s.qid = Some(cmd.qid);
             s.sq_size = cmd.sqsize;
+            s.size_for_queue(cmd.sqsize);
             s.sqflow_disabled = cmd.cattr & 0x04 != 0;
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());

@@ -145,11 +145,27 @@ impl Connection {
         }
     }
 
-    /// Allocates the buffer for a host-to-controller transfer and sends the first R2T.
+    /// Allocates the buffer for a host-to-controller transfer and sends the first R2T,
+    /// within the connection's and the host's R2T buffer quotas (else the write waits).
     pub(super) fn start_h2c(&self, slot: u16) {
         let mut s = self.st.borrow_mut();
         let len = s.reqs[slot as usize].len as usize;
+        if !self.r2t_take(&mut s) {
+            s.reqs[slot as usize].state = ReqState::NeedBuffer;
+            s.need_buffer.push_back(slot);
+            if !s.r2t_quota_logged {
+                s.r2t_quota_logged = true;
+                let (held, host) = (s.r2t_held, self.host_r2t.load(Ordering::Relaxed));
+                drop(s);
+                tracing::warn!(peer = %self.peer, connection_holds = held, host_holds = host, "R2T buffer quota reached: further writes wait until the host sends the data it was asked for");
+            }
+            return;
+        }
         let Some(mut b) = dma::alloc(len) else {
+            s.r2t_held -= 1;
+            if s.r2t_host_limit > 0 {
+                self.host_r2t.fetch_sub(1, Ordering::AcqRel);
+            }
             s.reqs[slot as usize].state = ReqState::NeedBuffer;
             s.need_buffer.push_back(slot);
             return;
@@ -158,7 +174,41 @@ impl Connection {
         let r = &mut s.reqs[slot as usize];
         r.buf = Some(b);
         r.state = ReqState::AwaitH2c;
+        r.r2t_charged = true;
         s.push_r2t(slot, 0);
+    }
+
+    /// Whether the quotas would allow one more R2T buffer.
+    fn r2t_room(&self, s: &State) -> bool {
+        (s.r2t_conn_limit == 0 || s.r2t_held < s.r2t_conn_limit)
+            && (s.r2t_host_limit == 0 || self.host_r2t.load(Ordering::Acquire) < s.r2t_host_limit)
+    }
+
+    /// Counts one more R2T buffer against the quotas, if they allow it.
+    fn r2t_take(&self, s: &mut State) -> bool {
+        if s.r2t_conn_limit > 0 && s.r2t_held >= s.r2t_conn_limit {
+            return false;
+        }
+        if s.r2t_host_limit > 0 && self.host_r2t.fetch_add(1, Ordering::AcqRel) >= s.r2t_host_limit
+        {
+            self.host_r2t.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        s.r2t_held += 1;
+        true
+    }
+
+    /// The request's data is in (or it ended): its buffer no longer counts.
+    pub(super) fn r2t_release(&self, s: &mut State, slot: u16) {
+        let r = &mut s.reqs[slot as usize];
+        if !r.r2t_charged {
+            return;
+        }
+        r.r2t_charged = false;
+        s.r2t_held -= 1;
+        if s.r2t_host_limit > 0 {
+            self.host_r2t.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     pub(super) fn on_h2c_data(&self, slot: u16, n: u32) {
@@ -177,6 +227,7 @@ impl Connection {
                 s.push_r2t(slot, next);
                 return;
             }
+            self.r2t_release(&mut s, slot);
             let r = &mut s.reqs[slot as usize];
             r.state = ReqState::Executing;
             let nsid = r.sqe.nsid;
@@ -194,7 +245,14 @@ impl Connection {
                 let mut s = self.st.borrow_mut();
                 match s.need_buffer.front() {
                     Some(&slot) => {
-                        let len = s.reqs[slot as usize].len as usize;
+                        let r = &s.reqs[slot as usize];
+                        let len = r.len as usize;
+                        // A write that still needs its R2T waits while a quota is full.
+                        let for_r2t = direction(r.sqe.opcode) == Direction::HostToController
+                            && r.buf.is_none();
+                        if for_r2t && !self.r2t_room(&s) {
+                            return;
+                        }
                         if dma::pools().iter().all(|p| p.in_use() >= p.count()) && len > 0 {
                             return;
                         }
@@ -317,6 +375,7 @@ impl Connection {
     pub(super) fn finish(&self, slot: u16, st: Status, dw0: u32) {
         let mut s = self.st.borrow_mut();
         let cid = s.reqs[slot as usize].sqe.cid;
+        self.r2t_release(&mut s, slot);
         s.reqs[slot as usize].buf = None;
         s.reqs[slot as usize].state = ReqState::Sending;
         let cqe = self.cqe(&mut s, cid, st, dw0);

@@ -44,6 +44,8 @@ use rx::Rx;
 use tx::{TxData, TxPdu};
 
 const STAGING: usize = 64 << 10;
+/// Staging before Connect: ICReq and a Connect capsule's header.
+const HANDSHAKE_STAGING: usize = 4096;
 /// Payload bytes still missing above which we read straight into the data buffer.
 const DIRECT_READ_MIN: usize = 4096;
 /// In-capsule data the admin queue accepts (the transport spec's minimum).
@@ -87,6 +89,8 @@ struct Req {
     status: Status,
     /// When the request began waiting for H2CData (ticks).
     since: u64,
+    /// Its buffer counts against the R2T buffer quotas (it waits for the host's data).
+    r2t_charged: bool,
 }
 
 impl Req {
@@ -102,6 +106,7 @@ impl Req {
             pending: 0,
             status: Status::SUCCESS,
             since: 0,
+            r2t_charged: false,
         }
     }
 }
@@ -154,9 +159,28 @@ struct State {
     accepted: u64,
     data_wait_ticks: u64,
     connect_ticks: u64,
+    /// R2T buffers this connection holds, and the quotas (0: none).
+    r2t_held: usize,
+    r2t_conn_limit: usize,
+    r2t_host_limit: usize,
+    /// A quota held a write back (logged once per connection).
+    r2t_quota_logged: bool,
 }
 
 impl State {
+    /// Sizes the queue for what Connect settled: a request slot per command the host may
+    /// have outstanding (SQSIZE + 1), full staging, the CID bitmap.
+    fn size_for_queue(&mut self, sqsize: u16) {
+        let depth = sqsize as usize + 1;
+        self.reqs = (0..depth).map(|_| Req::new()).collect();
+        self.free = (0..depth as u16).rev().collect();
+        self.cids_in_flight = vec![0u64; 65536 / 64].into_boxed_slice();
+        self.tx.reserve(depth * 2);
+        if self.staging.len() < STAGING {
+            self.staging.resize(STAGING, 0);
+        }
+    }
+
     /// Queues a PDU for sending, counting the response data it owns.
     fn push_tx(&mut self, p: TxPdu) {
         if let TxData::Owned(d) = &p.data {
@@ -197,6 +221,8 @@ pub struct Connection {
     me: Weak<Connection>,
     group: Weak<SockGroup>,
     target: &'static Target,
+    /// R2T buffers held by all connections of this host (shared across reactors).
+    host_r2t: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 enum Fatal {
@@ -210,13 +236,13 @@ impl Connection {
         token: u64,
         group: Weak<SockGroup>,
         target: &'static Target,
+        host_r2t: Arc<std::sync::atomic::AtomicUsize>,
     ) -> std::io::Result<Rc<Self>> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let opts = target.options();
-        let depth = opts.max_queue_depth.max(ADMIN_DEPTH) as usize;
         Ok(Rc::new_cyclic(|me| Connection {
             stream,
             token,
@@ -232,15 +258,17 @@ impl Connection {
                 sq_head: 0,
                 sq_size: 0,
                 sqflow_disabled: false,
-                staging: vec![0; STAGING],
+                // Small until the queue is connected: a connection that never completes
+                // its handshake costs little (the request table comes with Connect too).
+                staging: vec![0; HANDSHAKE_STAGING],
                 sp: 0,
                 se: 0,
                 rx: Rx::Header,
-                reqs: (0..depth).map(|_| Req::new()).collect(),
-                free: (0..depth as u16).rev().collect(),
-                cids_in_flight: vec![0u64; 65536 / 64].into_boxed_slice(),
+                reqs: Vec::new(),
+                free: Vec::new(),
+                cids_in_flight: Box::default(),
                 need_buffer: VecDeque::new(),
-                tx: VecDeque::with_capacity(depth * 2),
+                tx: VecDeque::new(),
                 ns_cache: Vec::new(),
                 ns_gen: u64::MAX,
                 held_aers: Vec::new(),
@@ -253,10 +281,15 @@ impl Connection {
                 accepted: strata_reactor::clock::ticks(),
                 data_wait_ticks: ms_ticks(opts.data_wait_timeout_ms),
                 connect_ticks: ms_ticks(opts.connect_timeout_ms),
+                r2t_held: 0,
+                r2t_conn_limit: opts.max_r2t_buffers_per_connection as usize,
+                r2t_host_limit: opts.max_r2t_buffers_per_host as usize,
+                r2t_quota_logged: false,
             }),
             me: me.clone(),
             group,
             target,
+            host_r2t,
         }))
     }
 
@@ -298,6 +331,14 @@ impl Connection {
                     return;
                 }
             }
+        }
+        // Writes a quota held back go as soon as data this connection was waiting for is in.
+        let retry = {
+            let s = self.st.borrow();
+            !s.need_buffer.is_empty() && s.phase != Phase::Closed
+        };
+        if retry {
+            self.retry_need_buffer();
         }
         if readable || writable {
             self.flush();
@@ -394,6 +435,9 @@ impl Connection {
             s.tx_owned = 0;
             s.held_aers.clear();
             s.need_buffer.clear();
+            for slot in 0..s.reqs.len() as u16 {
+                self.r2t_release(&mut s, slot);
+            }
             let ctrl = s.ctrl.take();
             if let (Some(c), Some(q)) = (&ctrl, s.qid) {
                 if q == 0 {
@@ -469,8 +513,6 @@ impl Connection {
         }
     }
 }
-
-const ADMIN_DEPTH: u16 = 128;
 
 fn ms_ticks(ms: u32) -> u64 {
     strata_reactor::clock::duration_to_ticks(std::time::Duration::from_millis(ms as u64))

@@ -75,6 +75,14 @@ pub struct CreateTransport {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_listener: Option<u32>,
+    /// strata: most buffers one connection holds for writes awaiting their data.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_r2t_buffers_per_connection: Option<u32>,
+    /// strata: the same over all connections of one host (IP address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_r2t_buffers_per_host: Option<u32>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
@@ -134,6 +142,12 @@ impl CreateTransport {
             max_connections_per_listener: self
                 .max_connections_per_listener
                 .unwrap_or(d.max_connections_per_listener),
+            max_r2t_buffers_per_connection: self
+                .max_r2t_buffers_per_connection
+                .unwrap_or(d.max_r2t_buffers_per_connection),
+            max_r2t_buffers_per_host: self
+                .max_r2t_buffers_per_host
+                .unwrap_or(d.max_r2t_buffers_per_host),
         })
     }
 }
