@@ -4,8 +4,10 @@
 //! status codes) as checked `#[repr(C)]` types; [`tcp`] the NVMe/TCP PDU codec; [`target`]
 //! the target side (subsystems, controllers, queue pairs on reactors, discovery); [`host`]
 //! the initiator used by tests and strata-perf; [`remote`] the remote bdev built on it (a
-//! namespace of another NVMe/TCP target as a local bdev, SPDK's `bdev_nvme`).
+//! namespace of another NVMe/TCP target as a local bdev, SPDK's `bdev_nvme`); [`auth`] the
+//! DH-HMAC-CHAP in-band authentication both sides share.
 
+pub mod auth;
 pub mod host;
 pub mod remote;
 pub mod spec;

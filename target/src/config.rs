@@ -50,7 +50,6 @@ fn ignored(method: &str) -> bool {
         "bdev_nvme_set_hotplug",
         "bdev_iscsi_set_options",
         "bdev_raid_set_options",
-        "nvmf_set_config",
         "nvmf_set_max_subsystems",
         "nvmf_set_crdt",
         "nvmf_set_pci_config",
@@ -139,7 +138,9 @@ pub fn save() -> Value {
         .collect();
     bdev.push(json!({ "method": "bdev_wait_for_examine" }));
     let nvmf = crate::rpc::nvmf_methods::save();
+    let keyring = crate::rpc::keyring_methods::save();
     json!({ "subsystems": [
+        { "subsystem": "keyring", "config": keyring },
         { "subsystem": "bdev", "config": bdev },
         { "subsystem": "nvmf", "config": nvmf },
     ] })

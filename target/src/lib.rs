@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod keyring;
 pub mod metrics;
 pub mod rpc;
 pub mod rpc_client;

@@ -90,6 +90,8 @@ pub const CONNECT_INCOMPATIBLE_FORMAT: Status = Status::command_specific(0x80);
 pub const CONNECT_CONTROLLER_BUSY: Status = Status::command_specific(0x81);
 pub const CONNECT_INVALID_PARAMETERS: Status = Status::command_specific(0x82);
 pub const CONNECT_INVALID_HOST: Status = Status::command_specific(0x84);
+/// The queue must complete DH-HMAC-CHAP first (the host re-authenticates on it).
+pub const AUTH_REQUIRED: Status = Status::command_specific(0x91);
 pub const INVALID_QUEUE_IDENTIFIER: Status = Status::command_specific(0x01);
 
 // Media and data integrity errors (SCT 2).

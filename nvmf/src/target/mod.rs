@@ -1,6 +1,7 @@
 //! The NVMe-oF target: the TCP transport's options, the subsystems (including the discovery
 //! subsystem), listeners, controllers and the discovery log.
 
+pub mod auth;
 pub mod conn;
 pub mod controller;
 pub mod subsystem;
@@ -119,6 +120,7 @@ struct ListenerEntry {
 
 struct Inner {
     transport: Option<TransportOptions>,
+    auth_policy: auth::AuthPolicy,
     subsystems: Vec<Arc<Subsystem>>,
     listeners: Vec<ListenerEntry>,
     controllers: Vec<Weak<Controller>>,
@@ -147,6 +149,7 @@ impl Target {
             Target {
                 inner: Mutex::new(Inner {
                     transport: None,
+                    auth_policy: auth::AuthPolicy::default(),
                     subsystems: vec![discovery],
                     listeners: Vec::new(),
                     controllers: Vec::new(),
@@ -159,6 +162,15 @@ impl Target {
 
     pub fn options(&self) -> TransportOptions {
         self.inner.lock().transport.clone().unwrap_or_default()
+    }
+
+    /// The digests and DH groups DH-HMAC-CHAP may choose.
+    pub fn auth_policy(&self) -> auth::AuthPolicy {
+        self.inner.lock().auth_policy.clone()
+    }
+
+    pub fn set_auth_policy(&self, p: auth::AuthPolicy) {
+        self.inner.lock().auth_policy = p;
     }
 
     pub fn transport(&self) -> Option<TransportOptions> {

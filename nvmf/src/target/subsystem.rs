@@ -108,6 +108,8 @@ pub struct SubsystemState {
     pub ana: BTreeMap<ListenAddress, BTreeMap<u32, AnaState>>,
     /// Bumped at every ANA state change (the ANA log's change count).
     pub ana_change_count: u64,
+    /// DH-HMAC-CHAP secrets per host NQN: such a host authenticates every queue.
+    pub host_keys: BTreeMap<String, super::auth::HostKeys>,
 }
 
 impl SubsystemState {
@@ -189,6 +191,7 @@ impl Subsystem {
                 ana_reporting: false,
                 ana: BTreeMap::new(),
                 ana_change_count: 0,
+                host_keys: BTreeMap::new(),
             }),
             ns_generation: AtomicU64::new(0),
         })

@@ -31,6 +31,22 @@ pub fn installed() -> bool {
     true
 }
 
+/// Debian's backports kernel (`scripts/linux-host/newer-kernel.sh`), for host features
+/// Debian 12's kernel is built without (DH-HMAC-CHAP, TLS).
+pub fn newer_kernel() -> PathBuf {
+    let out = Command::new(repo_dir().join("scripts/linux-host/newer-kernel.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "newer-kernel.sh failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub struct Guest {
     child: Child,
     pub share: PathBuf,
@@ -41,9 +57,18 @@ pub struct Guest {
 impl Guest {
     /// Boots a guest running `command` (bash), with its share in `dir/share`.
     pub fn start(dir: &Path, command: &str, timeout_s: u64) -> Guest {
+        Self::start_on(dir, command, timeout_s, None)
+    }
+
+    /// Like [`Guest::start`], booting `kernel` (see `newer_kernel`) instead of Debian 12's.
+    pub fn start_on(dir: &Path, command: &str, timeout_s: u64, kernel: Option<&Path>) -> Guest {
         let share = dir.join("share");
         std::fs::create_dir_all(&share).unwrap();
-        let child = Command::new(repo_dir().join("scripts/linux-host/run-guest.sh"))
+        let mut cmd = Command::new(repo_dir().join("scripts/linux-host/run-guest.sh"));
+        if let Some(k) = kernel {
+            cmd.arg("--kernel").arg(k);
+        }
+        let child = cmd
             .args(["--timeout", &timeout_s.to_string(), "--share"])
             .arg(&share)
             .args(["--", command])

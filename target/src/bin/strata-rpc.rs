@@ -21,7 +21,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use strata_target::rpc::params::{
-    backup, bdev, framework, journal, mirror, nvme, nvmf, parity, ByName, CliParams, NoParams,
+    backup, bdev, framework, journal, keyring, mirror, nvme, nvmf, parity, ByName, CliParams,
+    NoParams,
 };
 use strata_target::rpc_client::{
     error_fields, make_request, response_result, ArgError, RpcClient, RpcClientError,
@@ -245,6 +246,16 @@ methods! {
     "nvmf_subsystem_add_listener" => NvmfSubsystemAddListener(nvmf::Listener),
     /// Stop a subsystem listening on a transport address.
     "nvmf_subsystem_remove_listener" => NvmfSubsystemRemoveListener(nvmf::Listener),
+    /// Allow DH-HMAC-CHAP digests and DH groups (the strongest a host offers is taken).
+    "nvmf_set_config" => NvmfSetConfig(nvmf::SetConfig),
+    /// Set (or, with neither key, clear) a host's DH-HMAC-CHAP keys.
+    "nvmf_subsystem_set_keys" => NvmfSubsystemSetKeys(nvmf::SetKeys),
+    /// Add a key from a file (owner-only access) to the keyring.
+    "keyring_file_add_key" => KeyringFileAddKey(keyring::AddKey),
+    /// Remove a key from the keyring.
+    "keyring_file_remove_key" => KeyringFileRemoveKey(keyring::RemoveKey),
+    /// List the keyring's keys (names and paths, never secrets).
+    "keyring_get_keys" => KeyringGetKeys(keyring::GetKeys),
     /// Set the ANA state of a listener's ANA group (all groups without -g).
     "nvmf_subsystem_listener_set_ana_state" => NvmfSubsystemListenerSetAnaState(nvmf::ListenerAnaState),
     /// A subsystem's listeners and their ANA states.

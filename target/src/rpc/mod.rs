@@ -8,6 +8,7 @@ pub mod bdev_methods;
 pub mod error;
 pub mod framework_methods;
 pub mod journal_methods;
+pub mod keyring_methods;
 pub mod mirror_methods;
 pub mod nvme_methods;
 pub mod nvmf_methods;
@@ -52,6 +53,7 @@ impl MethodTable {
         journal_methods::register(&mut t);
         nvme_methods::register(&mut t);
         nvmf_methods::register(&mut t);
+        keyring_methods::register(&mut t);
         Arc::new(t)
     }
 

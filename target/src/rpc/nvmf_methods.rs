@@ -2,12 +2,14 @@
 
 use super::params::nvmf::{
     AddNs, AllowAnyHost, ByNqn, CreateSubsystem, CreateTransport, GetStats, GetSubsystems,
-    GetTransports, Host, Listener, ListenerAnaState, RemoveNs,
+    GetTransports, Host, Listener, ListenerAnaState, RemoveNs, SetConfig, SetKeys,
 };
 use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use strata_nvmf::auth::{DhGroup, DhchapHash, DhchapSecret};
+use strata_nvmf::target::auth::{AuthPolicy, HostKeys};
 use strata_nvmf::target::subsystem::{AnaState, ListenAddress, Subsystem, SubsystemKind};
 use strata_nvmf::target::transport::SockGroup;
 use strata_nvmf::target::{Target, TargetError};
@@ -19,6 +21,28 @@ impl From<TargetError> for RpcError {
             other => other.errno() as i64,
         };
         RpcError::new(code, e.to_string())
+    }
+}
+
+/// A host's DH-HMAC-CHAP secrets from the keyring (none: no authentication).
+fn host_keys(key: Option<&str>, ctrlr: Option<&str>) -> Result<Option<HostKeys>, RpcError> {
+    let load = |name: &str| -> Result<std::sync::Arc<DhchapSecret>, RpcError> {
+        let secret = crate::keyring::secret(name)
+            .map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
+        DhchapSecret::parse(&secret)
+            .map(std::sync::Arc::new)
+            .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
+    };
+    match (key, ctrlr) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(RpcError::invalid_params(
+            "dhchap_ctrlr_key needs dhchap_key (the host authenticates first)",
+        )),
+        (Some(k), c) => Ok(Some(HostKeys {
+            key_name: k.to_string(),
+            key: load(k)?,
+            ctrlr_key: c.map(|c| load(c).map(|k| (c.to_string(), k))).transpose()?,
+        })),
     }
 }
 
@@ -121,36 +145,92 @@ pub fn register(t: &mut MethodTable) {
         subsystem(&p.nqn)?.remove_namespace(p.nsid)?;
         Ok(Value::Bool(true))
     });
-    for (m, add) in [
-        ("nvmf_subsystem_add_host", true),
-        ("nvmf_subsystem_remove_host", false),
-    ] {
-        t.add(m, move |_, p: Host| {
-            let s = subsystem(&p.nqn)?;
-            let host = p.host;
-            strata_nvmf::target::subsystem::validate_nqn(&host)?;
-            let mut st = s.state.lock();
-            if add {
-                if st.hosts.contains(&host) {
-                    return Err(RpcError::new(
-                        -(libc::EEXIST as i64),
-                        format!("host {host} already allowed"),
-                    ));
-                }
-                st.hosts.push(host);
-            } else {
-                let before = st.hosts.len();
-                st.hosts.retain(|h| *h != host);
-                if st.hosts.len() == before {
-                    return Err(RpcError::new(
-                        -(libc::ENODEV as i64),
-                        format!("host {host} not found"),
-                    ));
-                }
-            }
-            Ok(Value::Bool(true))
-        });
-    }
+    t.add("nvmf_subsystem_add_host", |_, p: Host| {
+        let s = subsystem(&p.nqn)?;
+        let host = p.host;
+        strata_nvmf::target::subsystem::validate_nqn(&host)?;
+        let keys = host_keys(p.dhchap_key.as_deref(), p.dhchap_ctrlr_key.as_deref())?;
+        let mut st = s.state.lock();
+        if st.hosts.contains(&host) {
+            return Err(RpcError::new(
+                -(libc::EEXIST as i64),
+                format!("host {host} already allowed"),
+            ));
+        }
+        if let Some(k) = keys {
+            st.host_keys.insert(host.clone(), k);
+        }
+        st.hosts.push(host);
+        Ok(Value::Bool(true))
+    });
+    t.add("nvmf_subsystem_remove_host", |_, p: Host| {
+        let s = subsystem(&p.nqn)?;
+        let host = p.host;
+        let mut st = s.state.lock();
+        let before = st.hosts.len();
+        st.hosts.retain(|h| *h != host);
+        if st.hosts.len() == before {
+            return Err(RpcError::new(
+                -(libc::ENODEV as i64),
+                format!("host {host} not found"),
+            ));
+        }
+        st.host_keys.remove(&host);
+        Ok(Value::Bool(true))
+    });
+    t.add("nvmf_subsystem_set_keys", |_, p: SetKeys| {
+        let s = subsystem(&p.nqn)?;
+        let keys = host_keys(p.dhchap_key.as_deref(), p.dhchap_ctrlr_key.as_deref())?;
+        let mut st = s.state.lock();
+        if !st.hosts.contains(&p.host) {
+            return Err(RpcError::new(
+                -(libc::ENODEV as i64),
+                format!("host {} is not a host of {}", p.host, p.nqn),
+            ));
+        }
+        // Queues authenticate with the keys in force at their Connect (and the host's
+        // re-authentication picks up new ones).
+        match keys {
+            Some(k) => st.host_keys.insert(p.host.clone(), k),
+            None => st.host_keys.remove(&p.host),
+        };
+        tracing::info!(nqn = %p.nqn, host = %p.host, "DH-HMAC-CHAP keys set");
+        Ok(Value::Bool(true))
+    });
+    t.add("nvmf_set_config", |_, p: SetConfig| {
+        let mut policy = Target::get().auth_policy();
+        if let Some(d) = &p.dhchap_digests {
+            policy.digests = d
+                .iter()
+                .map(|n| {
+                    DhchapHash::from_name(n).ok_or_else(|| {
+                        RpcError::invalid_params(format!(
+                            "dhchap_digests: unknown digest '{n}' (sha256, sha384, sha512)"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(g) = &p.dhchap_dhgroups {
+            policy.dhgroups = g
+                .iter()
+                .map(|n| {
+                    DhGroup::from_name(n).ok_or_else(|| {
+                        RpcError::invalid_params(format!(
+                            "dhchap_dhgroups: unknown DH group '{n}' (null, ffdhe2048 ... ffdhe8192)"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if policy.digests.is_empty() || policy.dhgroups.is_empty() {
+            return Err(RpcError::invalid_params(
+                "dhchap_digests and dhchap_dhgroups cannot be empty",
+            ));
+        }
+        Target::get().set_auth_policy(policy);
+        Ok(Value::Bool(true))
+    });
     t.add("nvmf_subsystem_allow_any_host", |_, p: AllowAnyHost| {
         subsystem(&p.nqn)?.state.lock().allow_any_host = p.allow_any_host;
         Ok(Value::Bool(true))
@@ -246,7 +326,7 @@ pub fn subsystem_json(s: &Subsystem) -> Value {
         "subtype": if s.kind == SubsystemKind::Discovery { "Discovery" } else { "NVMe" },
         "listen_addresses": listeners,
         "allow_any_host": st.allow_any_host,
-        "hosts": st.hosts.iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>(),
+        "hosts": st.hosts.iter().map(|h| host_json(&st.host_keys, h)).collect::<Vec<_>>(),
     });
     if s.kind == SubsystemKind::Nvme {
         if let Some(o) = v.as_object_mut() {
@@ -274,11 +354,30 @@ pub fn subsystem_json(s: &Subsystem) -> Value {
     v
 }
 
+/// A host entry: its NQN and the names of its keys.
+fn host_json(keys: &std::collections::BTreeMap<String, HostKeys>, h: &str) -> Value {
+    let mut v = json!({ "nqn": h });
+    if let Some(k) = keys.get(h) {
+        v["dhchap_key"] = json!(k.key_name);
+        if let Some((n, _)) = &k.ctrlr_key {
+            v["dhchap_ctrlr_key"] = json!(n);
+        }
+    }
+    v
+}
+
 /// The `nvmf` part of `save_config`.
 pub fn save() -> Vec<Value> {
     let t = Target::get();
     let mut out = Vec::new();
     let Some(o) = t.transport() else { return out };
+    let policy = t.auth_policy();
+    if policy != AuthPolicy::default() {
+        out.push(json!({ "method": "nvmf_set_config", "params": {
+            "dhchap_digests": policy.digests.iter().map(|d| d.name()).collect::<Vec<_>>(),
+            "dhchap_dhgroups": policy.dhgroups.iter().map(|g| g.name()).collect::<Vec<_>>(),
+        }}));
+    }
     out.push(json!({ "method": "nvmf_create_transport", "params": o }));
     for s in t.subsystems() {
         let st = s.state.lock();
@@ -289,7 +388,10 @@ pub fn save() -> Vec<Value> {
                 "ana_reporting": st.ana_reporting,
             }}));
             for h in &st.hosts {
-                out.push(json!({ "method": "nvmf_subsystem_add_host", "params": { "nqn": s.nqn, "host": h } }));
+                let mut params = host_json(&st.host_keys, h);
+                params["host"] = params["nqn"].take();
+                params["nqn"] = json!(s.nqn);
+                out.push(json!({ "method": "nvmf_subsystem_add_host", "params": params }));
             }
             for n in st.namespaces.values() {
                 let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.desc.name(), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid });

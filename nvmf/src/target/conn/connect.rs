@@ -1,7 +1,12 @@
 //! Connection set-up: ICReq, Fabrics commands (Connect, Property Get/Set, Disconnect).
 
 use super::*;
+use crate::auth::message as auth_msg;
+use crate::target::auth::QueueAuth;
 use crate::tcp::framer::HeaderBytes;
+
+/// Connect response DW0 bit 17 (AUTHREQ ATR): the queue must authenticate.
+const CONNECT_AUTHREQ_ATR: u32 = 1 << 17;
 
 impl Connection {
     pub(super) fn on_icreq(&self, hdr: &HeaderBytes) -> Result<(), Fatal> {
@@ -71,6 +76,7 @@ impl Connection {
                 drop(s);
                 self.queue_resp(cqe, None);
             }
+            fabrics::FCTYPE_AUTH_SEND | fabrics::FCTYPE_AUTH_RECV => self.on_auth(sqe, data),
             fabrics::FCTYPE_DISCONNECT => {
                 self.respond_now(sqe.cid, Status::SUCCESS, 0);
                 let mut s = self.st.borrow_mut();
@@ -208,8 +214,9 @@ impl Connection {
             s.subsys = Some(subsys.clone());
             s.in_capsule = ADMIN_IN_CAPSULE;
         }
-        tracing::info!(peer = %self.peer, cntlid, nqn = %subnqn, host = %hostnqn, kato_ms = cmd.kato, "admin queue connected");
-        self.respond_now(sqe.cid, Status::SUCCESS, cntlid as u32);
+        let atr = self.start_auth(&subsys, hostnqn);
+        tracing::info!(peer = %self.peer, cntlid, nqn = %subnqn, host = %hostnqn, kato_ms = cmd.kato, authenticate = atr != 0, "admin queue connected");
+        self.respond_now(sqe.cid, Status::SUCCESS, cntlid as u32 | atr);
     }
 
     /// Connect for an I/O queue of an existing, enabled controller of this host.
@@ -264,8 +271,114 @@ impl Connection {
             s.subsys = Some(subsys.clone());
             s.in_capsule = opts.in_capsule_data_size;
         }
+        let atr = self.start_auth(&subsys, hostnqn);
         tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid = cmd.qid, "I/O queue connected");
-        self.respond_now(sqe.cid, Status::SUCCESS, ctrl.cntlid as u32);
+        self.respond_now(sqe.cid, Status::SUCCESS, ctrl.cntlid as u32 | atr);
+    }
+
+    /// A host with a DH-HMAC-CHAP key authenticates this queue before anything but
+    /// Fabrics commands runs on it: returns the Connect answer's AUTHREQ bits (ATR).
+    fn start_auth(&self, subsys: &Subsystem, hostnqn: &str) -> u32 {
+        let keys = subsys.state.lock().host_keys.get(hostnqn).cloned();
+        let Some(keys) = keys else { return 0 };
+        let q = QueueAuth::new(&keys, hostnqn, &subsys.nqn, self.target.auth_policy());
+        let mut s = self.st.borrow_mut();
+        s.auth = Some(Box::new(q));
+        s.auth_pending = true;
+        CONNECT_AUTHREQ_ATR
+    }
+
+    /// AUTH_Send / AUTH_Receive (security protocol E9h): one step of the queue's
+    /// DH-HMAC-CHAP transaction. Protocol failures complete successfully; the host reads
+    /// AUTH_Failure1 next and the connection closes after it.
+    fn on_auth(&self, sqe: Sqe, data: Option<DmaBuf>) {
+        let send = sqe.fctype() == fabrics::FCTYPE_AUTH_SEND;
+        let (secp, spsp0, spsp1) = (
+            (sqe.cdw10 >> 24) as u8,
+            (sqe.cdw10 >> 8) as u8,
+            (sqe.cdw10 >> 16) as u8,
+        );
+        let len = sqe.cdw11 as usize;
+        if secp != auth_msg::SECP_NVME_AUTH
+            || spsp0 != auth_msg::SPSP
+            || spsp1 != auth_msg::SPSP
+            || len == 0
+        {
+            tracing::warn!(peer = %self.peer, secp, spsp0, spsp1, len, "AUTH command with bad fields");
+            self.respond_now(sqe.cid, status::INVALID_FIELD, 0);
+            return;
+        }
+        let mut s = self.st.borrow_mut();
+        if s.ctrl.is_none() || s.auth.is_none() {
+            drop(s);
+            tracing::warn!(peer = %self.peer, "AUTH command on a queue that does not authenticate");
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
+        if send {
+            let msg = match &data {
+                Some(b) if b.len() >= len => &b.as_slice()[..len],
+                _ => {
+                    drop(s);
+                    tracing::warn!(peer = %self.peer, len, "AUTH_Send without its message in the capsule");
+                    self.respond_now(sqe.cid, status::DATA_SGL_LENGTH_INVALID, 0);
+                    return;
+                }
+            };
+            let Some(q) = s.auth.as_mut() else { return };
+            let r = q.send(msg);
+            let done = q.authenticated;
+            let chosen = q.chosen();
+            if done && s.auth_pending {
+                s.auth_pending = false;
+                let qid = s.qid;
+                drop(s);
+                tracing::info!(peer = %self.peer, qid, hash = chosen.0.name(), dhgroup = chosen.1.name(), "queue authenticated (DH-HMAC-CHAP)");
+            } else {
+                drop(s);
+            }
+            match r {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!(peer = %self.peer, "the host failed the authentication (AUTH_Failure2)");
+                    self.respond_now(sqe.cid, Status::SUCCESS, 0);
+                    self.close_after_last();
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(peer = %self.peer, reason = %why, "authentication failed")
+                }
+            }
+            self.respond_now(sqe.cid, Status::SUCCESS, 0);
+            return;
+        }
+        if sqe.sgl.sgl_id != SGL_TRANSPORT {
+            drop(s);
+            self.respond_now(sqe.cid, status::SGL_DESCRIPTOR_TYPE_INVALID, 0);
+            return;
+        }
+        let Some(q) = s.auth.as_mut() else { return };
+        let got = q.receive();
+        if got.close {
+            s.auth_pending = true;
+        }
+        let mut msg = got.message;
+        msg.truncate(len.min(sqe.sgl.length as usize));
+        let cqe = self.cqe(&mut s, sqe.cid, Status::SUCCESS, 0);
+        drop(s);
+        self.queue_c2h_owned(sqe.cid, msg, false);
+        self.queue_resp(cqe, None);
+        if got.close {
+            self.close_after_last();
+        }
+    }
+
+    /// The connection closes once what is queued has been sent.
+    fn close_after_last(&self) {
+        let mut s = self.st.borrow_mut();
+        if let Some(last) = s.tx.back_mut() {
+            last.close_after = true;
+        }
     }
 
     /// Refuses a Connect for a bad parameter.

@@ -165,6 +165,10 @@ struct State {
     r2t_host_limit: usize,
     /// A quota held a write back (logged once per connection).
     r2t_quota_logged: bool,
+    /// DH-HMAC-CHAP of this queue, when the host has a key; until it succeeds only
+    /// Fabrics commands run (`auth_pending`).
+    auth: Option<Box<super::auth::QueueAuth>>,
+    auth_pending: bool,
 }
 
 impl State {
@@ -285,6 +289,8 @@ impl Connection {
                 r2t_conn_limit: opts.max_r2t_buffers_per_connection as usize,
                 r2t_host_limit: opts.max_r2t_buffers_per_host as usize,
                 r2t_quota_logged: false,
+                auth: None,
+                auth_pending: false,
             }),
             me: me.clone(),
             group,
@@ -491,10 +497,15 @@ impl Connection {
             self.on_fabrics(sqe, data);
             return;
         }
-        let (qid, connected) = {
+        let (qid, connected, auth_pending) = {
             let s = self.st.borrow();
-            (s.qid, s.ctrl.is_some())
+            (s.qid, s.ctrl.is_some(), s.auth_pending)
         };
+        if auth_pending {
+            tracing::warn!(peer = %self.peer, opcode = sqe.opcode, "command before the queue authenticated");
+            self.respond_now(sqe.cid, status::AUTH_REQUIRED, 0);
+            return;
+        }
         if connected && qid != Some(0) {
             // Hot path: no reference counting, no lock.
             self.on_io(sqe, data);

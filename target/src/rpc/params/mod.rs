@@ -12,6 +12,7 @@ pub mod backup;
 pub mod bdev;
 pub mod framework;
 pub mod journal;
+pub mod keyring;
 pub mod mirror;
 pub mod nvme;
 pub mod nvmf;

@@ -452,9 +452,59 @@ impl SpdkParams for RemoveNs {
 pub struct Host {
     pub nqn: String,
     pub host: String,
+    /// Keyring key with the host's DH-HMAC-CHAP secret: the host must authenticate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    /// Keyring key with the controller's secret (bidirectional authentication).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
 }
 impl SpdkParams for Host {
-    const IGNORED: &'static [&'static str] = &["tgt_name", "psk", "dhchap_key", "dhchap_ctrlr_key"];
+    const IGNORED: &'static [&'static str] = &["tgt_name", "psk"];
+}
+
+/// `nvmf_subsystem_set_keys`: a host's DH-HMAC-CHAP keys (none: no authentication).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeys {
+    pub nqn: String,
+    pub host: String,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
+}
+impl SpdkParams for SetKeys {
+    const IGNORED: &'static [&'static str] = &["tgt_name"];
+}
+
+/// `nvmf_set_config`: the DH-HMAC-CHAP digests and DH groups the target may choose.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// sha256, sha384, sha512 (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_digests: Option<Vec<String>>,
+    /// null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192 (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_dhgroups: Option<Vec<String>>,
+}
+impl SpdkParams for SetConfig {
+    const IGNORED: &'static [&'static str] = &[
+        "tgt_name",
+        "acceptor_poll_rate",
+        "conn_sched",
+        "passthru_identify_ctrlr",
+        "poll_groups_mask",
+        "discovery_filter",
+        "admin_cmd_passthru",
+    ];
 }
 
 /// `nvmf_subsystem_allow_any_host`: rpc.py says `-e` or `-d`, the method takes a bool.

@@ -1,0 +1,96 @@
+//! The keyring: secrets by name, each read from a file only its owner may read (SPDK's
+//! `keyring_file` module). Methods that take keys (`dhchap_key`, `psk`) name them; the
+//! secret itself never appears in RPC answers, logs or `save_config` (only the path does).
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("key {0} already exists")]
+    Exists(String),
+    #[error("key {0} not found")]
+    NotFound(String),
+}
+
+struct Key {
+    path: PathBuf,
+    secret: String,
+}
+
+static KEYS: Mutex<BTreeMap<String, Key>> = Mutex::new(BTreeMap::new());
+
+/// Adds key `name` from the file at `path` (absolute; no access for group or others).
+pub fn add_file_key(name: &str, path: &str) -> Result<(), KeyringError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(KeyringError::Invalid(
+            "a key name is 1 to 255 characters".into(),
+        ));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(KeyringError::Invalid(format!(
+            "key file {path}: the path must be absolute"
+        )));
+    }
+    let meta =
+        std::fs::metadata(p).map_err(|e| KeyringError::Invalid(format!("key file {path}: {e}")))?;
+    if !meta.is_file() {
+        return Err(KeyringError::Invalid(format!(
+            "key file {path} is not a regular file"
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyringError::Invalid(format!(
+            "key file {path} has mode {mode:03o}: only its owner may have access (chmod 0600)"
+        )));
+    }
+    let secret = std::fs::read_to_string(p)
+        .map_err(|e| KeyringError::Invalid(format!("key file {path}: {e}")))?
+        .trim()
+        .to_string();
+    if secret.is_empty() {
+        return Err(KeyringError::Invalid(format!("key file {path} is empty")));
+    }
+    let mut keys = KEYS.lock();
+    if keys.contains_key(name) {
+        return Err(KeyringError::Exists(name.into()));
+    }
+    keys.insert(
+        name.to_string(),
+        Key {
+            path: p.to_path_buf(),
+            secret,
+        },
+    );
+    tracing::info!(key = name, path, "key added to the keyring");
+    Ok(())
+}
+
+pub fn remove_key(name: &str) -> Result<(), KeyringError> {
+    KEYS.lock()
+        .remove(name)
+        .map(|_| ())
+        .ok_or_else(|| KeyringError::NotFound(name.into()))
+}
+
+/// The secret of key `name`.
+pub fn secret(name: &str) -> Result<String, KeyringError> {
+    KEYS.lock()
+        .get(name)
+        .map(|k| k.secret.clone())
+        .ok_or_else(|| KeyringError::NotFound(name.into()))
+}
+
+/// (name, path) of every key.
+pub fn list() -> Vec<(String, PathBuf)> {
+    KEYS.lock()
+        .iter()
+        .map(|(n, k)| (n.clone(), k.path.clone()))
+        .collect()
+}
