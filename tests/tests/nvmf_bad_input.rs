@@ -2349,3 +2349,183 @@ fn hoarders_and_held_connections_do_not_starve_a_normal_host() {
     std::thread::sleep(Duration::from_millis(500));
     assert_serves(&mut t);
 }
+
+// ------------------------------------------------------------------------------------------
+// DH-HMAC-CHAP: bad fields, out-of-order and malformed messages
+// ------------------------------------------------------------------------------------------
+
+const SECP_AUTH: u32 = (0xE9 << 24) | (1 << 16) | (1 << 8);
+
+fn auth_send_sqe(len: u32, cdw10: u32) -> Sqe {
+    let mut s = fabrics_sqe(0x05);
+    set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, len);
+    set_cdw(&mut s, 10, cdw10);
+    set_cdw(&mut s, 11, len);
+    s
+}
+
+fn auth_recv_sqe() -> Sqe {
+    let mut s = fabrics_sqe(0x06);
+    set_sgl(&mut s, SGL_TRANSPORT_DATA_BLOCK, 4096);
+    set_cdw(&mut s, 10, SECP_AUTH);
+    set_cdw(&mut s, 11, 4096);
+    s
+}
+
+/// AUTH_Negotiate offering `hashes` and DH groups `groups`.
+fn negotiate_msg(hashes: &[u8], groups: &[u8]) -> Vec<u8> {
+    let mut m = vec![0u8; 72];
+    m[7] = 1;
+    m[8] = 1;
+    m[10] = hashes.len() as u8;
+    m[11] = groups.len() as u8;
+    m[12..12 + hashes.len()].copy_from_slice(hashes);
+    m[42..42 + groups.len()].copy_from_slice(groups);
+    m
+}
+
+/// An admin queue of a host that must authenticate: Connect says so (ATR), and nothing but
+/// Fabrics commands runs before it has.
+fn admin_needing_auth(port: u16, ident: &Ident) -> Host {
+    let mut a = Host::ic(port, ident, 0);
+    let c = a.connect(0, 31, 0xFFFF, NQN);
+    c.assert_ok("admin Connect");
+    assert_ne!(c.dw0 & (1 << 17), 0, "Connect answer without AUTHREQ ATR");
+    a
+}
+
+/// A host with a DH-HMAC-CHAP key sends what an attacker or a broken host would: commands
+/// before authenticating (Authentication Required), AUTH commands with a bad security
+/// protocol or length (Invalid Field), a Reply before any Negotiate, a Negotiate offering
+/// no usable hash, a wrong response, and a short message. Each protocol fault completes
+/// successfully, the host reads AUTH_Failure1 with the reason, and the connection closes;
+/// every time the target logs it and keeps serving other hosts.
+#[test]
+fn dhchap_bad_messages_get_failure1_and_other_hosts_are_unaffected() {
+    let mut t = start_with_transport(json!({"trtype": "TCP"}));
+    let ident = new_ident();
+    let key = t.t.dir().join("host.key");
+    // DHHC-1, no transformation, 32 zero bytes and a CRC-32 of 0.
+    std::fs::write(
+        &key,
+        "DHHC-1:00:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA:\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The CRC-32 above is wrong on purpose for the first try: refused with a clear error.
+    let e =
+        t.t.rpc("keyring_file_add_key", json!({"name": "k0", "path": key}))
+            .and_then(|_| {
+                t.t.rpc(
+                    "nvmf_subsystem_add_host",
+                    json!({"nqn": NQN, "host": ident.hostnqn, "dhchap_key": "k0"}),
+                )
+            })
+            .unwrap_err();
+    assert_eq!(e.0, -32602, "{e:?}");
+    assert!(e.1.contains("CRC"), "{e:?}");
+    let key2 = t.t.dir().join("host2.key");
+    // 32 bytes 0x00 with their CRC-32 (0x190a55ad, little-endian).
+    std::fs::write(
+        &key2,
+        "DHHC-1:00:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACtVQoZ:\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key2, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    t.t.rpc_ok("keyring_file_add_key", json!({"name": "k1", "path": key2}));
+    t.t.rpc_ok(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": ident.hostnqn, "dhchap_key": "k1"}),
+    );
+    let port = t.port;
+
+    // Commands before authenticating; bad AUTH fields.
+    let mut a = admin_needing_auth(port, &ident);
+    a.cmd(&identify_sqe(1, 0), &[], "Identify before authenticating")
+        .assert_status(1, 0x91, "Identify before authenticating");
+    a.cmd(
+        &auth_send_sqe(72, SECP_AUTH & !0xff00_0000),
+        &negotiate_msg(&[1], &[0]),
+        "bad SECP",
+    )
+    .assert_status(0, 0x02, "AUTH_Send with SECP 0");
+    let mut s = auth_send_sqe(0, SECP_AUTH);
+    set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, 0);
+    a.cmd(&s, &[], "TL 0")
+        .assert_status(0, 0x02, "AUTH_Send with TL 0");
+
+    // A Reply before any Negotiate: incorrect protocol message (07h), then the close.
+    let mut reply = vec![0u8; 16 + 64];
+    reply[0] = 1;
+    reply[1] = 2;
+    reply[6] = 32;
+    a.cmd(
+        &auth_send_sqe(reply.len() as u32, SECP_AUTH),
+        &reply,
+        "Reply first",
+    )
+    .assert_ok("a protocol fault completes successfully");
+    let f = a.cmd(&auth_recv_sqe(), &[], "AUTH_Receive after a fault");
+    f.assert_ok("AUTH_Receive");
+    assert_eq!(&f.data[..2], &[0x00, 0xF1], "Failure1: {:?}", f.data);
+    assert_eq!((f.data[6], f.data[7]), (1, 7), "reason and explanation");
+    a.expect_closed("after Failure1");
+
+    // No hash the target allows: hash unusable (04h).
+    let mut a = admin_needing_auth(port, &ident);
+    let m = negotiate_msg(&[9], &[0]);
+    a.cmd(&auth_send_sqe(m.len() as u32, SECP_AUTH), &m, "Negotiate")
+        .assert_ok("Negotiate");
+    let f = a.cmd(&auth_recv_sqe(), &[], "AUTH_Receive");
+    assert_eq!(f.data[7], 4, "hash unusable: {:?}", f.data);
+    a.expect_closed("after Failure1");
+
+    // A proper Negotiate and Challenge, then a wrong response: authentication failed (01h).
+    let mut a = admin_needing_auth(port, &ident);
+    let m = negotiate_msg(&[1], &[0]);
+    a.cmd(&auth_send_sqe(m.len() as u32, SECP_AUTH), &m, "Negotiate")
+        .assert_ok("Negotiate");
+    let c = a.cmd(&auth_recv_sqe(), &[], "AUTH_Receive");
+    assert_eq!(&c.data[..2], &[1, 1], "a Challenge: {:?}", c.data);
+    assert_eq!(
+        (c.data[6], c.data[8], c.data[9]),
+        (32, 1, 0),
+        "SHA-256, null group"
+    );
+    assert_eq!(c.data.len(), 16 + 32);
+    let mut reply = vec![0u8; 16 + 64];
+    reply[0] = 1;
+    reply[1] = 2;
+    reply[6] = 32;
+    reply[16..48].fill(0x5a);
+    a.cmd(
+        &auth_send_sqe(reply.len() as u32, SECP_AUTH),
+        &reply,
+        "Reply",
+    )
+    .assert_ok("Reply");
+    let f = a.cmd(&auth_recv_sqe(), &[], "AUTH_Receive");
+    assert_eq!(
+        (f.data[1], f.data[7]),
+        (0xF1, 1),
+        "authentication failed: {:?}",
+        f.data
+    );
+    a.expect_closed("after Failure1");
+
+    // A message too short to have a header.
+    let mut a = admin_needing_auth(port, &ident);
+    a.cmd(&auth_send_sqe(3, SECP_AUTH), &[0, 0, 0], "short")
+        .assert_ok("short message");
+    let f = a.cmd(&auth_recv_sqe(), &[], "AUTH_Receive");
+    assert_eq!(f.data[7], 6, "incorrect payload: {:?}", f.data);
+    a.expect_closed("after Failure1");
+
+    assert!(wait_log(&t, "authentication failed"), "no log line");
+    assert!(
+        wait_log(&t, "command before the queue authenticated"),
+        "no log line"
+    );
+    // Hosts without a key are not asked to authenticate.
+    assert_serves(&mut t);
+}
