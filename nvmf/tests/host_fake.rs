@@ -674,6 +674,7 @@ fn queue_pair_alone() {
         hostid: [1; 16],
         cntlid: 0xffff,
         kato_ms: 0,
+        dhchap: None,
     };
     let (mut qp, cntlid) =
         QueuePair::connect(fake.addr, &QueuePairOptions::default(), &params).unwrap();

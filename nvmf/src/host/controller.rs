@@ -54,6 +54,8 @@ pub struct ControllerOptions {
     pub timeout: Duration,
     /// Local address to connect from (SPDK's `hostaddr`).
     pub source: Option<std::net::IpAddr>,
+    /// DH-HMAC-CHAP secrets (for subsystems that require authentication).
+    pub dhchap: Option<std::sync::Arc<super::auth::DhchapKeys>>,
 }
 
 impl Default for ControllerOptions {
@@ -69,6 +71,7 @@ impl Default for ControllerOptions {
             hostid: None,
             timeout: Duration::from_secs(10),
             source: None,
+            dhchap: None,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Controller {
             hostid,
             cntlid: 0xffff,
             kato_ms: opts.kato_ms,
+            dhchap: opts.dhchap.clone(),
         };
         let aopts = super::QueuePairOptions {
             qid: 0,
@@ -308,6 +312,7 @@ impl Controller {
                 hostid: self.hostid,
                 cntlid: self.cntlid,
                 kato_ms: 0,
+                dhchap: self.opts.dhchap.clone(),
             };
             let (qp, _) = QueuePair::connect(self.addr, &qopts, &params)?;
             self.io.push(Some(qp));

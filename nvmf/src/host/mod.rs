@@ -14,6 +14,7 @@
 //! checked against the command they name. A violation ends the connection with an
 //! H2CTermReq and a [`HostError`].
 
+pub mod auth;
 pub mod blocking;
 pub mod cmd;
 pub mod controller;
@@ -46,6 +47,8 @@ pub enum HostError {
     Closed,
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
 }
 
 impl HostError {

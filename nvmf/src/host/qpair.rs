@@ -99,6 +99,8 @@ pub struct ConnectParams {
     pub cntlid: u16,
     /// Keep-alive timeout in ms (admin queue only; 0 disables).
     pub kato_ms: u32,
+    /// DH-HMAC-CHAP secrets, for a controller that asks the queue to authenticate.
+    pub dhchap: Option<std::sync::Arc<super::auth::DhchapKeys>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +295,16 @@ impl QueuePair {
         qp.run_until(deadline, |q| q.ic_done)?;
         let cid = qp.submit_connect(params)?;
         let c = qp.wait_cid(cid, deadline)?.into_result()?;
+        // AUTHREQ ATR: the queue authenticates before anything else runs on it.
+        if c.cqe.dw0 & (1 << 17) != 0 {
+            let Some(keys) = &params.dhchap else {
+                return Err(HostError::Auth(
+                    "the controller requires DH-HMAC-CHAP and no secret is configured".into(),
+                ));
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            super::auth::authenticate(&mut qp, keys, &params.hostnqn, &params.subnqn, left)?;
+        }
         Ok((qp, (c.cqe.dw0 & 0xffff) as u16))
     }
 
@@ -1234,6 +1246,34 @@ impl QueuePair {
             if let Some(c) = self.take_completion(cid) {
                 // A command failed by a dying connection reports why the connection died.
                 r?;
+                return Ok(c);
+            }
+            r?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HostError::Timeout);
+            }
+            self.wait((deadline - now).min(Duration::from_millis(20)))?;
+        }
+    }
+
+    /// Like [`QueuePair::exec`], but a completion that arrived is returned even when the
+    /// controller closed the connection right after it (an AUTH_Failure1 is followed by
+    /// the close, and its reason is what matters).
+    pub fn exec_before_close(
+        &mut self,
+        sqe: Sqe,
+        data: DataDir,
+        timeout: Duration,
+    ) -> Result<Completion, HostError> {
+        let deadline = Instant::now() + timeout;
+        let cid = self.submit(sqe, data, SYNC_COOKIE)?;
+        loop {
+            let r = self.poll();
+            if let Some(c) = self.take_completion(cid) {
+                if !c.status().is_success() {
+                    r?;
+                }
                 return Ok(c);
             }
             r?;

@@ -163,7 +163,7 @@ impl Shared {
     /// The `bdev_nvme_attach_controller` parameters that recreate it (`save_config`).
     pub fn attach_params(&self) -> Value {
         let o = &self.opts;
-        json!({
+        let mut v = json!({
             "name": o.name,
             "trtype": "TCP",
             "adrfam": o.adrfam,
@@ -178,7 +178,14 @@ impl Shared {
             "reconnect_delay_sec": o.reconnect_delay_sec,
             "fast_io_fail_timeout_sec": o.fast_io_fail_timeout_sec,
             "num_io_queues": o.num_io_queues,
-        })
+        });
+        if let Some(k) = &o.dhchap_key_names.0 {
+            v["dhchap_key"] = json!(k);
+        }
+        if let Some(k) = &o.dhchap_key_names.1 {
+            v["dhchap_ctrlr_key"] = json!(k);
+        }
+        v
     }
 
     fn reactors(&self) -> usize {
@@ -208,6 +215,7 @@ fn connect_once(s: &Shared, timeout: Duration) -> Result<Controller, HostError> 
         hostid: Some(s.hostid),
         timeout,
         source: s.opts.source().ok().flatten(),
+        dhchap: s.opts.dhchap.clone(),
     };
     let c = Controller::connect(s.addr, &s.opts.subnqn, opts)?;
     if c.io_queue_count() < s.reactors() {

@@ -118,6 +118,9 @@ pub struct AttachOptions {
     pub fast_io_fail_timeout_sec: u64,
     /// Most I/O queues to create (one per reactor is used).
     pub num_io_queues: u32,
+    /// DH-HMAC-CHAP secrets, and the keyring names they came from (for `save_config`).
+    pub dhchap: Option<std::sync::Arc<crate::host::auth::DhchapKeys>>,
+    pub dhchap_key_names: (Option<String>, Option<String>),
 }
 
 impl AttachOptions {
@@ -136,6 +139,8 @@ impl AttachOptions {
             reconnect_delay_sec: 0,
             fast_io_fail_timeout_sec: 0,
             num_io_queues: 1024,
+            dhchap: None,
+            dhchap_key_names: (None, None),
         }
     }
 

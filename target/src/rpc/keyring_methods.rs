@@ -36,6 +36,14 @@ pub fn register(t: &mut MethodTable) {
     });
 }
 
+/// The DH-HMAC-CHAP secret in keyring key `name`: unknown → ENOKEY, not a secret → -32602.
+pub fn dhchap_secret(name: &str) -> Result<strata_nvmf::auth::DhchapSecret, RpcError> {
+    let s =
+        keyring::secret(name).map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
+    strata_nvmf::auth::DhchapSecret::parse(&s)
+        .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
+}
+
 /// The `keyring` part of `save_config` (paths, never secrets).
 pub fn save() -> Vec<Value> {
     keyring::list()

@@ -2,14 +2,28 @@
 //! bdevs. Connecting blocks, so these run on the RPC thread, not on a reactor.
 
 use super::bdev_methods::ok;
+use super::keyring_methods::dhchap_secret;
 use super::params::nvme::{NvmeAttach, NvmeDetach, NvmeGetControllers, NvmeReset, NvmeSetOptions};
-use super::MethodTable;
+use super::{MethodTable, RpcError};
 use serde_json::Value;
 use strata_nvmf::remote;
 
 pub fn register(t: &mut MethodTable) {
     t.add("bdev_nvme_attach_controller", |_, p: NvmeAttach| {
-        let names = remote::attach(p.options()?)?;
+        let mut o = p.options()?;
+        o.dhchap = match &o.dhchap_key_names {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(RpcError::invalid_params(
+                    "dhchap_ctrlr_key needs dhchap_key",
+                ))
+            }
+            (Some(k), c) => Some(std::sync::Arc::new(strata_nvmf::host::auth::DhchapKeys {
+                key: dhchap_secret(k)?,
+                ctrl_key: c.as_deref().map(dhchap_secret).transpose()?,
+            })),
+        };
+        let names = remote::attach(o)?;
         Ok(Value::from(names))
     });
     t.add("bdev_nvme_detach_controller", |_, p: NvmeDetach| {

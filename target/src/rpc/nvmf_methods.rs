@@ -8,7 +8,7 @@ use super::{MethodTable, RpcError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use strata_nvmf::auth::{DhGroup, DhchapHash, DhchapSecret};
+use strata_nvmf::auth::{DhGroup, DhchapHash};
 use strata_nvmf::target::auth::{AuthPolicy, HostKeys};
 use strata_nvmf::target::subsystem::{AnaState, ListenAddress, Subsystem, SubsystemKind};
 use strata_nvmf::target::transport::SockGroup;
@@ -26,13 +26,7 @@ impl From<TargetError> for RpcError {
 
 /// A host's DH-HMAC-CHAP secrets from the keyring (none: no authentication).
 fn host_keys(key: Option<&str>, ctrlr: Option<&str>) -> Result<Option<HostKeys>, RpcError> {
-    let load = |name: &str| -> Result<std::sync::Arc<DhchapSecret>, RpcError> {
-        let secret = crate::keyring::secret(name)
-            .map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
-        DhchapSecret::parse(&secret)
-            .map(std::sync::Arc::new)
-            .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
-    };
+    let load = |name: &str| super::keyring_methods::dhchap_secret(name).map(Arc::new);
     match (key, ctrlr) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err(RpcError::invalid_params(

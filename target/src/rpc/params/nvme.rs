@@ -73,6 +73,14 @@ pub struct NvmeAttach {
     #[arg(short = 'g', long)]
     #[serde(default, skip_serializing_if = "is_false")]
     pub prchk_guard: bool,
+    /// Keyring key with this host's DH-HMAC-CHAP secret.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    /// Keyring key with the controller's secret (it must prove itself too).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
 }
 impl SpdkParams for NvmeAttach {
     // Settings SPDK writes that have no effect on one TCP path without PI.
@@ -131,6 +139,7 @@ impl NvmeAttach {
         if let Some(n) = self.num_io_queues {
             o.num_io_queues = n;
         }
+        o.dhchap_key_names = (self.dhchap_key, self.dhchap_ctrlr_key);
         Ok(o)
     }
 }
