@@ -144,6 +144,49 @@ fn strata_hosts_and_remote_members_authenticate_and_wrong_secrets_are_refused() 
     }
     assert!(a.log_text().contains("the host failed the authentication"));
 
+    // Key rotation: a connected controller keeps running; new connections need the new key.
+    let mut kept = connect(
+        &a,
+        Some(DhchapKeys {
+            key: host.clone(),
+            ctrl_key: None,
+        }),
+    )
+    .unwrap();
+    let host2 = secret(1, 32);
+    add_key(&a, "host2", &host2);
+    rpc_ok(
+        &a,
+        "nvmf_subsystem_set_keys",
+        json!({ "nqn": NQN, "host": HOSTNQN, "dhchap_key": "host2" }),
+    );
+    assert!(matches!(
+        connect(
+            &a,
+            Some(DhchapKeys {
+                key: host.clone(),
+                ctrl_key: None,
+            }),
+        ),
+        Err(HostError::Auth(_))
+    ));
+    assert_eq!(kept.read_blocks(1, 10, 64).unwrap(), data);
+    drop(kept);
+    let c = connect(
+        &a,
+        Some(DhchapKeys {
+            key: host2.clone(),
+            ctrl_key: None,
+        }),
+    )
+    .unwrap();
+    drop(c);
+    rpc_ok(
+        &a,
+        "nvmf_subsystem_set_keys",
+        json!({ "nqn": NQN, "host": HOSTNQN, "dhchap_key": "host", "dhchap_ctrlr_key": "ctrl" }),
+    );
+
     // A remote member with keys: node B attaches A's namespace.
     let b = TgtProcess::launch_on(
         "127.0.0.35",
@@ -158,6 +201,23 @@ fn strata_hosts_and_remote_members_authenticate_and_wrong_secrets_are_refused() 
     );
     add_key(&b, "host", &host);
     add_key(&b, "ctrl", &ctrl);
+    // A host holding a controller key accepts no controller that skips authentication.
+    let opts = ControllerOptions {
+        hostnqn: Some(HOSTNQN.into()),
+        timeout: Duration::from_secs(20),
+        dhchap: Some(Arc::new(DhchapKeys {
+            key: host.clone(),
+            ctrl_key: Some(ctrl.clone()),
+        })),
+        ..Default::default()
+    };
+    match BlockingController::connect(b.addr(), "nqn.2026-12.io.strata:auth-e2e-b", opts) {
+        Err(HostError::Auth(m)) => assert!(m.contains("did not authenticate"), "{m}"),
+        other => panic!(
+            "a controller that skips authentication: {:?}",
+            other.map(|_| ())
+        ),
+    }
     let attach = |keys: Value| {
         let mut p = json!({ "name": "RA", "trtype": "TCP", "traddr": a.ip, "adrfam": "IPv4",
             "trsvcid": a.port.to_string(), "subnqn": NQN, "hostnqn": HOSTNQN, "hostaddr": b.ip });

@@ -4,7 +4,10 @@
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+/// Largest key file read (secrets are a few hundred bytes).
+const MAX_KEY_FILE: u64 = 4096;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +40,15 @@ pub fn add_file_key(name: &str, path: &str) -> Result<(), KeyringError> {
             "key file {path}: the path must be absolute"
         )));
     }
-    let meta =
-        std::fs::metadata(p).map_err(|e| KeyringError::Invalid(format!("key file {path}: {e}")))?;
+    // One open (no symlink followed), then the checks and the read on that descriptor: the
+    // file checked is the file read.
+    let bad = |e: std::io::Error| KeyringError::Invalid(format!("key file {path}: {e}"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(bad)?;
+    let meta = f.metadata().map_err(bad)?;
     if !meta.is_file() {
         return Err(KeyringError::Invalid(format!(
             "key file {path} is not a regular file"
@@ -50,10 +60,21 @@ pub fn add_file_key(name: &str, path: &str) -> Result<(), KeyringError> {
             "key file {path} has mode {mode:03o}: only its owner may have access (chmod 0600)"
         )));
     }
-    let secret = std::fs::read_to_string(p)
-        .map_err(|e| KeyringError::Invalid(format!("key file {path}: {e}")))?
-        .trim()
-        .to_string();
+    if meta.uid() != crate::sys::effective_uid() {
+        return Err(KeyringError::Invalid(format!(
+            "key file {path} belongs to uid {}, not to this process's user",
+            meta.uid()
+        )));
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(KeyringError::Invalid(format!(
+            "key file {path} is {} bytes (a key file holds one secret, at most {MAX_KEY_FILE})",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut (&f), &mut text).map_err(bad)?;
+    let secret = text.trim().to_string();
     if secret.is_empty() {
         return Err(KeyringError::Invalid(format!("key file {path} is empty")));
     }

@@ -43,3 +43,9 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// The process's effective user id (the owner key files must have).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -2444,6 +2444,12 @@ fn dhchap_bad_messages_get_failure1_and_other_hosts_are_unaffected() {
     a.cmd(&identify_sqe(1, 0), &[], "Identify before authenticating")
         .assert_status(1, 0x91, "Identify before authenticating");
     a.cmd(
+        &prop_set_sqe(PROP_CC, 1),
+        &[],
+        "enable before authenticating",
+    )
+    .assert_status(1, 0x91, "Property Set CC.EN before authenticating");
+    a.cmd(
         &auth_send_sqe(72, SECP_AUTH & !0xff00_0000),
         &negotiate_msg(&[1], &[0]),
         "bad SECP",

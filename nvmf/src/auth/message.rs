@@ -173,10 +173,11 @@ impl Reply {
         }
         let dhvlen = le16(b, 10) as usize;
         let seqnum = le32(b, 12);
-        if b.len() < 16 + 2 * hl + dhvlen {
+        if b.len() != 16 + 2 * hl + dhvlen {
             return Err(AuthFailure::IncorrectPayload);
         }
         let cvalid = b[8] == 1;
+        // A sequence number with CVALID 0 is tolerated: Linux 6.12 sends one.
         if cvalid && seqnum == 0 {
             return Err(AuthFailure::IncorrectPayload);
         }

@@ -295,7 +295,15 @@ impl QueuePair {
         qp.run_until(deadline, |q| q.ic_done)?;
         let cid = qp.submit_connect(params)?;
         let c = qp.wait_cid(cid, deadline)?.into_result()?;
-        // AUTHREQ ATR: the queue authenticates before anything else runs on it.
+        // AUTHREQ ATR: the queue authenticates before anything else runs on it. A host
+        // that holds a controller key accepts no controller that does not prove itself.
+        if c.cqe.dw0 & (1 << 17) == 0
+            && params.dhchap.as_ref().is_some_and(|k| k.ctrl_key.is_some())
+        {
+            return Err(HostError::Auth(
+                "a controller key is configured and the controller did not authenticate".into(),
+            ));
+        }
         if c.cqe.dw0 & (1 << 17) != 0 {
             let Some(keys) = &params.dhchap else {
                 return Err(HostError::Auth(

@@ -78,9 +78,14 @@ pub struct QueueAuth {
     challenge: Vec<u8>,
     seqnum: u32,
     ctrl_response: Option<Vec<u8>>,
+    /// Transactions started while not authenticated (each costs a DH key pair).
+    attempts: u32,
     /// The queue has authenticated (it stays so while a re-authentication runs).
     pub authenticated: bool,
 }
+
+/// Transactions a queue may start before it has authenticated once.
+const MAX_ATTEMPTS: u32 = 3;
 
 impl std::fmt::Debug for QueueAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,7 +113,26 @@ impl QueueAuth {
             challenge: Vec::new(),
             seqnum: 0,
             ctrl_response: None,
+            attempts: 0,
             authenticated: false,
+        }
+    }
+
+    /// Takes the keys in force now (a Negotiate starts with them, so a rotation or a removal
+    /// reaches re-authentication); None: the host has no key any more.
+    pub fn reload(&mut self, keys: Option<&HostKeys>) {
+        match keys {
+            Some(k) => {
+                self.host_key = k.key.transformed(&self.hostnqn);
+                self.ctrl_key = k
+                    .ctrlr_key
+                    .as_ref()
+                    .map(|(_, c)| c.transformed(&self.subnqn));
+            }
+            None => {
+                self.host_key.clear();
+                self.ctrl_key = None;
+            }
         }
     }
 
@@ -127,6 +151,16 @@ impl QueueAuth {
             // A Negotiate restarts the transaction at any time (re-authentication).
             (message::TYPE_COMMON, message::ID_NEGOTIATE) => {
                 self.tid = tid;
+                self.dh_private = None;
+                if !self.authenticated {
+                    self.attempts += 1;
+                    if self.attempts > MAX_ATTEMPTS {
+                        return self.fail(AuthFailure::IncorrectMessage);
+                    }
+                }
+                if self.host_key.is_empty() {
+                    return self.fail(AuthFailure::Failed);
+                }
                 match self.negotiate(msg) {
                     Ok(()) => {
                         self.step = Step::Challenge;
@@ -137,6 +171,7 @@ impl QueueAuth {
             }
             (message::TYPE_COMMON, message::ID_FAILURE2) => {
                 self.authenticated = false;
+                self.dh_private = None;
                 self.step = Step::Negotiate;
                 Ok(true)
             }
@@ -161,8 +196,12 @@ impl QueueAuth {
         }
     }
 
+    /// A failed transaction: nothing runs on the queue any more (it closes after the
+    /// host reads Failure1).
     fn fail(&mut self, why: AuthFailure) -> Result<bool, AuthFailure> {
         self.step = Step::Failure1(why);
+        self.authenticated = false;
+        self.dh_private = None;
         Err(why)
     }
 
@@ -494,5 +533,41 @@ mod tests {
                 assert!(!q.authenticated);
             }
         }
+    }
+
+    #[test]
+    fn removed_keys_and_endless_negotiation_end_the_transaction() {
+        let k = keys(false);
+        let mut q = QueueAuth::new(&k, HOST, SUB, AuthPolicy::default());
+        q.reload(None);
+        let n = Negotiate {
+            tid: 1,
+            sc_c: 0,
+            hashes: vec![1],
+            dhgroups: vec![0],
+        };
+        assert_eq!(q.send(&n.encode()), Err(AuthFailure::Failed));
+        let mut q = QueueAuth::new(&k, HOST, SUB, AuthPolicy::default());
+        for _ in 0..3 {
+            q.send(&n.encode()).unwrap();
+            let _ = q.receive();
+        }
+        assert_eq!(q.send(&n.encode()), Err(AuthFailure::IncorrectMessage));
+        // Rotation: a transaction after reload uses the new key.
+        let mut q = QueueAuth::new(&k, HOST, SUB, AuthPolicy::default());
+        let mut k2 = keys(false);
+        k2.key = Arc::new(DhchapSecret {
+            transform: 0,
+            key: vec![3; 64],
+        });
+        q.reload(Some(&k2));
+        let c = negotiate(&mut q, &[0]);
+        let (old, _) = host_reply(&c, &k, None);
+        assert_eq!(q.send(&old), Err(AuthFailure::Failed));
+        let _ = q.receive();
+        let c = negotiate(&mut q, &[0]);
+        let (new, _) = host_reply(&c, &k2, None);
+        q.send(&new).unwrap();
+        assert!(q.authenticated);
     }
 }

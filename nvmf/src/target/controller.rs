@@ -90,6 +90,9 @@ pub struct Controller {
     created: Instant,
     /// Set when the controller failed (keep-alive timeout) or was shut down: queues close.
     pub dead: AtomicBool,
+    /// The admin queue completed DH-HMAC-CHAP (I/O queues of a host with a key may only
+    /// connect after it).
+    pub admin_authenticated: AtomicBool,
     pub io_qpairs: AtomicU32,
     state: Mutex<CtrlState>,
     /// Wakes the admin queue to deliver pending asynchronous events (set by the admin queue).
@@ -138,6 +141,7 @@ impl Controller {
             last_keepalive_ms: AtomicU64::new(0),
             created: Instant::now(),
             dead: AtomicBool::new(false),
+            admin_authenticated: AtomicBool::new(false),
             io_qpairs: AtomicU32::new(0),
             state: Mutex::new(CtrlState {
                 cc: 0,

@@ -182,8 +182,8 @@ pub fn register(t: &mut MethodTable) {
                 format!("host {} is not a host of {}", p.host, p.nqn),
             ));
         }
-        // Queues authenticate with the keys in force at their Connect (and the host's
-        // re-authentication picks up new ones).
+        // New queues, and every re-authentication (a Negotiate), use the keys in force;
+        // queues already authenticated keep running until then.
         match keys {
             Some(k) => st.host_keys.insert(p.host.clone(), k),
             None => st.host_keys.remove(&p.host),

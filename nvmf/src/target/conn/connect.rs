@@ -58,6 +58,11 @@ impl Connection {
                     self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
                     return;
                 };
+                // The controller is not enabled by a host that has not authenticated.
+                if sqe.fctype() == fabrics::FCTYPE_PROPERTY_SET && self.st.borrow().auth_pending {
+                    self.respond_now(sqe.cid, status::AUTH_REQUIRED, 0);
+                    return;
+                }
                 let p = PropertyCmd::from_sqe(&sqe);
                 let (st, v) = if sqe.fctype() == fabrics::FCTYPE_PROPERTY_GET {
                     match ctrl.property_get(p.offset, p.eight_bytes) {
@@ -251,6 +256,14 @@ impl Connection {
             self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
             return;
         }
+        // A host that authenticates does so on the admin queue before it adds I/O queues.
+        if subsys.state.lock().host_keys.contains_key(hostnqn)
+            && !ctrl.admin_authenticated.load(Ordering::Acquire)
+        {
+            tracing::warn!(peer = %self.peer, host = %hostnqn, "I/O queue Connect before the admin queue authenticated");
+            self.respond_now(sqe.cid, status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        }
         // I/O queue ids run 1..=max_io_qpairs_per_ctrlr.
         if cmd.qid > limits.max_io_qpairs {
             self.connect_invalid(sqe.cid, 42, 0, "queue id out of range");
@@ -285,6 +298,7 @@ impl Connection {
         let mut s = self.st.borrow_mut();
         s.auth = Some(Box::new(q));
         s.auth_pending = true;
+        s.auth_since = strata_reactor::clock::ticks();
         CONNECT_AUTHREQ_ATR
     }
 
@@ -317,7 +331,7 @@ impl Connection {
         }
         if send {
             let msg = match &data {
-                Some(b) if b.len() >= len => &b.as_slice()[..len],
+                Some(b) if b.len() == len => b.as_slice(),
                 _ => {
                     drop(s);
                     tracing::warn!(peer = %self.peer, len, "AUTH_Send without its message in the capsule");
@@ -325,13 +339,33 @@ impl Connection {
                     return;
                 }
             };
+            // A transaction starts with the keys in force now.
+            if msg.first() == Some(&auth_msg::TYPE_COMMON)
+                && msg.get(1) == Some(&auth_msg::ID_NEGOTIATE)
+            {
+                let hostnqn = s
+                    .ctrl
+                    .as_ref()
+                    .map(|c| c.hostnqn.clone())
+                    .unwrap_or_default();
+                let keys = s
+                    .subsys
+                    .as_ref()
+                    .and_then(|sub| sub.state.lock().host_keys.get(&hostnqn).cloned());
+                if let Some(q) = s.auth.as_mut() {
+                    q.reload(keys.as_ref());
+                }
+            }
             let Some(q) = s.auth.as_mut() else { return };
             let r = q.send(msg);
             let done = q.authenticated;
             let chosen = q.chosen();
-            if done && s.auth_pending {
-                s.auth_pending = false;
+            let was_pending = std::mem::replace(&mut s.auth_pending, !done);
+            if done && was_pending {
                 let qid = s.qid;
+                if let (Some(c), Some(0)) = (&s.ctrl, qid) {
+                    c.admin_authenticated.store(true, Ordering::Release);
+                }
                 drop(s);
                 tracing::info!(peer = %self.peer, qid, hash = chosen.0.name(), dhgroup = chosen.1.name(), "queue authenticated (DH-HMAC-CHAP)");
             } else {

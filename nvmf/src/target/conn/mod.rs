@@ -169,6 +169,9 @@ struct State {
     /// Fabrics commands run (`auth_pending`).
     auth: Option<Box<super::auth::QueueAuth>>,
     auth_pending: bool,
+    /// When the queue was told to authenticate (ticks): it must have within the handshake
+    /// limit.
+    auth_since: u64,
 }
 
 impl State {
@@ -291,6 +294,7 @@ impl Connection {
                 r2t_quota_logged: false,
                 auth: None,
                 auth_pending: false,
+                auth_since: 0,
             }),
             me: me.clone(),
             group,
@@ -397,6 +401,15 @@ impl Connection {
                 drop(s);
                 tracing::warn!(peer = %self.peer, "no ICReq and Connect in time: closing the connection");
                 self.close("handshake timeout");
+                return true;
+            }
+            if s.auth_pending
+                && s.connect_ticks > 0
+                && now.saturating_sub(s.auth_since) > s.connect_ticks
+            {
+                drop(s);
+                tracing::warn!(peer = %self.peer, "queue did not authenticate in time: closing the connection");
+                self.close("authentication timeout");
                 return true;
             }
             if s.data_wait_ticks == 0 {
