@@ -22,7 +22,7 @@ pub enum KeyringError {
 
 struct Key {
     path: PathBuf,
-    secret: String,
+    secret: zeroize::Zeroizing<String>,
 }
 
 static KEYS: Mutex<BTreeMap<String, Key>> = Mutex::new(BTreeMap::new());
@@ -86,7 +86,7 @@ pub fn add_file_key(name: &str, path: &str) -> Result<(), KeyringError> {
         name.to_string(),
         Key {
             path: p.to_path_buf(),
-            secret,
+            secret: zeroize::Zeroizing::new(secret),
         },
     );
     tracing::info!(key = name, path, "key added to the keyring");
@@ -104,7 +104,7 @@ pub fn remove_key(name: &str) -> Result<(), KeyringError> {
 pub fn secret(name: &str) -> Result<String, KeyringError> {
     KEYS.lock()
         .get(name)
-        .map(|k| k.secret.clone())
+        .map(|k| k.secret.to_string())
         .ok_or_else(|| KeyringError::NotFound(name.into()))
 }
 

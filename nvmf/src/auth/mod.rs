@@ -235,6 +235,13 @@ pub struct DhchapSecret {
     pub key: Vec<u8>,
 }
 
+impl Drop for DhchapSecret {
+    fn drop(&mut self) {
+        // Key material does not outlive its use in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl std::fmt::Debug for DhchapSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.

@@ -11,6 +11,7 @@ use crate::auth::message::{self, Challenge, Negotiate, Reply};
 use crate::auth::{self, AuthFailure, DhGroup, DhchapHash, DhchapSecret, DH_GROUPS};
 use num_bigint::BigUint;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// The secrets a subsystem holds for one host, with their keyring names.
 #[derive(Debug, Clone)]
@@ -67,8 +68,8 @@ pub struct Received {
 pub struct QueueAuth {
     hostnqn: String,
     subnqn: String,
-    host_key: Vec<u8>,
-    ctrl_key: Option<Vec<u8>>,
+    host_key: Zeroizing<Vec<u8>>,
+    ctrl_key: Option<Zeroizing<Vec<u8>>>,
     policy: AuthPolicy,
     step: Step,
     tid: u16,
@@ -102,8 +103,11 @@ impl QueueAuth {
         QueueAuth {
             hostnqn: hostnqn.to_string(),
             subnqn: subnqn.to_string(),
-            host_key: keys.key.transformed(hostnqn),
-            ctrl_key: keys.ctrlr_key.as_ref().map(|(_, k)| k.transformed(subnqn)),
+            host_key: Zeroizing::new(keys.key.transformed(hostnqn)),
+            ctrl_key: keys
+                .ctrlr_key
+                .as_ref()
+                .map(|(_, k)| Zeroizing::new(k.transformed(subnqn))),
             policy,
             step: Step::Negotiate,
             tid: 0,
@@ -123,11 +127,11 @@ impl QueueAuth {
     pub fn reload(&mut self, keys: Option<&HostKeys>) {
         match keys {
             Some(k) => {
-                self.host_key = k.key.transformed(&self.hostnqn);
+                self.host_key = Zeroizing::new(k.key.transformed(&self.hostnqn));
                 self.ctrl_key = k
                     .ctrlr_key
                     .as_ref()
-                    .map(|(_, c)| c.transformed(&self.subnqn));
+                    .map(|(_, c)| Zeroizing::new(c.transformed(&self.subnqn)));
             }
             None => {
                 self.host_key.clear();
