@@ -440,19 +440,7 @@ struct Host {
 impl Host {
     /// TCP connection only (no ICReq yet).
     fn tcp(port: u16, ident: &Ident) -> Host {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        Host {
-            s,
-            hdgst: false,
-            ddgst: false,
-            next_cid: 1,
-            ident: ident.clone(),
-        }
+        Host::tcp_from([127, 0, 0, 1], port, ident)
     }
 
     /// TCP connection only, from source address `src` (another loopback address: another

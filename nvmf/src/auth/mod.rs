@@ -320,9 +320,33 @@ pub fn augmented_challenge(hash: DhchapHash, shared: Option<&[u8]>, challenge: &
     }
 }
 
-/// What the host proves: HMAC(Kh, Ch || S1 || T_ID || SC_C || "HostHost" || hostnqn || 0 ||
-/// subnqn).
-#[allow(clippy::too_many_arguments)]
+/// One side's proof: HMAC(key, challenge || seqnum || T_ID || SC_C (0) || role || own NQN ||
+/// 0 || peer NQN).
+fn response(
+    hash: DhchapHash,
+    key: &[u8],
+    challenge: &[u8],
+    (seqnum, tid): (u32, u16),
+    role: &[u8],
+    own: &str,
+    peer: &str,
+) -> Vec<u8> {
+    hash.hmac(
+        key,
+        &[
+            challenge,
+            &seqnum.to_le_bytes(),
+            &tid.to_le_bytes(),
+            &[0],
+            role,
+            own.as_bytes(),
+            &[0],
+            peer.as_bytes(),
+        ],
+    )
+}
+
+/// What the host proves: "HostHost", host NQN first.
 pub fn host_response(
     hash: DhchapHash,
     key: &[u8],
@@ -332,23 +356,18 @@ pub fn host_response(
     hostnqn: &str,
     subnqn: &str,
 ) -> Vec<u8> {
-    hash.hmac(
+    response(
+        hash,
         key,
-        &[
-            challenge,
-            &seqnum.to_le_bytes(),
-            &tid.to_le_bytes(),
-            &[0],
-            b"HostHost",
-            hostnqn.as_bytes(),
-            &[0],
-            subnqn.as_bytes(),
-        ],
+        challenge,
+        (seqnum, tid),
+        b"HostHost",
+        hostnqn,
+        subnqn,
     )
 }
 
-/// What the controller proves (bidirectional): HMAC(Kc, Cc || S2 || T_ID || SC_C ||
-/// "Controller" || subnqn || 0 || hostnqn).
+/// What the controller proves (bidirectional): "Controller", subsystem NQN first.
 pub fn ctrl_response(
     hash: DhchapHash,
     key: &[u8],
@@ -358,18 +377,14 @@ pub fn ctrl_response(
     hostnqn: &str,
     subnqn: &str,
 ) -> Vec<u8> {
-    hash.hmac(
+    response(
+        hash,
         key,
-        &[
-            challenge,
-            &seqnum.to_le_bytes(),
-            &tid.to_le_bytes(),
-            &[0],
-            b"Controller",
-            subnqn.as_bytes(),
-            &[0],
-            hostnqn.as_bytes(),
-        ],
+        challenge,
+        (seqnum, tid),
+        b"Controller",
+        subnqn,
+        hostnqn,
     )
 }
 

@@ -1249,11 +1249,24 @@ impl QueuePair {
 
     /// Polls until command `cid` completes; other completions stay queued.
     pub fn wait_cid(&mut self, cid: u16, deadline: Instant) -> Result<Completion, HostError> {
+        self.wait_cid_then(cid, deadline, false)
+    }
+
+    /// Waits for `cid`; with `keep_good`, a successful completion is returned even if the
+    /// connection closed in the same poll.
+    fn wait_cid_then(
+        &mut self,
+        cid: u16,
+        deadline: Instant,
+        keep_good: bool,
+    ) -> Result<Completion, HostError> {
         loop {
             let r = self.poll();
             if let Some(c) = self.take_completion(cid) {
                 // A command failed by a dying connection reports why the connection died.
-                r?;
+                if !(keep_good && c.status().is_success()) {
+                    r?;
+                }
                 return Ok(c);
             }
             r?;
@@ -1276,21 +1289,7 @@ impl QueuePair {
     ) -> Result<Completion, HostError> {
         let deadline = Instant::now() + timeout;
         let cid = self.submit(sqe, data, SYNC_COOKIE)?;
-        loop {
-            let r = self.poll();
-            if let Some(c) = self.take_completion(cid) {
-                if !c.status().is_success() {
-                    r?;
-                }
-                return Ok(c);
-            }
-            r?;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(HostError::Timeout);
-            }
-            self.wait((deadline - now).min(Duration::from_millis(20)))?;
-        }
+        self.wait_cid_then(cid, deadline, true)
     }
 
     /// Submits a command and waits for it (set-up and admin paths). The completion is
