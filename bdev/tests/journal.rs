@@ -486,15 +486,7 @@ fn a_volume_whose_base_fails_before_its_first_backup_does_not_stop_the_others_dr
     create_volume("sk", "sk_vb", "sk_b").unwrap();
     // The drain the new volume asked for plans B in while its base is still there (a base
     // gone before the plan is made is simply left out): wait until it is copying B.
-    let mut copying_b = false;
-    for _ in 0..2000 {
-        if info("sk")["drain"]["phase"] == "volume sk_vb" {
-            copying_b = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(copying_b, "{}", info("sk"));
+    wait_drain_copying("sk", "sk_vb");
     let mut mb = read_all("sk_vb");
     random_writes("sk_vb", &mut mb, &mut rng, 8);
     registry::unregister("sk_b").unwrap();
@@ -654,15 +646,7 @@ fn sequence_numbers_continue_after_the_backups_when_a_recovery_finds_an_empty_lo
     journal::set_policy("hb", None, None, Some(1)).unwrap();
     mk_malloc("hb_b", 2048);
     create_volume("hb", "hb_vb", "hb_b").unwrap();
-    let mut copying_b = false;
-    for _ in 0..2000 {
-        if info("hb")["drain"]["phase"] == "volume hb_vb" {
-            copying_b = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(copying_b, "{}", info("hb"));
+    wait_drain_copying("hb", "hb_vb");
     let mut mb = read_all("hb_vb");
     random_writes("hb_vb", &mut mb, &mut rng, 4);
     registry::unregister("hb_b").unwrap();

@@ -578,6 +578,12 @@ pub fn alloc(len: usize) -> Option<DmaBuf> {
     }
 }
 
+/// Whether every buffer of every pool is handed out (nothing [`alloc`] could return).
+pub fn exhausted() -> bool {
+    iobuf()
+        .is_none_or(|b| b.small.in_use() >= b.small.count() && b.large.in_use() >= b.large.count())
+}
+
 /// The global pools, for statistics.
 pub fn pools() -> Vec<&'static DmaPool> {
     iobuf().map(|b| vec![b.small, b.large]).unwrap_or_default()

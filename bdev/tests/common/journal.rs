@@ -102,6 +102,18 @@ pub fn drain(group: &str) -> Value {
     wait_drain(group, before + 1)
 }
 
+/// Waits until the running drain of `group` is copying volume `vol`.
+pub fn wait_drain_copying(group: &str, vol: &str) {
+    let want = format!("volume {vol}");
+    for _ in 0..2000 {
+        if info(group)["drain"]["phase"] == want.as_str() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the drain never copied {vol}: {}", info(group));
+}
+
 pub fn wait_state(group: &str, vol: &str, state: &str) -> Value {
     for _ in 0..3000 {
         let v = vol_info(group, vol);

@@ -1287,9 +1287,7 @@ impl QueuePair {
         data: DataDir,
         timeout: Duration,
     ) -> Result<Completion, HostError> {
-        let deadline = Instant::now() + timeout;
-        let cid = self.submit(sqe, data, SYNC_COOKIE)?;
-        self.wait_cid_then(cid, deadline, true)
+        self.exec_then(sqe, data, timeout, true)
     }
 
     /// Submits a command and waits for it (set-up and admin paths). The completion is
@@ -1300,8 +1298,18 @@ impl QueuePair {
         data: DataDir,
         timeout: Duration,
     ) -> Result<Completion, HostError> {
+        self.exec_then(sqe, data, timeout, false)
+    }
+
+    fn exec_then(
+        &mut self,
+        sqe: Sqe,
+        data: DataDir,
+        timeout: Duration,
+        keep_good: bool,
+    ) -> Result<Completion, HostError> {
         let deadline = Instant::now() + timeout;
         let cid = self.submit(sqe, data, SYNC_COOKIE)?;
-        self.wait_cid(cid, deadline)
+        self.wait_cid_then(cid, deadline, keep_good)
     }
 }

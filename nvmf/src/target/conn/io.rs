@@ -253,7 +253,7 @@ impl Connection {
                         if for_r2t && !self.r2t_room(&s) {
                             return;
                         }
-                        if dma::pools().iter().all(|p| p.in_use() >= p.count()) && len > 0 {
+                        if len > 0 && dma::exhausted() {
                             return;
                         }
                         s.need_buffer.pop_front();
