@@ -32,6 +32,8 @@ if ! { command -v pkg-config >/dev/null && pkg-config --exists libisal; } &&
    ! dpkg -s libisal-dev >/dev/null 2>&1; then
   need+=(libisal-dev)
 fi
+# NVMe/TCP TLS (TLS 1.3 external PSKs) uses OpenSSL, linked by openssl-sys.
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
