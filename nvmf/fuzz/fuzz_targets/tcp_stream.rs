@@ -41,7 +41,7 @@ fn target() -> SocketAddr {
         let s = t.create_subsystem(NQN, "FUZZ", "fuzz", true, 4).expect("subsystem");
         s.add_namespace("FuzzMalloc", 1, None, None, None, 0).expect("ns");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-        t.add_listener(&s, ListenAddress { trtype: "TCP".into(), adrfam: "IPv4".into(), traddr: "127.0.0.1".into(), trsvcid: port.to_string() })
+        t.add_listener(&s, ListenAddress { trtype: "TCP".into(), adrfam: "IPv4".into(), traddr: "127.0.0.1".into(), trsvcid: port.to_string() }, false)
             .expect("listener");
         SocketAddr::from(([127, 0, 0, 1], port))
     })

@@ -56,6 +56,8 @@ pub struct ControllerOptions {
     pub source: Option<std::net::IpAddr>,
     /// DH-HMAC-CHAP secrets (for subsystems that require authentication).
     pub dhchap: Option<std::sync::Arc<super::auth::DhchapKeys>>,
+    /// TLS PSK: every queue connects over TLS 1.3 with it (a secure-channel listener).
+    pub tls_psk: Option<std::sync::Arc<crate::tls::ConfiguredPsk>>,
 }
 
 impl Default for ControllerOptions {
@@ -72,6 +74,7 @@ impl Default for ControllerOptions {
             timeout: Duration::from_secs(10),
             source: None,
             dhchap: None,
+            tls_psk: None,
         }
     }
 }
@@ -202,6 +205,11 @@ impl Controller {
             icd_limit: ADMIN_ICD,
             timeout: opts.timeout,
             source: opts.source,
+            tls: opts.tls_psk.as_ref().map(|psk| super::HostTls {
+                psk: psk.clone(),
+                hostnqn: hostnqn.clone(),
+                subnqn: subnqn.to_string(),
+            }),
         };
         let (admin, cntlid) = QueuePair::connect(addr, &aopts, &params)?;
         let mut c = Controller {
@@ -305,6 +313,11 @@ impl Controller {
                 icd_limit: self.io_icd,
                 timeout: self.opts.timeout,
                 source: self.opts.source,
+                tls: self.opts.tls_psk.as_ref().map(|psk| super::HostTls {
+                    psk: psk.clone(),
+                    hostnqn: self.hostnqn.clone(),
+                    subnqn: self.subnqn.clone(),
+                }),
             };
             let params = ConnectParams {
                 subnqn: self.subnqn.clone(),

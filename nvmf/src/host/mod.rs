@@ -22,7 +22,7 @@ pub mod qpair;
 
 pub use blocking::BlockingController;
 pub use controller::{Controller, ControllerOptions, NamespaceInfo, QueueRef};
-pub use qpair::{ConnectParams, QueuePair, QueuePairOptions};
+pub use qpair::{ConnectParams, HostTls, QueuePair, QueuePairOptions};
 
 use crate::spec::status::Status;
 use crate::spec::Cqe;
@@ -49,6 +49,8 @@ pub enum HostError {
     InvalidArgument(String),
     #[error("authentication failed: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl HostError {

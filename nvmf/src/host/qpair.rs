@@ -26,6 +26,7 @@ use crate::tcp::pdu::{
     IcResp, PduError, PduLayout, R2tHdr, Receiver, TermReqHdr, COMMON_HEADER_LEN, DIGEST_LEN,
     TERM_REQ_MAX_DATA,
 };
+use crate::tls::TlsStream;
 
 /// Size of the receive staging buffer (headers and small payloads are read through it).
 const RX_STAGING: usize = 64 * 1024;
@@ -54,6 +55,16 @@ pub struct QueuePairOptions {
     pub timeout: Duration,
     /// Local address to connect from (SPDK's `hostaddr`); by default the kernel picks one.
     pub source: Option<std::net::IpAddr>,
+    /// TLS 1.3 with a PSK before NVMe/TCP begins (a secure-channel listener).
+    pub tls: Option<HostTls>,
+}
+
+/// A queue's TLS: the PSK, and the NQNs its identity names.
+#[derive(Debug, Clone)]
+pub struct HostTls {
+    pub psk: std::sync::Arc<crate::tls::ConfiguredPsk>,
+    pub hostnqn: String,
+    pub subnqn: String,
 }
 
 impl Default for QueuePairOptions {
@@ -66,6 +77,7 @@ impl Default for QueuePairOptions {
             icd_limit: 8192,
             timeout: Duration::from_secs(10),
             source: None,
+            tls: None,
         }
     }
 }
@@ -226,6 +238,8 @@ enum Sink {
 /// One NVMe/TCP queue pair. See the module documentation.
 pub struct QueuePair {
     stream: TcpStream,
+    /// TLS over `stream`, when the queue connected through a secure channel.
+    tls: Option<Box<TlsStream>>,
     peer: SocketAddr,
     qid: u16,
     depth: u16,
@@ -278,6 +292,64 @@ impl AsRawFd for QueuePair {
     }
 }
 
+/// Reads from the queue's byte stream: TLS when it has it, else the socket.
+fn wire_read(
+    stream: &TcpStream,
+    tls: &mut Option<Box<TlsStream>>,
+    b: &mut [u8],
+) -> std::io::Result<usize> {
+    match tls {
+        Some(t) => t.read(b),
+        None => (&*stream).read(b),
+    }
+}
+
+fn wire_write(
+    stream: &TcpStream,
+    tls: &mut Option<Box<TlsStream>>,
+    iov: &[IoSlice<'_>],
+) -> std::io::Result<usize> {
+    match tls {
+        Some(t) => t.write_vectored(iov),
+        None => (&*stream).write_vectored(iov),
+    }
+}
+
+/// Runs the TLS handshake on a fresh connection, waiting for the socket between steps.
+fn tls_handshake(
+    stream: &TcpStream,
+    t: &HostTls,
+    deadline: Instant,
+) -> Result<TlsStream, HostError> {
+    let tls_err = |e: crate::tls::TlsError| HostError::Tls(e.to_string());
+    let mut s =
+        TlsStream::client(stream.try_clone()?, &t.psk, &t.hostnqn, &t.subnqn).map_err(tls_err)?;
+    loop {
+        if s.handshake().map_err(tls_err)? {
+            return Ok(s);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HostError::Tls("handshake timed out".into()));
+        }
+        // Wait for the server's flight (peek leaves it for OpenSSL).
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(20))))?;
+        let r = stream.peek(&mut [0u8; 1]);
+        stream.set_nonblocking(true)?;
+        match r {
+            Ok(0) => {
+                return Err(HostError::Tls(
+                    "the target closed the connection during the TLS handshake".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if would_block(&e) || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(HostError::Io(e)),
+        }
+    }
+}
+
 fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
@@ -322,12 +394,18 @@ impl QueuePair {
         if opts.depth == 0 {
             return Err(HostError::InvalidArgument("queue depth 0".into()));
         }
+        let deadline = Instant::now() + opts.timeout;
         let stream = tcp_connect(addr, opts.source, opts.timeout)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
+        let tls = match &opts.tls {
+            Some(t) => Some(Box::new(tls_handshake(&stream, t, deadline)?)),
+            None => None,
+        };
         let depth = opts.depth;
         let mut qp = QueuePair {
             stream,
+            tls,
             peer: addr,
             qid: opts.qid,
             depth,
@@ -426,6 +504,9 @@ impl QueuePair {
     }
     /// Whether PDUs are waiting to be written.
     pub fn tx_pending(&self) -> bool {
+        if self.tls.as_ref().is_some_and(|t| t.pending_out()) {
+            return true;
+        }
         !self.tx.is_empty()
     }
 
@@ -552,6 +633,12 @@ impl QueuePair {
     }
 
     fn flush_tx(&mut self) -> Result<(), HostError> {
+        if let Some(t) = &mut self.tls {
+            // Sealed records first; the PDU loop below stops while some are left.
+            if let Err(e) = t.flush_out() {
+                return Err(self.die(HostError::Io(e)));
+            }
+        }
         while !self.tx.is_empty() {
             let mut iov = [IoSlice::new(&[]); 64];
             let mut n = 0;
@@ -573,7 +660,7 @@ impl QueuePair {
                     }
                 }
             }
-            match (&self.stream).write_vectored(&iov[..n]) {
+            match wire_write(&self.stream, &mut self.tls, &iov[..n]) {
                 Ok(0) => return Err(self.die(HostError::Closed)),
                 Ok(w) => self.advance_tx(w),
                 Err(e) if would_block(&e) => break,
@@ -628,7 +715,7 @@ impl QueuePair {
                 continue;
             }
             let mut staging = std::mem::take(&mut self.staging);
-            let r = (&self.stream).read(&mut staging);
+            let r = wire_read(&self.stream, &mut self.tls, &mut staging);
             let res = match r {
                 Ok(0) => Err(self.die(HostError::Closed)),
                 Ok(n) => self.process(&staging[..n]).map(|_| true),
@@ -661,7 +748,7 @@ impl QueuePair {
             .as_mut()
             .and_then(|b| b.as_mut_slice().get_mut(start..end))
         {
-            Some(dst) => (&self.stream).read(dst),
+            Some(dst) => wire_read(&self.stream, &mut self.tls, dst),
             None => return Err(self.fatal(fes::DATA_OUT_OF_RANGE, 16, "C2HData buffer")),
         };
         match r {
@@ -1155,7 +1242,7 @@ impl QueuePair {
         );
         if self.tx_off == 0 {
             let t = self.framer().term_req(PduError { fes, fei }, offending);
-            let _ = (&self.stream).write(&t);
+            let _ = wire_write(&self.stream, &mut self.tls, &[IoSlice::new(&t)]);
         }
         self.die(HostError::Protocol(format!(
             "{msg} (qid {}, header {:02x?})",
@@ -1206,7 +1293,7 @@ impl QueuePair {
         if self.dead {
             return Err(HostError::Closed);
         }
-        if !self.tx.is_empty() || !self.done.is_empty() {
+        if !self.tx.is_empty() || !self.done.is_empty() || self.tls_pending() {
             std::thread::sleep(timeout.min(Duration::from_micros(50)));
             return Ok(());
         }
@@ -1220,6 +1307,13 @@ impl QueuePair {
             Err(e) if would_block(&e) || e.kind() == ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(HostError::Io(e)),
         }
+    }
+
+    /// TLS holds bytes a socket wait would not see: decrypted input, or sealed output.
+    fn tls_pending(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.pending_in() || t.pending_out())
     }
 
     /// Polls (and waits) until `done(self)` holds or `deadline` passes.

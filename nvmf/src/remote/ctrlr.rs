@@ -185,6 +185,9 @@ impl Shared {
         if let Some(k) = &o.dhchap_key_names.1 {
             v["dhchap_ctrlr_key"] = json!(k);
         }
+        if let Some(k) = &o.psk_key_name {
+            v["psk"] = json!(k);
+        }
         v
     }
 
@@ -216,6 +219,7 @@ fn connect_once(s: &Shared, timeout: Duration) -> Result<Controller, HostError> 
         timeout,
         source: s.opts.source().ok().flatten(),
         dhchap: s.opts.dhchap.clone(),
+        tls_psk: s.opts.tls_psk.clone(),
     };
     let c = Controller::connect(s.addr, &s.opts.subnqn, opts)?;
     if c.io_queue_count() < s.reactors() {

@@ -121,6 +121,9 @@ pub struct AttachOptions {
     /// DH-HMAC-CHAP secrets, and the keyring names they came from (for `save_config`).
     pub dhchap: Option<std::sync::Arc<crate::host::auth::DhchapKeys>>,
     pub dhchap_key_names: (Option<String>, Option<String>),
+    /// TLS PSK (every queue over TLS 1.3), and its keyring name.
+    pub tls_psk: Option<std::sync::Arc<crate::tls::ConfiguredPsk>>,
+    pub psk_key_name: Option<String>,
 }
 
 impl AttachOptions {
@@ -141,6 +144,8 @@ impl AttachOptions {
             num_io_queues: 1024,
             dhchap: None,
             dhchap_key_names: (None, None),
+            tls_psk: None,
+            psk_key_name: None,
         }
     }
 

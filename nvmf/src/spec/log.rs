@@ -85,6 +85,9 @@ pub struct DiscoveryLogHeader {
 }
 const _: () = assert!(std::mem::size_of::<DiscoveryLogHeader>() == 1024);
 
+/// TSAS security type of a TCP discovery log entry: TLS 1.3.
+pub const TCP_SECTYPE_TLS13: u8 = 2;
+
 /// One discovery log entry (1024 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]

@@ -1,10 +1,11 @@
 //! The NVMe-oF target: the TCP transport's options, the subsystems (including the discovery
-//! subsystem), listeners, controllers and the discovery log.
+//! subsystem), listeners (plain or secure-channel TLS), controllers and the discovery log.
 
 pub mod auth;
 pub mod conn;
 pub mod controller;
 pub mod subsystem;
+pub mod tls;
 pub mod transport;
 pub mod vendor;
 
@@ -116,6 +117,8 @@ struct ListenerEntry {
     addr: ListenAddress,
     listener: transport::Listener,
     users: usize,
+    /// TLS on every connection (a secure channel).
+    secure: bool,
 }
 
 struct Inner {
@@ -329,6 +332,7 @@ impl Target {
         &'static self,
         subsys: &Arc<Subsystem>,
         addr: ListenAddress,
+        secure: bool,
     ) -> Result<(), TargetError> {
         if self.transport().is_none() {
             return Err(TargetError::NoTransport);
@@ -343,10 +347,24 @@ impl Target {
         {
             let mut i = self.inner.lock();
             if let Some(e) = i.listeners.iter_mut().find(|e| e.addr == addr) {
+                // One socket, one kind of connection: TLS or not is the port's.
+                if e.secure != secure {
+                    return Err(TargetError::Invalid(format!(
+                        "listener {}:{} is already open {} secure_channel",
+                        addr.traddr,
+                        addr.trsvcid,
+                        if e.secure { "with" } else { "without" }
+                    )));
+                }
                 e.users += 1;
             } else {
+                if secure {
+                    // Fail here, not at the first connection, if TLS cannot be set up.
+                    crate::tls::server_context()
+                        .map_err(|e| TargetError::Invalid(e.to_string()))?;
+                }
                 let listener =
-                    transport::listen(sa, self).map_err(|source| TargetError::Listen {
+                    transport::listen(sa, self, secure).map_err(|source| TargetError::Listen {
                         addr: sa.to_string(),
                         source,
                     })?;
@@ -354,6 +372,7 @@ impl Target {
                     addr: addr.clone(),
                     listener,
                     users: 1,
+                    secure,
                 });
             }
         }
@@ -387,7 +406,15 @@ impl Target {
         Ok(())
     }
 
-    /// Whether a connection that arrived on `local` may reach `subsys`.
+    /// Whether the listener on `addr` is a secure channel (TLS).
+    pub fn listener_secure(&self, addr: &ListenAddress) -> bool {
+        self.inner
+            .lock()
+            .listeners
+            .iter()
+            .any(|e| &e.addr == addr && e.secure)
+    }
+
     /// The subsystem's listener a connection arrived through (an exact address before a
     /// wildcard one), if any.
     pub fn listener_of(&self, subsys: &Subsystem, local: &SocketAddr) -> Option<ListenAddress> {
@@ -466,7 +493,12 @@ impl Target {
                     log::ADRFAM_IPV4
                 };
                 e.subtype = log::SUBTYPE_NVME;
-                e.treq = 0x02; // secure channel not required
+                if self.listener_secure(l) {
+                    e.treq = 0x01; // secure channel required
+                    e.tsas[0] = log::TCP_SECTYPE_TLS13;
+                } else {
+                    e.treq = 0x02; // secure channel not required
+                }
                 e.portid = i as u16;
                 e.cntlid = 0xffff;
                 e.asqsz = 32;

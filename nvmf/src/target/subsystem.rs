@@ -110,6 +110,8 @@ pub struct SubsystemState {
     pub ana_change_count: u64,
     /// DH-HMAC-CHAP secrets per host NQN: such a host authenticates every queue.
     pub host_keys: BTreeMap<String, super::auth::HostKeys>,
+    /// TLS PSKs per host NQN: such a host connects through secure-channel listeners only.
+    pub host_psks: BTreeMap<String, super::tls::HostPsk>,
 }
 
 impl SubsystemState {
@@ -192,6 +194,7 @@ impl Subsystem {
                 ana: BTreeMap::new(),
                 ana_change_count: 0,
                 host_keys: BTreeMap::new(),
+                host_psks: BTreeMap::new(),
             }),
             ns_generation: AtomicU64::new(0),
         })

@@ -94,23 +94,30 @@ impl SockGroup {
         })
     }
 
-    fn add(self: &Rc<Self>, stream: TcpStream, target: &'static Target, place: ConnPlace) {
+    fn add(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        target: &'static Target,
+        place: ConnPlace,
+        secure: bool,
+    ) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let fd = stream.as_raw_fd();
         let host_r2t = place.host_r2t.clone();
-        let conn = match Connection::new(stream, token, Rc::downgrade(self), target, host_r2t) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set up an accepted connection");
-                return;
-            }
-        };
+        let conn =
+            match Connection::new(stream, token, Rc::downgrade(self), target, host_r2t, secure) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up an accepted connection");
+                    return;
+                }
+            };
         if let Err(e) = self.epoll.add_events(fd, token, IN) {
             tracing::warn!(error = %e, "epoll add failed");
             return;
         }
-        tracing::info!(peer = %conn.peer, local = %conn.local, reactor = strata_reactor::current_index(), "NVMe/TCP connection accepted");
+        tracing::info!(peer = %conn.peer, local = %conn.local, reactor = strata_reactor::current_index(), tls = secure, "NVMe/TCP connection accepted");
         self.conns.borrow_mut().insert(token, conn);
         self.places.borrow_mut().insert(token, place);
     }
@@ -212,7 +219,12 @@ thread_local! {
 }
 
 /// Binds `addr` now (so errors reach the caller) and accepts on reactor 0.
-pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<Listener> {
+/// On a `secure` listener every connection starts with a TLS handshake.
+pub fn listen(
+    addr: SocketAddr,
+    target: &'static Target,
+    secure: bool,
+) -> std::io::Result<Listener> {
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
     let bound = l.local_addr()?;
@@ -252,7 +264,7 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
                                 continue;
                             };
                             let idx = next.fetch_add(1, Ordering::Relaxed) % reactors;
-                            hand_over(idx, stream, target, place);
+                            hand_over(idx, stream, target, place, secure);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
@@ -276,18 +288,24 @@ pub fn listen(addr: SocketAddr, target: &'static Target) -> std::io::Result<List
     Ok(Listener { addr: bound, stop })
 }
 
-fn hand_over(idx: usize, stream: TcpStream, target: &'static Target, place: ConnPlace) {
+fn hand_over(
+    idx: usize,
+    stream: TcpStream,
+    target: &'static Target,
+    place: ConnPlace,
+    secure: bool,
+) {
     let here = strata_reactor::current_index();
     if here == Some(idx) {
         if let Some(g) = SockGroup::current() {
-            g.add(stream, target, place);
+            g.add(stream, target, place, secure);
         }
         return;
     }
     if let Some(f) = strata_reactor::framework() {
         let _ = f.send(idx, move || {
             if let Some(g) = SockGroup::current() {
-                g.add(stream, target, place);
+                g.add(stream, target, place, secure);
             }
         });
     }

@@ -17,7 +17,7 @@ pub mod stream;
 
 pub use ossl::PskLookup;
 pub use psk::{ConfiguredPsk, PskError, PskIdentity, RetainedHash};
-pub use stream::{TlsStream, TlsRole};
+pub use stream::{TlsRole, TlsStream};
 
 use openssl::ssl::{SslContext, SslContextBuilder, SslMethod, SslMode, SslVersion};
 use std::sync::OnceLock;
@@ -70,8 +70,10 @@ const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
 fn context(method: SslMethod, server: bool) -> Result<SslContext, TlsError> {
     let e = |e: openssl::error::ErrorStack| TlsError::Setup(e.to_string());
     let mut b = SslContextBuilder::new(method).map_err(e)?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_3)).map_err(e)?;
-    b.set_max_proto_version(Some(SslVersion::TLS1_3)).map_err(e)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))
+        .map_err(e)?;
+    b.set_max_proto_version(Some(SslVersion::TLS1_3))
+        .map_err(e)?;
     b.set_ciphersuites(SUITES).map_err(e)?;
     // No resumption: every connection proves the PSK afresh, and no post-handshake
     // tickets interleave with NVMe/TCP data.

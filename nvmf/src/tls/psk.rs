@@ -45,7 +45,12 @@ pub struct ConfiguredPsk {
 impl std::fmt::Debug for ConfiguredPsk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        write!(f, "ConfiguredPsk({:?}, {} bytes)", self.hash, self.key.len())
+        write!(
+            f,
+            "ConfiguredPsk({:?}, {} bytes)",
+            self.hash,
+            self.key.len()
+        )
     }
 }
 
@@ -114,8 +119,12 @@ impl ConfiguredPsk {
         let len = self.key.len();
         match self.hash {
             RetainedHash::None => self.key.clone(),
-            RetainedHash::Sha256 => expand_label(false, &self.key, len, "HostNQN", hostnqn.as_bytes()),
-            RetainedHash::Sha384 => expand_label(true, &self.key, len, "HostNQN", hostnqn.as_bytes()),
+            RetainedHash::Sha256 => {
+                expand_label(false, &self.key, len, "HostNQN", hostnqn.as_bytes())
+            }
+            RetainedHash::Sha384 => {
+                expand_label(true, &self.key, len, "HostNQN", hostnqn.as_bytes())
+            }
         }
     }
 }
@@ -231,12 +240,18 @@ mod tests {
         assert!(s.starts_with("NVMeTLSkey-1:01:"));
         assert_eq!(ConfiguredPsk::parse(&s).unwrap(), p);
         assert_eq!(ConfiguredPsk::parse(&format!("{s}\n")).unwrap(), p);
-        assert_eq!(ConfiguredPsk::parse("DHHC-1:00:abc:"), Err(PskError::Format));
+        assert_eq!(
+            ConfiguredPsk::parse("DHHC-1:00:abc:"),
+            Err(PskError::Format)
+        );
         assert_eq!(
             ConfiguredPsk::parse(&s.replace(":01:", ":07:")),
             Err(PskError::Hash(7))
         );
-        assert_eq!(ConfiguredPsk::parse(&s[..s.len() - 1]), Err(PskError::Format));
+        assert_eq!(
+            ConfiguredPsk::parse(&s[..s.len() - 1]),
+            Err(PskError::Format)
+        );
         // A flipped key byte fails the CRC.
         let mut raw = base64::engine::general_purpose::STANDARD
             .decode(&s[16..s.len() - 1])
@@ -251,7 +266,10 @@ mod tests {
             hash: RetainedHash::None,
             key: Zeroizing::new(vec![1; 16]),
         };
-        assert_eq!(ConfiguredPsk::parse(&short.format()), Err(PskError::Length(16)));
+        assert_eq!(
+            ConfiguredPsk::parse(&short.format()),
+            Err(PskError::Length(16))
+        );
     }
 
     /// The example key of the NVMe TCP transport specification / nvme-cli's test suite.

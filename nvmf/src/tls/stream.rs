@@ -387,7 +387,10 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
-        (sr.unwrap_or(Err("server stuck".into())), cr.unwrap_or(Err("client stuck".into())))
+        (
+            sr.unwrap_or(Err("server stuck".into())),
+            cr.unwrap_or(Err("client stuck".into())),
+        )
     }
 
     fn read_exact(t: &mut TlsStream, n: usize) -> Vec<u8> {
@@ -410,14 +413,22 @@ mod tests {
 
     #[test]
     fn both_suites_handshake_and_move_gathered_data() {
-        for (len, hash) in [(32, RetainedHash::Sha256), (48, RetainedHash::Sha384), (32, RetainedHash::None)] {
+        for (len, hash) in [
+            (32, RetainedHash::Sha256),
+            (48, RetainedHash::Sha384),
+            (32, RetainedHash::None),
+        ] {
             let k = psk(len, 7, hash);
             let (ss, cs) = pair();
             let mut s = TlsStream::server(ss, lookup(k.clone())).unwrap();
             let mut c = TlsStream::client(cs, &k, HOST, SUB).unwrap();
             let (sr, cr) = handshake(&mut s, &mut c);
             assert_eq!((sr, cr), (Ok(()), Ok(())), "len {len} {hash:?}");
-            let want = if len == 48 { CipherSuite::Aes256GcmSha384 } else { CipherSuite::Aes128GcmSha256 };
+            let want = if len == 48 {
+                CipherSuite::Aes256GcmSha384
+            } else {
+                CipherSuite::Aes128GcmSha256
+            };
             assert_eq!(s.cipher(), want.name());
             assert_eq!(s.peer_identity().unwrap().hostnqn, HOST);
             // A gather list of small and large pieces arrives in order.

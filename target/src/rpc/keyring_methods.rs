@@ -44,6 +44,14 @@ pub fn dhchap_secret(name: &str) -> Result<strata_nvmf::auth::DhchapSecret, RpcE
         .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
 }
 
+/// The TLS PSK in keyring key `name`: unknown → ENOKEY, not a PSK → -32602.
+pub fn tls_psk(name: &str) -> Result<strata_nvmf::tls::ConfiguredPsk, RpcError> {
+    let s =
+        keyring::secret(name).map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
+    strata_nvmf::tls::ConfiguredPsk::parse(&s)
+        .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
+}
+
 /// The `keyring` part of `save_config` (paths, never secrets).
 pub fn save() -> Vec<Value> {
     keyring::list()

@@ -23,6 +23,12 @@ pub fn register(t: &mut MethodTable) {
                 ctrl_key: c.as_deref().map(dhchap_secret).transpose()?,
             })),
         };
+        o.tls_psk = o
+            .psk_key_name
+            .as_deref()
+            .map(super::keyring_methods::tls_psk)
+            .transpose()?
+            .map(std::sync::Arc::new);
         let names = remote::attach(o)?;
         Ok(Value::from(names))
     });

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_nvmf::auth::{DhGroup, DhchapHash};
 use strata_nvmf::target::auth::{AuthPolicy, HostKeys};
-use strata_nvmf::target::subsystem::{AnaState, ListenAddress, Subsystem, SubsystemKind};
+use strata_nvmf::target::subsystem::{
+    AnaState, ListenAddress, Subsystem, SubsystemKind, SubsystemState,
+};
+use strata_nvmf::target::tls::HostPsk;
 use strata_nvmf::target::transport::SockGroup;
 use strata_nvmf::target::{Target, TargetError};
 
@@ -82,7 +85,7 @@ pub fn register(t: &mut MethodTable) {
             let s = subsystem(&p.nqn)?;
             let a = p.listen_address.into();
             if add {
-                Target::get().add_listener(&s, a)?;
+                Target::get().add_listener(&s, a, p.secure_channel)?;
             } else {
                 Target::get().remove_listener(&s, &a)?;
             }
@@ -130,7 +133,7 @@ pub fn register(t: &mut MethodTable) {
                 let states: Vec<Value> = (1..=st.max_namespaces)
                     .map(|g| json!({ "ana_group": g, "ana_state": st.ana_state(l, g).name() }))
                     .collect();
-                json!({ "address": l, "ana_states": states })
+                json!({ "address": l, "secure_channel": Target::get().listener_secure(l), "ana_states": states })
             })
             .collect();
         Ok(Value::Array(v))
@@ -144,6 +147,16 @@ pub fn register(t: &mut MethodTable) {
         let host = p.host;
         strata_nvmf::target::subsystem::validate_nqn(&host)?;
         let keys = host_keys(p.dhchap_key.as_deref(), p.dhchap_ctrlr_key.as_deref())?;
+        let psk = p
+            .psk
+            .as_deref()
+            .map(|name| {
+                super::keyring_methods::tls_psk(name).map(|k| HostPsk {
+                    key_name: name.to_string(),
+                    psk: Arc::new(k),
+                })
+            })
+            .transpose()?;
         let mut st = s.state.lock();
         if st.hosts.contains(&host) {
             return Err(RpcError::new(
@@ -153,6 +166,9 @@ pub fn register(t: &mut MethodTable) {
         }
         if let Some(k) = keys {
             st.host_keys.insert(host.clone(), k);
+        }
+        if let Some(k) = psk {
+            st.host_psks.insert(host.clone(), k);
         }
         st.hosts.push(host);
         Ok(Value::Bool(true))
@@ -170,6 +186,7 @@ pub fn register(t: &mut MethodTable) {
             ));
         }
         st.host_keys.remove(&host);
+        st.host_psks.remove(&host);
         Ok(Value::Bool(true))
     });
     t.add("nvmf_subsystem_set_keys", |_, p: SetKeys| {
@@ -314,13 +331,21 @@ pub fn register(t: &mut MethodTable) {
 
 pub fn subsystem_json(s: &Subsystem) -> Value {
     let st = s.state.lock();
-    let listeners: Vec<Value> = st.listeners.iter().map(|l| json!(l)).collect();
+    let listeners: Vec<Value> = st
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut v = json!(l);
+            v["secure_channel"] = json!(Target::get().listener_secure(l));
+            v
+        })
+        .collect();
     let mut v = json!({
         "nqn": s.nqn,
         "subtype": if s.kind == SubsystemKind::Discovery { "Discovery" } else { "NVMe" },
         "listen_addresses": listeners,
         "allow_any_host": st.allow_any_host,
-        "hosts": st.hosts.iter().map(|h| host_json(&st.host_keys, h)).collect::<Vec<_>>(),
+        "hosts": st.hosts.iter().map(|h| host_json(&st, h)).collect::<Vec<_>>(),
     });
     if s.kind == SubsystemKind::Nvme {
         if let Some(o) = v.as_object_mut() {
@@ -349,9 +374,12 @@ pub fn subsystem_json(s: &Subsystem) -> Value {
 }
 
 /// A host entry: its NQN and the names of its keys.
-fn host_json(keys: &std::collections::BTreeMap<String, HostKeys>, h: &str) -> Value {
+fn host_json(st: &SubsystemState, h: &str) -> Value {
     let mut v = json!({ "nqn": h });
-    if let Some(k) = keys.get(h) {
+    if let Some(k) = st.host_psks.get(h) {
+        v["psk"] = json!(k.key_name);
+    }
+    if let Some(k) = st.host_keys.get(h) {
         v["dhchap_key"] = json!(k.key_name);
         if let Some((n, _)) = &k.ctrlr_key {
             v["dhchap_ctrlr_key"] = json!(n);
@@ -382,7 +410,7 @@ pub fn save() -> Vec<Value> {
                 "ana_reporting": st.ana_reporting,
             }}));
             for h in &st.hosts {
-                let mut params = host_json(&st.host_keys, h);
+                let mut params = host_json(&st, h);
                 params["host"] = params["nqn"].take();
                 params["nqn"] = json!(s.nqn);
                 out.push(json!({ "method": "nvmf_subsystem_add_host", "params": params }));
@@ -405,7 +433,11 @@ pub fn save() -> Vec<Value> {
             }
         }
         for l in &st.listeners {
-            out.push(json!({ "method": "nvmf_subsystem_add_listener", "params": { "nqn": s.nqn, "listen_address": l } }));
+            let mut params = json!({ "nqn": s.nqn, "listen_address": l });
+            if t.listener_secure(l) {
+                params["secure_channel"] = json!(true);
+            }
+            out.push(json!({ "method": "nvmf_subsystem_add_listener", "params": params }));
             for (g, a) in st.ana.get(l).into_iter().flatten() {
                 out.push(
                     json!({ "method": "nvmf_subsystem_listener_set_ana_state", "params": {

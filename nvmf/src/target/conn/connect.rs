@@ -146,6 +146,17 @@ impl Connection {
             self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
             return;
         }
+        let host_has_psk = subsys.state.lock().host_psks.contains_key(&hostnqn);
+        if let Err(why) = crate::target::tls::check_connect(
+            self.tls_identity().as_ref(),
+            host_has_psk,
+            &hostnqn,
+            &subnqn,
+        ) {
+            tracing::warn!(peer = %self.peer, host = %hostnqn, nqn = %subnqn, "Connect refused: {why}");
+            self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
+            return;
+        }
         if cmd.qid == 0 {
             self.connect_admin_queue(&sqe, &cmd, &cd, subsys, &hostnqn, &subnqn, listener);
         } else {

@@ -23,6 +23,7 @@ use crate::spec::{get_cstr, Cqe, Sqe};
 use crate::tcp::pdu::{
     self, fes, pdu_type, CapsuleCmdHdr, DataHdr, IcReq, PduError, PduLayout, Receiver,
 };
+use crate::tls::TlsStream;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
@@ -56,6 +57,8 @@ const MAX_TX_IOV: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// A secure-channel listener's connection: the TLS handshake comes first.
+    TlsHandshake,
     AwaitIcReq,
     Ready,
     Closed,
@@ -230,6 +233,8 @@ pub struct Connection {
     target: &'static Target,
     /// R2T buffers held by all connections of this host (shared across reactors).
     host_r2t: Arc<std::sync::atomic::AtomicUsize>,
+    /// TLS of a secure-channel connection: every byte goes through it.
+    tls: Option<RefCell<TlsStream>>,
 }
 
 enum Fatal {
@@ -244,19 +249,31 @@ impl Connection {
         group: Weak<SockGroup>,
         target: &'static Target,
         host_r2t: Arc<std::sync::atomic::AtomicUsize>,
+        secure: bool,
     ) -> std::io::Result<Rc<Self>> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let opts = target.options();
+        let tls = if secure {
+            let t = TlsStream::server(stream.try_clone()?, target.psk_lookup())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(RefCell::new(t))
+        } else {
+            None
+        };
         Ok(Rc::new_cyclic(|me| Connection {
             stream,
             token,
             peer,
             local,
             st: RefCell::new(State {
-                phase: Phase::AwaitIcReq,
+                phase: if secure {
+                    Phase::TlsHandshake
+                } else {
+                    Phase::AwaitIcReq
+                },
                 digests: None,
                 maxh2cdata: 0,
                 qid: None,
@@ -300,7 +317,60 @@ impl Connection {
             group,
             target,
             host_r2t,
+            tls,
         }))
+    }
+
+    // ---- the byte stream: the socket, or TLS over it -----------------------------------
+
+    fn sock_read(&self, b: &mut [u8]) -> std::io::Result<usize> {
+        match &self.tls {
+            None => (&self.stream).read(b),
+            Some(t) => t.borrow_mut().read(b),
+        }
+    }
+
+    fn sock_write(&self, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match &self.tls {
+            None => (&self.stream).write_vectored(iov),
+            Some(t) => t.borrow_mut().write_vectored(iov),
+        }
+    }
+
+    /// Sends TLS records already sealed. Ok(false): some still wait for the socket.
+    fn sock_flush(&self) -> std::io::Result<bool> {
+        match &self.tls {
+            None => Ok(true),
+            Some(t) => t.borrow_mut().flush_out(),
+        }
+    }
+
+    /// The TLS identity the host connected with (None: a plain connection).
+    fn tls_identity(&self) -> Option<crate::tls::PskIdentity> {
+        self.tls.as_ref().and_then(|t| t.borrow().peer_identity())
+    }
+
+    /// Advances a secure channel's handshake. Ok(true): established, NVMe/TCP may begin.
+    fn tls_handshake(&self) -> bool {
+        let Some(t) = &self.tls else { return true };
+        let r = t.borrow_mut().handshake();
+        match r {
+            Ok(true) => {
+                let (id, cipher) = {
+                    let t = t.borrow();
+                    (t.peer_identity(), t.cipher())
+                };
+                tracing::info!(peer = %self.peer, identity = %id.map(|i| i.to_string()).unwrap_or_default(), cipher, "TLS established");
+                self.st.borrow_mut().phase = Phase::AwaitIcReq;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "TLS handshake failed: connection refused");
+                self.close("TLS handshake failed");
+                false
+            }
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -322,6 +392,9 @@ impl Connection {
     /// Readiness from the socket group.
     pub(crate) fn on_event(&self, readable: bool, writable: bool) {
         if self.is_closed() {
+            return;
+        }
+        if self.st.borrow().phase == Phase::TlsHandshake && !self.tls_handshake() {
             return;
         }
         if readable {

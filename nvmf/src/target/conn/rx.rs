@@ -70,7 +70,7 @@ impl Connection {
         }
         let se = s.se;
         let space = s.staging.len() - se;
-        match (&self.stream).read(&mut s.staging[se..]) {
+        match self.sock_read(&mut s.staging[se..]) {
             Ok(0) => Err(Fatal::Closed),
             Ok(n) => {
                 s.se += n;
@@ -242,7 +242,7 @@ impl Connection {
         let r = {
             let state: &mut State = &mut s;
             match sink_slice(&mut d.sink, &mut state.reqs, d.got, want) {
-                Some(dst) => (&self.stream).read(dst),
+                Some(dst) => self.sock_read(dst),
                 None => Ok(0),
             }
         };

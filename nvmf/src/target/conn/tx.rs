@@ -105,7 +105,15 @@ impl Connection {
             if s.phase == Phase::Closed {
                 return;
             }
-            while !s.tx.is_empty() {
+            // TLS records sealed earlier go first (ciphertext is a byte stream too).
+            let mut sealed_out = match self.sock_flush() {
+                Ok(done) => done,
+                Err(_) => {
+                    close = true;
+                    false
+                }
+            };
+            while !close && sealed_out && !s.tx.is_empty() {
                 let written = {
                     let st = &*s;
                     let mut iov: smallvec::SmallVec<[IoSlice<'_>; MAX_TX_IOV]> =
@@ -135,7 +143,7 @@ impl Connection {
                     if iov.is_empty() {
                         break;
                     }
-                    (&self.stream).write_vectored(&iov)
+                    self.sock_write(&iov)
                 };
                 let mut n = match written {
                     Ok(0) => {
@@ -179,7 +187,10 @@ impl Connection {
                     break;
                 }
             }
-            let pending = !s.tx.is_empty();
+            if !close && self.tls.is_some() {
+                sealed_out = self.sock_flush().unwrap_or(false);
+            }
+            let pending = !s.tx.is_empty() || !sealed_out;
             if let Some(g) = self.group.upgrade() {
                 g.want_write(self.token, &self.stream, pending);
             }

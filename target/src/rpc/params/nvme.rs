@@ -81,6 +81,10 @@ pub struct NvmeAttach {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dhchap_ctrlr_key: Option<String>,
+    /// Keyring key with the TLS PSK: the controller is reached over TLS 1.3.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
 }
 impl SpdkParams for NvmeAttach {
     // Settings SPDK writes that have no effect on one TCP path without PI.
@@ -140,6 +144,7 @@ impl NvmeAttach {
             o.num_io_queues = n;
         }
         o.dhchap_key_names = (self.dhchap_key, self.dhchap_ctrlr_key);
+        o.psk_key_name = self.psk;
         Ok(o)
     }
 }

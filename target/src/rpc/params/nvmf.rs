@@ -308,11 +308,14 @@ pub struct Listener {
     pub nqn: String,
     #[command(flatten)]
     pub listen_address: ListenAddressParams,
+    /// TLS 1.3 with PSKs on every connection (the port is secure for all its subsystems).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_channel: bool,
 }
 impl SpdkParams for Listener {
     const IGNORED: &'static [&'static str] = &[
         "tgt_name",
-        "secure_channel",
         "ana_state",
         "anagrpid",
         "sock_impl",
@@ -460,9 +463,13 @@ pub struct Host {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dhchap_ctrlr_key: Option<String>,
+    /// Keyring key with the host's TLS PSK (NVMeTLSkey-1): the host connects over TLS only.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
 }
 impl SpdkParams for Host {
-    const IGNORED: &'static [&'static str] = &["tgt_name", "psk"];
+    const IGNORED: &'static [&'static str] = &["tgt_name"];
 }
 
 /// `nvmf_subsystem_set_keys`: a host's DH-HMAC-CHAP keys (none: no authentication).
