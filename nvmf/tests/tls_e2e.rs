@@ -152,6 +152,24 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
     let log = a.log_text();
     assert!(log.contains("TLS_AES_128_GCM_SHA256"), "{log}");
     assert!(log.contains("TLS_AES_256_GCM_SHA384"), "{log}");
+    // Kernel TLS where the kernel offers it (nvmf/tests/ktls_linux.rs runs this test in a
+    // guest with the `tls` module), user-space records elsewhere.
+    let ktls = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|u| u == "tls");
+    if std::env::var("STRATA_EXPECT_KTLS").is_ok_and(|v| v == "1") {
+        assert!(
+            ktls,
+            "STRATA_EXPECT_KTLS=1 and the kernel offers no `tls` ULP"
+        );
+    }
+    let want = if ktls { "ktls=true" } else { "ktls=false" };
+    let other = if ktls { "ktls=false" } else { "ktls=true" };
+    assert!(
+        log.contains(want) && !log.contains(other),
+        "expected {want}:\n{log}"
+    );
 
     // Refusals. A wrong PSK fails the handshake.
     match connect(tls_addr, HOST1, Some(&psk(32, RetainedHash::Sha256))) {
@@ -192,6 +210,7 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
             psk: Arc::new(k1.clone()),
             hostnqn: HOST1.into(),
             subnqn: NQN.into(),
+            kernel: true,
         }),
         ..Default::default()
     };

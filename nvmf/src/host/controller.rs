@@ -58,6 +58,8 @@ pub struct ControllerOptions {
     pub dhchap: Option<std::sync::Arc<super::auth::DhchapKeys>>,
     /// TLS PSK: every queue connects over TLS 1.3 with it (a secure-channel listener).
     pub tls_psk: Option<std::sync::Arc<crate::tls::ConfiguredPsk>>,
+    /// With TLS: hand the record layer to the kernel where it offers kTLS.
+    pub tls_kernel: bool,
 }
 
 impl Default for ControllerOptions {
@@ -75,6 +77,7 @@ impl Default for ControllerOptions {
             source: None,
             dhchap: None,
             tls_psk: None,
+            tls_kernel: true,
         }
     }
 }
@@ -209,6 +212,7 @@ impl Controller {
                 psk: psk.clone(),
                 hostnqn: hostnqn.clone(),
                 subnqn: subnqn.to_string(),
+                kernel: opts.tls_kernel,
             }),
         };
         let (admin, cntlid) = QueuePair::connect(addr, &aopts, &params)?;
@@ -317,6 +321,7 @@ impl Controller {
                     psk: psk.clone(),
                     hostnqn: self.hostnqn.clone(),
                     subnqn: self.subnqn.clone(),
+                    kernel: self.opts.tls_kernel,
                 }),
             };
             let params = ConnectParams {

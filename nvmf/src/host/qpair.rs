@@ -65,6 +65,8 @@ pub struct HostTls {
     pub psk: std::sync::Arc<crate::tls::ConfiguredPsk>,
     pub hostnqn: String,
     pub subnqn: String,
+    /// Hand the record layer to the kernel after the handshake where it offers kTLS.
+    pub kernel: bool,
 }
 
 impl Default for QueuePairOptions {
@@ -322,8 +324,8 @@ fn tls_handshake(
     deadline: Instant,
 ) -> Result<TlsStream, HostError> {
     let tls_err = |e: crate::tls::TlsError| HostError::Tls(e.to_string());
-    let mut s =
-        TlsStream::client(stream.try_clone()?, &t.psk, &t.hostnqn, &t.subnqn).map_err(tls_err)?;
+    let mut s = TlsStream::client(stream.try_clone()?, &t.psk, &t.hostnqn, &t.subnqn, t.kernel)
+        .map_err(tls_err)?;
     loop {
         if s.handshake().map_err(tls_err)? {
             return Ok(s);

@@ -220,6 +220,7 @@ fn connect_once(s: &Shared, timeout: Duration) -> Result<Controller, HostError> 
         source: s.opts.source().ok().flatten(),
         dhchap: s.opts.dhchap.clone(),
         tls_psk: s.opts.tls_psk.clone(),
+        tls_kernel: true,
     };
     let c = Controller::connect(s.addr, &s.opts.subnqn, opts)?;
     if c.io_queue_count() < s.reactors() {

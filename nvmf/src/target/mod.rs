@@ -86,6 +86,9 @@ pub struct TransportOptions {
     /// strata: the same over all connections of one host (IP address), so hosts that do not
     /// answer their R2Ts cannot take every buffer from the others (0: no limit).
     pub max_r2t_buffers_per_host: u32,
+    /// strata: TLS connections hand their record layer to the kernel after the handshake
+    /// where it offers kTLS.
+    pub enable_ktls: bool,
 }
 
 impl Default for TransportOptions {
@@ -109,6 +112,7 @@ impl Default for TransportOptions {
             max_connections_per_listener: 4096,
             max_r2t_buffers_per_connection: 64,
             max_r2t_buffers_per_host: 256,
+            enable_ktls: true,
         }
     }
 }

@@ -7,10 +7,11 @@
 //! receive and transmit paths use in place of the socket. OpenSSL is used because TLS 1.3
 //! external PSKs need it: rustls offers PSKs for resumption only.
 //!
-//! The record layer runs in user space: this machine's kernel has no kTLS (`tls` is not in
-//! `/proc/sys/net/ipv4/tcp_available_ulp`), so handing records to the kernel after the
-//! handshake is left for a kernel that has it.
+//! After the handshake, [`ktls`] hands the record layer to the kernel where it offers kTLS
+//! (the `tls` ULP), so the data path reads and writes plaintext on the socket as without
+//! TLS; where it does not, the records are sealed and opened in user space by OpenSSL.
 
+pub mod ktls;
 pub mod ossl;
 pub mod psk;
 pub mod stream;
@@ -80,6 +81,12 @@ fn context(method: SslMethod, server: bool) -> Result<SslContext, TlsError> {
     b.set_num_tickets(0).map_err(e)?;
     b.set_options(openssl::ssl::SslOptions::NO_TICKET);
     b.set_mode(SslMode::ENABLE_PARTIAL_WRITE);
+    // The traffic secrets, for a session that will move to kernel TLS (kept only there).
+    b.set_keylog_callback(|ssl, line| {
+        if let Some(k) = ssl.ex_data(ossl::secrets_index()) {
+            k.note(line);
+        }
+    });
     if server {
         ossl::install_server_callback(&mut b);
     } else {

@@ -30,6 +30,44 @@ pub(crate) struct ClientPsk {
     pub tls: zeroize::Zeroizing<Vec<u8>>,
 }
 
+/// The application traffic secrets of a session that will move to kernel TLS, caught from
+/// OpenSSL's key log.
+#[derive(Default)]
+pub(crate) struct TrafficSecrets {
+    pub client: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+    pub server: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+impl TrafficSecrets {
+    /// Takes a key log line: `<LABEL> <client random> <secret hex>`.
+    pub fn note(&self, line: &str) {
+        let mut it = line.split(' ');
+        let (Some(label), Some(_), Some(hex)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        let slot = match label {
+            "CLIENT_TRAFFIC_SECRET_0" => &self.client,
+            "SERVER_TRAFFIC_SECRET_0" => &self.server,
+            _ => return,
+        };
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect();
+        if let (Some(b), Ok(mut s)) = (bytes, slot.lock()) {
+            *s = Some(zeroize::Zeroizing::new(b));
+        }
+    }
+}
+
+pub(crate) fn secrets_index() -> Index<Ssl, TrafficSecrets> {
+    static I: OnceLock<Index<Ssl, TrafficSecrets>> = OnceLock::new();
+    *I.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL ex_data index"))
+}
+
 type FindSessionCb =
     unsafe extern "C" fn(*mut SSL, *const c_uchar, usize, *mut *mut SSL_SESSION) -> c_int;
 type UseSessionCb = unsafe extern "C" fn(

@@ -1,10 +1,12 @@
 //! A non-blocking TLS stream over a connection's socket, shaped like the socket for the
 //! NVMe/TCP paths: `read` fills a buffer until the socket is empty, `write_vectored` takes a
-//! gather list of PDUs. Plaintext is sealed into full 16 KiB records (small PDUs are
-//! gathered into one record first) into an output buffer that goes to the socket with one
-//! write, so a batch of responses costs one send, as without TLS.
+//! gather list of PDUs. With kernel TLS both go straight to the socket. Otherwise plaintext
+//! is sealed into full 16 KiB records (small PDUs are gathered into one record first) into an
+//! output buffer that goes to the socket with one write, so a batch of responses costs one
+//! send, as without TLS.
 
-use super::ossl::{self, ClientPsk, ServerPsk};
+use super::ktls::{self, TrafficKeys};
+use super::ossl::{self, ClientPsk, ServerPsk, TrafficSecrets};
 use super::psk::{tls_psk, ConfiguredPsk, PskIdentity};
 use super::{PskLookup, TlsError};
 use openssl::ssl::{ErrorCode, Ssl, SslStream};
@@ -53,6 +55,10 @@ pub struct TlsStream {
     /// Small PDUs gathered into one record.
     plain: Vec<u8>,
     established: bool,
+    /// Move the record layer to the kernel after the handshake, if it offers kTLS.
+    want_kernel: bool,
+    /// The kernel seals and opens the records: reads and writes go to the socket.
+    kernel: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -60,6 +66,7 @@ impl std::fmt::Debug for TlsStream {
         f.debug_struct("TlsStream")
             .field("role", &self.role)
             .field("established", &self.established)
+            .field("kernel", &self.kernel)
             .finish()
     }
 }
@@ -71,7 +78,9 @@ fn setup(e: impl std::fmt::Display) -> TlsError {
 impl TlsStream {
     /// The server side of a connection: the handshake runs as the socket becomes readable
     /// ([`TlsStream::handshake`]). `sock` is a handle to the connection's socket.
-    pub fn server(sock: TcpStream, lookup: PskLookup) -> Result<TlsStream, TlsError> {
+    /// With `kernel`, the record layer moves to the kernel after the handshake where it
+    /// can.
+    pub fn server(sock: TcpStream, lookup: PskLookup, kernel: bool) -> Result<TlsStream, TlsError> {
         let mut ssl = Ssl::new(super::server_context()?).map_err(setup)?;
         ssl.set_ex_data(
             ossl::server_index(),
@@ -82,7 +91,7 @@ impl TlsStream {
             },
         );
         ssl.set_accept_state();
-        Self::new(ssl, sock, TlsRole::Server)
+        Self::new(ssl, sock, TlsRole::Server, kernel)
     }
 
     /// The client side, offering the identity of `hostnqn` → `subnqn` with `psk`.
@@ -91,6 +100,7 @@ impl TlsStream {
         psk: &ConfiguredPsk,
         hostnqn: &str,
         subnqn: &str,
+        kernel: bool,
     ) -> Result<TlsStream, TlsError> {
         let suite = psk.suite();
         let identity = PskIdentity::new(suite, hostnqn, subnqn).to_string();
@@ -108,10 +118,18 @@ impl TlsStream {
             },
         );
         ssl.set_connect_state();
-        Self::new(ssl, sock, TlsRole::Client)
+        Self::new(ssl, sock, TlsRole::Client, kernel)
     }
 
-    fn new(ssl: Ssl, sock: TcpStream, role: TlsRole) -> Result<TlsStream, TlsError> {
+    fn new(
+        mut ssl: Ssl,
+        sock: TcpStream,
+        role: TlsRole,
+        kernel: bool,
+    ) -> Result<TlsStream, TlsError> {
+        if kernel {
+            ssl.set_ex_data(ossl::secrets_index(), TrafficSecrets::default());
+        }
         let pipe = Pipe {
             sock,
             out: Vec::with_capacity(RECORD + 64),
@@ -122,7 +140,59 @@ impl TlsStream {
             role,
             plain: Vec::with_capacity(RECORD),
             established: false,
+            want_kernel: kernel,
+            kernel: false,
         })
+    }
+
+    /// The kernel seals and opens this session's records.
+    pub fn is_kernel(&self) -> bool {
+        self.kernel
+    }
+
+    /// Right after the handshake: hands the record layer to the kernel if it offers kTLS.
+    /// Ok(()) either way, unless the socket was left half-configured.
+    fn try_kernel(&mut self) -> Result<(), TlsError> {
+        let secrets = self.ssl.ssl().ex_data(ossl::secrets_index()).map(|s| {
+            (
+                s.client.lock().ok().and_then(|mut c| c.take()),
+                s.server.lock().ok().and_then(|mut c| c.take()),
+            )
+        });
+        // Nothing may be left in OpenSSL's buffers: the kernel starts at record 0 of
+        // each direction.
+        if !self.want_kernel || self.pending_out() || self.ssl.ssl().pending() > 0 {
+            return Ok(());
+        }
+        let Some((Some(client), Some(server))) = secrets else {
+            return Ok(());
+        };
+        let suite = match self.ssl.ssl().current_cipher().map(|c| c.name()) {
+            Some("TLS_AES_256_GCM_SHA384") => super::CipherSuite::Aes256GcmSha384,
+            _ => super::CipherSuite::Aes128GcmSha256,
+        };
+        let (Some(c), Some(s)) = (
+            TrafficKeys::derive(suite, &client),
+            TrafficKeys::derive(suite, &server),
+        ) else {
+            return Ok(());
+        };
+        let (tx, rx) = match self.role {
+            TlsRole::Server => (&s, &c),
+            TlsRole::Client => (&c, &s),
+        };
+        match ktls::enable(&self.ssl.get_ref().sock, suite, tx, rx) {
+            Ok(()) => {
+                self.kernel = true;
+                Ok(())
+            }
+            // No `tls` ULP here: the records stay in user space.
+            Err((false, e)) => {
+                tracing::debug!(error = %e, "no kernel TLS: records sealed in user space");
+                Ok(())
+            }
+            Err((true, e)) => Err(TlsError::Handshake(format!("kernel TLS set-up: {e}"))),
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -142,6 +212,7 @@ impl TlsStream {
             Ok(()) => {
                 flushed?;
                 self.established = true;
+                self.try_kernel()?;
                 Ok(true)
             }
             Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
@@ -189,6 +260,9 @@ impl TlsStream {
 
     /// Writes buffered ciphertext. Ok(true): all of it went out.
     pub fn flush_out(&mut self) -> std::io::Result<bool> {
+        if self.kernel {
+            return Ok(true);
+        }
         let p = self.ssl.get_mut();
         while p.sent < p.out.len() {
             match (&p.sock).write(&p.out[p.sent..]) {
@@ -243,6 +317,9 @@ impl TlsStream {
     /// Encrypts what fits of `iov` and sends it. Returns the plaintext bytes taken; `Err`
     /// `WouldBlock` when earlier ciphertext still waits for the socket.
     pub fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        if self.kernel {
+            return (&self.ssl.get_ref().sock).write_vectored(iov);
+        }
         if !self.flush_out()? {
             return Err(ErrorKind::WouldBlock.into());
         }
@@ -293,6 +370,11 @@ impl TlsStream {
     /// Reads decrypted bytes into `b` until it is full or the socket is empty. Ok(0): the
     /// peer closed; `Err` `WouldBlock`: nothing yet.
     pub fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        if self.kernel {
+            // A record other than data (an alert, a close_notify, a KeyUpdate) fails the
+            // read with EIO: the connection ends, as it would on a broken stream.
+            return (&self.ssl.get_ref().sock).read(b);
+        }
         let mut n = 0;
         while n < b.len() {
             match self.ssl.ssl_read(&mut b[n..]) {
@@ -420,8 +502,8 @@ mod tests {
         ] {
             let k = psk(len, 7, hash);
             let (ss, cs) = pair();
-            let mut s = TlsStream::server(ss, lookup(k.clone())).unwrap();
-            let mut c = TlsStream::client(cs, &k, HOST, SUB).unwrap();
+            let mut s = TlsStream::server(ss, lookup(k.clone()), true).unwrap();
+            let mut c = TlsStream::client(cs, &k, HOST, SUB, true).unwrap();
             let (sr, cr) = handshake(&mut s, &mut c);
             assert_eq!((sr, cr), (Ok(()), Ok(())), "len {len} {hash:?}");
             let want = if len == 48 {
@@ -476,19 +558,20 @@ mod tests {
         let k = psk(32, 1, RetainedHash::Sha256);
         // Wrong key: binder check fails on the server.
         let (ss, cs) = pair();
-        let mut s = TlsStream::server(ss, lookup(k.clone())).unwrap();
-        let mut c = TlsStream::client(cs, &psk(32, 2, RetainedHash::Sha256), HOST, SUB).unwrap();
+        let mut s = TlsStream::server(ss, lookup(k.clone()), false).unwrap();
+        let mut c =
+            TlsStream::client(cs, &psk(32, 2, RetainedHash::Sha256), HOST, SUB, false).unwrap();
         let (sr, cr) = handshake(&mut s, &mut c);
         assert!(sr.is_err() && cr.is_err(), "{sr:?} {cr:?}");
         // Identity of another host.
         let (ss, cs) = pair();
-        let mut s = TlsStream::server(ss, lookup(k.clone())).unwrap();
-        let mut c = TlsStream::client(cs, &k, "nqn.2024-01.io.other:host", SUB).unwrap();
+        let mut s = TlsStream::server(ss, lookup(k.clone()), false).unwrap();
+        let mut c = TlsStream::client(cs, &k, "nqn.2024-01.io.other:host", SUB, false).unwrap();
         let (sr, _) = handshake(&mut s, &mut c);
         assert!(sr.unwrap_err().contains("unknown host"));
         // Plain NVMe/TCP bytes (an ICReq) instead of a ClientHello.
         let (ss, cs) = pair();
-        let mut s = TlsStream::server(ss, lookup(k)).unwrap();
+        let mut s = TlsStream::server(ss, lookup(k), false).unwrap();
         (&cs).write_all(&[0u8, 0, 128, 0, 128, 0, 0, 0]).unwrap();
         (&cs).write_all(&[0u8; 120]).unwrap();
         let mut r = Ok(false);

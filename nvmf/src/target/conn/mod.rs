@@ -257,7 +257,7 @@ impl Connection {
         let local = stream.local_addr()?;
         let opts = target.options();
         let tls = if secure {
-            let t = TlsStream::server(stream.try_clone()?, target.psk_lookup())
+            let t = TlsStream::server(stream.try_clone()?, target.psk_lookup(), opts.enable_ktls)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             Some(RefCell::new(t))
         } else {
@@ -356,11 +356,11 @@ impl Connection {
         let r = t.borrow_mut().handshake();
         match r {
             Ok(true) => {
-                let (id, cipher) = {
+                let (id, cipher, ktls) = {
                     let t = t.borrow();
-                    (t.peer_identity(), t.cipher())
+                    (t.peer_identity(), t.cipher(), t.is_kernel())
                 };
-                tracing::info!(peer = %self.peer, identity = %id.map(|i| i.to_string()).unwrap_or_default(), cipher, "TLS established");
+                tracing::info!(peer = %self.peer, identity = %id.map(|i| i.to_string()).unwrap_or_default(), cipher, ktls, "TLS established");
                 self.st.borrow_mut().phase = Phase::AwaitIcReq;
                 true
             }

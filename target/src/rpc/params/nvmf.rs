@@ -83,6 +83,11 @@ pub struct CreateTransport {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_r2t_buffers_per_host: Option<u32>,
+    /// strata: on secure-channel listeners, hand the TLS record layer to the kernel after
+    /// the handshake where it offers kTLS (default true; false keeps it in user space).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_ktls: Option<bool>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
@@ -148,6 +153,7 @@ impl CreateTransport {
             max_r2t_buffers_per_host: self
                 .max_r2t_buffers_per_host
                 .unwrap_or(d.max_r2t_buffers_per_host),
+            enable_ktls: self.enable_ktls.unwrap_or(d.enable_ktls),
         })
     }
 }
