@@ -198,6 +198,46 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
         }
         assert!(total < 64);
     }
+    // A certificate-style ClientHello (no PSK offered) fails the handshake.
+    {
+        let s = std::net::TcpStream::connect(tls_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let r = b.build().configure().unwrap().connect("strata", s);
+        assert!(r.is_err(), "a ClientHello without a PSK was accepted");
+    }
+    // Identities of an unknown subsystem, a host without a PSK, the wrong suite, and a
+    // malformed one: each fails the handshake.
+    for (host, sub, key) in [
+        (HOST1, "nqn.2026-12.io.strata:nosuch", k1.clone()),
+        ("nqn.2026-12.io.strata:nokey-host", NQN, k1.clone()),
+        (HOST1, NQN, k2.clone()),
+        (HOST1, "has space", k1.clone()),
+    ] {
+        let qopts = QueuePairOptions {
+            timeout: Duration::from_secs(10),
+            tls: Some(HostTls {
+                psk: Arc::new(key),
+                hostnqn: host.into(),
+                subnqn: sub.into(),
+                kernel: true,
+            }),
+            ..Default::default()
+        };
+        let params = ConnectParams {
+            subnqn: NQN.into(),
+            hostnqn: host.into(),
+            hostid: [3; 16],
+            cntlid: 0xffff,
+            kato_ms: 0,
+            dhchap: None,
+        };
+        match QueuePair::connect(tls_addr, &qopts, &params) {
+            Err(HostError::Tls(_)) => {}
+            other => panic!("identity {host} {sub}: {:?}", other.map(|_| ())),
+        }
+    }
     // A PSK host on the plain listener: Connect Invalid Host.
     match connect(a.addr(), HOST1, None) {
         Err(HostError::Status { sct: 1, sc: 0x84 }) => {}
@@ -229,6 +269,10 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
     let log = a.log_text();
     for want in [
         "TLS handshake failed",
+        "no subsystem nqn.2026-12.io.strata:nosuch",
+        "has no PSK for",
+        "is for TLS_AES_128_GCM_SHA256",
+        "malformed NQNs in the identity",
         "must connect through a secure_channel listener",
         "the TLS PSK identity is",
     ] {

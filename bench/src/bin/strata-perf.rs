@@ -4,7 +4,7 @@
 //! ```text
 //! strata-perf -q 32 -o 4096 -w randread -t 10 -c 0x2 \
 //!     -r 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2026-11.io.strata:default' \
-//!     [-r ...] [-M 70] [-P 2] [--hdgst] [--ddgst] [--json]
+//!     [-r ...] [-M 70] [-P 2] [--hdgst] [--ddgst] [--psk-path FILE [--disable-ktls]] [--json]
 //! ```
 //!
 //! One controller per `-r`; one job per (namespace, core), each with `-P` queue pairs of its
@@ -58,6 +58,13 @@ struct Cli {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    /// TLS: a file with the PSK (`NVMeTLSkey-1:...`); every queue connects over TLS 1.3
+    /// (a secure-channel listener).
+    #[arg(long = "psk-path")]
+    psk_path: Option<std::path::PathBuf>,
+    /// With TLS, keep the record layer in user space even where the kernel offers kTLS.
+    #[arg(long = "disable-ktls")]
+    disable_ktls: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +103,15 @@ fn run(cli: Cli) -> Result<bool, String> {
     if !quiet {
         println!("Initializing NVMe Controllers");
     }
+    let psk = match &cli.psk_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let k = strata_nvmf::tls::ConfiguredPsk::parse(&text)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(std::sync::Arc::new(k))
+        }
+        None => None,
+    };
     let mut ctrls = Vec::new();
     let mut jobs = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
@@ -106,6 +122,8 @@ fn run(cli: Cli) -> Result<bool, String> {
             ddgst: cli.ddgst,
             kato_ms: cli.kato_ms,
             hostnqn: t.hostnqn.clone(),
+            tls_psk: psk.clone(),
+            tls_kernel: !cli.disable_ktls,
             ..Default::default()
         };
         let mut c = Controller::connect(t.addr, &t.subnqn, opts)
