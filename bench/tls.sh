@@ -27,6 +27,8 @@ fail() { echo "tls.sh: $*" >&2; exit 1; }
 [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || echo 1536 > /proc/sys/vm/nr_hugepages
 mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages; }
 NQN=nqn.2016-06.io.spdk:cnode1; HOST=nqn.2014-08.org.nvmexpress:uuid:7d3f6a2e-4c1b-4e8a-9f0d-2b5c8e1a3f70
+# A host with a PSK connects over TLS only (on both targets), so the plain runs use another.
+HOSTP=nqn.2014-08.org.nvmexpress:uuid:0c9a8b7e-6d5f-4a3b-8c2d-1e0f9a8b7c6d
 PLAIN=4530; SECURE=4531
 python3 -c 'import os,base64,zlib; k=os.urandom(32); print("NVMeTLSkey-1:01:"+base64.b64encode(k+zlib.crc32(k).to_bytes(4,"little")).decode()+":",end="")' > $OUT/psk.key
 chmod 600 $OUT/psk.key
@@ -35,7 +37,8 @@ cat > $OUT/strata.json <<EOF
 {"subsystems":[{"subsystem":"keyring","config":[{"method":"keyring_file_add_key","params":{"name":"k","path":"$OUT/psk.key"}}]},
 {"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":262144,"block_size":4096}}]},
 {"subsystem":"nvmf","config":[{"method":"nvmf_create_transport","params":{"trtype":"TCP","enable_ktls":$ktls}},
-{"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":true,"serial_number":"TLS0001"}},
+{"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":false,"serial_number":"TLS0001"}},
+{"method":"nvmf_subsystem_add_host","params":{"nqn":"$NQN","host":"$HOSTP"}},
 {"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"M0","nsid":1}}},
 {"method":"nvmf_subsystem_add_host","params":{"nqn":"$NQN","host":"$HOST","psk":"k"}},
 {"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"TCP","adrfam":"IPv4","traddr":"127.0.0.1","trsvcid":"$PLAIN"}}},
@@ -49,8 +52,9 @@ start_spdk() {
   for _ in $(seq 1 100); do [ -S $OUT/p.sock ] && break; sleep 0.1; done
   local R="python3 $SPDK/scripts/rpc.py -s $OUT/p.sock"
   $R nvmf_create_transport -t TCP >/dev/null && $R bdev_malloc_create -b M0 1024 4096 >/dev/null &&
-  $R nvmf_create_subsystem $NQN -a -s TLS0001 >/dev/null && $R nvmf_subsystem_add_ns $NQN M0 >/dev/null &&
+  $R nvmf_create_subsystem $NQN -s TLS0001 >/dev/null && $R nvmf_subsystem_add_ns $NQN M0 >/dev/null &&
   $R keyring_file_add_key k $OUT/psk.key >/dev/null && $R nvmf_subsystem_add_host $NQN $HOST --psk k >/dev/null &&
+  $R nvmf_subsystem_add_host $NQN $HOSTP >/dev/null &&
   $R nvmf_subsystem_add_listener $NQN -t tcp -a 127.0.0.1 -s $PLAIN -f ipv4 >/dev/null &&
   $R nvmf_subsystem_add_listener $NQN -t tcp -a 127.0.0.1 -s $SECURE -f ipv4 --secure-channel >/dev/null ||
     fail "SPDK nvmf_tgt set-up failed: $(tail -3 $OUT/spdk.log)"
@@ -59,8 +63,8 @@ stop_t() { kill $TP 2>/dev/null; wait $TP 2>/dev/null; }
 args() { case $1 in rr32) echo "-q 32 -o 4096 -w randread";; rw32) echo "-q 32 -o 4096 -w randwrite";;
   sr128k) echo "-q 16 -o 131072 -w read";; sw128k) echo "-q 16 -o 131072 -w write";; esac; }
 client() { # workload tls(0|1) -> "IOPS MiB/s avg_us"
-  local w=$1 tls=$2 port=$PLAIN; [ "$tls" = 1 ] && port=$SECURE
-  local TR="trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$port subnqn:$NQN hostnqn:$HOST"
+  local w=$1 tls=$2 port=$PLAIN host=$HOSTP; [ "$tls" = 1 ] && port=$SECURE && host=$HOST
+  local TR="trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$port subnqn:$NQN hostnqn:$host"
   if [ "$CLIENT" = strata ]; then
     local t=(); [ "$tls" = 1 ] && t=(--psk-path $OUT/psk.key)
     "$BIN/strata-perf" -c 0x2 -t "$T" --json -r "$TR" "${t[@]}" $(args $w) 2>/dev/null |
