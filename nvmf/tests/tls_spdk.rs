@@ -87,7 +87,15 @@ fn bdevperf_verify(
     let cfg_path = dir.join(format!("bdevperf-{tag}.json"));
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let out = spdk(sd, "build/examples/bdevperf")
-        .args(["--no-huge", "-s", "512", "-m", "0x2", "-r"])
+        .args([
+            "--no-huge",
+            "-s",
+            "512",
+            "-m",
+            "0x2",
+            "--disable-cpumask-locks",
+            "-r",
+        ])
         .arg(dir.join(format!("bdevperf-{tag}.sock")))
         .arg("--json")
         .arg(&cfg_path)
@@ -205,32 +213,52 @@ fn spdk_initiator_and_target_interoperate_over_tls() {
     // strata's host library → SPDK's nvmf_tgt.
     let sock = dir.path().join("spdk.sock");
     let log = std::fs::File::create(dir.path().join("nvmf_tgt.log")).unwrap();
-    let mut tgt = spdk(&sd, "build/bin/nvmf_tgt")
-        .args(["-m", "0x1", "--no-huge", "-s", "1024", "-u", "-r"])
-        .arg(&sock)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let rpc = |args: &[&str]| {
-        let o = Command::new("python3")
+    let _tgt = KillOnDrop(
+        spdk(&sd, "build/bin/nvmf_tgt")
+            .args([
+                "-m",
+                "0x1",
+                "--no-huge",
+                "-s",
+                "1024",
+                "-u",
+                "--disable-cpumask-locks",
+                "-r",
+            ])
+            .arg(&sock)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let rpc_try = |args: &[&str]| {
+        Command::new("python3")
             .arg(sd.join("scripts/rpc.py"))
             .arg("-s")
             .arg(&sock)
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let rpc = |args: &[&str]| {
+        let o = rpc_try(args);
         assert!(
             o.status.success(),
-            "rpc.py {args:?}: {}",
+            "rpc.py {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
     };
+    // Until its framework is up (the socket appears first).
     let t0 = std::time::Instant::now();
-    while !sock.exists() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
+    while !rpc_try(&["framework_wait_init"]).status.success() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "SPDK nvmf_tgt did not come up:\n{}",
+            std::fs::read_to_string(dir.path().join("nvmf_tgt.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let sport = free_port().to_string();
     let (f1s, f2s) = (f1.to_str().unwrap(), f2.to_str().unwrap());
     rpc(&["nvmf_create_transport", "-t", "TCP"]);
@@ -276,6 +304,14 @@ fn spdk_initiator_and_target_interoperate_over_tls() {
         connect(HOST1, &k2).is_err(),
         "a host with another host's key connected"
     );
-    let _ = tgt.kill();
-    let _ = tgt.wait();
+}
+
+/// SPDK's nvmf_tgt, stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
