@@ -336,7 +336,10 @@ pub fn subsystem_json(s: &Subsystem) -> Value {
         .iter()
         .map(|l| {
             let mut v = json!(l);
-            v["secure_channel"] = json!(Target::get().listener_secure(l));
+            // Only when set: the entry stays SPDK's four fields for plain listeners.
+            if Target::get().listener_secure(l) {
+                v["secure_channel"] = json!(true);
+            }
             v
         })
         .collect();
