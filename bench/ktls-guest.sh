@@ -36,10 +36,11 @@ echo "kernel \$(uname -r), ULPs: \$(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 run() { # label ktls-config port host extra...
   local label=\$1 cfg=\$2 port=\$3 host=\$4; shift 4
   $BIN/strata-tgt -m 0x1 --no-default --json /run/share/tgt-\$cfg.json -r /tmp/t.sock --log-level info > /tmp/tgt.log 2>&1 &
-  local tp=\$!; sleep 3
+  local tp=\$!
+  for _ in \$(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/4421) 2>/dev/null && break; sleep 0.1; done
   for w in "-q 32 -o 4096 -w randread" "-q 16 -o 131072 -w read"; do
     r=\$($BIN/strata-perf -c 0x2 -t $T --json \$w -r "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:\$port subnqn:$NQN hostnqn:\$host" "\$@" 2>&1 |
-      python3 -c 'import json,sys; t=json.load(sys.stdin)["total"]; print(int(t["iops"]), round(t["mib_s"],1), "MiB/s", round(t["avg_us"],1), "us")' 2>&1)
+      python3 -c 'import json,sys; t=json.load(sys.stdin)["total"]; print(int(t["iops"]), round(t["mib_s"],1), "MiB/s", round(t["avg_us"],1), "us")' 2>/dev/null || echo FAILED)
     echo "RESULT \$label | \$w | \$r"
   done
   grep -o 'ktls=[a-z]*' /tmp/tgt.log | sort | uniq -c | sed "s/^/      target \$label: /"
