@@ -27,7 +27,8 @@ strata() { # config workload -> IOPS
 spdk() { # workload -> IOPS
   timeout $((T+60)) "$SPDK/build/examples/bdevperf" -m 0x1 --disable-cpumask-locks -r $OUT/b.sock \
     --json bench/configs/malloc.json -q 32 -o 4096 -w "$1" -t "$T" > $OUT/b.txt 2>&1
-  awk '$1 == "Total" { printf "%d\n", $3 }' $OUT/b.txt | head -1
+  # (the Total line follows progress output with terminal control codes)
+  sed -n 's/.*Total *: *\([0-9]*\).*/\1/p' $OUT/b.txt | tail -1
 }
 for r in $(seq 1 $ROUNDS); do
   for w in randread randwrite; do

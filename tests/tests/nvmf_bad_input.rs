@@ -1946,6 +1946,14 @@ fn connect_with_a_bad_host_nqn_is_refused() {
         wait_log(&t, "HOSTNQN is not a NUL-terminated NQN"),
         "no log line"
     );
+    // An empty HOSTNQN (what SPDK's spdk_nvme_perf sends without `hostnqn:`) reaches a
+    // subsystem that allows any host, as on SPDK's target.
+    let ident = new_ident();
+    let mut h = Host::ic(t.port, &ident, 0);
+    let mut d = connect_data(&ident, 0xFFFF, NQN);
+    d[512..768].fill(0);
+    let c = h.cmd(&connect_sqe(0, 31), &d, "empty HOSTNQN");
+    c.assert_ok("empty HOSTNQN on an allow_any_host subsystem");
     assert_serves(&mut t);
 }
 

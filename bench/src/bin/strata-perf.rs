@@ -117,7 +117,9 @@ fn run(cli: Cli) -> Result<bool, String> {
     for (ti, t) in targets.iter().enumerate() {
         let opts = ControllerOptions {
             io_queues: 0,
-            queue_depth: per_qp,
+            // A queue holds at least two entries (SQSIZE 0 is invalid: SPDK's target
+            // refuses it); the job still keeps only -q commands in flight.
+            queue_depth: per_qp.max(2),
             hdgst: cli.hdgst,
             ddgst: cli.ddgst,
             kato_ms: cli.kato_ms,

@@ -123,9 +123,17 @@ impl Connection {
             self.connect_invalid(sqe.cid, 256, 1, "SUBNQN is not a NUL-terminated NQN");
             return;
         };
-        let Some(hostnqn) = nqn_field(&cd.hostnqn) else {
-            self.connect_invalid(sqe.cid, 512, 1, "HOSTNQN is not a NUL-terminated NQN");
-            return;
+        // An empty HOSTNQN is what SPDK's initiator tools send without `hostnqn:`; SPDK's
+        // target lets it reach a subsystem that allows any host, and so does strata
+        // (`host_allowed` below): such a host can hold no keys.
+        let hostnqn = if cd.hostnqn[0] == 0 {
+            String::new()
+        } else {
+            let Some(h) = nqn_field(&cd.hostnqn) else {
+                self.connect_invalid(sqe.cid, 512, 1, "HOSTNQN is not a NUL-terminated NQN");
+                return;
+            };
+            h
         };
         let Some(subsys) = self.target.find_subsystem(&subnqn) else {
             self.connect_invalid(sqe.cid, 256, 1, &format!("unknown subsystem {subnqn}"));
