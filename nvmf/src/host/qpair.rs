@@ -506,7 +506,13 @@ impl QueuePair {
     }
     /// Whether PDUs are waiting to be written.
     pub fn tx_pending(&self) -> bool {
-        if self.tls.as_ref().is_some_and(|t| t.pending_out()) {
+        // TLS: sealed records to send, or decrypted input a socket wake-up would not
+        // announce (the next poll must run either way).
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.pending_out() || t.pending_in())
+        {
             return true;
         }
         !self.tx.is_empty()

@@ -111,6 +111,9 @@ fn setsockopt<T>(
     }
 }
 
+/// Installs one direction's key (`install::<16>` or `install::<32>`).
+type Install = fn(RawFd, libc::c_int, u16, &TrafficKeys) -> std::io::Result<()>;
+
 fn install<const K: usize>(
     fd: RawFd,
     dir: libc::c_int,
@@ -138,9 +141,9 @@ fn install<const K: usize>(
     )
 }
 
-/// Hands both directions of `sock`'s TLS session to the kernel. An error before the first
-/// key is installed leaves the socket as it was (the caller keeps the user-space record
-/// layer); after it, the connection cannot continue.
+/// Hands both directions of `sock`'s TLS session to the kernel. Err((false, _)): nothing was
+/// handed over and the socket works as before (the caller keeps the user-space record
+/// layer); Err((true, _)): the transmit side already went, so the connection cannot continue.
 pub fn enable(
     sock: &impl AsRawFd,
     suite: CipherSuite,
@@ -149,13 +152,14 @@ pub fn enable(
 ) -> Result<(), (bool, std::io::Error)> {
     let fd = sock.as_raw_fd();
     setsockopt(fd, libc::IPPROTO_TCP, TCP_ULP, b"tls\0", 4).map_err(|e| (false, e))?;
-    let r = match suite {
-        CipherSuite::Aes128GcmSha256 => install::<16>(fd, TLS_TX, TLS_CIPHER_AES_GCM_128, tx)
-            .and_then(|_| install::<16>(fd, TLS_RX, TLS_CIPHER_AES_GCM_128, rx)),
-        CipherSuite::Aes256GcmSha384 => install::<32>(fd, TLS_TX, TLS_CIPHER_AES_GCM_256, tx)
-            .and_then(|_| install::<32>(fd, TLS_RX, TLS_CIPHER_AES_GCM_256, rx)),
+    // The ULP without keys passes bytes through: a kernel that cannot take this suite's
+    // transmit key (no TLS 1.3, no AES-256-GCM) leaves the socket usable as before.
+    let (install_key, cipher): (Install, u16) = match suite {
+        CipherSuite::Aes128GcmSha256 => (install::<16>, TLS_CIPHER_AES_GCM_128),
+        CipherSuite::Aes256GcmSha384 => (install::<32>, TLS_CIPHER_AES_GCM_256),
     };
-    r.map_err(|e| (true, e))
+    install_key(fd, TLS_TX, cipher, tx).map_err(|e| (false, e))?;
+    install_key(fd, TLS_RX, cipher, rx).map_err(|e| (true, e))
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ fn context(method: SslMethod, server: bool) -> Result<SslContext, TlsError> {
     // tickets interleave with NVMe/TCP data.
     b.set_num_tickets(0).map_err(e)?;
     b.set_options(openssl::ssl::SslOptions::NO_TICKET);
+    b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
+    // Read-ahead stays off (OpenSSL's default): OpenSSL then reads exactly one record at a
+    // time, so at the end of the handshake nothing past the Finished is buffered and the
+    // kernel can take over at record 0 (`ktls`).
     b.set_mode(SslMode::ENABLE_PARTIAL_WRITE);
     // The traffic secrets, for a session that will move to kernel TLS (kept only there).
     b.set_keylog_callback(|ssl, line| {

@@ -166,13 +166,15 @@ unsafe extern "C" fn find_session(
     let Ok(text) = std::str::from_utf8(id) else {
         return refuse("PSK identity is not UTF-8".into());
     };
+    // The peer's bytes go to the log escaped and cut short.
+    let shown: String = text.chars().take(300).collect();
     let parsed = match PskIdentity::parse(text) {
         Ok(p) => p,
-        Err(e) => return refuse(format!("PSK identity '{text}': {e}")),
+        Err(e) => return refuse(format!("PSK identity {shown:?}: {e}")),
     };
     let key = match (data.lookup)(&parsed) {
         Ok(k) => k,
-        Err(e) => return refuse(format!("PSK identity '{text}': {e}")),
+        Err(e) => return refuse(format!("PSK identity {shown:?}: {e}")),
     };
     // SAFETY: `ssl` is the live SSL of this callback.
     let s = unsafe { psk_session(ssl, &tls_psk(&key.retained, text, key.suite), key.suite) };

@@ -19,7 +19,7 @@ pub enum PskError {
     Format,
     #[error("unknown PSK hash {0:02} (00 none, 01 SHA-256, 02 SHA-384)")]
     Hash(u8),
-    #[error("a TLS PSK is 32 or 48 bytes, this one is {0}")]
+    #[error("a TLS PSK is 32 bytes (hash 01), 48 (hash 02) or either (00); this one is {0}")]
     Length(usize),
     #[error("the PSK's CRC-32 does not match (mistyped or truncated key)")]
     Crc,
@@ -77,7 +77,14 @@ impl ConfiguredPsk {
             return Err(PskError::Format);
         }
         let (key, crc) = raw.split_at(raw.len() - 4);
-        if key.len() != 32 && key.len() != 48 {
+        // 01 (SHA-256) keys are 32 bytes, 02 (SHA-384) keys 48, as nvme-cli makes them;
+        // an untransformed key may be either.
+        let ok = match hash {
+            RetainedHash::None => key.len() == 32 || key.len() == 48,
+            RetainedHash::Sha256 => key.len() == 32,
+            RetainedHash::Sha384 => key.len() == 48,
+        };
+        if !ok {
             return Err(PskError::Length(key.len()));
         }
         if crc32fast::hash(key).to_le_bytes() != crc {
@@ -189,6 +196,10 @@ impl PskIdentity {
     }
 
     pub fn parse(s: &str) -> Result<PskIdentity, String> {
+        // The identity is the HKDF context of the TLS PSK: at most 255 bytes.
+        if s.len() > 255 {
+            return Err(format!("identity of {} bytes (at most 255)", s.len()));
+        }
         let rest = if let Some(r) = s.strip_prefix("NVMe0R") {
             r
         } else if s.starts_with("NVMe1R") {
@@ -270,6 +281,15 @@ mod tests {
             ConfiguredPsk::parse(&short.format()),
             Err(PskError::Length(16))
         );
+        // The hash fixes the size: 01 is 32 bytes, 02 is 48.
+        let mismatched = ConfiguredPsk {
+            hash: RetainedHash::Sha384,
+            key: Zeroizing::new(vec![5; 32]),
+        };
+        assert_eq!(
+            ConfiguredPsk::parse(&mismatched.format()),
+            Err(PskError::Length(32))
+        );
     }
 
     /// The example key of the NVMe TCP transport specification / nvme-cli's test suite.
@@ -292,6 +312,14 @@ mod tests {
         assert!(PskIdentity::parse("NVMe0R03 a b").is_err());
         assert!(PskIdentity::parse("NVMe0R01 onlyhost").is_err());
         assert!(PskIdentity::parse("psk.spdk.io").is_err());
+        // The identity is an HKDF context: 255 bytes at most.
+        let long = format!(
+            "NVMe0R01 nqn.2024-01.io.x:{} nqn.2024-01.io.y:z",
+            "h".repeat(240)
+        );
+        assert!(PskIdentity::parse(&long)
+            .unwrap_err()
+            .contains("at most 255"));
     }
 
     /// Known answers computed independently with OpenSSL's command-line HKDF (`openssl kdf

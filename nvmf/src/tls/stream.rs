@@ -104,6 +104,12 @@ impl TlsStream {
     ) -> Result<TlsStream, TlsError> {
         let suite = psk.suite();
         let identity = PskIdentity::new(suite, hostnqn, subnqn).to_string();
+        if identity.len() > 255 {
+            return Err(TlsError::Setup(format!(
+                "the PSK identity for {hostnqn} -> {subnqn} is {} bytes (at most 255)",
+                identity.len()
+            )));
+        }
         let tls = tls_psk(&psk.retained(hostnqn), &identity, suite);
         let mut ssl = Ssl::new(super::client_context()?).map_err(setup)?;
         // Offer only the PSK's suite: a server preferring the other one would otherwise

@@ -155,12 +155,16 @@ impl Connection {
             return;
         }
         let host_has_psk = subsys.state.lock().host_psks.contains_key(&hostnqn);
-        if let Err(why) = crate::target::tls::check_connect(
-            self.tls_identity().as_ref(),
-            host_has_psk,
-            &hostnqn,
-            &subnqn,
-        ) {
+        let identity = self.tls_identity();
+        if self.tls.is_some() && identity.is_none() {
+            // Cannot happen (PSK is the only way through the handshake); refuse if it does.
+            tracing::warn!(peer = %self.peer, host = %hostnqn, "Connect refused: TLS session without a PSK identity");
+            self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
+            return;
+        }
+        if let Err(why) =
+            crate::target::tls::check_connect(identity.as_ref(), host_has_psk, &hostnqn, &subnqn)
+        {
             tracing::warn!(peer = %self.peer, host = %hostnqn, nqn = %subnqn, "Connect refused: {why}");
             self.respond_now(sqe.cid, status::CONNECT_INVALID_HOST, 512 | (1 << 16));
             return;

@@ -540,6 +540,9 @@ impl Connection {
             }
             ctrl
         };
+        // A last PDU (a Disconnect's answer, a C2HTermReq) may still be sealed in the TLS
+        // output: one more try to send it before the close.
+        let _ = self.sock_flush();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         tracing::info!(peer = %self.peer, why, cntlid = ctrl.as_ref().map(|c| c.cntlid), "NVMe/TCP connection closed");
         if let Some(c) = ctrl {
