@@ -71,6 +71,35 @@ fn connect(
     BlockingController::connect(addr, NQN, opts)
 }
 
+/// An admin queue over TLS with the identity `tls` (host, subsystem) whose Connect names
+/// `connect_host` (for identities and Connects the host library would never pair).
+fn admin_queue(
+    addr: std::net::SocketAddr,
+    k: &ConfiguredPsk,
+    tls: (&str, &str),
+    connect_host: &str,
+) -> Result<QueuePair, HostError> {
+    let qopts = QueuePairOptions {
+        timeout: Duration::from_secs(10),
+        tls: Some(HostTls {
+            psk: Arc::new(k.clone()),
+            hostnqn: tls.0.into(),
+            subnqn: tls.1.into(),
+            kernel: true,
+        }),
+        ..Default::default()
+    };
+    let params = ConnectParams {
+        subnqn: NQN.into(),
+        hostnqn: connect_host.into(),
+        hostid: [9; 16],
+        cntlid: 0xffff,
+        kato_ms: 0,
+        dhchap: None,
+    };
+    QueuePair::connect(addr, &qopts, &params).map(|(q, _)| q)
+}
+
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
 }
@@ -215,25 +244,7 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
         (HOST1, NQN, k2.clone()),
         (HOST1, "has space", k1.clone()),
     ] {
-        let qopts = QueuePairOptions {
-            timeout: Duration::from_secs(10),
-            tls: Some(HostTls {
-                psk: Arc::new(key),
-                hostnqn: host.into(),
-                subnqn: sub.into(),
-                kernel: true,
-            }),
-            ..Default::default()
-        };
-        let params = ConnectParams {
-            subnqn: NQN.into(),
-            hostnqn: host.into(),
-            hostid: [3; 16],
-            cntlid: 0xffff,
-            kato_ms: 0,
-            dhchap: None,
-        };
-        match QueuePair::connect(tls_addr, &qopts, &params) {
+        match admin_queue(tls_addr, &key, (host, sub), host) {
             Err(HostError::Tls(_)) => {}
             other => panic!("identity {host} {sub}: {:?}", other.map(|_| ())),
         }
@@ -244,25 +255,7 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
         other => panic!("a PSK host without TLS: {:?}", other.map(|_| ())),
     }
     // TLS as HOST1, Connect as HOST2 (both allowed, both with PSKs): Connect Invalid Host.
-    let qopts = QueuePairOptions {
-        timeout: Duration::from_secs(10),
-        tls: Some(HostTls {
-            psk: Arc::new(k1.clone()),
-            hostnqn: HOST1.into(),
-            subnqn: NQN.into(),
-            kernel: true,
-        }),
-        ..Default::default()
-    };
-    let params = ConnectParams {
-        subnqn: NQN.into(),
-        hostnqn: HOST2.into(),
-        hostid: [9; 16],
-        cntlid: 0xffff,
-        kato_ms: 0,
-        dhchap: None,
-    };
-    match QueuePair::connect(tls_addr, &qopts, &params) {
+    match admin_queue(tls_addr, &k1, (HOST1, NQN), HOST2) {
         Err(HostError::Status { sct: 1, sc: 0x84 }) => {}
         other => panic!("a borrowed TLS identity: {:?}", other.map(|_| ())),
     }
