@@ -90,7 +90,7 @@ fn admin_queue(
         ..Default::default()
     };
     let params = ConnectParams {
-        subnqn: NQN.into(),
+        subnqn: tls.1.into(),
         hostnqn: connect_host.into(),
         hostid: [9; 16],
         cntlid: 0xffff,
@@ -259,6 +259,16 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
         Err(HostError::Status { sct: 1, sc: 0x84 }) => {}
         other => panic!("a borrowed TLS identity: {:?}", other.map(|_| ())),
     }
+    // Discovery over TLS: with a PSK on the discovery subsystem, the host's admin queue to
+    // it connects through the secure port.
+    const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
+    assert!(admin_queue(tls_addr, &k1, (HOST1, DISCOVERY), HOST1).is_err());
+    rpc_ok(
+        &a,
+        "nvmf_subsystem_add_host",
+        json!({ "nqn": DISCOVERY, "host": HOST1, "psk": "psk1" }),
+    );
+    admin_queue(tls_addr, &k1, (HOST1, DISCOVERY), HOST1).unwrap();
     let log = a.log_text();
     for want in [
         "TLS handshake failed",
@@ -283,6 +293,10 @@ fn tls_hosts_move_verified_data_and_every_bad_connection_is_refused() {
     let cfg = rpc_ok(&a, "save_config", json!({})).to_string();
     assert!(cfg.contains("\"secure_channel\":true"), "{cfg}");
     assert!(cfg.contains("\"psk\":\"psk2\""), "{cfg}");
+    assert!(
+        cfg.contains(&format!("\"nqn\":\"{DISCOVERY}\",\"psk\":\"psk1\"")),
+        "{cfg}"
+    );
     assert!(
         !cfg.contains(&k1.format()[16..40]),
         "no secret in save_config"

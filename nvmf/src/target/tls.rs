@@ -7,7 +7,6 @@
 //! starts with a TLS 1.3 handshake and a plain ICReq fails it. A host given a PSK
 //! (`nvmf_subsystem_add_host ... psk`) may connect over TLS only.
 
-use super::subsystem::SubsystemKind;
 use super::Target;
 use crate::tls::{ConfiguredPsk, PskIdentity, PskLookup, TlsKey};
 use std::sync::Arc;
@@ -20,16 +19,14 @@ pub struct HostPsk {
 }
 
 impl Target {
-    /// The key for the identity a ClientHello offers: the subsystem it names must exist and
-    /// hold a PSK for the host it names, of the identity's cipher suite.
+    /// The key for the identity a ClientHello offers: the subsystem it names (an NVM
+    /// subsystem, or the discovery subsystem for a host that discovers over TLS) must exist
+    /// and hold a PSK for the host it names, of the identity's cipher suite.
     pub fn psk_lookup(&'static self) -> PskLookup {
         Arc::new(move |id: &PskIdentity| {
             let s = self
                 .find_subsystem(&id.subnqn)
                 .ok_or_else(|| format!("no subsystem {}", id.subnqn))?;
-            if s.kind != SubsystemKind::Nvme {
-                return Err("no PSKs for the discovery subsystem".into());
-            }
             let hp = s
                 .state
                 .lock()

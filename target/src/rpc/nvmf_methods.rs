@@ -435,6 +435,15 @@ pub fn save() -> Vec<Value> {
                 out.push(json!({ "method": "nvmf_subsystem_add_ns", "params": { "nqn": s.nqn, "namespace": ns } }));
             }
         }
+        if s.kind == SubsystemKind::Discovery {
+            // Hosts that discover over TLS hold their PSKs on the discovery subsystem.
+            for h in st.host_psks.keys() {
+                let mut params = host_json(&st, h);
+                params["host"] = params["nqn"].take();
+                params["nqn"] = json!(s.nqn);
+                out.push(json!({ "method": "nvmf_subsystem_add_host", "params": params }));
+            }
+        }
         for l in &st.listeners {
             let mut params = json!({ "nqn": s.nqn, "listen_address": l });
             if t.listener_secure(l) {
