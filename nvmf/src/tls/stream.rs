@@ -201,10 +201,6 @@ impl TlsStream {
         }
     }
 
-    pub fn is_established(&self) -> bool {
-        self.established
-    }
-
     /// Advances the handshake with what the socket has. Ok(true): established.
     pub fn handshake(&mut self) -> Result<bool, TlsError> {
         if self.established {
@@ -355,22 +351,6 @@ impl TlsStream {
         self.seal_plain()?;
         self.flush_out()?;
         Ok(taken)
-    }
-
-    /// Writes all of `b` (blocking sockets, or set-up paths that retry).
-    pub fn write_all_now(&mut self, b: &[u8]) -> std::io::Result<()> {
-        let mut off = 0;
-        while off < b.len() {
-            match self.write_vectored(&[IoSlice::new(&b[off..])]) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
-        }
-        while !self.flush_out()? {
-            std::thread::yield_now();
-        }
-        Ok(())
     }
 
     /// Reads decrypted bytes into `b` until it is full or the socket is empty. Ok(0): the

@@ -36,20 +36,24 @@ pub fn register(t: &mut MethodTable) {
     });
 }
 
-/// The DH-HMAC-CHAP secret in keyring key `name`: unknown → ENOKEY, not a secret → -32602.
-pub fn dhchap_secret(name: &str) -> Result<strata_nvmf::auth::DhchapSecret, RpcError> {
+/// The key in keyring key `name`, parsed: unknown → ENOKEY, not such a key → -32602.
+fn parsed_key<T, E: std::fmt::Display>(
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, RpcError> {
     let s =
         keyring::secret(name).map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
-    strata_nvmf::auth::DhchapSecret::parse(&s)
-        .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
+    parse(&s).map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
 }
 
-/// The TLS PSK in keyring key `name`: unknown → ENOKEY, not a PSK → -32602.
+/// The DH-HMAC-CHAP secret in keyring key `name`.
+pub fn dhchap_secret(name: &str) -> Result<strata_nvmf::auth::DhchapSecret, RpcError> {
+    parsed_key(name, strata_nvmf::auth::DhchapSecret::parse)
+}
+
+/// The TLS PSK in keyring key `name`.
 pub fn tls_psk(name: &str) -> Result<strata_nvmf::tls::ConfiguredPsk, RpcError> {
-    let s =
-        keyring::secret(name).map_err(|e| RpcError::new(-(libc::ENOKEY as i64), e.to_string()))?;
-    strata_nvmf::tls::ConfiguredPsk::parse(&s)
-        .map_err(|e| RpcError::invalid_params(format!("key {name}: {e}")))
+    parsed_key(name, strata_nvmf::tls::ConfiguredPsk::parse)
 }
 
 /// The `keyring` part of `save_config` (paths, never secrets).

@@ -394,7 +394,11 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        if self.st.borrow().phase == Phase::TlsHandshake && !self.tls_handshake() {
+        // (A plain connection never looks at the phase here.)
+        if self.tls.is_some()
+            && self.st.borrow().phase == Phase::TlsHandshake
+            && !self.tls_handshake()
+        {
             return;
         }
         if readable {
