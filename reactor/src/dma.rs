@@ -149,6 +149,16 @@ const CACHE_BATCH: usize = 32;
 
 static POOL_IDS: AtomicUsize = AtomicUsize::new(0);
 
+/// Address and length of every pool's memory, in creation order: a device driver maps these
+/// for its DMA engine (an IOMMU) so that any pool buffer can be handed to the device as is.
+static POOL_REGIONS: parking_lot::Mutex<Vec<(usize, usize)>> = parking_lot::Mutex::new(Vec::new());
+
+/// The memory of every buffer pool created so far, as `(address, length)` pairs. Pools live
+/// for the rest of the process, so the ranges stay valid.
+pub fn pool_regions() -> Vec<(usize, usize)> {
+    POOL_REGIONS.lock().clone()
+}
+
 struct ThreadCache {
     lists: [Vec<u32>; MAX_POOLS],
     pools: [Option<&'static DmaPool>; MAX_POOLS],
@@ -198,6 +208,9 @@ impl DmaPool {
             )));
         }
         let region = DmaRegion::new(buf_size * count)?;
+        POOL_REGIONS
+            .lock()
+            .push((region.as_ptr() as usize, region.len()));
         let free = ArrayQueue::new(count);
         for i in 0..count as u32 {
             let _ = free.push(i);

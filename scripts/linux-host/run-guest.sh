@@ -4,7 +4,7 @@
 # Linux kernel acting as, for example, an NVMe/TCP host, using the host's nvme-cli, fio and
 # modprobe.
 #
-#   run-guest.sh [--timeout S] [--share DIR] [--kernel VMLINUZ] -- 'shell command'
+#   run-guest.sh [--timeout S] [--share DIR] [--kernel VMLINUZ] [--monitor SOCKET] -- 'command'
 #
 #   --timeout S   kill the guest after S seconds (default 120)
 #   --share DIR   writable directory shared with the guest; it is mounted at /run/share in the
@@ -12,6 +12,9 @@
 #                 (guest-output.log), exit status (guest-exit-status) and kernel console
 #                 (console.log) are left there. Default: a temporary directory removed on exit.
 #   --kernel F    kernel image (default: the newest /boot/vmlinuz-* with /lib/modules/VERSION)
+#   --monitor P   serve QEMU's human monitor (HMP) on the unix socket P while the guest runs, e.g.
+#                 for `echo 'device_del nvme0' | socat - UNIX-CONNECT:P` (hot-unplug a device
+#                 given an id through LINUX_HOST_QEMU_ARGS)
 #
 # The command runs as root under bash in a chroot of the host's / with fresh proc, sys, devtmpfs
 # (/dev), and tmpfs on /tmp, /run and /var/tmp. Networking is QEMU user networking: the guest is
@@ -24,7 +27,15 @@
 #
 # Environment: LINUX_HOST_CACHE (initramfs cache directory, default <repo>/build/linux-host),
 # LINUX_HOST_MEM (guest memory, default 1024M), LINUX_HOST_CPUS (default 2),
-# LINUX_HOST_NETDEV_OPTS (appended to QEMU's -netdev user,..., e.g. ",hostfwd=tcp:127.0.0.1:14420-:4420").
+# LINUX_HOST_NETDEV_OPTS (appended to QEMU's -netdev user,..., e.g. ",hostfwd=tcp:127.0.0.1:14420-:4420"),
+# LINUX_HOST_QEMU_ARGS (extra QEMU arguments, split on white space, placed before the guest's
+# own devices: a -device intel-iommu must precede the devices it translates; a -machine option
+# is merged with the built-in "-machine q35"), LINUX_HOST_APPEND (appended to the kernel command
+# line). For example, an emulated IOMMU and an NVMe controller on a hot-pluggable port:
+#   LINUX_HOST_QEMU_ARGS="-device intel-iommu,intremap=on,aw-bits=48
+#     -device pcie-root-port,id=rp1,slot=1 -drive file=IMG,if=none,id=nvm,format=raw
+#     -device nvme,bus=rp1,id=nvme0,serial=strata0,drive=nvm"
+#   LINUX_HOST_APPEND="intel_iommu=on iommu=pt"
 set -euo pipefail
 # modprobe, busybox and friends live in sbin, which is not on every PATH.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -33,18 +44,20 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(cd "$script_dir/../.." && pwd)"
 
 usage() {
-  echo "usage: $0 [--timeout S] [--share DIR] [--kernel VMLINUZ] -- 'shell command'" >&2
+  echo "usage: $0 [--timeout S] [--share DIR] [--kernel VMLINUZ] [--monitor SOCKET] -- 'command'" >&2
   exit 2
 }
 
 timeout_s=120
 share=""
 kernel=""
+monitor=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift 2 ;;
     --share) share="${2:?--share needs a directory}"; shift 2 ;;
     --kernel) kernel="${2:?--kernel needs a file}"; shift 2 ;;
+    --monitor) monitor="${2:?--monitor needs a socket path}"; shift 2 ;;
     --) shift; break ;;
     *) usage ;;
   esac
@@ -223,6 +236,9 @@ share="$(cd "$share" && pwd)"
 rm -f "$share/guest-exit-status" "$share/guest-output.log" "$share/console.log"
 printf '%s\n' "$command_text" >"$share/guest-command.sh"
 
+# -d '': all lines (read fails at the end of its input, hence || true).
+read -r -d '' -a qemu_args <<<"${LINUX_HOST_QEMU_ARGS:-}" || true
+if [ -n "$monitor" ]; then qemu_args+=(-monitor "unix:$monitor,server=on,wait=off"); fi
 
 # panic=-1 + -no-reboot: a kernel panic (oops=panic: also an oops) ends QEMU at once instead
 # of hanging until the timeout. -nodefaults: no VGA, no default NIC, no monitor.
@@ -231,9 +247,10 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -machine q35 \
   -smp "${LINUX_HOST_CPUS:-2}" -m "${LINUX_HOST_MEM:-1024M}" \
   -nodefaults -no-user-config -display none -no-reboot \
+  "${qemu_args[@]}" \
   -serial "file:$share/console.log" \
   -kernel "$kernel" -initrd "$initramfs" \
-  -append "console=ttyS0 panic=-1 oops=panic mitigations=off random.trust_cpu=on" \
+  -append "console=ttyS0 panic=-1 oops=panic mitigations=off random.trust_cpu=on ${LINUX_HOST_APPEND:-}" \
   -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev "local,id=share,path=$share,security_model=none" \

@@ -84,6 +84,7 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     let reactors = ReactorSet::start(&cores, mode)?;
     reactors.install_global();
     strata_nvmf::remote::init();
+    strata_pcie::init();
     // Protected volume groups record where each volume is exported.
     strata_bdev::modules::journal::set_export_lookup(exports_of);
     // Before any config: volumes assembled from it read their records there.
@@ -135,6 +136,8 @@ pub fn run(opts: AppOptions) -> Result<(), AppError> {
     drain_io();
     close_bdevs();
     reactors.stop();
+    // After the reactors: their queue pairs are gone, so each controller shuts down cleanly.
+    strata_pcie::detach_all();
     tracing::info!("strata-tgt stopped");
     Ok(())
 }

@@ -64,3 +64,26 @@ impl From<strata_nvmf::remote::RemoteError> for RpcError {
         RpcError::new(code, e.to_string())
     }
 }
+
+impl From<strata_pcie::PcieError> for RpcError {
+    fn from(e: strata_pcie::PcieError) -> Self {
+        use strata_pcie::vfio::VfioError;
+        use strata_pcie::PcieError;
+        let code = match &e {
+            PcieError::Vfio(
+                VfioError::BadAddress(_)
+                | VfioError::NotNvme(..)
+                | VfioError::NotBound(..)
+                | VfioError::SharedGroup(..)
+                | VfioError::NoIommuGroup(_),
+            ) => INVALID_PARAMS,
+            PcieError::Vfio(VfioError::NoDevice(_)) | PcieError::NotFound(_) => {
+                -(libc::ENODEV as i64)
+            }
+            PcieError::Exists(_) => -(libc::EEXIST as i64),
+            PcieError::Bdev(b) => b.errno() as i64,
+            _ => -(libc::EIO as i64),
+        };
+        RpcError::new(code, e.to_string())
+    }
+}

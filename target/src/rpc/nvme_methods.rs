@@ -10,6 +10,21 @@ use strata_nvmf::remote;
 
 pub fn register(t: &mut MethodTable) {
     t.add("bdev_nvme_attach_controller", |_, p: NvmeAttach| {
+        if let Some((name, traddr, queues)) = p.pcie()? {
+            if remote::controllers(Some(&name)).is_ok() {
+                return Err(RpcError::new(
+                    -libc::EEXIST as i64,
+                    format!("controller '{name}' already exists"),
+                ));
+            }
+            return Ok(Value::from(strata_pcie::attach(&name, &traddr, queues)?));
+        }
+        if strata_pcie::exists(&p.name) {
+            return Err(RpcError::new(
+                -libc::EEXIST as i64,
+                format!("controller '{}' already exists", p.name),
+            ));
+        }
         let mut o = p.options()?;
         o.dhchap = match &o.dhchap_key_names {
             (None, None) => None,
@@ -33,13 +48,25 @@ pub fn register(t: &mut MethodTable) {
         Ok(Value::from(names))
     });
     t.add("bdev_nvme_detach_controller", |_, p: NvmeDetach| {
+        if strata_pcie::exists(&p.name) {
+            strata_pcie::detach(&p.name)?;
+            return ok();
+        }
         remote::detach(&p.name)?;
         ok()
     });
     t.add("bdev_nvme_get_controllers", |_, p: NvmeGetControllers| {
-        Ok(Value::Array(remote::controllers(p.name.as_deref())?))
+        let mut v = strata_pcie::controllers(p.name.as_deref());
+        if p.name.is_none() || v.is_empty() {
+            v.extend(remote::controllers(p.name.as_deref())?);
+        }
+        Ok(Value::Array(v))
     });
     t.add("bdev_nvme_reset_controller", |_, p: NvmeReset| {
+        if strata_pcie::exists(&p.name) {
+            strata_pcie::reset(&p.name)?;
+            return ok();
+        }
         remote::reset(&p.name)?;
         ok()
     });

@@ -14,7 +14,7 @@ pub struct NvmeAttach {
     /// Name of the controller; its bdevs are NAMEn1, NAMEn2, ...
     #[arg(short = 'b', long)]
     pub name: String,
-    /// Transport: TCP.
+    /// Transport: TCP, or PCIe (a local controller bound to vfio-pci; -a is its PCI address).
     #[arg(short = 't', long)]
     pub trtype: String,
     /// Address of the remote target.
@@ -99,13 +99,48 @@ impl SpdkParams for NvmeAttach {
 
 impl NvmeAttach {
     const METHOD: &'static str = "bdev_nvme_attach_controller";
+
+    /// For `-t PCIe`: the controller name, its PCI address and the I/O queue count; None
+    /// for other transports. Fabrics-only parameters are refused with PCIe.
+    pub fn pcie(&self) -> Result<Option<(String, String, Option<u32>)>, RpcError> {
+        let m = Self::METHOD;
+        if !self.trtype.eq_ignore_ascii_case("pcie") {
+            return Ok(None);
+        }
+        let fabrics_only = [
+            ("subnqn", self.subnqn.is_some()),
+            ("trsvcid", self.trsvcid.is_some()),
+            ("hostnqn", self.hostnqn.is_some()),
+            ("hostaddr", self.hostaddr.is_some()),
+            ("hdgst", self.hdgst),
+            ("ddgst", self.ddgst),
+            ("dhchap_key", self.dhchap_key.is_some()),
+            ("dhchap_ctrlr_key", self.dhchap_ctrlr_key.is_some()),
+            ("psk", self.psk.is_some()),
+            ("prchk_reftag", self.prchk_reftag || self.prchk_guard),
+        ];
+        if let Some((k, _)) = fabrics_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(m, k, "not used with trtype PCIe"));
+        }
+        if self.name.is_empty() {
+            return Err(invalid(m, "name", "empty"));
+        }
+        if let Some(0) = self.num_io_queues {
+            return Err(invalid(m, "num_io_queues", "must be at least 1"));
+        }
+        Ok(Some((
+            self.name.clone(),
+            self.traddr.clone(),
+            self.num_io_queues,
+        )))
+    }
     pub fn options(self) -> Result<AttachOptions, RpcError> {
         let m = Self::METHOD;
         if !self.trtype.eq_ignore_ascii_case("tcp") {
             return Err(invalid(
                 m,
                 "trtype",
-                format!("{} (strata attaches TCP)", self.trtype),
+                format!("{} (TCP or PCIe)", self.trtype),
             ));
         }
         let Some(subnqn) = self.subnqn else {
