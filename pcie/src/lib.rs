@@ -129,8 +129,9 @@ pub fn exists(name: &str) -> bool {
     CONTROLLERS.lock().iter().any(|a| a.name == name)
 }
 
-/// Unregisters the bdevs, waits (bounded) for the reactors to drop their queue pairs, then
-/// shuts down (or, when the device is going away, just stops DMA) and frees the memory.
+/// Unregisters the bdevs, gives the reactors a moment to drop their queue pairs (they
+/// delete their queues on the way), shuts the controller down (or, when the device is going
+/// away, just stops its DMA) and gives the device back to the kernel.
 fn take_down(name: &str, ctrlr: Arc<Controller>, bdevs: &[String], removed: bool) {
     if removed {
         ctrlr.mark_removed();
@@ -138,15 +139,13 @@ fn take_down(name: &str, ctrlr: Arc<Controller>, bdevs: &[String], removed: bool
     for b in bdevs {
         let _ = strata_bdev::registry::unregister(b);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(if removed { 0 } else { 2 });
     while Arc::strong_count(&ctrlr) > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if Arc::strong_count(&ctrlr) > 1 {
-        tracing::warn!(ctrlr = name, "queue pairs still open after 10 s: their DMA is stopped, they go when their reactors drop them");
-    }
     ctrlr.shutdown();
     ctrlr.release_memory();
+    ctrlr.release_device();
     tracing::info!(ctrlr = name, bdf = %ctrlr.bdf, "NVMe PCIe controller detached");
 }
 

@@ -668,14 +668,16 @@ mod target {
                 let data = vec![0xa5u8; 16 * BLOCK];
                 let mut ok = 0u64;
                 let mut i = 0u64;
+                // The host stays connected (it is returned): the device must be given back
+                // to the kernel all the same.
                 loop {
                     match h.write_blocks(1, (i * 16) % MODEL_BLOCKS, &data) {
                         Ok(()) => ok += 1,
-                        Err(e) => return (ok, format!("{e}")),
+                        Err(e) => return (ok, format!("{e}"), h),
                     }
                     i += 1;
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return (ok, "stopped without an error".to_string());
+                        return (ok, "stopped without an error".to_string(), h);
                     }
                 }
             })
@@ -707,7 +709,7 @@ mod target {
         );
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (ok, err) = writer.join().unwrap();
+        let (ok, err, connected) = writer.join().unwrap();
         println!("writer: {ok} writes acknowledged, then: {err}");
         assert!(
             ok > 0 && err != "stopped without an error",
@@ -724,6 +726,11 @@ mod target {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        println!(
+            "device released {:.1} s after the bdev went",
+            t0.elapsed().as_secs_f64()
+        );
+        drop(connected);
         let mut h = host("nqn.2026-12.io.strata:other", PORT + 1);
         let data = vec![0x5au8; 8 * BLOCK];
         h.write_blocks(1, 8, &data).unwrap();

@@ -104,6 +104,15 @@ pub struct IdentifyInfo {
     pub io_queues: u16,
 }
 
+/// Has every reactor run a message (so none is in the middle of a poller). False if there
+/// is no global reactor set or one did not answer.
+fn reactor_barrier() -> bool {
+    let Some(f) = strata_reactor::framework() else {
+        return false;
+    };
+    (0..f.len()).all(|i| f.call_timeout(i, Duration::from_secs(5), || ()).is_ok())
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b)
         .trim_end_matches([' ', '\0'])
@@ -485,6 +494,27 @@ impl Controller {
     pub fn status(&self) -> Option<u32> {
         let v = self.bar.read32(regs::CSTS);
         (v != u32::MAX).then_some(v)
+    }
+
+    /// Gives the device back to the kernel now, though reactors may still hold queue pairs
+    /// (a host keeps a namespace's channel until it disconnects): once the state is Removed
+    /// and every reactor has run a message, no reactor is inside a register access and none
+    /// starts one, so the registers can be unmapped and the device closed. Does nothing
+    /// (the last reference closes it) when the reactors cannot be reached.
+    pub fn release_device(&self) {
+        if self.state() != State::Removed || !reactor_barrier() {
+            return;
+        }
+        // Admin commands run under this lock; none is in flight while it is held.
+        let _admin = self.admin.lock();
+        // SAFETY: the state is Removed (stored before the barrier); every reactor ran a
+        // message since, so none is inside a register access begun while the controller
+        // looked usable, and none starts one (each access path checks the state first).
+        // Other threads reach the registers only through admin commands (excluded by the
+        // lock above) or are this one.
+        unsafe { self.bar.revoke() };
+        self.dev.release();
+        tracing::info!(ctrlr = %self.name, bdf = %self.bdf, "device given back to the kernel");
     }
 
     /// Unmaps the DMA memory (after shutdown).

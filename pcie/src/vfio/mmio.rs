@@ -3,9 +3,11 @@
 
 use super::sys;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 pub struct Bar {
-    ptr: NonNull<u8>,
+    /// Null once revoked: accesses then read all ones and drop writes, as a removed device.
+    ptr: AtomicPtr<u8>,
     len: usize,
 }
 
@@ -24,7 +26,26 @@ impl std::fmt::Debug for Bar {
 impl Bar {
     /// Takes ownership of a mapping made by [`sys::mmap_region`].
     pub(super) fn new(ptr: NonNull<u8>, len: usize) -> Bar {
-        Bar { ptr, len }
+        Bar {
+            ptr: AtomicPtr::new(ptr.as_ptr()),
+            len,
+        }
+    }
+
+    /// Unmaps the registers now (the device is being given back); later accesses behave as
+    /// on a removed device.
+    ///
+    /// # Safety
+    /// No other thread may be inside an access to this Bar, or start one having loaded the
+    /// mapping before this call: the caller has every thread that uses it pass a barrier
+    /// after it stopped using the device (the reactors run a message).
+    pub unsafe fn revoke(&self) {
+        let p = self.ptr.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if let Some(p) = NonNull::new(p) {
+            // SAFETY: the mapping this Bar owned; per this function's contract nothing is
+            // using it.
+            unsafe { sys::munmap(p, self.len) };
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -35,12 +56,14 @@ impl Bar {
         self.len == 0
     }
 
+    #[inline]
     fn at<T>(&self, off: usize) -> Option<*mut T> {
         let size = std::mem::size_of::<T>();
-        (off.is_multiple_of(size) && off.checked_add(size)? <= self.len)
+        let base = self.ptr.load(Ordering::Acquire);
+        (!base.is_null() && off.is_multiple_of(size) && off.checked_add(size)? <= self.len)
             // SAFETY: the offset is in bounds (checked above), so the pointer stays inside
             // the mapping.
-            .then(|| unsafe { self.ptr.as_ptr().add(off) }.cast::<T>())
+            .then(|| unsafe { base.add(off) }.cast::<T>())
     }
 
     /// Reads a register; all ones (what a removed device answers) when out of bounds.
@@ -65,6 +88,7 @@ impl Bar {
         match self.at::<u32>(off) {
             // SAFETY: aligned and in bounds; one volatile store.
             Some(p) => unsafe { p.write_volatile(v) },
+            None if self.ptr.load(Ordering::Relaxed).is_null() => {}
             None => tracing::error!(off, "register write outside the BAR dropped"),
         }
     }
@@ -79,7 +103,7 @@ impl Bar {
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are the mapping this Bar owns; it is dropped with the Bar.
-        unsafe { sys::munmap(self.ptr, self.len) };
+        // SAFETY: `&mut self`: nothing else can be accessing the mapping.
+        unsafe { self.revoke() };
     }
 }

@@ -12,6 +12,7 @@ pub mod sysfs;
 pub use mmio::Bar;
 pub use sysfs::{Bdf, Sysfs};
 
+use parking_lot::Mutex;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,12 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VfioError {
 /// container closes.
 #[derive(Debug)]
 pub struct Container {
-    fd: OwnedFd,
+    /// None once closed (every mapping is gone with it).
+    fd: Mutex<Option<OwnedFd>>,
+}
+
+fn closed() -> VfioError {
+    VfioError::Unsupported("the device was released".into())
 }
 
 impl Container {
@@ -58,30 +64,48 @@ impl Container {
         if v != sys::API_VERSION {
             return Err(VfioError::Unsupported(format!("API version {v}")));
         }
-        Ok(Container { fd })
+        Ok(Container {
+            fd: Mutex::new(Some(fd)),
+        })
+    }
+
+    fn with_fd<R>(
+        &self,
+        f: impl FnOnce(BorrowedFd<'_>) -> Result<R, VfioError>,
+    ) -> Result<R, VfioError> {
+        let g = self.fd.lock();
+        f(g.as_ref().ok_or_else(closed)?.as_fd())
     }
 
     /// Maps `len` bytes at `vaddr` for the device at `iova`, readable and writable.
     pub fn map_dma(&self, vaddr: usize, iova: u64, len: usize) -> Result<(), VfioError> {
-        sys::dma_map(self.fd.as_fd(), vaddr, iova, len).map_err(os(format!(
-            "VFIO_IOMMU_MAP_DMA of {len} bytes at iova {iova:#x}"
-        )))
+        self.with_fd(|fd| {
+            sys::dma_map(fd, vaddr, iova, len).map_err(os(format!(
+                "VFIO_IOMMU_MAP_DMA of {len} bytes at iova {iova:#x}"
+            )))
+        })
     }
 
+    /// Unmaps a range; nothing to do once the container is closed (that unmapped it).
     pub fn unmap_dma(&self, iova: u64, len: usize) -> Result<(), VfioError> {
-        sys::dma_unmap(self.fd.as_fd(), iova, len)
+        let g = self.fd.lock();
+        let Some(fd) = g.as_ref() else { return Ok(()) };
+        sys::dma_unmap(fd.as_fd(), iova, len)
             .map_err(os(format!("VFIO_IOMMU_UNMAP_DMA at iova {iova:#x}")))
+    }
+
+    fn close(&self) {
+        self.fd.lock().take();
     }
 }
 
-/// A PCI function opened through vfio. Dropping it gives the function back to the kernel
-/// (after its container and group).
+/// A PCI function opened through vfio. Dropping (or [`Device::release`]) gives the function
+/// back to the kernel.
 pub struct Device {
-    // Field order is drop order: the device, then its group, then the container.
-    fd: OwnedFd,
+    /// The device and its group; None once released ([`Device::release`]).
+    fds: Mutex<Option<(OwnedFd, OwnedFd)>>,
     config_off: u64,
     pub info_flags: u32,
-    _group: OwnedFd,
     pub container: Container,
     pub bdf: Bdf,
 }
@@ -109,18 +133,17 @@ impl Device {
         if flags & sys::GROUP_FLAGS_VIABLE == 0 {
             return Err(VfioError::NotViable(group_no));
         }
-        sys::group_set_container(group.as_fd(), container.fd.as_fd())
-            .map_err(os("VFIO_GROUP_SET_CONTAINER"))?;
-        let kind = if sys::check_extension(container.fd.as_fd(), sys::TYPE1V2_IOMMU)
-            .unwrap_or(false)
-        {
-            sys::TYPE1V2_IOMMU
-        } else if sys::check_extension(container.fd.as_fd(), sys::TYPE1_IOMMU).unwrap_or(false) {
-            sys::TYPE1_IOMMU
-        } else {
-            return Err(VfioError::Unsupported("no type 1 IOMMU".into()));
-        };
-        sys::set_iommu(container.fd.as_fd(), kind).map_err(os("VFIO_SET_IOMMU"))?;
+        container.with_fd(|cfd| {
+            sys::group_set_container(group.as_fd(), cfd).map_err(os("VFIO_GROUP_SET_CONTAINER"))?;
+            let kind = if sys::check_extension(cfd, sys::TYPE1V2_IOMMU).unwrap_or(false) {
+                sys::TYPE1V2_IOMMU
+            } else if sys::check_extension(cfd, sys::TYPE1_IOMMU).unwrap_or(false) {
+                sys::TYPE1_IOMMU
+            } else {
+                return Err(VfioError::Unsupported("no type 1 IOMMU".into()));
+            };
+            sys::set_iommu(cfd, kind).map_err(os("VFIO_SET_IOMMU"))
+        })?;
         let fd = sys::group_device_fd(group.as_fd(), bdf.as_str())
             .map_err(os(format!("VFIO_GROUP_GET_DEVICE_FD {bdf}")))?;
         let info = sys::device_info(fd.as_fd()).map_err(os("VFIO_DEVICE_GET_INFO"))?;
@@ -130,25 +153,46 @@ impl Device {
         let cfg = sys::region_info(fd.as_fd(), sys::CONFIG_REGION_INDEX)
             .map_err(os("config space region"))?;
         Ok(Device {
-            fd,
+            fds: Mutex::new(Some((fd, group))),
             config_off: cfg.offset,
             info_flags: info.flags,
-            _group: group,
             container,
             bdf: bdf.clone(),
         })
     }
 
+    /// Runs `f` on the device's descriptor; an error once the device is released.
+    fn with_fd<R>(
+        &self,
+        f: impl FnOnce(BorrowedFd<'_>) -> Result<R, VfioError>,
+    ) -> Result<R, VfioError> {
+        let g = self.fds.lock();
+        let (fd, _) = g.as_ref().ok_or_else(closed)?;
+        f(fd.as_fd())
+    }
+
+    /// Gives the device back to the kernel now: closes the device, its group and the
+    /// container (which drops every DMA mapping). The BARs must be unmapped first (a
+    /// mapping holds the device open).
+    pub fn release(&self) {
+        self.fds.lock().take();
+        self.container.close();
+    }
+
     pub fn read_config16(&self, off: u64) -> Result<u16, VfioError> {
         let mut b = [0u8; 2];
-        sys::pread(self.fd.as_fd(), &mut b, self.config_off + off).map_err(os("config read"))?;
+        self.with_fd(|fd| {
+            sys::pread(fd, &mut b, self.config_off + off).map_err(os("config read"))
+        })?;
         Ok(u16::from_le_bytes(b))
     }
 
     pub fn write_config16(&self, off: u64, v: u16) -> Result<(), VfioError> {
-        sys::pwrite(self.fd.as_fd(), &v.to_le_bytes(), self.config_off + off)
-            .map_err(os("config write"))
-            .map(drop)
+        self.with_fd(|fd| {
+            sys::pwrite(fd, &v.to_le_bytes(), self.config_off + off)
+                .map_err(os("config write"))
+                .map(drop)
+        })
     }
 
     /// Memory decoding and bus mastering on (the device may DMA), INTx off.
@@ -170,7 +214,8 @@ impl Device {
     /// Maps BAR `index` (at most `max_len` bytes of it: the registers and doorbells; the
     /// MSI-X table that may follow is not always mappable).
     pub fn map_bar(&self, index: u32, max_len: usize) -> Result<Bar, VfioError> {
-        let r = sys::region_info(self.fd.as_fd(), index).map_err(os(format!("BAR{index} info")))?;
+        let r =
+            self.with_fd(|fd| sys::region_info(fd, index).map_err(os(format!("BAR{index} info"))))?;
         if r.size == 0 {
             return Err(VfioError::Unsupported(format!(
                 "BAR{index} is not implemented"
@@ -182,16 +227,20 @@ impl Device {
             )));
         }
         let len = (r.size as usize).min(max_len);
-        let p = sys::mmap_region(self.fd.as_fd(), r.offset, len)
-            .map_err(os(format!("mmap BAR{index}")))?;
+        let p = self.with_fd(|fd| {
+            sys::mmap_region(fd, r.offset, len).map_err(os(format!("mmap BAR{index}")))
+        })?;
         Ok(Bar::new(p, len))
     }
 
     /// MSI-X vectors the function has.
     pub fn msix_vectors(&self) -> u32 {
-        sys::irq_info(self.fd.as_fd(), sys::MSIX_IRQ_INDEX)
-            .map(|i| i.count)
-            .unwrap_or(0)
+        self.with_fd(|fd| {
+            Ok(sys::irq_info(fd, sys::MSIX_IRQ_INDEX)
+                .map(|i| i.count)
+                .unwrap_or(0))
+        })
+        .unwrap_or(0)
     }
 
     /// Routes MSI-X vectors `0..fds.len()` to the given eventfds (None: vector unused).
@@ -201,25 +250,31 @@ impl Device {
             .iter()
             .map(|f| f.map_or(-1, |f| f.as_raw_fd()))
             .collect();
-        sys::set_irq_eventfds(self.fd.as_fd(), sys::MSIX_IRQ_INDEX, 0, &raw)
-            .map_err(os("VFIO_DEVICE_SET_IRQS (MSI-X)"))
+        self.with_fd(|fd| {
+            sys::set_irq_eventfds(fd, sys::MSIX_IRQ_INDEX, 0, &raw)
+                .map_err(os("VFIO_DEVICE_SET_IRQS (MSI-X)"))
+        })
     }
 
     pub fn disable_msix(&self) {
-        let _ = sys::disable_irqs(self.fd.as_fd(), sys::MSIX_IRQ_INDEX);
+        let _ = self.with_fd(|fd| Ok(sys::disable_irqs(fd, sys::MSIX_IRQ_INDEX)));
     }
 
     /// An eventfd the kernel signals when it wants the device back (hot removal). None if
     /// the kernel does not offer the request interrupt.
     pub fn removal_request_fd(&self) -> Option<OwnedFd> {
-        let info = sys::irq_info(self.fd.as_fd(), sys::REQ_IRQ_INDEX).ok()?;
-        if info.count == 0 {
-            return None;
-        }
-        let fd = sys::eventfd().ok()?;
         use std::os::fd::AsRawFd;
-        sys::set_irq_eventfds(self.fd.as_fd(), sys::REQ_IRQ_INDEX, 0, &[fd.as_raw_fd()]).ok()?;
-        Some(fd)
+        self.with_fd(|dev| {
+            let info = sys::irq_info(dev, sys::REQ_IRQ_INDEX).map_err(os("REQ irq info"))?;
+            if info.count == 0 {
+                return Err(closed());
+            }
+            let fd = sys::eventfd().map_err(os("eventfd"))?;
+            sys::set_irq_eventfds(dev, sys::REQ_IRQ_INDEX, 0, &[fd.as_raw_fd()])
+                .map_err(os("REQ irq"))?;
+            Ok(fd)
+        })
+        .ok()
     }
 
     /// Function-level reset, if the device offers one.
@@ -227,7 +282,7 @@ impl Device {
         if self.info_flags & sys::DEVICE_FLAGS_RESET == 0 {
             return Err(VfioError::Unsupported("device has no reset".into()));
         }
-        sys::reset(self.fd.as_fd()).map_err(os("VFIO_DEVICE_RESET"))
+        self.with_fd(|fd| sys::reset(fd).map_err(os("VFIO_DEVICE_RESET")))
     }
 }
 
