@@ -61,9 +61,20 @@ struct HwQueue {
     cq_off: usize,
     prp_off: usize,
     sq_tail: u16,
+    /// Commands written since the SQ tail doorbell was last rung.
+    sq_dirty: bool,
     cq_head: u16,
     phase: bool,
     epoch: u64,
+}
+
+#[inline]
+fn ring_sq(c: &Controller, hw: &mut HwQueue) {
+    // The entries must be in memory before the device reads the new tail.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    c.bar
+        .write32(regs::sq_doorbell(hw.qid, c.stride), hw.sq_tail as u32);
+    hw.sq_dirty = false;
 }
 
 struct State_ {
@@ -76,6 +87,8 @@ struct State_ {
     /// This reactor's copy of the controller's IOVA mappings (refreshed on a miss).
     maps: Vec<Mapping>,
     interrupts: bool,
+    /// The reactor may sleep between turns (interrupt mode).
+    reactor_sleeps: bool,
     outstanding: u64,
     pieces: Vec<(u64, usize)>,
     prps: PrpEntries,
@@ -93,6 +106,8 @@ pub struct QueuePair {
     /// I/O finished by the poller, completed once the state is no longer borrowed.
     done: RefCell<Vec<(BdevIo, IoStatus)>>,
     pollers: RefCell<Vec<PollerHandle>>,
+    /// Inside `poll`: submissions from completions leave the doorbell to its end.
+    in_poll: std::cell::Cell<bool>,
 }
 
 thread_local! {
@@ -152,12 +167,14 @@ impl QueuePair {
                 free_reqs: (0..slots_n as u16).rev().collect(),
                 maps,
                 interrupts,
+                reactor_sleeps: strata_reactor::in_interrupt_mode(),
                 outstanding: 0,
                 pieces: Vec::with_capacity(64),
                 prps: PrpEntries::new(),
             }),
             done: RefCell::new(Vec::with_capacity(slots_n)),
             pollers: RefCell::new(Vec::new()),
+            in_poll: std::cell::Cell::new(false),
             ctrlr,
         });
         {
@@ -234,6 +251,7 @@ impl QueuePair {
             cq_off,
             prp_off,
             sq_tail: 0,
+            sq_dirty: false,
             cq_head: 0,
             phase: true,
             epoch,
@@ -328,11 +346,15 @@ impl QueuePair {
             hw.mem.store(hw.sq_tail as usize * 64, p.cmd);
             hw.sq_tail = (hw.sq_tail + 1) % hw.entries;
         }
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.ctrlr.bar.write32(
-            regs::sq_doorbell(hw.qid, self.ctrlr.stride),
-            hw.sq_tail as u32,
-        );
+        // The doorbell is one device access for any number of commands: a poll-mode queue
+        // rings it at the end of its poller's turn (SPDK's delayed submission), and so does
+        // an interrupt-mode one for commands submitted from its own completions. Otherwise
+        // a sleeping reactor would leave them unsubmitted: ring now.
+        if st.reactor_sleeps && !self.in_poll.get() {
+            ring_sq(&self.ctrlr, hw);
+        } else {
+            hw.sq_dirty = true;
+        }
         st.outstanding += 1;
         let rq = &mut st.reqs[ridx as usize];
         rq.io = Some(io);
@@ -597,6 +619,10 @@ impl QueuePair {
             if st.hw.as_ref().is_none_or(|h| h.epoch != self.ctrlr.epoch()) {
                 self.sync_epoch(st);
             } else {
+                if let Some(hw) = st.hw.as_mut().filter(|h| h.sq_dirty) {
+                    ring_sq(&self.ctrlr, hw);
+                    found += 1;
+                }
                 while let Some(hw) = st.hw.as_mut() {
                     let off = hw.cq_off + hw.cq_head as usize * 16;
                     let raw = hw.mem.load_u16(off + 14);
@@ -643,7 +669,14 @@ impl QueuePair {
             let mut st = self.st.borrow_mut();
             self.sync_epoch(&mut st);
         }
+        self.in_poll.set(true);
         self.complete_done();
+        self.in_poll.set(false);
+        // What the completions submitted goes to the device with one doorbell.
+        let mut st = self.st.borrow_mut();
+        if let Some(hw) = st.hw.as_mut().filter(|h| h.sq_dirty) {
+            ring_sq(&self.ctrlr, hw);
+        }
         found > 0
     }
 
