@@ -255,6 +255,10 @@ pub fn controllers(name: Option<&str>) -> Vec<Value> {
                     "model_number": a.ctrlr.id.model,
                     "serial_number": a.ctrlr.id.serial,
                     "io_queues": a.ctrlr.id.io_queues,
+                    "max_transfer_bytes": a.ctrlr.id.max_transfer,
+                    "timeouts": a.ctrlr.timeouts.load(Ordering::Relaxed),
+                    "aborts": a.ctrlr.aborts.load(Ordering::Relaxed),
+                    "resets": a.ctrlr.resets.load(Ordering::Relaxed),
                     "bdevs": a.bdevs,
                 }]
             })

@@ -45,6 +45,11 @@ fn vfio_nvme_driver_in_a_guest_with_an_emulated_iommu() {
         .unwrap()
         .set_len(IMAGE_BYTES)
         .unwrap();
+    let slow = dir.path().join("slow.img");
+    std::fs::File::create(&slow)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let monitor = dir.path().join("monitor.sock");
     std::env::set_var(
         "LINUX_HOST_QEMU_ARGS",
@@ -53,8 +58,12 @@ fn vfio_nvme_driver_in_a_guest_with_an_emulated_iommu() {
              -device pcie-root-port,id=rp1,slot=1,chassis=1 \
              -drive file={},if=none,id=nvm,format=raw \
              -device nvme,bus=rp1,id=nvme0,serial=strata-vfio-0,mdts=2,drive=nvm \
+             -device pcie-root-port,id=rp2,slot=2,chassis=2 \
+             -drive file={},if=none,id=slow,format=raw,throttling.iops-total=2 \
+             -device nvme,bus=rp2,id=nvme1,serial=strata-vfio-slow,drive=slow \
              -monitor unix:{},server=on,wait=off",
             image.display(),
+            slow.display(),
             monitor.display()
         ),
     );
@@ -64,11 +73,11 @@ fn vfio_nvme_driver_in_a_guest_with_an_emulated_iommu() {
     let setup = linux_guest::repo_dir().join("scripts/setup.sh");
     let cmd = format!(
         "set -e; modprobe vfio-pci; ip link set lo up; \
-         BDF=''; for d in /sys/bus/pci/devices/*; do \
-           if [ \"$(cat $d/class)\" = 0x010802 ]; then BDF=${{d##*/}}; fi; done; \
-         echo \"NVMe controller at $BDF\"; \
-         {setup} --bind $BDF; \
-         STRATA_VFIO_BDF=$BDF {me} --ignored --exact in_guest --test-threads 1 --nocapture 2>&1 | tail -60; \
+         set -- $(for d in /sys/bus/pci/devices/*; do \
+           if [ \"$(cat $d/class)\" = 0x010802 ]; then echo ${{d##*/}}; fi; done); \
+         BDF=$1; SLOW=$2; echo \"NVMe controllers at $BDF and (throttled) $SLOW\"; \
+         {setup} --bind $BDF; {setup} --bind $SLOW; \
+         STRATA_VFIO_BDF=$BDF STRATA_VFIO_SLOW_BDF=$SLOW {me} --ignored --exact in_guest --test-threads 1 --nocapture 2>&1 | tail -60; \
          test ${{PIPESTATUS[0]}} -eq 0 && echo 'ALL STEPS OK'",
         setup = setup.display(),
         me = me.display()
@@ -106,6 +115,12 @@ fn in_guest() {
     in_process::run(&bdf);
     println!(
         "STEP in-process driver OK ({:.0} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let slow = std::env::var("STRATA_VFIO_SLOW_BDF").expect("STRATA_VFIO_SLOW_BDF");
+    in_process::timeouts(&slow);
+    println!(
+        "STEP timeouts, abort and reset OK ({:.0} s)",
         t0.elapsed().as_secs_f64()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -364,6 +379,115 @@ mod in_process {
         .unwrap();
         set.stop();
         strata_pcie::detach("PV0").unwrap();
+    }
+
+    /// Commands on a device throttled to 2 I/O per second outlive a 1 s timeout: they are
+    /// aborted (QEMU does not abort them), then the controller is reset; the I/O fails in
+    /// bounded time, never hangs, and every write acknowledged is there afterwards.
+    pub fn timeouts(bdf: &str) {
+        let set = ReactorSet::start(&[0], Mode::Interrupt).unwrap();
+        let mut o = strata_nvmf::remote::options();
+        o.timeout_us = 1_000_000;
+        strata_nvmf::remote::set_options(o.clone()).unwrap();
+        strata_pcie::attach("SLOW", bdf, Some(1)).unwrap();
+        let t0 = Instant::now();
+        let results: Vec<(u64, IoStatus)> = set
+            .block_on(0, || async {
+                let d = registry::open("SLOWn1", |_| {}).unwrap();
+                let ch = d.channel().unwrap();
+                let mut tasks = Vec::new();
+                for i in 0..8u64 {
+                    let ch = ch.clone();
+                    tasks.push(strata_reactor::spawn_local(async move {
+                        let mut data = vec![0u8; 8 * BLOCK];
+                        for (k, c) in data.chunks_mut(BLOCK).enumerate() {
+                            pattern(i * 8 + k as u64, 7, c);
+                        }
+                        let mut bufs = bufs_for(data.len(), Layout::Aligned);
+                        fill(&mut bufs, &data);
+                        (i * 8, io(&ch, IoType::Write, i * 8, 8, bufs).await.0)
+                    }));
+                }
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await);
+                }
+                out
+            })
+            .unwrap();
+        let took = t0.elapsed();
+        let ok: Vec<u64> = results
+            .iter()
+            .filter(|r| r.1 == IoStatus::Success)
+            .map(|r| r.0)
+            .collect();
+        println!(
+            "throttled device: {} of 8 writes acknowledged, the rest {:?}; all done in {:.1} s",
+            ok.len(),
+            results
+                .iter()
+                .filter(|r| r.1 != IoStatus::Success)
+                .map(|r| r.1)
+                .collect::<Vec<_>>(),
+            took.as_secs_f64()
+        );
+        assert!(ok.len() < 8, "no write outlived the timeout: {results:?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "timed-out I/O took {took:?}"
+        );
+        let c = strata_pcie::controllers(Some("SLOW"));
+        let c = &c[0]["ctrlrs"][0];
+        println!("controller after the timeouts: {c}");
+        assert!(
+            c["timeouts"].as_u64().unwrap() > 0 && c["aborts"].as_u64().unwrap() > 0,
+            "{c}"
+        );
+        // The reset finishes on the control thread.
+        let t1 = Instant::now();
+        while strata_pcie::controllers(Some("SLOW"))[0]["ctrlrs"][0]["resets"]
+            .as_u64()
+            .unwrap()
+            == 0
+            || strata_pcie::controllers(Some("SLOW"))[0]["ctrlrs"][0]["state"] != "enabled"
+        {
+            assert!(
+                t1.elapsed() < Duration::from_secs(30),
+                "the controller was not reset"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        o.timeout_us = 0;
+        strata_nvmf::remote::set_options(o).unwrap();
+        // After the reset the queue is made again and serves I/O; acknowledged writes stand.
+        set.block_on(0, move || async move {
+            let d = registry::open("SLOWn1", |_| {}).unwrap();
+            let ch = d.channel().unwrap();
+            let mut want = vec![0u8; BLOCK];
+            for lba in ok {
+                let (s, bufs) = io(
+                    &ch,
+                    IoType::Read,
+                    lba,
+                    8,
+                    bufs_for(8 * BLOCK, Layout::Aligned),
+                )
+                .await;
+                assert_eq!(s, IoStatus::Success, "read after reset");
+                let got = collect(&bufs);
+                for k in 0..8usize {
+                    pattern(lba + k as u64, 7, &mut want);
+                    assert!(
+                        got[k * BLOCK..(k + 1) * BLOCK] == want[..],
+                        "acknowledged block {} lost",
+                        lba + k as u64
+                    );
+                }
+            }
+        })
+        .unwrap();
+        set.stop();
+        strata_pcie::detach("SLOW").unwrap();
     }
 }
 

@@ -74,6 +74,11 @@ pub struct Controller {
     /// A reactor saw something only a reset clears (an abort that did not help, a bad
     /// completion); the control thread resets.
     pub reset_requested: AtomicBool,
+    /// Commands that outlived `timeout_us`, Aborts sent for them, and resets: shown by
+    /// `bdev_nvme_get_controllers`.
+    pub timeouts: AtomicU64,
+    pub aborts: AtomicU64,
+    pub resets: AtomicU64,
     /// I/O queue ids free for reactors (1..=granted).
     qids: Mutex<Vec<u16>>,
     /// One eventfd per MSI-X vector (vector 0, the admin queue's, has none).
@@ -165,6 +170,9 @@ impl Controller {
             state: AtomicU8::new(State::Live as u8),
             epoch: AtomicU64::new(0),
             reset_requested: AtomicBool::new(false),
+            timeouts: AtomicU64::new(0),
+            aborts: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
             qids: Mutex::new(Vec::new()),
             vectors,
             id: IdentifyInfo::default(),
@@ -459,6 +467,7 @@ impl Controller {
             )));
         }
         self.reset_requested.store(false, Ordering::Release);
+        self.resets.fetch_add(1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.state.store(State::Live as u8, Ordering::Release);
         tracing::info!(ctrlr = %self.name, "controller reset: I/O resumes");

@@ -712,7 +712,9 @@ impl QueuePair {
                         }
                         if !s.aborted {
                             s.aborted = true;
+                            self.ctrlr.timeouts.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(ctrlr = %self.ctrlr.name, qid, cid, "command timed out: aborting it");
+                            self.ctrlr.aborts.fetch_add(1, Ordering::Relaxed);
                             if let Err(e) = self.ctrlr.admin(Command::abort(qid, cid as u16)) {
                                 tracing::warn!(ctrlr = %self.ctrlr.name, error = %e, "abort failed");
                             }
