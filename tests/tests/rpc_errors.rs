@@ -1014,3 +1014,52 @@ fn journal_methods_refuse_bad_input() {
     assert_eq!(g["drain_policy"]["chunk_kb"], 64, "{g}");
     assert_alive(&t);
 }
+
+/// `bdev_nvme_attach_controller -t PCIe` refusals that need no device: each a JSON-RPC error
+/// naming the problem, nothing attached, the target unharmed. (The driver itself is tested
+/// against an emulated controller in `pcie/tests/vfio_guest.rs`.)
+#[test]
+fn pcie_attach_refusals() {
+    let t = Target::start(&[]);
+    let attach = |p: Value| t.rpc_err("bdev_nvme_attach_controller", p);
+    let (code, msg) = attach(json!({"name": "P", "trtype": "PCIe", "traddr": "not-a-bdf"}));
+    assert!(
+        code == -32602 && msg.contains("not a PCI address"),
+        "{code} {msg}"
+    );
+    let (code, msg) = attach(json!({"name": "P", "trtype": "PCIe", "traddr": "0000:7f:1f.7"}));
+    assert!(code == -19 && msg.contains("no PCI device"), "{code} {msg}");
+    let (code, msg) = attach(
+        json!({"name": "P", "trtype": "PCIe", "traddr": "0000:00:00.0", "subnqn": "nqn.2026-12.io.strata:x"}),
+    );
+    assert!(code == -32602 && msg.contains("subnqn"), "{code} {msg}");
+    let (code, msg) = attach(
+        json!({"name": "P", "trtype": "PCIe", "traddr": "0000:00:00.0", "num_io_queues": 0}),
+    );
+    assert!(
+        code == -32602 && msg.contains("num_io_queues"),
+        "{code} {msg}"
+    );
+    let (code, msg) = attach(json!({"name": "P", "trtype": "RDMA", "traddr": "1.2.3.4"}));
+    assert!(
+        code == -32602 && msg.contains("TCP or PCIe"),
+        "{code} {msg}"
+    );
+    // A PCI function that exists here but is not an NVMe controller (the host bridge, when
+    // this machine has PCI at all).
+    if std::path::Path::new("/sys/bus/pci/devices/0000:00:00.0/class").exists()
+        && std::fs::read_to_string("/sys/bus/pci/devices/0000:00:00.0/class")
+            .unwrap()
+            .trim()
+            != "0x010802"
+    {
+        let (code, msg) = attach(json!({"name": "P", "trtype": "PCIe", "traddr": "0000:00:00.0"}));
+        assert!(
+            code == -32602 && msg.contains("not an NVMe controller"),
+            "{code} {msg}"
+        );
+    }
+    let c = t.rpc_ok("bdev_nvme_get_controllers", json!({}));
+    assert_eq!(c, json!([]));
+    assert_alive(&t);
+}

@@ -109,6 +109,40 @@ pub struct IdentifyInfo {
     pub io_queues: u16,
 }
 
+/// Waits until CSTS.RDY is `ready`, for at most CAP.TO: a controller that never gets
+/// there, reports a fatal status while enabling, or reads all ones (gone) is refused.
+fn wait_ready(
+    bdf: &Bdf,
+    csts: impl Fn() -> u32,
+    ready: bool,
+    timeout_ms: u64,
+) -> Result<(), PcieError> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let v = csts();
+        if v == u32::MAX {
+            return Err(PcieError::Controller(format!(
+                "{bdf}: device gone (CSTS all ones)"
+            )));
+        }
+        if ready && v & regs::CSTS_CFS != 0 {
+            return Err(PcieError::Controller(format!(
+                "{bdf}: controller fatal status while enabling"
+            )));
+        }
+        if (v & regs::CSTS_RDY != 0) == ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(PcieError::Controller(format!(
+                "{bdf}: CSTS.RDY did not become {} within CAP.TO ({timeout_ms} ms)",
+                ready as u8
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Has every reactor run a message (so none is in the middle of a poller). False if there
 /// is no global reactor set or one did not answer.
 fn reactor_barrier() -> bool {
@@ -215,34 +249,12 @@ impl Controller {
     }
 
     fn wait_ready(&self, ready: bool) -> Result<(), PcieError> {
-        let deadline = Instant::now() + Duration::from_millis(self.cap.ready_timeout_ms());
-        loop {
-            let csts = self.bar.read32(regs::CSTS);
-            if csts == u32::MAX {
-                return Err(PcieError::Controller(format!(
-                    "{}: device gone (CSTS all ones)",
-                    self.bdf
-                )));
-            }
-            if ready && csts & regs::CSTS_CFS != 0 {
-                return Err(PcieError::Controller(format!(
-                    "{}: controller fatal status while enabling",
-                    self.bdf
-                )));
-            }
-            if (csts & regs::CSTS_RDY != 0) == ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(PcieError::Controller(format!(
-                    "{}: CSTS.RDY did not become {} within CAP.TO ({} ms)",
-                    self.bdf,
-                    ready as u8,
-                    self.cap.ready_timeout_ms()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_ready(
+            &self.bdf,
+            || self.bar.read32(regs::CSTS),
+            ready,
+            self.cap.ready_timeout_ms(),
+        )
     }
 
     /// Reset and enable: disable, program the admin queue, enable, bus mastering on.
@@ -532,5 +544,32 @@ impl Controller {
         if let Some(a) = g.take() {
             a.mem.release(&mut self.iova.lock(), &self.dev.container);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_controller_that_never_gets_ready_is_refused_after_cap_to() {
+        let bdf = Bdf::parse("01:00.0").unwrap();
+        let t0 = Instant::now();
+        let e = wait_ready(&bdf, || 0, true, 50).unwrap_err().to_string();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(e.contains("did not become 1 within CAP.TO (50 ms)"), "{e}");
+        let e = wait_ready(&bdf, || u32::MAX, true, 50)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("device gone"), "{e}");
+        let e = wait_ready(&bdf, || regs::CSTS_CFS, true, 50)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fatal status"), "{e}");
+        assert!(wait_ready(&bdf, || regs::CSTS_RDY, true, 50).is_ok());
+        assert!(wait_ready(&bdf, || 0, false, 50).is_ok());
+        // Disabling: a fatal status does not stop RDY from clearing.
+        assert!(wait_ready(&bdf, || regs::CSTS_CFS, false, 50).is_ok());
     }
 }

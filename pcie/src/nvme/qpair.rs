@@ -637,8 +637,7 @@ impl QueuePair {
                         hw.phase = !hw.phase;
                     }
                     found += 1;
-                    let cid = cqe.cid as usize;
-                    if cqe.sqhd >= hw.entries || cid >= st.slots.len() || !st.slots[cid].active {
+                    if !completion_is_valid(&cqe, hw.entries, &st.slots) {
                         bad = Some(format!(
                             "completion for unknown command {} (SQ head {}) on queue {}",
                             cqe.cid, cqe.sqhd, hw.qid
@@ -732,6 +731,12 @@ impl QueuePair {
     }
 }
 
+/// Whether a completion names a command this queue has outstanding and an SQ head inside
+/// the queue. Anything else means the device (or its memory) cannot be trusted.
+fn completion_is_valid(cqe: &Cqe, entries: u16, slots: &[Slot]) -> bool {
+    cqe.sqhd < entries && slots.get(cqe.cid as usize).is_some_and(|s| s.active)
+}
+
 /// Copies bytes `off..off + dst.len()` of a buffer list into `dst`.
 fn gather(bufs: &[DmaBuf], mut off: usize, dst: &mut [u8]) {
     let mut at = 0;
@@ -768,5 +773,34 @@ impl Drop for QueuePair {
             h.mem.release(&mut c.iova.lock(), &c.dev.container);
         }
         self.ctrlr.give_qid(st.qid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_for_unknown_commands_or_heads_are_rejected() {
+        let mut slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
+        slots[2].active = true;
+        let cqe = |cid, sqhd| Cqe {
+            cid,
+            sqhd,
+            ..Default::default()
+        };
+        assert!(completion_is_valid(&cqe(2, 3), 5, &slots));
+        assert!(
+            !completion_is_valid(&cqe(1, 3), 5, &slots),
+            "not outstanding"
+        );
+        assert!(
+            !completion_is_valid(&cqe(9, 3), 5, &slots),
+            "no such command"
+        );
+        assert!(
+            !completion_is_valid(&cqe(2, 5), 5, &slots),
+            "SQ head out of range"
+        );
     }
 }
