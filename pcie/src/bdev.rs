@@ -92,6 +92,7 @@ impl Bdev for PcieBdev {
                     "firmware_revision": self.ctrlr.id.firmware,
                 },
                 "max_transfer_bytes": self.ctrlr.id.max_transfer,
+                "sgl": format!("{:?}", self.ctrlr.id.sgl),
             }]
         })
     }

@@ -259,6 +259,8 @@ pub fn controllers(name: Option<&str>) -> Vec<Value> {
                     "timeouts": a.ctrlr.timeouts.load(Ordering::Relaxed),
                     "aborts": a.ctrlr.aborts.load(Ordering::Relaxed),
                     "resets": a.ctrlr.resets.load(Ordering::Relaxed),
+                    "sgl_commands": a.ctrlr.sgl_commands.load(Ordering::Relaxed),
+                    "bounced_commands": a.ctrlr.bounced_commands.load(Ordering::Relaxed),
                     "bdevs": a.bdevs,
                 }]
             })

@@ -145,8 +145,10 @@ mod in_process {
         Aligned,
         /// A view starting 512 bytes into a page (PRP1 with an offset).
         Offset,
-        /// Pieces joined inside a page (not describable: bounced).
+        /// Pieces joined inside a page (not describable by PRPs: an SGL).
         OddPieces,
+        /// 48-byte crumbs: more pieces than one SGL segment holds (bounced).
+        Crumbs,
     }
 
     fn bufs_for(len: usize, layout: Layout) -> SmallVec<[DmaBuf; 2]> {
@@ -172,6 +174,11 @@ mod in_process {
                 while b.len() > cut {
                     out.push(b.split_to(cut).unwrap());
                     cut = if cut == 1536 { 2560 } else { 1536 };
+                }
+            }
+            if let Layout::Crumbs = layout {
+                while b.len() > 48 {
+                    out.push(b.split_to(48).unwrap());
                 }
             }
             out.push(b);
@@ -214,13 +221,18 @@ mod in_process {
         let ch = d.channel().unwrap();
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut version = (seed as u32) << 16;
-        let layouts = [Layout::Aligned, Layout::Offset, Layout::OddPieces];
+        let layouts = [
+            Layout::Aligned,
+            Layout::Offset,
+            Layout::OddPieces,
+            Layout::Crumbs,
+        ];
         for _ in 0..ops {
             let n = *[1u64, 7, 8, 33, 64, 200, 256, 512]
                 .get(rng.gen_range(0..8))
                 .unwrap();
             let lba = rng.gen_range(lo..hi - n);
-            let layout = layouts[rng.gen_range(0..3)];
+            let layout = layouts[rng.gen_range(0..layouts.len())];
             let len = n as usize * BLOCK;
             match rng.gen_range(0..10) {
                 0..=3 => {
@@ -363,6 +375,12 @@ mod in_process {
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
+        // Every data-pointer path ran: PRPs, SGLs (odd pieces) and bounce buffers (crumbs).
+        let c = strata_pcie::controllers(Some("PV0"));
+        let c = &c[0]["ctrlrs"][0];
+        println!("controller after the random I/O: {c}");
+        assert!(c["sgl_commands"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["bounced_commands"].as_u64().unwrap() > 0, "{c}");
         // Stop the reactors (their queue pairs go with them), then detach: the device
         // is given back and can be attached again.
         set.stop();

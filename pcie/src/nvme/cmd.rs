@@ -28,6 +28,34 @@ pub struct Command {
 }
 const _: () = assert!(std::mem::size_of::<Command>() == 64);
 
+/// An SGL descriptor (16 bytes): a data block, or the last segment (a list of data blocks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SglDescriptor {
+    pub address: u64,
+    pub length: u32,
+    pub reserved: [u8; 3],
+    /// Bits 7:4 type, 3:0 subtype.
+    pub id: u8,
+}
+const _: () = assert!(std::mem::size_of::<SglDescriptor>() == 16);
+
+pub const SGL_DATA_BLOCK: u8 = 0x00;
+pub const SGL_LAST_SEGMENT: u8 = 0x30;
+/// Command flags PSDT = 01b: the data pointer is an SGL.
+const PSDT_SGL: u8 = 0x40;
+
+impl SglDescriptor {
+    pub fn data_block(address: u64, length: u32) -> SglDescriptor {
+        SglDescriptor {
+            address,
+            length,
+            reserved: [0; 3],
+            id: SGL_DATA_BLOCK,
+        }
+    }
+}
+
 /// One Dataset Management range (16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -38,6 +66,13 @@ pub struct DsmRange {
 }
 
 impl Command {
+    /// Makes the data pointer the SGL descriptor `d` (PSDT = 01b).
+    pub fn set_sgl(&mut self, d: SglDescriptor) {
+        self.flags = (self.flags & !0xc0) | PSDT_SGL;
+        self.prp1 = d.address;
+        self.prp2 = d.length as u64 | ((d.id as u64) << 56);
+    }
+
     pub fn identify(cns_value: u8, nsid: u32, prp1: u64) -> Command {
         Command {
             opcode: admin::IDENTIFY,
@@ -184,6 +219,14 @@ mod tests {
         assert_eq!((c.cdw10, c.cdw11), (0x00ff_0003, 0x0003_0001));
         assert_eq!(Command::set_queue_count(4).cdw11, 0x0003_0003);
         assert_eq!(Command::abort(2, 17).cdw10, (17 << 16) | 2);
+        let mut c = Command::rw(false, 1, 0, 8);
+        c.set_sgl(SglDescriptor {
+            address: 0x5000,
+            length: 48,
+            reserved: [0; 3],
+            id: SGL_LAST_SEGMENT,
+        });
+        assert_eq!((c.flags, c.prp1, c.prp2), (0x40, 0x5000, 48 | (0x30 << 56)));
         let c = Command::deallocate(1, 3, 0x3000);
         assert_eq!((c.cdw10, c.cdw11), (2, 4));
         assert_eq!(std::mem::size_of::<DsmRange>(), 16);

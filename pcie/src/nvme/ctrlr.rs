@@ -79,6 +79,10 @@ pub struct Controller {
     pub timeouts: AtomicU64,
     pub aborts: AtomicU64,
     pub resets: AtomicU64,
+    /// Commands whose data went as an SGL, and through a bounce buffer (a copy): how often
+    /// the I/O's buffers could not go to the device as PRPs.
+    pub sgl_commands: AtomicU64,
+    pub bounced_commands: AtomicU64,
     /// I/O queue ids free for reactors (1..=granted).
     qids: Mutex<Vec<u16>>,
     /// One eventfd per MSI-X vector (vector 0, the admin queue's, has none).
@@ -107,6 +111,7 @@ pub struct IdentifyInfo {
     pub oncs: u16,
     pub volatile_write_cache: bool,
     pub io_queues: u16,
+    pub sgl: super::prp::SglSupport,
 }
 
 /// Waits until CSTS.RDY is `ready`, for at most CAP.TO: a controller that never gets
@@ -207,6 +212,8 @@ impl Controller {
             timeouts: AtomicU64::new(0),
             aborts: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            sgl_commands: AtomicU64::new(0),
+            bounced_commands: AtomicU64::new(0),
             qids: Mutex::new(Vec::new()),
             vectors,
             id: IdentifyInfo::default(),
@@ -376,6 +383,7 @@ impl Controller {
             oncs: idc.oncs,
             volatile_write_cache: idc.vwc & 1 != 0,
             io_queues: 0,
+            sgl: super::prp::SglSupport::from_identify(idc.sgls),
         };
         let cqe = self.admin(Command::set_queue_count(want_queues))?;
         let granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;

@@ -1,5 +1,6 @@
-//! Physical Region Page lists: how a command's data, given as (IOVA, length) pieces in order,
-//! is described to a PCIe controller without copying it.
+//! How a command's data, given as (IOVA, length) pieces in order, is described to a PCIe
+//! controller without copying it: Physical Region Page lists, or, where the controller
+//! supports them and PRPs cannot describe the pieces, a Scatter Gather List.
 //!
 //! PRP rules (NVMe base specification 4.1.1): the first entry may start anywhere
 //! dword-aligned in a page; every later entry starts at a page boundary; every piece but
@@ -45,9 +46,72 @@ pub fn build(pieces: &[(u64, usize)], out: &mut PrpEntries, max_entries: usize) 
     !out.is_empty()
 }
 
+/// What the controller says of SGLs (Identify Controller SGLS bits 1:0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SglSupport {
+    #[default]
+    None,
+    /// Data blocks of any address and length.
+    Unaligned,
+    /// Data block addresses and lengths must be multiples of 4.
+    DwordAligned,
+}
+
+impl SglSupport {
+    pub fn from_identify(sgls: u32) -> SglSupport {
+        match sgls & 3 {
+            1 => SglSupport::Unaligned,
+            2 => SglSupport::DwordAligned,
+            _ => SglSupport::None,
+        }
+    }
+}
+
+/// Descriptors of one SGL segment page (16 bytes each).
+pub const MAX_SGL_DESCRIPTORS: usize = (PAGE / 16) as usize;
+
+/// Whether `pieces` can go as SGL data blocks (one in the command, or up to a page of
+/// them in one last segment).
+pub fn sgl_fits(pieces: &[(u64, usize)], support: SglSupport) -> bool {
+    let aligned = |&(a, l): &(u64, usize)| a.is_multiple_of(4) && l.is_multiple_of(4);
+    !pieces.is_empty()
+        && pieces.len() <= MAX_SGL_DESCRIPTORS
+        && pieces.iter().all(|&(_, l)| l > 0 && l <= u32::MAX as usize)
+        && match support {
+            SglSupport::None => false,
+            SglSupport::Unaligned => true,
+            SglSupport::DwordAligned => pieces.iter().all(aligned),
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sgls_take_what_prps_cannot_when_the_controller_allows() {
+        let odd = [(0x10000u64, 1536usize), (0x30600, 2560)];
+        let mut out = PrpEntries::new();
+        assert!(!build(&odd, &mut out, 64));
+        assert!(sgl_fits(&odd, SglSupport::Unaligned));
+        assert!(sgl_fits(&odd, SglSupport::DwordAligned));
+        assert!(!sgl_fits(&odd, SglSupport::None));
+        let unaligned = [(0x10001u64, 511usize)];
+        assert!(sgl_fits(&unaligned, SglSupport::Unaligned));
+        assert!(!sgl_fits(&unaligned, SglSupport::DwordAligned));
+        let many: Vec<(u64, usize)> = (0..257).map(|i| (0x10000 + i * 64, 48)).collect();
+        assert!(
+            !sgl_fits(&many, SglSupport::Unaligned),
+            "more than one segment page"
+        );
+        assert!(sgl_fits(&many[..256], SglSupport::Unaligned));
+        assert_eq!(
+            SglSupport::from_identify(0x0010_0001),
+            SglSupport::Unaligned
+        );
+        assert_eq!(SglSupport::from_identify(0x2), SglSupport::DwordAligned);
+        assert_eq!(SglSupport::from_identify(0x0), SglSupport::None);
+    }
 
     fn prps(p: &[(u64, usize)]) -> Option<Vec<u64>> {
         let mut out = PrpEntries::new();

@@ -3,14 +3,15 @@
 //! (phase bit), woken by the queue's MSI-X eventfd in interrupt mode.
 //!
 //! An I/O larger than the controller's transfer limit is split into several commands and
-//! completes when the last one does. Buffers the PRP rules cannot describe go through a
-//! bounce buffer from the (IOMMU-mapped) pools. A command outstanding longer than
+//! completes when the last one does. Buffers the PRP rules cannot describe go as an SGL
+//! where the controller supports one, else through a bounce buffer from the (IOMMU-mapped)
+//! pools. A command outstanding longer than
 //! `bdev_nvme_set_options timeout_us` is aborted; one that outlives the abort has the
 //! controller reset. Whenever the controller is failed or reset (a new epoch), the queue's
 //! outstanding I/O fails -- the device's bus mastering is already off -- and the queue is
 //! made again once the controller is live.
 
-use super::cmd::{io_status, Command, DsmRange};
+use super::cmd::{io_status, Command, DsmRange, SglDescriptor, SGL_LAST_SEGMENT};
 use super::ctrlr::{Controller, State};
 use super::prp::{self, PrpEntries, PAGE};
 use super::regs;
@@ -526,8 +527,17 @@ impl QueuePair {
         let mut prps = std::mem::take(&mut st.prps);
         let max_entries = 1 + (PAGE as usize / 8);
         let mut built = ok && prp::build(&pieces, &mut prps, max_entries);
+        if !built && ok && prp::sgl_fits(&pieces, self.ctrlr.id.sgl) {
+            // Pieces PRPs cannot describe: an SGL, one data block per piece.
+            self.ctrlr.sgl_commands.fetch_add(1, Ordering::Relaxed);
+            let r = self.sgl(st, slot, &pieces, cmd);
+            st.pieces = pieces;
+            st.prps = prps;
+            return r;
+        }
         if !built {
             // Bounce: one pool buffer, page-aligned, so it always makes a PRP list.
+            self.ctrlr.bounced_commands.fetch_add(1, Ordering::Relaxed);
             let Some(mut buf) = strata_reactor::dma::alloc(len) else {
                 st.pieces = pieces;
                 st.prps = prps;
@@ -567,6 +577,34 @@ impl QueuePair {
             }
         }
         st.prps = prps;
+        Ok(())
+    }
+
+    /// Sets an SGL data pointer: the piece itself, or a last segment in the slot's page
+    /// listing one data block per piece.
+    fn sgl(
+        &self,
+        st: &mut State_,
+        slot: u16,
+        pieces: &[(u64, usize)],
+        cmd: &mut Command,
+    ) -> Result<(), IoStatus> {
+        if let [(a, l)] = pieces {
+            cmd.set_sgl(SglDescriptor::data_block(*a, *l as u32));
+            return Ok(());
+        }
+        let hw = st.hw.as_ref().ok_or(IoStatus::Failed)?;
+        let page = hw.prp_off + slot as usize * PAGE as usize;
+        for (i, &(a, l)) in pieces.iter().enumerate() {
+            hw.mem
+                .store(page + i * 16, SglDescriptor::data_block(a, l as u32));
+        }
+        cmd.set_sgl(SglDescriptor {
+            address: hw.mem.iova + page as u64,
+            length: (pieces.len() * 16) as u32,
+            reserved: [0; 3],
+            id: SGL_LAST_SEGMENT,
+        });
         Ok(())
     }
 
