@@ -72,6 +72,21 @@ if [ -n "$bind" ]; then
     echo "setup: $dev has no IOMMU group: boot with intel_iommu=on (or amd_iommu=on)" >&2
     exit 1
   fi
+  # A controller whose namespaces are in use (mounted, swap, held by LVM/md/dm) stays with
+  # the kernel: unbinding it would pull the disk from under them.
+  for blk in /sys/bus/pci/devices/"$dev"/nvme/nvme*/nvme*n*; do
+    [ -e "$blk" ] || continue
+    b="$(basename "$blk")"
+    used=""
+    if grep -qE "^/dev/${b}(p[0-9]+)? " /proc/mounts /proc/swaps 2>/dev/null; then used="mounted or swap"; fi
+    for h in "$blk"/holders/* "$blk"/"$b"p*/holders/*; do
+      if [ -e "$h" ]; then used="held by $(basename "$h")"; fi
+    done
+    if [ -n "$used" ]; then
+      echo "setup: $dev is in use ($b $used): not unbinding it" >&2
+      exit 1
+    fi
+  done
   modprobe vfio-pci
   rebind "$dev" vfio-pci
   if [ "$(current_driver "$dev")" != vfio-pci ]; then

@@ -149,6 +149,9 @@ fn take_down(name: &str, ctrlr: Arc<Controller>, bdevs: &[String], removed: bool
     tracing::info!(ctrlr = name, bdf = %ctrlr.bdf, "NVMe PCIe controller detached");
 }
 
+/// Failed resets in a row after which a controller is given up (its bdevs removed).
+const MAX_RESET_ATTEMPTS: u32 = 5;
+
 /// The control thread: a fatal controller status or a reset request resets the controller;
 /// the kernel's request for the device (hot removal) or a device that stopped answering
 /// takes it down.
@@ -199,6 +202,19 @@ fn control(name: String, c: Arc<Controller>, stop: Arc<AtomicBool>, removal: Opt
                 Err(e) => {
                     failures += 1;
                     tracing::error!(ctrlr = %name, error = %e, attempt = failures, "controller reset failed");
+                    if failures >= MAX_RESET_ATTEMPTS {
+                        tracing::error!(ctrlr = %name, "controller failed beyond reset: its bdevs go");
+                        let a = {
+                            let mut list = CONTROLLERS.lock();
+                            list.iter()
+                                .position(|a| a.name == name)
+                                .map(|p| list.remove(p))
+                        };
+                        if let Some(a) = a {
+                            take_down(&name, c.clone(), &a.bdevs, true);
+                        }
+                        return;
+                    }
                     std::thread::sleep(Duration::from_millis(500 * failures as u64));
                 }
             }

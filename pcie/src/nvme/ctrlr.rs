@@ -67,6 +67,9 @@ pub struct Controller {
     pub stride: usize,
     pub iova: Mutex<IovaMap>,
     admin: Mutex<Option<AdminQueue>>,
+    /// Serialises the state changes (fail, reset, shutdown, removal), so none undoes
+    /// another's half-done work (a reset must not make live a controller failed meanwhile).
+    lifecycle: Mutex<()>,
     state: AtomicU8,
     /// Bumped each time the controller is reset: queues made before belong to the old
     /// controller and are made again.
@@ -112,6 +115,12 @@ pub struct IdentifyInfo {
     pub volatile_write_cache: bool,
     pub io_queues: u16,
     pub sgl: super::prp::SglSupport,
+}
+
+/// I/O queue pairs a Set Features (Number of Queues) completion grants: the smaller of
+/// the 0-based submission and completion counts, plus one.
+fn granted_queues(dw0: u32) -> u16 {
+    ((dw0 & 0xffff).min(dw0 >> 16) + 1).min(u16::MAX as u32) as u16
 }
 
 /// Waits until CSTS.RDY is `ready`, for at most CAP.TO: a controller that never gets
@@ -167,7 +176,12 @@ impl Controller {
     /// Opens `bdf` through vfio and brings the controller up with `want_queues` I/O queues.
     pub fn attach(name: &str, bdf: &Bdf, want_queues: u16) -> Result<Controller, PcieError> {
         let dev = Device::open(&Sysfs::default(), bdf)?;
-        let bar = dev.map_bar(0, BAR_MAP_LEN)?;
+        // The whole BAR where it can be mapped (doorbells of every queue), else the
+        // registers and the first doorbells (the MSI-X table may follow, not always
+        // mappable).
+        let bar = dev
+            .map_bar(0, usize::MAX)
+            .or_else(|_| dev.map_bar(0, BAR_MAP_LEN))?;
         let cap = Cap(bar.read64(regs::CAP));
         if cap.0 == u64::MAX {
             return Err(PcieError::Controller(format!(
@@ -184,7 +198,7 @@ impl Controller {
         iova.map_pools(&dev.container)?;
         let mem = QueueMemory::new(&mut iova, &dev.container, 3 * 4096)?;
         // One vector per I/O queue (and vector 0 for the admin queue), as many as exist.
-        let nvec = dev.msix_vectors().min(want_queues as u32 + 1) as usize;
+        let nvec = dev.msix_vectors().min(want_queues as u32 + 1).min(256) as usize;
         let mut vectors: Vec<Option<OwnedFd>> = Vec::with_capacity(nvec);
         for v in 0..nvec {
             vectors.push(if v == 0 {
@@ -206,6 +220,7 @@ impl Controller {
                 phase: true,
                 next_cid: 0,
             })),
+            lifecycle: Mutex::new(()),
             state: AtomicU8::new(State::Live as u8),
             epoch: AtomicU64::new(0),
             reset_requested: AtomicBool::new(false),
@@ -307,6 +322,7 @@ impl Controller {
         self.bar
             .write32(regs::sq_doorbell(0, self.stride), a.sq_tail as u32);
         let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let epoch = self.epoch();
         loop {
             let off = ADMIN_CQ + a.cq_head as usize * 16;
             let st = a.mem.load_u16(off + 14);
@@ -347,6 +363,13 @@ impl Controller {
                     self.name
                 )));
             }
+            // Failed, removed or being reset meanwhile: no answer is coming.
+            if self.epoch() != epoch {
+                return Err(PcieError::Controller(format!(
+                    "{}: controller disabled during an admin command",
+                    self.name
+                )));
+            }
             std::hint::spin_loop();
         }
     }
@@ -379,15 +402,27 @@ impl Controller {
             serial: text(&idc.sn),
             model: text(&idc.mn),
             firmware: text(&idc.fr),
-            max_transfer: mdts.min(128 << 10),
+            // A bounce buffer must fit one pool buffer.
+            max_transfer: mdts
+                .min(128 << 10)
+                .min(strata_reactor::dma::max_buf_size().max(4096)),
             oncs: idc.oncs,
             volatile_write_cache: idc.vwc & 1 != 0,
             io_queues: 0,
             sgl: super::prp::SglSupport::from_identify(idc.sgls),
         };
         let cqe = self.admin(Command::set_queue_count(want_queues))?;
-        let granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;
-        let granted = granted.min(want_queues).min(1023);
+        // Only queues whose doorbells lie inside the mapped registers are usable.
+        let fit = ((self.bar.len().saturating_sub(regs::DOORBELLS) / (2 * self.stride)) as u32)
+            .saturating_sub(1)
+            .min(u16::MAX as u32) as u16;
+        let granted = granted_queues(cqe.dw0).min(want_queues).min(fit);
+        if granted == 0 {
+            return Err(PcieError::Controller(format!(
+                "{}: no I/O queue available",
+                self.name
+            )));
+        }
         self.id.io_queues = granted;
         *self.qids.lock() = (1..=granted).rev().collect();
         let list = self.admin_data(Command::active_namespaces)?;
@@ -448,6 +483,7 @@ impl Controller {
     /// Stops all DMA and marks the controller failed. Reactors then complete their
     /// outstanding I/O with an error: safe, since the device can no longer touch them.
     pub fn fail(&self, why: &str) {
+        let _l = self.lifecycle.lock();
         if self.state() == State::Removed {
             return;
         }
@@ -457,7 +493,7 @@ impl Controller {
     }
 
     /// Bus mastering off and the controller disabled, then a new epoch: queues of the old
-    /// one are dead.
+    /// one are dead. Called with the lifecycle lock held.
     fn quiesce(&self) {
         if let Err(e) = self.dev.disable_bus_master() {
             tracing::warn!(ctrlr = %self.name, error = %e, "could not turn bus mastering off");
@@ -470,8 +506,9 @@ impl Controller {
     }
 
     /// Brings a failed controller back: the admin queue is programmed again and queues are
-    /// made again by their reactors (the new epoch tells them).
+    /// made again by their reactors once it is live (the new epoch tells them).
     pub fn reset(&self) -> Result<(), PcieError> {
+        let _l = self.lifecycle.lock();
         if self.state() == State::Removed {
             return Err(PcieError::Controller(format!("{} is removed", self.name)));
         }
@@ -479,16 +516,15 @@ impl Controller {
         self.quiesce();
         self.enable()?;
         let cqe = self.admin(Command::set_queue_count(self.id.io_queues))?;
-        let granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;
-        if granted < self.id.io_queues {
+        if granted_queues(cqe.dw0) < self.id.io_queues {
             return Err(PcieError::Controller(format!(
-                "{}: after reset only {granted} I/O queues",
-                self.name
+                "{}: after reset only {} I/O queues",
+                self.name,
+                granted_queues(cqe.dw0)
             )));
         }
         self.reset_requested.store(false, Ordering::Release);
         self.resets.fetch_add(1, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.state.store(State::Live as u8, Ordering::Release);
         tracing::info!(ctrlr = %self.name, "controller reset: I/O resumes");
         Ok(())
@@ -496,6 +532,7 @@ impl Controller {
 
     /// Normal shutdown (CC.SHN), then disabled, bus mastering off: the controller is done.
     pub fn shutdown(&self) {
+        let _l = self.lifecycle.lock();
         if self.state() != State::Removed {
             let cc = self.bar.read32(regs::CC);
             if cc != u32::MAX && cc & regs::CC_EN != 0 {
@@ -513,8 +550,10 @@ impl Controller {
         self.dev.disable_msix();
     }
 
-    /// Marks the controller removed (the device is going away): DMA off, I/O fails.
+    /// Marks the controller removed (the device is going away, or failed beyond reset):
+    /// DMA off, I/O fails.
     pub fn mark_removed(&self) {
+        let _l = self.lifecycle.lock();
         self.state.store(State::Removed as u8, Ordering::Release);
         self.quiesce();
     }
@@ -559,6 +598,13 @@ impl Controller {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn granted_queue_counts() {
+        assert_eq!(granted_queues(0x0003_0007), 4);
+        assert_eq!(granted_queues(0), 1);
+        assert_eq!(granted_queues(0xffff_ffff), u16::MAX);
+    }
 
     #[test]
     fn a_controller_that_never_gets_ready_is_refused_after_cap_to() {

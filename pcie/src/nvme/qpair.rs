@@ -16,6 +16,7 @@ use super::ctrlr::{Controller, State};
 use super::prp::{self, PrpEntries, PAGE};
 use super::regs;
 use crate::dma::{Mapping, QueueMemory};
+use crate::PcieError;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -90,6 +91,8 @@ struct State_ {
     interrupts: bool,
     /// The reactor may sleep between turns (interrupt mode).
     reactor_sleeps: bool,
+    /// Earliest tick for another attempt at making the queue after one failed.
+    next_create: u64,
     outstanding: u64,
     pieces: Vec<(u64, usize)>,
     prps: PrpEntries,
@@ -169,6 +172,7 @@ impl QueuePair {
                 maps,
                 interrupts,
                 reactor_sleeps: strata_reactor::in_interrupt_mode(),
+                next_create: 0,
                 outstanding: 0,
                 pieces: Vec::with_capacity(64),
                 prps: PrpEntries::new(),
@@ -179,11 +183,14 @@ impl QueuePair {
             ctrlr,
         });
         {
+            // A controller being reset gets the queue once it is live again (sync_epoch).
             let mut st = q.st.borrow_mut();
-            if let Err(e) = q.create_hw(&mut st) {
-                drop(st);
-                q.ctrlr.give_qid(qid);
-                return Err(e);
+            if q.ctrlr.state() == State::Live {
+                if let Err(e) = q.create_hw(&mut st) {
+                    drop(st);
+                    q.ctrlr.give_qid(qid);
+                    return Err(e);
+                }
             }
         }
         let name = format!("nvme_pcie_{}_q{qid}", q.ctrlr.name);
@@ -223,8 +230,8 @@ impl QueuePair {
             .map_err(|e| BdevError::Invalid(e.to_string()))?;
         let qid = st.qid;
         let vector = if c.vector_fd(qid).is_some() { qid } else { 0 };
-        let made = c
-            .admin(Command::create_cq(
+        let create = || {
+            c.admin(Command::create_cq(
                 qid,
                 entries,
                 mem.iova + cq_off as u64,
@@ -236,7 +243,16 @@ impl QueuePair {
                     .inspect_err(|_| {
                         let _ = c.admin(Command::delete_cq(qid));
                     })
-            });
+            })
+        };
+        let mut made = create();
+        if let Err(PcieError::Status { sct: 1, sc: 1, .. }) = made {
+            // Invalid queue identifier: a queue of this id outlived a reset that raced
+            // its creation. Delete it and make ours.
+            let _ = c.admin(Command::delete_sq(qid));
+            let _ = c.admin(Command::delete_cq(qid));
+            made = create();
+        }
         if let Err(e) = made {
             mem.release(&mut c.iova.lock(), &c.dev.container);
             return Err(BdevError::Invalid(format!(
@@ -283,12 +299,21 @@ impl QueuePair {
                 self.finish_slot(st, i as u16, status);
             }
         }
+        // Completed from the deferred poller: this may run inside `submit`, whose caller
+        // does not expect other I/O to complete under it, and nothing else may come to
+        // drain the done list (no I/O is outstanding any more).
+        for (io, s) in self.done.borrow_mut().drain(..) {
+            io.complete_deferred(s);
+        }
         if let Some(h) = st.hw.take() {
             h.mem
                 .release(&mut self.ctrlr.iova.lock(), &self.ctrlr.dev.container);
         }
-        if self.ctrlr.state() == State::Live {
+        let now = clock::ticks();
+        if self.ctrlr.state() == State::Live && now >= st.next_create {
             if let Err(e) = self.create_hw(st) {
+                // Not on every I/O: each attempt is two admin commands on this reactor.
+                st.next_create = now + clock::duration_to_ticks(Duration::from_secs(1));
                 tracing::error!(error = %e, "I/O queue not made again after reset");
             }
         }
@@ -336,7 +361,16 @@ impl QueuePair {
         }
         let now = clock::ticks();
         let n = planned.len() as u32;
-        let Some(hw) = st.hw.as_mut() else { return };
+        let Some(hw) = st.hw.as_mut() else {
+            // Checked above; kept total: the I/O is never dropped uncompleted.
+            for p in planned.drain(..) {
+                st.slots[p.slot as usize].bounce = None;
+                st.free_slots.push(p.slot);
+            }
+            st.free_reqs.push(ridx);
+            io.complete_deferred(IoStatus::Failed);
+            return;
+        };
         for mut p in planned.drain(..) {
             p.cmd.cid = p.slot;
             let s = &mut st.slots[p.slot as usize];
@@ -675,7 +709,7 @@ impl QueuePair {
                         hw.phase = !hw.phase;
                     }
                     found += 1;
-                    if !completion_is_valid(&cqe, hw.entries, &st.slots) {
+                    if !completion_is_valid(&cqe, hw.qid, hw.entries, &st.slots) {
                         bad = Some(format!(
                             "completion for unknown command {} (SQ head {}) on queue {}",
                             cqe.cid, cqe.sqhd, hw.qid
@@ -719,12 +753,17 @@ impl QueuePair {
 
     fn complete_done(&self) {
         let mut done = std::mem::take(&mut *self.done.borrow_mut());
-        for (io, s) in done.drain(..) {
-            io.complete(s);
-        }
-        let mut d = self.done.borrow_mut();
-        if d.is_empty() {
-            *d = done;
+        loop {
+            for (io, s) in done.drain(..) {
+                io.complete(s);
+            }
+            // Completion callbacks may have added more: take those too, keep the capacity.
+            let mut d = self.done.borrow_mut();
+            if d.is_empty() {
+                *d = done;
+                return;
+            }
+            std::mem::swap(&mut *d, &mut done);
         }
     }
 
@@ -771,8 +810,8 @@ impl QueuePair {
 
 /// Whether a completion names a command this queue has outstanding and an SQ head inside
 /// the queue. Anything else means the device (or its memory) cannot be trusted.
-fn completion_is_valid(cqe: &Cqe, entries: u16, slots: &[Slot]) -> bool {
-    cqe.sqhd < entries && slots.get(cqe.cid as usize).is_some_and(|s| s.active)
+fn completion_is_valid(cqe: &Cqe, qid: u16, entries: u16, slots: &[Slot]) -> bool {
+    cqe.sqid == qid && cqe.sqhd < entries && slots.get(cqe.cid as usize).is_some_and(|s| s.active)
 }
 
 /// Copies bytes `off..off + dst.len()` of a buffer list into `dst`.

@@ -123,8 +123,9 @@ fn ioctl_val(fd: BorrowedFd<'_>, req: u64, arg: libc::c_ulong) -> io::Result<lib
 
 /// An ioctl whose argument points at `T`, which the kernel reads and may fill in.
 fn ioctl_ptr<T>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
-    // SAFETY: `arg` is a valid, exclusively borrowed `T` whose `argsz` field (first u32 of
-    // every vfio argument) says how many bytes the kernel may touch.
+    // SAFETY: `arg` is a valid, exclusively borrowed `T` of the layout the request expects:
+    // a vfio structure whose leading `argsz` says how many bytes the kernel may touch, or
+    // (GROUP_SET_CONTAINER) a plain int.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) })
 }
 
