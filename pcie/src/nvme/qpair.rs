@@ -864,20 +864,14 @@ mod tests {
         let cqe = |cid, sqhd| Cqe {
             cid,
             sqhd,
+            sqid: 3,
             ..Default::default()
         };
-        assert!(completion_is_valid(&cqe(2, 3), 5, &slots));
-        assert!(
-            !completion_is_valid(&cqe(1, 3), 5, &slots),
-            "not outstanding"
-        );
-        assert!(
-            !completion_is_valid(&cqe(9, 3), 5, &slots),
-            "no such command"
-        );
-        assert!(
-            !completion_is_valid(&cqe(2, 5), 5, &slots),
-            "SQ head out of range"
-        );
+        let ok = |c: Cqe, qid| completion_is_valid(&c, qid, 5, &slots);
+        assert!(ok(cqe(2, 3), 3));
+        assert!(!ok(cqe(2, 3), 4), "another queue's");
+        assert!(!ok(cqe(1, 3), 3), "not outstanding");
+        assert!(!ok(cqe(9, 3), 3), "no such command");
+        assert!(!ok(cqe(2, 5), 3), "SQ head out of range");
     }
 }
