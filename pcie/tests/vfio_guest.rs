@@ -123,6 +123,11 @@ fn in_guest() {
         "STEP timeouts, abort and reset OK ({:.0} s)",
         t0.elapsed().as_secs_f64()
     );
+    in_process::given_back_to_the_kernel(&slow);
+    println!(
+        "STEP unbind and refusal OK ({:.0} s)",
+        t0.elapsed().as_secs_f64()
+    );
     let dir = tempfile::tempdir().unwrap();
     target::run(&bdf, dir.path());
     println!("STEP strata-tgt OK ({:.0} s)", t0.elapsed().as_secs_f64());
@@ -506,6 +511,42 @@ mod in_process {
         .unwrap();
         set.stop();
         strata_pcie::detach("SLOW").unwrap();
+    }
+
+    /// `scripts/setup.sh --unbind` gives the controller back to the kernel's nvme driver
+    /// (a block device appears); strata then refuses it, naming the fix.
+    pub fn given_back_to_the_kernel(bdf: &str) {
+        let setup = linux_guest::repo_dir().join("scripts/setup.sh");
+        let out = std::process::Command::new(&setup)
+            .args(["--unbind", bdf])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let driver = format!("/sys/bus/pci/devices/{bdf}/driver");
+        let t0 = Instant::now();
+        while std::fs::read_link(&driver)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .as_deref()
+            != Some("nvme")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{bdf} did not go back to nvme"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let e = strata_pcie::attach("BACK", bdf, Some(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bound to nvme, not vfio-pci") && e.contains("setup.sh --bind"),
+            "{e}"
+        );
     }
 }
 
