@@ -149,6 +149,21 @@ fn take_down(name: &str, ctrlr: Arc<Controller>, bdevs: &[String], removed: bool
     tracing::info!(ctrlr = name, bdf = %ctrlr.bdf, "NVMe PCIe controller detached");
 }
 
+/// The control thread's end for a controller that is gone (removed, or failed beyond
+/// reset): out of the list, bdevs removed, DMA off, the device given back.
+fn remove_and_take_down(name: &str, c: &Arc<Controller>) {
+    let a = {
+        let mut list = CONTROLLERS.lock();
+        list.iter()
+            .position(|a| a.name == name)
+            .map(|p| list.remove(p))
+    };
+    match a {
+        Some(a) => take_down(name, c.clone(), &a.bdevs, true),
+        None => c.mark_removed(),
+    }
+}
+
 /// Failed resets in a row after which a controller is given up (its bdevs removed).
 const MAX_RESET_ATTEMPTS: u32 = 5;
 
@@ -176,17 +191,7 @@ fn control(name: String, c: Arc<Controller>, stop: Arc<AtomicBool>, removal: Opt
             tracing::error!(ctrlr = %name, bdf = %c.bdf,
                 reason = if asked { "the kernel asks for the device back (hot removal)" } else { "the device no longer answers" },
                 "controller removed: its bdevs go, I/O in flight fails");
-            let a = {
-                let mut list = CONTROLLERS.lock();
-                list.iter()
-                    .position(|a| a.name == name)
-                    .map(|p| list.remove(p))
-            };
-            if let Some(a) = a {
-                take_down(&name, c.clone(), &a.bdevs, true);
-            } else {
-                c.mark_removed();
-            }
+            remove_and_take_down(&name, &c);
             // Our own reference goes with this thread; the device closes with the last one.
             return;
         }
@@ -204,15 +209,7 @@ fn control(name: String, c: Arc<Controller>, stop: Arc<AtomicBool>, removal: Opt
                     tracing::error!(ctrlr = %name, error = %e, attempt = failures, "controller reset failed");
                     if failures >= MAX_RESET_ATTEMPTS {
                         tracing::error!(ctrlr = %name, "controller failed beyond reset: its bdevs go");
-                        let a = {
-                            let mut list = CONTROLLERS.lock();
-                            list.iter()
-                                .position(|a| a.name == name)
-                                .map(|p| list.remove(p))
-                        };
-                        if let Some(a) = a {
-                            take_down(&name, c.clone(), &a.bdevs, true);
-                        }
+                        remove_and_take_down(&name, &c);
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(500 * failures as u64));

@@ -28,31 +28,21 @@ pub struct Command {
 }
 const _: () = assert!(std::mem::size_of::<Command>() == 64);
 
-/// An SGL descriptor (16 bytes): a data block, or the last segment (a list of data blocks).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct SglDescriptor {
-    pub address: u64,
-    pub length: u32,
-    pub reserved: [u8; 3],
-    /// Bits 7:4 type, 3:0 subtype.
-    pub id: u8,
-}
-const _: () = assert!(std::mem::size_of::<SglDescriptor>() == 16);
+/// SGL descriptors (16 bytes): the layout fabrics commands use too.
+pub use strata_nvmf::spec::cmd::SglDescriptor;
 
 pub const SGL_DATA_BLOCK: u8 = 0x00;
 pub const SGL_LAST_SEGMENT: u8 = 0x30;
 /// Command flags PSDT = 01b: the data pointer is an SGL.
 const PSDT_SGL: u8 = 0x40;
 
-impl SglDescriptor {
-    pub fn data_block(address: u64, length: u32) -> SglDescriptor {
-        SglDescriptor {
-            address,
-            length,
-            reserved: [0; 3],
-            id: SGL_DATA_BLOCK,
-        }
+/// An SGL data block descriptor: `length` bytes at `address`.
+pub fn sgl_data_block(address: u64, length: u32) -> SglDescriptor {
+    SglDescriptor {
+        address,
+        length,
+        reserved: [0; 3],
+        sgl_id: SGL_DATA_BLOCK,
     }
 }
 
@@ -70,7 +60,7 @@ impl Command {
     pub fn set_sgl(&mut self, d: SglDescriptor) {
         self.flags = (self.flags & !0xc0) | PSDT_SGL;
         self.prp1 = d.address;
-        self.prp2 = d.length as u64 | ((d.id as u64) << 56);
+        self.prp2 = d.length as u64 | ((d.sgl_id as u64) << 56);
     }
 
     pub fn identify(cns_value: u8, nsid: u32, prp1: u64) -> Command {
@@ -224,7 +214,7 @@ mod tests {
             address: 0x5000,
             length: 48,
             reserved: [0; 3],
-            id: SGL_LAST_SEGMENT,
+            sgl_id: SGL_LAST_SEGMENT,
         });
         assert_eq!((c.flags, c.prp1, c.prp2), (0x40, 0x5000, 48 | (0x30 << 56)));
         let c = Command::deallocate(1, 3, 0x3000);

@@ -11,7 +11,7 @@
 //! outstanding I/O fails -- the device's bus mastering is already off -- and the queue is
 //! made again once the controller is live.
 
-use super::cmd::{io_status, Command, DsmRange, SglDescriptor, SGL_LAST_SEGMENT};
+use super::cmd::{io_status, sgl_data_block, Command, DsmRange, SglDescriptor, SGL_LAST_SEGMENT};
 use super::ctrlr::{Controller, State};
 use super::prp::{self, PrpEntries, PAGE};
 use super::regs;
@@ -319,6 +319,15 @@ impl QueuePair {
         }
     }
 
+    /// [`Self::sync_epoch`] if the queue belongs to an older epoch; true if it did.
+    fn sync_if_stale(&self, st: &mut State_) -> bool {
+        let stale = st.hw.as_ref().is_none_or(|h| h.epoch != self.ctrlr.epoch());
+        if stale {
+            self.sync_epoch(st);
+        }
+        stale
+    }
+
     /// Submits `io` on namespace `nsid`.
     pub fn submit(&self, nsid: u32, io: BdevIo) {
         let mut st = self.st.borrow_mut();
@@ -624,20 +633,19 @@ impl QueuePair {
         cmd: &mut Command,
     ) -> Result<(), IoStatus> {
         if let [(a, l)] = pieces {
-            cmd.set_sgl(SglDescriptor::data_block(*a, *l as u32));
+            cmd.set_sgl(sgl_data_block(*a, *l as u32));
             return Ok(());
         }
         let hw = st.hw.as_ref().ok_or(IoStatus::Failed)?;
         let page = hw.prp_off + slot as usize * PAGE as usize;
         for (i, &(a, l)) in pieces.iter().enumerate() {
-            hw.mem
-                .store(page + i * 16, SglDescriptor::data_block(a, l as u32));
+            hw.mem.store(page + i * 16, sgl_data_block(a, l as u32));
         }
         cmd.set_sgl(SglDescriptor {
             address: hw.mem.iova + page as u64,
             length: (pieces.len() * 16) as u32,
             reserved: [0; 3],
-            id: SGL_LAST_SEGMENT,
+            sgl_id: SGL_LAST_SEGMENT,
         });
         Ok(())
     }
@@ -688,9 +696,7 @@ impl QueuePair {
             if st.outstanding == 0 {
                 return false;
             }
-            if st.hw.as_ref().is_none_or(|h| h.epoch != self.ctrlr.epoch()) {
-                self.sync_epoch(st);
-            } else {
+            if !self.sync_if_stale(st) {
                 if let Some(hw) = st.hw.as_mut().filter(|h| h.sq_dirty) {
                     ring_sq(&self.ctrlr, hw);
                     found += 1;
@@ -775,9 +781,7 @@ impl QueuePair {
             if st.outstanding == 0 {
                 return false;
             }
-            if st.hw.as_ref().is_none_or(|h| h.epoch != self.ctrlr.epoch()) {
-                self.sync_epoch(st);
-            } else {
+            if !self.sync_if_stale(st) {
                 let limit = timeout_ticks();
                 if limit > 0 {
                     let now = clock::ticks();
