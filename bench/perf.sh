@@ -2,7 +2,8 @@
 # The NVMe/TCP benchmark, measured against SPDK v25.09 in the same run: strata-tgt and SPDK's
 # nvmf_tgt take turns on core 0, each exporting a 1 GiB malloc namespace (4 KiB blocks) on
 # 127.0.0.1, driven by ONE client on core 1 (strata-perf; CLIENT=spdk for SPDK's
-# spdk_nvme_perf); rounds alternate so the machine's drift hits both. Prints every round and,
+# spdk_nvme_perf); rounds alternate (and so does who goes first, after the same warm-up) so
+# the machine's drift hits both. Prints every round and,
 # per workload, the medians and the strata/SPDK ratios (IOPS; p50 and p99 latency, lower is
 # better for strata when the ratio is below 1). Without an SPDK build (SPDK_DIR, default
 # /opt/anchors/spdk, built by ../shared/anchors/build-spdk.sh) only strata's figures are
@@ -75,15 +76,24 @@ PY
   fi
 }
 TARGETS="strata"; [ $have_spdk = 1 ] && TARGETS="strata spdk"
+# This machine drifts between fast and slow phases that last tens of seconds, so the two
+# targets take turns per workload (a pair of runs a few seconds apart sees the same phase),
+# who goes first alternates between rounds, and each start gets the same untimed warm-up
+# (2 s of 4 KiB randread QD32: the first run on a cold process is slower). The ratio per
+# workload is the median over rounds of each round's strata/SPDK pair.
 for r in $(seq 1 $ROUNDS); do
-  for who in $TARGETS; do
-    start_$who
-    for w in $WL; do res=$(client $w); echo "round $r $who $w: $res"; echo "$res" >> $OUT/$who.$w.txt; done
-    stop_t
+  order=$TARGETS; [ $((r % 2)) = 0 ] && order=$(echo $TARGETS | tr ' ' '\n' | tac | tr '\n' ' ')
+  for w in $WL; do
+    for who in $order; do
+      start_$who
+      T_MEASURE=$T; T=2; client rr32 > /dev/null; T=$T_MEASURE
+      res=$(client $w); echo "round $r $who $w: $res"; echo "$res" >> $OUT/$who.$w.txt
+      stop_t
+    done
   done
 done
 echo
-printf '%-7s | %-30s | %-30s | %s\n' workload "strata IOPS MiB/s p50 p99 (us)" "SPDK IOPS MiB/s p50 p99 (us)" "strata/SPDK: IOPS p50 p99"
+printf '%-7s | %-30s | %-30s | %s\n' workload "strata IOPS MiB/s p50 p99 (us)" "SPDK IOPS MiB/s p50 p99 (us)" "strata/SPDK (median of pairs): IOPS p50 p99"
 for w in $WL; do
   python3 - "$OUT" "$w" "$TARGETS" <<'PY'
 import sys, statistics as st, os
@@ -97,7 +107,16 @@ def med(who):
     return [col(0), col(1), col(2), col(3)]
 a, b = med("strata"), med("spdk") if "spdk" in targets else None
 fmt = lambda m: "FAILED" if m is None else f"{int(m[0])} {m[1]:.0f} {m[2] or 0:.1f} {m[3] or 0:.1f}"
-ratio = "-" if not (a and b) else " ".join(f"{x/y:.2f}x" if x and y else "-" for x, y in zip([a[0], a[2], a[3]], [b[0], b[2], b[3]]))
+def pairs():
+    # Round r's strata run against round r's SPDK run (same phase of the machine).
+    rd = lambda who: [l.split() for l in open(f"{out}/{who}.{w}.txt") if l.strip()]
+    out_ = []
+    for i in (0, 2, 3):
+        rs = [float(x[i]) / float(y[i]) for x, y in zip(rd("strata"), rd("spdk"))
+              if x[0] != "FAIL" and y[0] != "FAIL" and x[i] != "-" and y[i] != "-" and float(y[i]) > 0]
+        out_.append(f"{st.median(rs):.2f}x" if rs else "-")
+    return " ".join(out_)
+ratio = "-" if not (a and b) else pairs()
 print(f"{w:7} | {fmt(a):30} | {fmt(b) if 'spdk' in targets else 'no SPDK build':30} | {ratio}")
 PY
 done
