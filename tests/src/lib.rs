@@ -315,65 +315,78 @@ impl Target {
 
     /// Spawns with exactly these arguments (which must make it listen on `sock`), then waits
     /// until the socket accepts connections.
-    pub fn spawn_exact(dir: tempfile::TempDir, sock: PathBuf, args: &[String]) -> Target {
+    pub fn spawn_exact(mut dir: tempfile::TempDir, sock: PathBuf, args: &[String]) -> Target {
         // The embedded default listens on NVMe/TCP ports; tests run in parallel, so each
-        // target gets free ones unless the test chose them.
-        let mut args = args.to_vec();
-        if !args
+        // target gets free ones unless the test chose them. A port found free can still be
+        // taken (as another connection's ephemeral port) before the target binds it: then
+        // the target is started again on other ports.
+        let ours = !args
             .iter()
-            .any(|a| a == "--nvmf-port" || a == "--discovery-port")
-        {
-            let p = free_ports(2);
-            args.extend([
-                "--nvmf-port".into(),
-                p[0].to_string(),
-                "--discovery-port".into(),
-                p[1].to_string(),
-            ]);
+            .any(|a| a == "--nvmf-port" || a == "--discovery-port");
+        let mut attempt = 0;
+        loop {
+            let mut full = args.to_vec();
+            if ours {
+                let p = free_ports(2);
+                full.extend([
+                    "--nvmf-port".into(),
+                    p[0].to_string(),
+                    "--discovery-port".into(),
+                    p[1].to_string(),
+                ]);
+            }
+            let stderr_path = dir.path().join("strata-tgt.stderr");
+            let stdout_path = dir.path().join("strata-tgt.stdout");
+            let stderr = File::create(&stderr_path).unwrap();
+            let stdout = File::create(&stdout_path).unwrap();
+            let child = Command::new(tgt_bin())
+                .args(&full)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(stdout))
+                .stderr(Stdio::from(stderr))
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn strata-tgt: {e}"));
+            let mut t = Target {
+                child,
+                status: None,
+                sock: sock.clone(),
+                stderr_path,
+                dir,
+            };
+            match t.wait_ready(&full) {
+                Ok(()) => return t,
+                Err(e) if ours && attempt < 5 && t.stderr().contains("Address already in use") => {
+                    attempt += 1;
+                    // Keep the directory (and the socket path in it) for the next attempt.
+                    dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
+                    drop(t);
+                    let _ = e;
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
-        let args = &args[..];
-        let stderr_path = dir.path().join("strata-tgt.stderr");
-        let stdout_path = dir.path().join("strata-tgt.stdout");
-        let stderr = File::create(&stderr_path).unwrap();
-        let stdout = File::create(&stdout_path).unwrap();
-        let child = Command::new(tgt_bin())
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn strata-tgt: {e}"));
-        let mut t = Target {
-            child,
-            status: None,
-            sock,
-            stderr_path,
-            dir,
-        };
-        t.wait_ready(args);
-        t
     }
 
-    fn wait_ready(&mut self, args: &[String]) {
+    fn wait_ready(&mut self, args: &[String]) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.status = Some(status);
-                panic!(
+                return Err(format!(
                     "strata-tgt {args:?} exited during startup with {status}\n--- stderr ---\n{}",
                     self.stderr()
-                );
+                ));
             }
             if UnixStream::connect(&self.sock).is_ok() {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "strata-tgt {args:?} did not accept on {} within {START_TIMEOUT:?}\n--- stderr ---\n{}",
                     self.sock.display(),
                     self.stderr()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
