@@ -61,6 +61,25 @@ pub fn copy_into_at(dst: &mut [DmaBuf], mut off: usize, mut src: &[u8]) {
     }
 }
 
+/// Copies bytes `off..off + dst.len()` of the list into `dst` (as far as the list reaches):
+/// the counterpart of [`copy_into_at`].
+pub fn copy_out_at(src: &[DmaBuf], mut off: usize, dst: &mut [u8]) {
+    let mut at = 0;
+    for b in src {
+        if at == dst.len() {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(dst.len() - at);
+        dst[at..at + n].copy_from_slice(&b.as_slice()[off..off + n]);
+        at += n;
+        off = 0;
+    }
+}
+
 /// Moves consecutive byte ranges out of a list, splitting segments where a range ends
 /// inside one. The parts, given back in order to [`join_into`], restore the list.
 pub struct Carver {
@@ -132,6 +151,22 @@ mod tests {
             .iter()
             .map(|&n| dma::alloc(n).expect("pool buffer"))
             .collect()
+    }
+
+    #[test]
+    fn copy_out_at_reads_across_segments_what_copy_into_at_wrote() {
+        let mut bufs = list(&[4096, 4096]);
+        let src: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        copy_into_at(&mut bufs, 1000, &src);
+        let mut dst = vec![0u8; 5000];
+        copy_out_at(&bufs, 1000, &mut dst);
+        assert_eq!(dst, src);
+        // Past the end of the list: only what the list holds is copied.
+        copy_into_at(&mut bufs, 8100, &[7u8; 92]);
+        let mut tail = vec![0xffu8; 200];
+        copy_out_at(&bufs, 8100, &mut tail);
+        assert!(tail[..92].iter().all(|&b| b == 7));
+        assert!(tail[92..].iter().all(|&b| b == 0xff));
     }
 
     #[test]

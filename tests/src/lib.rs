@@ -354,17 +354,15 @@ impl Target {
                 stderr_path,
                 dir,
             };
-            match t.wait_ready(&full) {
-                Ok(()) => return t,
-                Err(e) if ours && attempt < 5 && t.stderr().contains("Address already in use") => {
-                    attempt += 1;
-                    // Keep the directory (and the socket path in it) for the next attempt.
-                    dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
-                    drop(t);
-                    let _ = e;
-                }
-                Err(e) => panic!("{e}"),
+            let Err(e) = t.wait_ready(&full) else {
+                return t;
+            };
+            if !(ours && attempt < 5 && t.stderr().contains("Address already in use")) {
+                panic!("{e}");
             }
+            attempt += 1;
+            // Keep the directory (and the socket path in it) for the next attempt.
+            dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
         }
     }
 

@@ -587,7 +587,7 @@ impl QueuePair {
                 return Err(IoStatus::NoMemory);
             };
             if write {
-                gather(&io.bufs, off, buf.as_mut_slice());
+                strata_bdev::bufs::copy_out_at(&io.bufs, off, buf.as_mut_slice());
             }
             let iova = self.translate(st, buf.as_ptr() as usize, len);
             pieces.clear();
@@ -679,12 +679,12 @@ impl QueuePair {
 
     /// Reaps completions. True if it found work.
     fn poll(&self) -> bool {
-        let interrupts = {
+        let (interrupts, qid) = {
             let st = self.st.borrow();
-            st.interrupts
+            (st.interrupts, st.qid)
         };
         if interrupts {
-            if let Some(fd) = self.ctrlr.vector_fd(self.st.borrow().qid) {
+            if let Some(fd) = self.ctrlr.vector_fd(qid) {
                 crate::vfio::eventfd_drain(fd);
             }
         }
@@ -816,24 +816,6 @@ impl QueuePair {
 /// the queue. Anything else means the device (or its memory) cannot be trusted.
 fn completion_is_valid(cqe: &Cqe, qid: u16, entries: u16, slots: &[Slot]) -> bool {
     cqe.sqid == qid && cqe.sqhd < entries && slots.get(cqe.cid as usize).is_some_and(|s| s.active)
-}
-
-/// Copies bytes `off..off + dst.len()` of a buffer list into `dst`.
-fn gather(bufs: &[DmaBuf], mut off: usize, dst: &mut [u8]) {
-    let mut at = 0;
-    for b in bufs {
-        if at == dst.len() {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(dst.len() - at);
-        dst[at..at + n].copy_from_slice(&b.as_slice()[off..off + n]);
-        at += n;
-        off = 0;
-    }
 }
 
 impl Drop for QueuePair {
