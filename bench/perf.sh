@@ -8,6 +8,10 @@
 # better for strata when the ratio is below 1). Without an SPDK build (SPDK_DIR, default
 # /opt/anchors/spdk, built by ../shared/anchors/build-spdk.sh) only strata's figures are
 # printed: a figure from another machine or day is no comparison.
+# Each round also runs the loopback ceiling (strata-tcp-ceiling: a minimal request/response
+# loop with NVMe/TCP's message sizes on the same two cores) and reads each target's reactor
+# busy fraction during its run (framework_get_reactors): a target far below 100 % busy was
+# waiting for the client, and its figure says more about the client than about the target.
 #   usage: bench/perf.sh [seconds per run, default 8] [rounds, default 2]
 # env: WORKLOADS (default "rr1 rr32 rr128 rw32 sr128k sw128k"), CLIENT=strata|spdk,
 #      SKIP_BUILD=1 (use the existing release binaries). Needs root for hugepages (SPDK's
@@ -21,7 +25,7 @@ WL=${WORKLOADS:-"rr1 rr32 rr128 rw32 sr128k sw128k"}
 CLIENT=${CLIENT:-strata}
 have_spdk=0; [ -x "$SPDK/build/bin/nvmf_tgt" ] && [ -x "$SPDK/build/bin/spdk_nvme_perf" ] && have_spdk=1
 [ "$CLIENT" = spdk ] && [ $have_spdk = 0 ] && { echo "perf.sh: CLIENT=spdk needs an SPDK build at $SPDK" >&2; exit 1; }
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -q --bin strata-tgt --bin strata-perf || exit 1
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -q --bin strata-tgt --bin strata-perf --bin strata-tcp-ceiling || exit 1
 command -v jq >/dev/null || { echo "perf.sh: jq missing (scripts/setup.sh)" >&2; exit 1; }
 export LD_LIBRARY_PATH=$SPDK/build/lib:$SPDK/isa-l/.libs:$SPDK/isa-l-crypto/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 OUT=$(mktemp -d); PIDS=()
@@ -45,23 +49,42 @@ cat > $OUT/strata.json <<EOF
 {"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"TCP","adrfam":"IPv4","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
 EOF
 wait_port() { for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-start_strata() { "$BIN/strata-tgt" -m 0x1 --no-default --json $OUT/strata.json -r $OUT/s.sock --log-level warn > $OUT/strata.log 2>&1 & TP=$!; PIDS+=($TP); wait_port || fail "strata-tgt did not listen: $(tail -3 $OUT/strata.log)"; }
+start_strata() { rm -f $OUT/s.sock; SOCK=$OUT/s.sock; "$BIN/strata-tgt" -m 0x1 --no-default --json $OUT/strata.json -r $SOCK --log-level warn > $OUT/strata.log 2>&1 & TP=$!; PIDS+=($TP); wait_port || fail "strata-tgt did not listen: $(tail -3 $OUT/strata.log)"; }
 start_spdk() {
-  rm -f $OUT/p.sock
+  rm -f $OUT/p.sock; SOCK=$OUT/p.sock
   $SPDK/build/bin/nvmf_tgt -m 0x1 -u --disable-cpumask-locks -r $OUT/p.sock > $OUT/spdk.log 2>&1 & TP=$!; PIDS+=($TP)
   local R="python3 $SPDK/scripts/rpc.py -s $OUT/p.sock"
   for _ in $(seq 1 150); do [ -S $OUT/p.sock ] && $R framework_wait_init >/dev/null 2>&1 && break; sleep 0.2; done
-  $R nvmf_create_transport -t TCP >/dev/null && $R bdev_malloc_create -b M0 1024 4096 >/dev/null &&
+  $R nvmf_create_transport -t TCP ${SPDK_TRANSPORT_ARGS:-} >/dev/null && $R bdev_malloc_create -b M0 1024 4096 >/dev/null &&
   $R nvmf_create_subsystem $NQN -a -s PERF0001 >/dev/null && $R nvmf_subsystem_add_ns $NQN M0 >/dev/null &&
   $R nvmf_subsystem_add_listener $NQN -t tcp -a 127.0.0.1 -s $PORT -f ipv4 >/dev/null || fail "SPDK nvmf_tgt set-up failed: $(tail -3 $OUT/spdk.log)"
   wait_port || fail "SPDK nvmf_tgt did not listen"
 }
-stop_t() { kill $TP 2>/dev/null; wait $TP 2>/dev/null; }
+start_ceiling() { TP=; SOCK=; }
+stop_t() { [ -n "$TP" ] && { kill $TP 2>/dev/null; wait $TP 2>/dev/null; }; }
+# Reactor 0's busy and idle ticks (both targets answer framework_get_reactors).
+busy_idle() {
+  [ -n "$SOCK" ] || { echo "- -"; return; }
+  python3 - "$SOCK" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "framework_get_reactors"}).encode())
+buf = b""
+while True:
+    buf += s.recv(65536)
+    try: r = json.loads(buf); break
+    except ValueError: continue
+x = r["result"]["reactors"][0]; print(x["busy"], x["idle"])
+PY
+}
 args() { case $1 in rr1) echo "-q 1 -o 4096 -w randread";; rr32) echo "-q 32 -o 4096 -w randread";;
   rr128) echo "-q 128 -o 4096 -w randread";; rw32) echo "-q 32 -o 4096 -w randwrite";;
   sr128k) echo "-q 16 -o 131072 -w read";; sw128k) echo "-q 16 -o 131072 -w write";; esac; }
 client() { # workload -> "IOPS MiB/s p50_us p99_us"
-  if [ "$CLIENT" = strata ]; then
+  if [ "$1" = ceiling ]; then shift
+    "$BIN/strata-tcp-ceiling" --server-core 0 --client-core 1 -t "$T" --json $(args $1) 2>$OUT/perf.err |
+      jq -r '.total | "\(.iops|floor) \(.mib_s*10|floor/10) \(.p50_us*10|floor/10) \(.p99_us*10|floor/10)"' 2>/dev/null || echo FAIL
+  elif [ "$CLIENT" = strata ]; then
     "$BIN/strata-perf" -c 0x2 -t "$T" --json -r "$TR" $(args $1) 2>$OUT/perf.err |
       jq -r '.total | "\(.iops|floor) \(.mib_s*10|floor/10) \(.p50_us*10|floor/10) \(.p99_us*10|floor/10)"' 2>/dev/null || echo FAIL
   else
@@ -76,47 +99,59 @@ PY
   fi
 }
 TARGETS="strata"; [ $have_spdk = 1 ] && TARGETS="strata spdk"
+RUNS="$TARGETS ceiling"
 # This machine drifts between fast and slow phases that last tens of seconds, so the two
 # targets take turns per workload (a pair of runs a few seconds apart sees the same phase),
 # who goes first alternates between rounds, and each start gets the same untimed warm-up
 # (2 s of 4 KiB randread QD32: the first run on a cold process is slower). The ratio per
 # workload is the median over rounds of each round's strata/SPDK pair.
 for r in $(seq 1 $ROUNDS); do
-  order=$TARGETS; [ $((r % 2)) = 0 ] && order=$(echo $TARGETS | tr ' ' '\n' | tac | tr '\n' ' ')
+  order=$RUNS; [ $((r % 2)) = 0 ] && order=$(echo $RUNS | tr ' ' '\n' | tac | tr '\n' ' ')
   for w in $WL; do
     for who in $order; do
       start_$who
-      T_MEASURE=$T; T=2; client rr32 > /dev/null; T=$T_MEASURE
-      res=$(client $w); echo "round $r $who $w: $res"; echo "$res" >> $OUT/$who.$w.txt
+      c=""; [ $who = ceiling ] && c=ceiling
+      T_MEASURE=$T; T=2; client $c rr32 > /dev/null; T=$T_MEASURE
+      b0=$(busy_idle); res=$(client $c $w); b1=$(busy_idle)
+      busy=$(python3 -c "import sys; a=sys.argv[1:3]; b=sys.argv[3:5]
+print('-' if '-' in a+b else '%.2f' % ((int(b[0])-int(a[0]))/max(1,int(b[0])-int(a[0])+int(b[1])-int(a[1]))))" $b0 $b1)
+      echo "round $r $who $w: $res busy $busy"; echo "$res $busy" >> $OUT/$who.$w.txt
       stop_t
     done
   done
 done
 echo
-printf '%-7s | %-30s | %-30s | %s\n' workload "strata IOPS MiB/s p50 p99 (us)" "SPDK IOPS MiB/s p50 p99 (us)" "strata/SPDK (median of pairs): IOPS p50 p99"
+echo "Medians per workload: IOPS, MiB/s, p50 and p99 latency (us), reactor busy fraction. Ratios are"
+echo "medians of each round's pair (strata/SPDK; target/ceiling); latency ratios below 1 favour strata."
+printf '%-7s | %-32s | %-32s | %-9s | %-22s | %s\n' workload "strata" "SPDK" "ceiling" "strata/SPDK IOPS p50 p99" "of ceiling: strata SPDK"
 for w in $WL; do
   python3 - "$OUT" "$w" "$TARGETS" <<'PY'
 import sys, statistics as st, os
 out, w, targets = sys.argv[1], sys.argv[2], sys.argv[3].split()
-def med(who):
+def rows(who):
     f = f"{out}/{who}.{w}.txt"
-    if not os.path.exists(f): return None
-    rows = [l.split() for l in open(f) if l.strip() and not l.startswith("FAIL")]
-    if not rows: return None
-    col = lambda i: st.median(float(r[i]) for r in rows if r[i] != "-") if any(r[i] != "-" for r in rows) else None
-    return [col(0), col(1), col(2), col(3)]
-a, b = med("strata"), med("spdk") if "spdk" in targets else None
-fmt = lambda m: "FAILED" if m is None else f"{int(m[0])} {m[1]:.0f} {m[2] or 0:.1f} {m[3] or 0:.1f}"
-def pairs():
-    # Round r's strata run against round r's SPDK run (same phase of the machine).
-    rd = lambda who: [l.split() for l in open(f"{out}/{who}.{w}.txt") if l.strip()]
-    out_ = []
-    for i in (0, 2, 3):
-        rs = [float(x[i]) / float(y[i]) for x, y in zip(rd("strata"), rd("spdk"))
-              if x[0] != "FAIL" and y[0] != "FAIL" and x[i] != "-" and y[i] != "-" and float(y[i]) > 0]
-        out_.append(f"{st.median(rs):.2f}x" if rs else "-")
-    return " ".join(out_)
-ratio = "-" if not (a and b) else pairs()
-print(f"{w:7} | {fmt(a):30} | {fmt(b) if 'spdk' in targets else 'no SPDK build':30} | {ratio}")
+    if not os.path.exists(f): return []
+    return [l.split() for l in open(f) if l.strip()]
+def med(who):
+    rs = [r for r in rows(who) if r[0] != "FAIL"]
+    if not rs: return None
+    def col(i):
+        v = [float(r[i]) for r in rs if len(r) > i and r[i] != "-"]
+        return st.median(v) if v else None
+    return [col(i) for i in range(5)]
+def fmt(m):
+    if m is None: return "FAILED"
+    busy = f"{m[4]:.2f}" if m[4] is not None else "-"
+    return f"{int(m[0])} {m[1]:.0f} {m[2] or 0:.1f} {m[3] or 0:.1f} {busy}"
+def ratio(x, y, i):
+    # Round r's run of x against round r's run of y (the same phase of the machine).
+    rs = [float(a[i]) / float(b[i]) for a, b in zip(rows(x), rows(y))
+          if a[0] != "FAIL" and b[0] != "FAIL" and a[i] != "-" and b[i] != "-" and float(b[i]) > 0]
+    return f"{st.median(rs):.2f}x" if rs else "-"
+a, b, c = med("strata"), med("spdk") if "spdk" in targets else None, med("ceiling")
+vs = " ".join(ratio("strata", "spdk", i) for i in (0, 2, 3)) if a and b else "-"
+of = f"{ratio('strata', 'ceiling', 0)} {ratio('spdk', 'ceiling', 0) if b else '-'}"
+print(f"{w:7} | {fmt(a):32} | {fmt(b) if 'spdk' in targets else 'no SPDK build':32} | "
+      f"{int(c[0]) if c else 'FAILED':<9} | {vs:22} | {of}")
 PY
 done

@@ -2,5 +2,6 @@
 //! like SPDK's bdevperf) and criterion micro-benchmarks in `benches/`.
 
 pub mod bdevperf;
+pub mod ceiling;
 pub mod perf;
 pub mod stats;

@@ -168,6 +168,20 @@ pub fn process_cpu_ticks() -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU time (user + system) the calling thread has used, in nanoseconds.
+pub fn thread_cpu_nanos() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// Lets the calling thread run on exactly `cores` (CPU numbers); an empty list is refused.
 pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
     if cores.is_empty() {
