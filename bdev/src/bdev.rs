@@ -30,6 +30,11 @@ pub trait Bdev: Send + Sync + 'static {
     fn write_unit_blocks(&self) -> u32 {
         1
     }
+    /// Whether a read submitted with no buffers completes with a view of this bdev's own
+    /// memory in [`crate::io::IoInner::view`] (zero-copy, SPDK's "zcopy"): RAM-backed bdevs.
+    fn lends_read_views(&self) -> bool {
+        false
+    }
     /// Creates this reactor's I/O channel. Called on the reactor that will use it.
     fn create_channel(self: Arc<Self>) -> Result<Rc<dyn BdevChannel>, BdevError>;
     /// Module-specific details for `bdev_get_bdevs`.

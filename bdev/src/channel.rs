@@ -25,6 +25,7 @@ struct ChannelCore {
     num_blocks: u64,
     block_size: u32,
     supported: [bool; IoType::COUNT],
+    lends_views: bool,
     outstanding: Cell<u64>,
     nomem: RefCell<VecDeque<BdevIo>>,
     retry_armed: Cell<bool>,
@@ -81,6 +82,7 @@ impl BdevDesc {
         }
         let core = Rc::new_cyclic(|me| ChannelCore {
             num_blocks: bdev.num_blocks(),
+            lends_views: bdev.lends_read_views(),
             block_size: bdev.block_size(),
             bdev,
             inner,
@@ -115,6 +117,12 @@ impl IoChannel {
         self.core.num_blocks
     }
 
+    /// Whether a read submitted with no buffers completes with a view of the bdev's memory
+    /// instead ([`crate::io::IoInner::view`]).
+    pub fn lends_read_views(&self) -> bool {
+        self.core.lends_views
+    }
+
     /// I/O submitted through this channel and not yet completed (including queued ones).
     pub fn outstanding(&self) -> u64 {
         self.core.outstanding.get()
@@ -143,7 +151,9 @@ impl ChannelCore {
             Some(end) if end <= self.num_blocks => {}
             _ => return IoStatus::OutOfRange,
         }
-        if t.carries_blocks() {
+        // A read with no buffers asks a bdev that lends its memory for a view of it.
+        let view_read = t == IoType::Read && io.bufs.is_empty() && self.lends_views;
+        if t.carries_blocks() && !view_read {
             let need = io.num_blocks.checked_mul(self.block_size as u64);
             if need.is_none_or(|n| (io.data_len() as u64) < n) {
                 return IoStatus::InvalidArgument;

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
-use strata_reactor::dma::DmaBuf;
+use strata_reactor::dma::{DmaBuf, RegionView};
 
 /// The operations a bdev may support.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,6 +159,9 @@ pub struct IoInner {
     pub status: IoStatus,
     /// Scatter-gather list. For reads the bdev fills them; for writes it reads them.
     pub bufs: SmallVec<[DmaBuf; 2]>,
+    /// A read submitted with no buffers to a bdev that lends its memory
+    /// ([`crate::bdev::Bdev::lends_read_views`]) completes with the data here, uncopied.
+    pub view: Option<RegionView>,
     /// For `Checksum`: blocks per checksum (1 = one per block), and the digest.
     pub chunk_blocks: u32,
     pub checksum_alg: ChecksumAlg,
@@ -218,6 +221,7 @@ impl BdevIo {
                 b.user_tag = 0;
                 b.submit_ticks = 0;
                 b.complete_ticks = 0;
+                b.view = None;
                 b
             }
             None => Box::new(IoInner {
@@ -226,6 +230,7 @@ impl BdevIo {
                 num_blocks,
                 status: IoStatus::Pending,
                 bufs: SmallVec::new(),
+                view: None,
                 chunk_blocks: 1,
                 checksum_alg: ChecksumAlg::Crc32c,
                 gf_coef: 1,
@@ -401,6 +406,7 @@ impl Drop for BdevIo {
     fn drop(&mut self) {
         if let Some(mut b) = self.0.take() {
             b.bufs.clear();
+            b.view = None;
             b.completions.clear();
             let _ = FREE.try_with(|f| {
                 let mut f = f.borrow_mut();

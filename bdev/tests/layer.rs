@@ -339,3 +339,46 @@ fn removed_bdev_fails_new_io() {
         assert_eq!(read_vec(&ch, 0, 1).await, Err(IoStatus::Removed));
     });
 }
+
+#[test]
+fn malloc_lends_views_for_reads_without_buffers() {
+    mk_malloc("view0", 64, 512);
+    error::create("view0", None).unwrap();
+    let pattern: Vec<u8> = (0..64 * 512).map(|i| (i * 7 % 251) as u8).collect();
+    let p2 = pattern.clone();
+    let kept = on_reactor(move || async move {
+        let d = registry::open("view0", |_| {}).unwrap();
+        let ch = d.channel().unwrap();
+        assert!(ch.lends_read_views());
+        write_slice(&ch, 0, &p2).await.unwrap();
+        let io = strata_bdev::wait::submit_wait(&ch, BdevIo::new(IoType::Read, 3, 5)).await;
+        assert_eq!(io.status, IoStatus::Success);
+        let v = io.view.as_ref().expect("a view");
+        assert_eq!(v.len(), 5 * 512);
+        let mut got = vec![0u8; 5 * 512];
+        assert!(v.copy_to(0, &mut got));
+        assert_eq!(got, &p2[3 * 512..8 * 512]);
+        assert!(
+            !v.copy_to(1, &mut got),
+            "a copy past the view's end is refused"
+        );
+        // Out of range is refused as for any read.
+        let bad = strata_bdev::wait::submit_wait(&ch, BdevIo::new(IoType::Read, 62, 5)).await;
+        assert_eq!(bad.status, IoStatus::OutOfRange);
+        assert!(bad.view.is_none());
+        // A bdev that does not lend its memory refuses a read with no buffers.
+        let e = registry::open("EE_view0", |_| {}).unwrap();
+        let ech = e.channel().unwrap();
+        assert!(!ech.lends_read_views());
+        let io2 = strata_bdev::wait::submit_wait(&ech, BdevIo::new(IoType::Read, 0, 1)).await;
+        assert_eq!(io2.status, IoStatus::InvalidArgument);
+        let mut io = io;
+        io.view.take().unwrap()
+    });
+    // The view keeps the memory after the bdev is gone.
+    registry::unregister("EE_view0").unwrap();
+    registry::unregister("view0").unwrap();
+    let mut got = vec![0u8; 5 * 512];
+    assert!(kept.copy_to(0, &mut got));
+    assert_eq!(got, &pattern[3 * 512..8 * 512]);
+}

@@ -321,6 +321,24 @@ fn model_checked(digests: bool, ops: usize, seed: u64) {
     );
     eprintln!("ops by kind (read, write, zeroes, xor, flush, checksum): {counts:?}");
     b.disconnect().unwrap();
+    // Malloc0 lends its memory: without data digests the reads were sent straight from it
+    // (zcopy, on by default); with them, through a buffer the digest is computed over.
+    let st = common::rpc_call(&t.sock, "nvmf_get_stats", &serde_json::json!({})).unwrap();
+    let zcopy: u64 = st["poll_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["transports"][0]["zcopy_reads"].as_u64().unwrap())
+        .sum();
+    if digests {
+        assert_eq!(zcopy, 0, "a data-digest connection read through a view");
+    } else {
+        assert!(
+            zcopy >= counts[0] as u64,
+            "zcopy reads {zcopy} < reads {}",
+            counts[0]
+        );
+    }
 }
 
 #[test]

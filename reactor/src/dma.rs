@@ -719,6 +719,82 @@ impl DmaRegion {
 /// Bytes a region operation stages on the stack at a time.
 const REGION_CHUNK: usize = 4096;
 
+/// A read-only window onto bytes of a region, lent by the bdev that owns the region to the
+/// layer above instead of a copy (zero-copy reads: a malloc bdev's read is sent to the host
+/// straight from its memory). It holds the region, so the memory stays mapped until the last
+/// view drops, even if the bdev is deleted meanwhile.
+///
+/// The bytes are not frozen: a write another reactor makes to the same blocks while the view
+/// lives shows through it, exactly as with a copy taken during that write (NVMe leaves the
+/// data of overlapping commands unspecified). So [`RegionView::as_send_slice`] is for the
+/// kernel to read (a socket send), and other users copy the bytes out.
+pub struct RegionView {
+    region: std::sync::Arc<DmaRegion>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the view refers to a mapping shared by every thread (the region is Send + Sync) and
+// only reads through raw pointers, or through the slice its documentation restricts.
+unsafe impl Send for RegionView {}
+
+impl std::fmt::Debug for RegionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionView")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl DmaRegion {
+    /// A view of bytes `off..off+len`, or None if out of bounds.
+    pub fn view(self: &std::sync::Arc<Self>, off: usize, len: usize) -> Option<RegionView> {
+        let ptr = self.raw_range(off, len)?;
+        Some(RegionView {
+            region: self.clone(),
+            // SAFETY: raw_range returned a pointer into the mapping, which is never null.
+            ptr: unsafe { NonNull::new_unchecked(ptr.cast_mut()) },
+            len,
+        })
+    }
+}
+
+impl RegionView {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The region the bytes live in.
+    pub fn region(&self) -> &DmaRegion {
+        &self.region
+    }
+
+    /// The bytes as a slice, to hand to a system call that reads them (`writev`).
+    ///
+    /// Only the kernel may read through it: a write to the same blocks on another reactor
+    /// can change the bytes while the slice lives (see the type's documentation), so Rust
+    /// code must not read it and rely on what it saw. Code that needs the bytes (a digest,
+    /// encryption in user space) takes [`RegionView::copy_to`] instead.
+    pub fn as_send_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is inside the mapping, which `region` keeps alive while the
+        // view (and so the returned borrow) lives. The slice is only passed to the kernel,
+        // which copies it out; concurrent writers go through raw pointers (DmaRegion never
+        // makes a reference), as a device's DMA would under a host's overlapping commands.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Copies bytes `off..off + dst.len()` of the view into `dst`; false if out of range.
+    pub fn copy_to(&self, off: usize, dst: &mut [u8]) -> bool {
+        if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        let base = self.ptr.as_ptr() as usize - self.region.as_ptr() as usize;
+        self.region.read_at(base + off, dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

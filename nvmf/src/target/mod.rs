@@ -65,6 +65,10 @@ pub struct TransportOptions {
     pub io_unit_size: u32,
     pub max_aq_depth: u16,
     pub c2h_success: bool,
+    /// Reads of a bdev that lends its memory (malloc) are sent to the host straight from it,
+    /// with no copy into an I/O buffer (SPDK's `zcopy`; strata's default is on). Plain TCP
+    /// connections without data digests only.
+    pub zcopy: bool,
     pub num_shared_buffers: u32,
     pub buf_cache_size: u32,
     pub sock_priority: u32,
@@ -102,6 +106,7 @@ impl Default for TransportOptions {
             io_unit_size: 131072,
             max_aq_depth: 128,
             c2h_success: true,
+            zcopy: true,
             num_shared_buffers: 511,
             buf_cache_size: 32,
             sock_priority: 0,

@@ -25,6 +25,8 @@ pub struct SockGroup {
     /// Connections with responses queued since the last flush.
     dirty: RefCell<Vec<u64>>,
     next_token: Cell<u64>,
+    /// Reads sent straight from the bdev's memory (zcopy), for `nvmf_get_stats`.
+    zcopy_reads: Cell<u64>,
 }
 
 thread_local! {
@@ -50,6 +52,7 @@ impl SockGroup {
             events: RefCell::new(Vec::with_capacity(64)),
             dirty: RefCell::new(Vec::with_capacity(64)),
             next_token: Cell::new(1),
+            zcopy_reads: Cell::new(0),
         });
         let g2 = g.clone();
         strata_reactor::register_fd_poller("nvmf_tcp_group", fd, move || g2.poll())
@@ -85,6 +88,15 @@ impl SockGroup {
     }
 
     /// All connections of this reactor.
+    /// Reads this reactor has sent straight from a bdev's memory (zcopy).
+    pub fn zcopy_reads() -> u64 {
+        GROUP.with(|g| g.borrow().as_ref().map_or(0, |g| g.zcopy_reads.get()))
+    }
+
+    pub(crate) fn count_zcopy_read(&self) {
+        self.zcopy_reads.set(self.zcopy_reads.get() + 1);
+    }
+
     pub fn connections() -> Vec<Rc<Connection>> {
         GROUP.with(|g| {
             g.borrow()

@@ -306,7 +306,7 @@ pub fn register(t: &mut MethodTable) {
     t.add("nvmf_get_stats", |ctx, _: GetStats| {
         let mut groups = Vec::new();
         for r in 0..ctx.reactors.len() {
-            let (admin, io) = ctx
+            let (admin, io, zcopy) = ctx
                 .reactors
                 .call_timeout(r, Duration::from_secs(2), || {
                     let conns = SockGroup::connections();
@@ -315,14 +315,14 @@ pub fn register(t: &mut MethodTable) {
                         .iter()
                         .filter(|c| c.qid().is_some_and(|q| q > 0))
                         .count();
-                    (admin, io)
+                    (admin, io, SockGroup::zcopy_reads())
                 })
-                .unwrap_or((0, 0));
+                .unwrap_or((0, 0, 0));
             groups.push(json!({
                 "name": format!("nvmf_tgt_poll_group_{r}"),
                 "current_admin_qpairs": admin,
                 "current_io_qpairs": io,
-                "transports": [{ "trtype": "TCP" }],
+                "transports": [{ "trtype": "TCP", "zcopy_reads": zcopy }],
             }));
         }
         Ok(json!({ "tick_rate": strata_reactor::clock::tick_rate(), "poll_groups": groups }))

@@ -36,6 +36,7 @@ impl Connection {
         r.state = ReqState::Executing;
         r.sqe = sqe;
         r.buf = None;
+        r.view = None;
         r.len = 0;
         r.r2t_off = 0;
         r.r2t_len = 0;
@@ -291,10 +292,20 @@ impl Connection {
     pub(super) fn execute(&self, slot: u16, ch: &IoChannel) {
         let Some(me) = self.me.upgrade() else { return };
         let mut s = self.st.borrow_mut();
+        // Zero-copy: the bdev lends a read's data instead of filling a buffer. Not under TLS
+        // (user-space TLS reads the bytes to seal them) or data digests (the digest reads
+        // them too): only the kernel reads a view (RegionView::as_send_slice).
+        let zcopy = s.zcopy
+            && self.tls.is_none()
+            && !s.digests.is_some_and(|(_, dd)| dd)
+            && ch.lends_read_views();
         let r = &mut s.reqs[slot as usize];
         let sqe = r.sqe;
         let mut ios: smallvec::SmallVec<[BdevIo; 2]> = smallvec::SmallVec::new();
         match sqe.opcode {
+            io::READ if zcopy => {
+                ios.push(BdevIo::new(IoType::Read, sqe.slba(), sqe.nlb()));
+            }
             io::READ | io::VENDOR_CHECKSUM | io::COMPARE => {
                 let len = if sqe.opcode == io::COMPARE {
                     (sqe.nlb() * ch.block_size() as u64) as usize
@@ -377,6 +388,7 @@ impl Connection {
         let cid = s.reqs[slot as usize].sqe.cid;
         self.r2t_release(&mut s, slot);
         s.reqs[slot as usize].buf = None;
+        s.reqs[slot as usize].view = None;
         s.reqs[slot as usize].state = ReqState::Sending;
         let cqe = self.cqe(&mut s, cid, st, dw0);
         drop(s);
@@ -430,9 +442,11 @@ impl IoSink for Connection {
         }
         let sqe = r.sqe;
         let mut final_status = r.status;
+        let mut zcopy = false;
         let data_len = r.len as usize;
         if final_status.is_success()
             && matches!(sqe.opcode, io::READ | io::VENDOR_CHECKSUM | io::COMPARE)
+            && bio.view.as_ref().is_none_or(|v| v.len() < data_len)
             && !whole_read_buffer(&mut bio, data_len)
         {
             tracing::error!(peer = %self.peer, cid = sqe.cid, segments = bio.bufs.len(),
@@ -441,6 +455,8 @@ impl IoSink for Connection {
         }
         if final_status.is_success() && matches!(sqe.opcode, io::READ | io::VENDOR_CHECKSUM) {
             r.buf = bio.bufs.pop();
+            r.view = bio.view.take();
+            zcopy = r.view.is_some();
             r.state = ReqState::Sending;
             let (hd, dd) = s.digests.unwrap_or((false, false));
             let success = s.sqflow_disabled && s.c2h_success;
@@ -512,6 +528,9 @@ impl IoSink for Connection {
         }
         // One vectored write per reactor turn for all responses ready by then.
         if let Some(g) = self.group.upgrade() {
+            if zcopy {
+                g.count_zcopy_read();
+            }
             g.mark_dirty(self.token);
         }
     }

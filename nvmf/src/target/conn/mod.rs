@@ -32,7 +32,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use strata_bdev::{BdevIo, IoChannel, IoSink, IoStatus, IoType};
-use strata_reactor::dma::{self, DmaBuf};
+use strata_reactor::dma::{self, DmaBuf, RegionView};
 use zerocopy::FromBytes;
 
 mod admin;
@@ -81,6 +81,8 @@ struct Req {
     state: ReqState,
     sqe: Sqe,
     buf: Option<DmaBuf>,
+    /// A read's data lent by the bdev instead of `buf` (zero-copy).
+    view: Option<RegionView>,
     /// Bytes the command transfers.
     len: u32,
     /// Current R2T window.
@@ -102,6 +104,7 @@ impl Req {
             state: ReqState::Free,
             sqe: Sqe::default(),
             buf: None,
+            view: None,
             len: 0,
             r2t_off: 0,
             r2t_len: 0,
@@ -157,6 +160,8 @@ struct State {
     /// Transport settings, copied at creation (the hot path takes no lock).
     max_io_size: u32,
     c2h_success: bool,
+    /// Reads may borrow the bdev's memory (`zcopy`; never with TLS or data digests).
+    zcopy: bool,
     /// When the connection was accepted, and the data-wait and handshake limits (ticks; 0:
     /// none).
     accepted: u64,
@@ -302,6 +307,7 @@ impl Connection {
                 tx_owned: 0,
                 max_io_size: opts.max_io_size,
                 c2h_success: opts.c2h_success,
+                zcopy: opts.zcopy,
                 accepted: strata_reactor::clock::ticks(),
                 data_wait_ticks: ms_ticks(opts.data_wait_timeout_ms),
                 connect_ticks: ms_ticks(opts.connect_timeout_ms),

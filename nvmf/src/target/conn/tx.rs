@@ -128,8 +128,12 @@ impl Connection {
                             TxData::None => {}
                             TxData::Owned(v) => push_iov(&mut iov, &mut skip, v),
                             TxData::Slot { slot, off, len } => {
-                                if let Some(b) = &st.reqs[*slot as usize].buf {
+                                let r = &st.reqs[*slot as usize];
+                                if let Some(b) = &r.buf {
                                     push_iov(&mut iov, &mut skip, &b.as_slice()[*off..*off + *len]);
+                                } else if let Some(v) = &r.view {
+                                    let bytes = &v.as_send_slice()[*off..*off + *len];
+                                    push_iov(&mut iov, &mut skip, bytes);
                                 }
                             }
                         }
@@ -174,6 +178,7 @@ impl Connection {
                             let r = &mut s.reqs[slot as usize];
                             r.state = ReqState::Free;
                             r.buf = None;
+                            r.view = None;
                             let cid = r.sqe.cid as usize;
                             s.cids_in_flight[cid / 64] &= !(1u64 << (cid % 64));
                             s.free.push(slot);

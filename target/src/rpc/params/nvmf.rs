@@ -88,11 +88,15 @@ pub struct CreateTransport {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_ktls: Option<bool>,
+    /// Send reads of bdevs that lend their memory (malloc) straight from it, with no copy
+    /// (SPDK's zcopy; strata's default is true).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zcopy: Option<bool>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
         "dif_insert_or_strip",
-        "zcopy",
         "ack_timeout",
         "data_wr_pool_size",
         "max_qpairs_per_ctrlr",
@@ -154,6 +158,7 @@ impl CreateTransport {
                 .max_r2t_buffers_per_host
                 .unwrap_or(d.max_r2t_buffers_per_host),
             enable_ktls: self.enable_ktls.unwrap_or(d.enable_ktls),
+            zcopy: self.zcopy.unwrap_or(d.zcopy),
         })
     }
 }
