@@ -14,7 +14,9 @@
 # waiting for the client, and its figure says more about the client than about the target.
 #   usage: bench/perf.sh [seconds per run, default 8] [rounds, default 2]
 # env: WORKLOADS (default "rr1 rr32 rr128 rw32 sr128k sw128k"), CLIENT=strata|spdk,
-#      SKIP_BUILD=1 (use the existing release binaries). Needs root for hugepages (SPDK's
+#      SKIP_BUILD=1 (use the existing release binaries), SPDK_TRANSPORT_ARGS (e.g. --zcopy),
+#      B_PARAMS (JSON members, e.g. '"zcopy":false': also run strata with these transport
+#      options as "strata_b" and print strata/strata_b, an A/B of one option in the same run). Needs root for hugepages (SPDK's
 #      memory and the same for strata); nothing else may run on the machine meanwhile.
 set -u
 cd "$(dirname "$0")/.."
@@ -50,6 +52,7 @@ cat > $OUT/strata.json <<EOF
 EOF
 wait_port() { for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 start_strata() { rm -f $OUT/s.sock; SOCK=$OUT/s.sock; "$BIN/strata-tgt" -m 0x1 --no-default --json $OUT/strata.json -r $SOCK --log-level warn > $OUT/strata.log 2>&1 & TP=$!; PIDS+=($TP); wait_port || fail "strata-tgt did not listen: $(tail -3 $OUT/strata.log)"; }
+start_strata_b() { rm -f $OUT/b.sock; SOCK=$OUT/b.sock; "$BIN/strata-tgt" -m 0x1 --no-default --json $OUT/strata_b.json -r $SOCK --log-level warn > $OUT/strata.log 2>&1 & TP=$!; PIDS+=($TP); wait_port || fail "strata-tgt (B) did not listen: $(tail -3 $OUT/strata.log)"; }
 start_spdk() {
   rm -f $OUT/p.sock; SOCK=$OUT/p.sock
   $SPDK/build/bin/nvmf_tgt -m 0x1 -u --disable-cpumask-locks -r $OUT/p.sock > $OUT/spdk.log 2>&1 & TP=$!; PIDS+=($TP)
@@ -99,6 +102,7 @@ PY
   fi
 }
 TARGETS="strata"; [ $have_spdk = 1 ] && TARGETS="strata spdk"
+[ -n "${B_PARAMS:-}" ] && { sed "s/\"trtype\":\"TCP\"}}/\"trtype\":\"TCP\",$B_PARAMS}}/" $OUT/strata.json > $OUT/strata_b.json; TARGETS="$TARGETS strata_b"; }
 RUNS="$TARGETS ceiling"
 # This machine drifts between fast and slow phases that last tens of seconds, so the two
 # targets take turns per workload (a pair of runs a few seconds apart sees the same phase),
@@ -150,6 +154,8 @@ def ratio(x, y, i):
     return f"{st.median(rs):.2f}x" if rs else "-"
 a, b, c = med("strata"), med("spdk") if "spdk" in targets else None, med("ceiling")
 vs = " ".join(ratio("strata", "spdk", i) for i in (0, 2, 3)) if a and b else "-"
+if "strata_b" in targets:
+    vs += f" (A/B: {ratio('strata', 'strata_b', 0)})"
 of = f"{ratio('strata', 'ceiling', 0)} {ratio('spdk', 'ceiling', 0) if b else '-'}"
 print(f"{w:7} | {fmt(a):32} | {fmt(b) if 'spdk' in targets else 'no SPDK build':32} | "
       f"{int(c[0]) if c else 'FAILED':<9} | {vs:22} | {of}")

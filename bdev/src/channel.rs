@@ -151,8 +151,8 @@ impl ChannelCore {
             Some(end) if end <= self.num_blocks => {}
             _ => return IoStatus::OutOfRange,
         }
-        // A read with no buffers asks a bdev that lends its memory for a view of it.
-        let view_read = t == IoType::Read && io.bufs.is_empty() && self.lends_views;
+        // A read that asks for a view of a bdev that lends its memory carries no buffers.
+        let view_read = t == IoType::Read && io.want_view && io.bufs.is_empty() && self.lends_views;
         if t.carries_blocks() && !view_read {
             let need = io.num_blocks.checked_mul(self.block_size as u64);
             if need.is_none_or(|n| (io.data_len() as u64) < n) {

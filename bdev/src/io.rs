@@ -159,9 +159,12 @@ pub struct IoInner {
     pub status: IoStatus,
     /// Scatter-gather list. For reads the bdev fills them; for writes it reads them.
     pub bufs: SmallVec<[DmaBuf; 2]>,
-    /// A read submitted with no buffers to a bdev that lends its memory
+    /// A read that asks for it ([`BdevIo::read_view`]) from a bdev that lends its memory
     /// ([`crate::bdev::Bdev::lends_read_views`]) completes with the data here, uncopied.
     pub view: Option<RegionView>,
+    /// Set by [`BdevIo::read_view`]: the read has no buffers and wants a view instead. Explicit,
+    /// so a read that lost its buffers by mistake still fails instead of "succeeding" empty.
+    pub want_view: bool,
     /// For `Checksum`: blocks per checksum (1 = one per block), and the digest.
     pub chunk_blocks: u32,
     pub checksum_alg: ChecksumAlg,
@@ -222,6 +225,7 @@ impl BdevIo {
                 b.submit_ticks = 0;
                 b.complete_ticks = 0;
                 b.view = None;
+                b.want_view = false;
                 b
             }
             None => Box::new(IoInner {
@@ -231,6 +235,7 @@ impl BdevIo {
                 status: IoStatus::Pending,
                 bufs: SmallVec::new(),
                 view: None,
+                want_view: false,
                 chunk_blocks: 1,
                 checksum_alg: ChecksumAlg::Crc32c,
                 gf_coef: 1,
@@ -247,6 +252,14 @@ impl BdevIo {
     pub fn read(offset_blocks: u64, num_blocks: u64, buf: DmaBuf) -> BdevIo {
         let mut io = BdevIo::new(IoType::Read, offset_blocks, num_blocks);
         io.bufs.push(buf);
+        io
+    }
+
+    /// A read with no buffers that completes with a view of the bdev's memory in
+    /// [`IoInner::view`]; only for channels that [`crate::IoChannel::lends_read_views`].
+    pub fn read_view(offset_blocks: u64, num_blocks: u64) -> BdevIo {
+        let mut io = BdevIo::new(IoType::Read, offset_blocks, num_blocks);
+        io.want_view = true;
         io
     }
 

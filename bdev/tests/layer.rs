@@ -351,7 +351,7 @@ fn malloc_lends_views_for_reads_without_buffers() {
         let ch = d.channel().unwrap();
         assert!(ch.lends_read_views());
         write_slice(&ch, 0, &p2).await.unwrap();
-        let io = strata_bdev::wait::submit_wait(&ch, BdevIo::new(IoType::Read, 3, 5)).await;
+        let io = strata_bdev::wait::submit_wait(&ch, BdevIo::read_view(3, 5)).await;
         assert_eq!(io.status, IoStatus::Success);
         let v = io.view.as_ref().expect("a view");
         assert_eq!(v.len(), 5 * 512);
@@ -363,15 +363,19 @@ fn malloc_lends_views_for_reads_without_buffers() {
             "a copy past the view's end is refused"
         );
         // Out of range is refused as for any read.
-        let bad = strata_bdev::wait::submit_wait(&ch, BdevIo::new(IoType::Read, 62, 5)).await;
+        let bad = strata_bdev::wait::submit_wait(&ch, BdevIo::read_view(62, 5)).await;
         assert_eq!(bad.status, IoStatus::OutOfRange);
         assert!(bad.view.is_none());
         // A bdev that does not lend its memory refuses a read with no buffers.
         let e = registry::open("EE_view0", |_| {}).unwrap();
         let ech = e.channel().unwrap();
         assert!(!ech.lends_read_views());
-        let io2 = strata_bdev::wait::submit_wait(&ech, BdevIo::new(IoType::Read, 0, 1)).await;
+        let io2 = strata_bdev::wait::submit_wait(&ech, BdevIo::read_view(0, 1)).await;
         assert_eq!(io2.status, IoStatus::InvalidArgument);
+        // A read that lost its buffers (no view asked for) fails, even on malloc.
+        let io3 = strata_bdev::wait::submit_wait(&ch, BdevIo::new(IoType::Read, 0, 1)).await;
+        assert_eq!(io3.status, IoStatus::InvalidArgument);
+        assert!(io3.view.is_none());
         let mut io = io;
         io.view.take().unwrap()
     });

@@ -125,6 +125,8 @@ fn default_export_is_visible() {
     let tr = t.rpc_ok("nvmf_get_transports", Value::Null);
     assert_eq!(tr.as_array().map(Vec::len), Some(1), "{tr}");
     assert_eq!(tr[0]["trtype"], "TCP", "{tr}");
+    // Zero-copy reads are strata's default (SPDK's `zcopy`, off there by default).
+    assert_eq!(tr[0]["zcopy"], true, "{tr}");
 
     assert!(tcp_connects(port), "no TCP listener on 127.0.0.1:{port}");
     assert!(
@@ -403,6 +405,10 @@ fn transport_errors() {
         (json!({"trtype": "RDMA"}), "trtype"),
         (json!({}), "missing trtype"),
         (json!({"trtype": "TCP", "bogus": 1}), "unknown parameter"),
+        (
+            json!({"trtype": "TCP", "zcopy": "yes"}),
+            "zcopy not a boolean",
+        ),
     ] {
         let (code, msg) = t.rpc_err("nvmf_create_transport", params.clone());
         assert_eq!(code, -32602, "{what}: {params} → {code} {msg}");
@@ -423,11 +429,16 @@ fn transport_errors() {
 
     // Created once; the second time is EEXIST.
     assert_eq!(
-        t.rpc_ok("nvmf_create_transport", json!({"trtype": "tcp"})),
+        t.rpc_ok(
+            "nvmf_create_transport",
+            json!({"trtype": "tcp", "zcopy": false})
+        ),
         true
     );
     let (code, msg) = t.rpc_err("nvmf_create_transport", json!({"trtype": "TCP"}));
     assert_eq!(code, -17, "{msg}");
+    let tr = t.rpc_ok("nvmf_get_transports", Value::Null);
+    assert_eq!(tr[0]["zcopy"], false, "{tr}");
     // Now the listener works.
     add_listener(&t, NQN1, port).unwrap();
     assert!(tcp_connects(port));

@@ -122,8 +122,8 @@ impl MallocBdev {
         let off = io.offset_blocks as usize * bs;
         let len = io.num_blocks as usize * bs;
         let ok = match io.io_type {
-            // No buffers: the channel let this through because this bdev lends views.
-            IoType::Read if io.bufs.is_empty() => {
+            // The channel let a view read through because this bdev lends views.
+            IoType::Read if io.want_view && io.bufs.is_empty() => {
                 io.view = self.mem.view(off, len);
                 io.view.is_some()
             }

@@ -304,7 +304,7 @@ impl Connection {
         let mut ios: smallvec::SmallVec<[BdevIo; 2]> = smallvec::SmallVec::new();
         match sqe.opcode {
             io::READ if zcopy => {
-                ios.push(BdevIo::new(IoType::Read, sqe.slba(), sqe.nlb()));
+                ios.push(BdevIo::read_view(sqe.slba(), sqe.nlb()));
             }
             io::READ | io::VENDOR_CHECKSUM | io::COMPARE => {
                 let len = if sqe.opcode == io::COMPARE {
