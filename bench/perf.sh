@@ -126,8 +126,9 @@ print('-' if '-' in a+b else '%.2f' % ((int(b[0])-int(a[0]))/max(1,int(b[0])-int
 done
 echo
 echo "Medians per workload: IOPS, MiB/s, p50 and p99 latency (us), reactor busy fraction. Ratios are"
-echo "medians of each round's pair (strata/SPDK; target/ceiling); latency ratios below 1 favour strata."
-printf '%-7s | %-32s | %-32s | %-9s | %-22s | %s\n' workload "strata" "SPDK" "ceiling" "strata/SPDK IOPS p50 p99" "of ceiling: strata SPDK"
+echo "medians of each round's pair (strata/SPDK; target/ceiling), each with the rounds in which the first"
+echo "was higher (k/n); latency ratios below 1 favour strata."
+printf '%-7s | %-32s | %-32s | %-9s | %-34s | %s\n' workload "strata" "SPDK" "ceiling" "strata/SPDK IOPS p50 p99" "of ceiling: strata SPDK"
 for w in $WL; do
   python3 - "$OUT" "$w" "$TARGETS" <<'PY'
 import sys, statistics as st, os
@@ -151,13 +152,15 @@ def ratio(x, y, i):
     # Round r's run of x against round r's run of y (the same phase of the machine).
     rs = [float(a[i]) / float(b[i]) for a, b in zip(rows(x), rows(y))
           if a[0] != "FAIL" and b[0] != "FAIL" and a[i] != "-" and b[i] != "-" and float(b[i]) > 0]
-    return f"{st.median(rs):.2f}x" if rs else "-"
+    # With pairs this noisy, how many rounds x won says as much as the median ratio (a sign
+    # test: 8 of 8 happens by chance once in 128 tries).
+    return f"{st.median(rs):.2f}x {sum(r > 1 for r in rs)}/{len(rs)}" if rs else "-"
 a, b, c = med("strata"), med("spdk") if "spdk" in targets else None, med("ceiling")
 vs = " ".join(ratio("strata", "spdk", i) for i in (0, 2, 3)) if a and b else "-"
 if "strata_b" in targets:
     vs += f" (A/B: {ratio('strata', 'strata_b', 0)})"
 of = f"{ratio('strata', 'ceiling', 0)} {ratio('spdk', 'ceiling', 0) if b else '-'}"
 print(f"{w:7} | {fmt(a):32} | {fmt(b) if 'spdk' in targets else 'no SPDK build':32} | "
-      f"{int(c[0]) if c else 'FAILED':<9} | {vs:22} | {of}")
+      f"{int(c[0]) if c else 'FAILED':<9} | {vs:34} | {of}")
 PY
 done
