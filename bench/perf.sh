@@ -74,7 +74,9 @@ s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
 s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "framework_get_reactors"}).encode())
 buf = b""
 while True:
-    buf += s.recv(65536)
+    chunk = s.recv(65536)
+    if not chunk: print("- -"); sys.exit(0)
+    buf += chunk
     try: r = json.loads(buf); break
     except ValueError: continue
 x = r["result"]["reactors"][0]; print(x["busy"], x["idle"])
@@ -102,7 +104,11 @@ PY
   fi
 }
 TARGETS="strata"; [ $have_spdk = 1 ] && TARGETS="strata spdk"
-[ -n "${B_PARAMS:-}" ] && { sed "s/\"trtype\":\"TCP\"}}/\"trtype\":\"TCP\",$B_PARAMS}}/" $OUT/strata.json > $OUT/strata_b.json; TARGETS="$TARGETS strata_b"; }
+if [ -n "${B_PARAMS:-}" ]; then
+  jq --argjson b "{$B_PARAMS}" '(.subsystems[] | select(.subsystem == "nvmf") | .config[0].params) += $b' \
+    $OUT/strata.json > $OUT/strata_b.json || fail "B_PARAMS is not JSON members: $B_PARAMS"
+  TARGETS="$TARGETS strata_b"
+fi
 RUNS="$TARGETS ceiling"
 # This machine drifts between fast and slow phases that last tens of seconds, so the two
 # targets take turns per workload (a pair of runs a few seconds apart sees the same phase),

@@ -152,7 +152,8 @@ impl Rx {
                 Err(e) => return Err(e),
             };
             self.end += n;
-            while self.end - self.start >= 8 {
+            // Every header is at least HDR_LEN bytes; parse reads the first 10.
+            while self.end - self.start >= HDR_LEN {
                 let b = &self.buf[self.start..self.end];
                 let p = parse(b)?;
                 if b.len() < p.hlen {
@@ -221,6 +222,7 @@ impl Tx {
                 }
             }
             let mut w = match s.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),

@@ -722,12 +722,14 @@ const REGION_CHUNK: usize = 4096;
 /// A read-only window onto bytes of a region, lent by the bdev that owns the region to the
 /// layer above instead of a copy (zero-copy reads: a malloc bdev's read is sent to the host
 /// straight from its memory). It holds the region, so the memory stays mapped until the last
-/// view drops, even if the bdev is deleted meanwhile.
+/// view drops, even if the bdev is deleted meanwhile (so a view held long, by a host that
+/// stops reading, pins the whole region).
 ///
-/// The bytes are not frozen: a write another reactor makes to the same blocks while the view
-/// lives shows through it, exactly as with a copy taken during that write (NVMe leaves the
-/// data of overlapping commands unspecified). So [`RegionView::as_send_slice`] is for the
-/// kernel to read (a socket send), and other users copy the bytes out.
+/// The bytes are not frozen: a write to the same blocks while the view lives shows through
+/// it, as it would through a copy taken during that write (a concurrent overlapping write, a
+/// race the host made). Rust code therefore never reads a view in place: the kernel reads it
+/// ([`RegionView::send_parts`], for a socket send) or it is copied out
+/// ([`RegionView::copy_to`]).
 pub struct RegionView {
     region: std::sync::Arc<DmaRegion>,
     ptr: NonNull<u8>,
@@ -735,7 +737,8 @@ pub struct RegionView {
 }
 
 // SAFETY: the view refers to a mapping shared by every thread (the region is Send + Sync) and
-// only reads through raw pointers, or through the slice its documentation restricts.
+// reads it only by copying through raw pointers (`copy_to`) or by handing its address to the
+// kernel (`send_parts`).
 unsafe impl Send for RegionView {}
 
 impl std::fmt::Debug for RegionView {
@@ -749,11 +752,10 @@ impl std::fmt::Debug for RegionView {
 impl DmaRegion {
     /// A view of bytes `off..off+len`, or None if out of bounds.
     pub fn view(self: &std::sync::Arc<Self>, off: usize, len: usize) -> Option<RegionView> {
-        let ptr = self.raw_range(off, len)?;
+        let ptr = NonNull::new(self.raw_range(off, len)?.cast_mut())?;
         Some(RegionView {
             region: self.clone(),
-            // SAFETY: raw_range returned a pointer into the mapping, which is never null.
-            ptr: unsafe { NonNull::new_unchecked(ptr.cast_mut()) },
+            ptr,
             len,
         })
     }
@@ -766,23 +768,22 @@ impl RegionView {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// The region the bytes live in.
-    pub fn region(&self) -> &DmaRegion {
-        &self.region
-    }
 
-    /// The bytes as a slice, to hand to a system call that reads them (`writev`).
+    /// Bytes `off..off+len` of the view as a slice for a system call that reads them
+    /// (`writev`), or None if out of range.
     ///
-    /// Only the kernel may read through it: a write to the same blocks on another reactor
-    /// can change the bytes while the slice lives (see the type's documentation), so Rust
-    /// code must not read it and rely on what it saw. Code that needs the bytes (a digest,
-    /// encryption in user space) takes [`RegionView::copy_to`] instead.
-    pub fn as_send_slice(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len is inside the mapping, which `region` keeps alive while the
-        // view (and so the returned borrow) lives. The slice is only passed to the kernel,
-        // which copies it out; concurrent writers go through raw pointers (DmaRegion never
-        // makes a reference), as a device's DMA would under a host's overlapping commands.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// # Safety
+    /// The slice may only be handed to the kernel: no Rust code may read through it. Another
+    /// reactor may write the same bytes (through raw pointers) while it lives, and a Rust
+    /// read racing that write would be a data race.
+    pub unsafe fn send_parts(&self, off: usize, len: usize) -> Option<&[u8]> {
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: off + len <= self.len, so the range is inside the mapping, which `region`
+        // keeps alive while the view (and so the returned borrow) lives. The caller promises
+        // the slice goes only to the kernel, which copies it out.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) })
     }
 
     /// Copies bytes `off..off + dst.len()` of the view into `dst`; false if out of range.

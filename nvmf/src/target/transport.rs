@@ -27,6 +27,8 @@ pub struct SockGroup {
     next_token: Cell<u64>,
     /// Reads sent straight from the bdev's memory (zcopy), for `nvmf_get_stats`.
     zcopy_reads: Cell<u64>,
+    /// Of those, reads whose data went out in part and had the rest copied (freeze_view).
+    zcopy_frozen: Cell<u64>,
 }
 
 thread_local! {
@@ -53,6 +55,7 @@ impl SockGroup {
             dirty: RefCell::new(Vec::with_capacity(64)),
             next_token: Cell::new(1),
             zcopy_reads: Cell::new(0),
+            zcopy_frozen: Cell::new(0),
         });
         let g2 = g.clone();
         strata_reactor::register_fd_poller("nvmf_tcp_group", fd, move || g2.poll())
@@ -87,16 +90,26 @@ impl SockGroup {
         })
     }
 
-    /// All connections of this reactor.
-    /// Reads this reactor has sent straight from a bdev's memory (zcopy).
+    /// Reads this reactor has answered straight from a bdev's memory (zcopy; counted when the
+    /// data is queued for the host).
     pub fn zcopy_reads() -> u64 {
         GROUP.with(|g| g.borrow().as_ref().map_or(0, |g| g.zcopy_reads.get()))
+    }
+
+    /// Zero-copy reads whose data went out only in part and had the rest copied.
+    pub fn zcopy_frozen() -> u64 {
+        GROUP.with(|g| g.borrow().as_ref().map_or(0, |g| g.zcopy_frozen.get()))
+    }
+
+    pub(crate) fn count_zcopy_frozen(&self) {
+        self.zcopy_frozen.set(self.zcopy_frozen.get() + 1);
     }
 
     pub(crate) fn count_zcopy_read(&self) {
         self.zcopy_reads.set(self.zcopy_reads.get() + 1);
     }
 
+    /// All connections of this reactor.
     pub fn connections() -> Vec<Rc<Connection>> {
         GROUP.with(|g| {
             g.borrow()

@@ -306,7 +306,7 @@ pub fn register(t: &mut MethodTable) {
     t.add("nvmf_get_stats", |ctx, _: GetStats| {
         let mut groups = Vec::new();
         for r in 0..ctx.reactors.len() {
-            let (admin, io, zcopy) = ctx
+            let (admin, io, zcopy, frozen) = ctx
                 .reactors
                 .call_timeout(r, Duration::from_secs(2), || {
                     let conns = SockGroup::connections();
@@ -315,14 +315,19 @@ pub fn register(t: &mut MethodTable) {
                         .iter()
                         .filter(|c| c.qid().is_some_and(|q| q > 0))
                         .count();
-                    (admin, io, SockGroup::zcopy_reads())
+                    (
+                        admin,
+                        io,
+                        SockGroup::zcopy_reads(),
+                        SockGroup::zcopy_frozen(),
+                    )
                 })
-                .unwrap_or((0, 0, 0));
+                .unwrap_or((0, 0, 0, 0));
             groups.push(json!({
                 "name": format!("nvmf_tgt_poll_group_{r}"),
                 "current_admin_qpairs": admin,
                 "current_io_qpairs": io,
-                "transports": [{ "trtype": "TCP", "zcopy_reads": zcopy }],
+                "transports": [{ "trtype": "TCP", "zcopy_reads": zcopy, "zcopy_frozen": frozen }],
             }));
         }
         Ok(json!({ "tick_rate": strata_reactor::clock::tick_rate(), "poll_groups": groups }))

@@ -294,7 +294,7 @@ impl Connection {
         let mut s = self.st.borrow_mut();
         // Zero-copy: the bdev lends a read's data instead of filling a buffer. Not under TLS
         // (user-space TLS reads the bytes to seal them) or data digests (the digest reads
-        // them too): only the kernel reads a view (RegionView::as_send_slice).
+        // them too): only the kernel reads a view (RegionView::send_parts).
         let zcopy = s.zcopy
             && self.tls.is_none()
             && !s.digests.is_some_and(|(_, dd)| dd)

@@ -132,8 +132,14 @@ impl Connection {
                                 if let Some(b) = &r.buf {
                                     push_iov(&mut iov, &mut skip, &b.as_slice()[*off..*off + *len]);
                                 } else if let Some(v) = &r.view {
-                                    let bytes = &v.as_send_slice()[*off..*off + *len];
-                                    push_iov(&mut iov, &mut skip, bytes);
+                                    // Views exist only on plain connections, where the
+                                    // gathered slices go straight to writev.
+                                    debug_assert!(self.tls.is_none());
+                                    // SAFETY: the slice goes into `iov`, which only the
+                                    // kernel reads (sock_write without TLS is a writev).
+                                    if let Some(bytes) = unsafe { v.send_parts(*off, *len) } {
+                                        push_iov(&mut iov, &mut skip, bytes);
+                                    }
                                 }
                             }
                         }
@@ -167,6 +173,17 @@ impl Connection {
                     let left = p.total() - p.sent;
                     if n < left {
                         p.sent += n;
+                        let slot = match p.data {
+                            TxData::Slot { slot, .. } => Some(slot),
+                            _ => None,
+                        };
+                        if let Some(slot) = slot {
+                            if freeze_view(&mut s.reqs[slot as usize]) {
+                                if let Some(g) = self.group.upgrade() {
+                                    g.count_zcopy_frozen();
+                                }
+                            }
+                        }
                         break;
                     }
                     n -= left;
@@ -218,4 +235,25 @@ pub(super) fn push_iov<'a>(
         iov.push(IoSlice::new(&b[*skip..]));
         *skip = 0;
     }
+}
+
+/// A read answered from a view whose C2HData went out only in part: the rest is copied into a
+/// pool buffer now, so a write to those blocks before the next send cannot tear a block across
+/// the two parts (single-block writes are atomic, AWUN 0). Only this backpressure path pays a
+/// copy; without a buffer the view stays and is sent as it is. True if it copied.
+fn freeze_view(r: &mut Req) -> bool {
+    let Some(v) = r.view.as_ref() else {
+        return false;
+    };
+    let Some(mut b) = dma::alloc(v.len()) else {
+        tracing::debug!("no buffer to freeze a partly sent zero-copy read; sending from the view");
+        return false;
+    };
+    b.set_len(v.len());
+    if !v.copy_to(0, b.as_mut_slice()) {
+        return false;
+    }
+    r.buf = Some(b);
+    r.view = None;
+    true
 }
