@@ -30,8 +30,9 @@ pub trait Bdev: Send + Sync + 'static {
     fn write_unit_blocks(&self) -> u32 {
         1
     }
-    /// Whether a read submitted with no buffers completes with a view of this bdev's own
-    /// memory in [`crate::io::IoInner::view`] (zero-copy, SPDK's "zcopy"): RAM-backed bdevs.
+    /// Whether a read that asks for a view ([`BdevIo::read_view`]) completes with one of this
+    /// bdev's own memory in [`crate::io::IoInner::view`] (zero-copy, SPDK's "zcopy"):
+    /// RAM-backed bdevs.
     fn lends_read_views(&self) -> bool {
         false
     }

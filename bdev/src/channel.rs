@@ -117,8 +117,8 @@ impl IoChannel {
         self.core.num_blocks
     }
 
-    /// Whether a read submitted with no buffers completes with a view of the bdev's memory
-    /// instead ([`crate::io::IoInner::view`]).
+    /// Whether a read that asks for a view ([`BdevIo::read_view`]) completes with one of the
+    /// bdev's memory ([`crate::io::IoInner::view`]); others refuse such a read.
     pub fn lends_read_views(&self) -> bool {
         self.core.lends_views
     }
