@@ -31,7 +31,8 @@
 # LINUX_HOST_QEMU_ARGS (extra QEMU arguments, split on white space, placed before the guest's
 # own devices: a -device intel-iommu must precede the devices it translates; a -machine option
 # is merged with the built-in "-machine q35"), LINUX_HOST_APPEND (appended to the kernel command
-# line). For example, an emulated IOMMU and an NVMe controller on a hot-pluggable port:
+# line), LINUX_HOST_BOOT_ATTEMPTS (boots tried when the kernel dies before the guest command
+# starts, default 3). For example, an emulated IOMMU and an NVMe controller on a hot-pluggable port:
 #   LINUX_HOST_QEMU_ARGS="-device intel-iommu,intremap=on,aw-bits=48
 #     -device pcie-root-port,id=rp1,slot=1 -drive file=IMG,if=none,id=nvm,format=raw
 #     -device nvme,bus=rp1,id=nvme0,serial=strata0,drive=nvm"
@@ -240,46 +241,65 @@ printf '%s\n' "$command_text" >"$share/guest-command.sh"
 read -r -d '' -a qemu_args <<<"${LINUX_HOST_QEMU_ARGS:-}" || true
 if [ -n "$monitor" ]; then qemu_args+=(-monitor "unix:$monitor,server=on,wait=off"); fi
 
-# panic=-1 + -no-reboot: a kernel panic (oops=panic: also an oops) ends QEMU at once instead
-# of hanging until the timeout. -nodefaults: no VGA, no default NIC, no monitor.
-start="$EPOCHREALTIME"
-timeout -k 5 "$timeout_s" qemu-system-x86_64 \
-  -accel tcg,thread=multi -cpu max -machine q35 \
-  -smp "${LINUX_HOST_CPUS:-2}" -m "${LINUX_HOST_MEM:-1024M}" \
-  -nodefaults -no-user-config -display none -no-reboot \
-  "${qemu_args[@]}" \
-  -serial "file:$share/console.log" \
-  -kernel "$kernel" -initrd "$initramfs" \
-  -append "console=ttyS0 panic=-1 oops=panic mitigations=off random.trust_cpu=on ${LINUX_HOST_APPEND:-}" \
-  -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
-  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
-  -fsdev "local,id=share,path=$share,security_model=none" \
-  -device virtio-9p-pci,fsdev=share,mount_tag=share \
-  -netdev "user,id=n0${LINUX_HOST_NETDEV_OPTS:-}" -device virtio-net-pci,netdev=n0 \
-  </dev/null >"$share/qemu.log" 2>&1 &
-qemu_pid=$!
-
 elapsed() {
   local now="$EPOCHREALTIME"
   awk -v a="$start" -v b="$now" 'BEGIN { printf "%.1f", b - a }'
 }
 
-# Stream the guest's output while it runs (it can take minutes); tail exits once QEMU has.
-booted=""
-while kill -0 "$qemu_pid" 2>/dev/null; do
-  if [ -z "$booted" ] && [ -e "$share/guest-output.log" ]; then
-    booted="$(elapsed)"
-    echo "run-guest: guest booted in ${booted}s (kernel $kver)" >&2
-    tail -n +1 -s 0.2 -f --pid="$qemu_pid" "$share/guest-output.log" &
-    tail_pid=$!
+boot_and_run() {
+  # panic=-1 + -no-reboot: a kernel panic (oops=panic: also an oops) ends QEMU at once instead
+  # of hanging until the timeout. -nodefaults: no VGA, no default NIC, no monitor.
+  start="$EPOCHREALTIME"
+  timeout -k 5 "$timeout_s" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu max -machine q35 \
+    -smp "${LINUX_HOST_CPUS:-2}" -m "${LINUX_HOST_MEM:-1024M}" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    "${qemu_args[@]}" \
+    -serial "file:$share/console.log" \
+    -kernel "$kernel" -initrd "$initramfs" \
+    -append "console=ttyS0 panic=-1 oops=panic mitigations=off random.trust_cpu=on ${LINUX_HOST_APPEND:-}" \
+    -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+    -fsdev "local,id=share,path=$share,security_model=none" \
+    -device virtio-9p-pci,fsdev=share,mount_tag=share \
+    -netdev "user,id=n0${LINUX_HOST_NETDEV_OPTS:-}" -device virtio-net-pci,netdev=n0 \
+    </dev/null >"$share/qemu.log" 2>&1 &
+  qemu_pid=$!
+
+  # Stream the guest's output while it runs (it can take minutes); tail exits once QEMU has.
+  booted=""
+  while kill -0 "$qemu_pid" 2>/dev/null; do
+    if [ -z "$booted" ] && [ -e "$share/guest-output.log" ]; then
+      booted="$(elapsed)"
+      echo "run-guest: guest booted in ${booted}s (kernel $kver)" >&2
+      tail -n +1 -s 0.2 -f --pid="$qemu_pid" "$share/guest-output.log" &
+      tail_pid=$!
+    fi
+    sleep 0.1
+  done
+  qemu_rc=0
+  wait "$qemu_pid" || qemu_rc=$?
+  qemu_pid=""
+  if [ -n "$tail_pid" ]; then wait "$tail_pid" || true; tail_pid=""; fi
+  total="$(elapsed)"
+}
+
+# Under TCG the guest kernel now and then dies while booting, before PID 1 runs anything (an
+# int3 oops while it patches its own text, a QEMU TCG race). The guest command has not started
+# then (it has not created guest-output.log), so booting again is safe; a guest whose command
+# started is never run twice.
+attempts="${LINUX_HOST_BOOT_ATTEMPTS:-3}"
+for attempt in $(seq 1 "$attempts"); do
+  rm -f "$share/guest-exit-status" "$share/guest-output.log"
+  boot_and_run
+  if [ -s "$share/guest-exit-status" ] || [ -e "$share/guest-output.log" ] || [ "$qemu_rc" = 124 ] ||
+    [ "$qemu_rc" = 137 ] || [ "$attempt" = "$attempts" ]; then
+    break
   fi
-  sleep 0.1
+  echo "run-guest: the guest kernel failed before init (attempt $attempt of $attempts, QEMU status $qemu_rc); booting again. Its console:" >&2
+  grep -E "Oops|panic|RIP:|BUG" "$share/console.log" | head -n 5 >&2 || true
+  cp "$share/console.log" "$share/console.boot-failure-$attempt.log" 2>/dev/null || true
 done
-qemu_rc=0
-wait "$qemu_pid" || qemu_rc=$?
-qemu_pid=""
-if [ -n "$tail_pid" ]; then wait "$tail_pid" || true; tail_pid=""; fi
-total="$(elapsed)"
 
 if [ -s "$share/guest-exit-status" ]; then
   rc="$(cat "$share/guest-exit-status")"
