@@ -184,6 +184,17 @@ struct Op {
     chunk: u32,
 }
 
+/// A TCP transport counter of `nvmf_get_stats`, summed over the poll groups.
+fn transport_stat(t: &Target, key: &str) -> u64 {
+    let st = common::rpc_call(&t.sock, "nvmf_get_stats", &serde_json::json!({})).unwrap();
+    st["poll_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["transports"][0][key].as_u64().unwrap())
+        .sum()
+}
+
 fn model_checked(digests: bool, ops: usize, seed: u64) {
     let t = start_target();
     let queues = 2usize;
@@ -323,13 +334,7 @@ fn model_checked(digests: bool, ops: usize, seed: u64) {
     b.disconnect().unwrap();
     // Malloc0 lends its memory: without data digests the reads were sent straight from it
     // (zcopy, on by default); with them, through a buffer the digest is computed over.
-    let st = common::rpc_call(&t.sock, "nvmf_get_stats", &serde_json::json!({})).unwrap();
-    let zcopy: u64 = st["poll_groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["transports"][0]["zcopy_reads"].as_u64().unwrap())
-        .sum();
+    let zcopy = transport_stat(&t, "zcopy_reads");
     if digests {
         assert_eq!(zcopy, 0, "a data-digest connection read through a view");
     } else {
@@ -407,17 +412,12 @@ fn zero_copy_reads_to_a_stalled_host_keep_blocks_whole() {
             got += 1;
         }
     }
-    let st = common::rpc_call(&t.sock, "nvmf_get_stats", &serde_json::json!({})).unwrap();
-    let sum = |k: &str| -> u64 {
-        st["poll_groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["transports"][0][k].as_u64().unwrap())
-            .sum()
-    };
-    assert!(sum("zcopy_reads") >= READS, "{st}");
-    assert!(sum("zcopy_frozen") > 0, "no send went out in part: {st}");
+    let reads = transport_stat(&t, "zcopy_reads");
+    assert!(reads >= READS, "zcopy reads {reads} < {READS}");
+    assert!(
+        transport_stat(&t, "zcopy_frozen") > 0,
+        "no send went out in part"
+    );
     // And the new data is what is there now.
     assert!(
         w.read_blocks(1, 0, blocks).unwrap() == new,

@@ -732,14 +732,10 @@ const REGION_CHUNK: usize = 4096;
 /// ([`RegionView::copy_to`]).
 pub struct RegionView {
     region: std::sync::Arc<DmaRegion>,
-    ptr: NonNull<u8>,
+    /// Where the view starts in the region (bounds checked when it was made).
+    start: usize,
     len: usize,
 }
-
-// SAFETY: the view refers to a mapping shared by every thread (the region is Send + Sync) and
-// reads it only by copying through raw pointers (`copy_to`) or by handing its address to the
-// kernel (`send_parts`).
-unsafe impl Send for RegionView {}
 
 impl std::fmt::Debug for RegionView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -752,10 +748,9 @@ impl std::fmt::Debug for RegionView {
 impl DmaRegion {
     /// A view of bytes `off..off+len`, or None if out of bounds.
     pub fn view(self: &std::sync::Arc<Self>, off: usize, len: usize) -> Option<RegionView> {
-        let ptr = NonNull::new(self.raw_range(off, len)?.cast_mut())?;
-        Some(RegionView {
+        self.in_bounds(off, len).then(|| RegionView {
             region: self.clone(),
-            ptr,
+            start: off,
             len,
         })
     }
@@ -780,10 +775,11 @@ impl RegionView {
         if off.checked_add(len)? > self.len {
             return None;
         }
-        // SAFETY: off + len <= self.len, so the range is inside the mapping, which `region`
-        // keeps alive while the view (and so the returned borrow) lives. The caller promises
-        // the slice goes only to the kernel, which copies it out.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) })
+        let ptr = self.region.raw_range(self.start + off, len)?;
+        // SAFETY: raw_range checked the range is inside the mapping, which `region` keeps
+        // alive while the view (and so the returned borrow) lives. The caller promises the
+        // slice goes only to the kernel, which copies it out.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
     }
 
     /// Copies bytes `off..off + dst.len()` of the view into `dst`; false if out of range.
@@ -791,8 +787,7 @@ impl RegionView {
         if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
             return false;
         }
-        let base = self.ptr.as_ptr() as usize - self.region.as_ptr() as usize;
-        self.region.read_at(base + off, dst)
+        self.region.read_at(self.start + off, dst)
     }
 }
 

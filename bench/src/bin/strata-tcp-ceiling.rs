@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use serde_json::json;
+use strata_bench::bdevperf::{LoadArgs, Workload};
 use strata_bench::ceiling::{run, CeilingSpec};
 
 #[derive(Parser, Debug)]
@@ -20,15 +21,10 @@ use strata_bench::ceiling::{run, CeilingSpec};
     about = "Loopback TCP request/response ceiling with NVMe/TCP message sizes"
 )]
 struct Cli {
-    /// Commands outstanding.
-    #[arg(short = 'q', default_value_t = 32)]
-    qd: usize,
-    /// Bytes each command reads or writes.
-    #[arg(short = 'o', default_value_t = 4096)]
-    io_size: usize,
-    /// read, randread, write or randwrite (random and sequential are the same here).
-    #[arg(short = 'w', default_value = "randread")]
-    workload: String,
+    /// -q, -o, -w as for strata-perf (read/randread or write/randwrite: random and
+    /// sequential are the same here; mixes are refused).
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds to run.
     #[arg(short = 't', default_value_t = 5.0)]
     seconds: f64,
@@ -49,13 +45,15 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let write = match cli.workload.as_str() {
-        "read" | "randread" => false,
-        "write" | "randwrite" => true,
-        w => {
-            eprintln!(
-                "strata-tcp-ceiling: unknown workload '{w}' (read, randread, write, randwrite)"
-            );
+    let write = match cli.load.checked_workload() {
+        Ok(Workload::Read | Workload::RandRead) => false,
+        Ok(Workload::Write | Workload::RandWrite) => true,
+        Ok(_) => {
+            eprintln!("strata-tcp-ceiling: mixed workloads are not modelled (read, randread, write, randwrite)");
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("strata-tcp-ceiling: {e}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -64,8 +62,8 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let spec = CeilingSpec {
-        qd: cli.qd,
-        io_size: cli.io_size,
+        qd: cli.load.queue_depth,
+        io_size: cli.load.io_size,
         write,
         seconds: cli.seconds,
         server_core: cli.server_core,
