@@ -2531,3 +2531,144 @@ fn dhchap_bad_messages_get_failure1_and_other_hosts_are_unaffected() {
     // Hosts without a key are not asked to authenticate.
     assert_serves(&mut t);
 }
+
+// ------------------------------------------------------------------------------------------
+// How a read completes: CapsuleResp, or SUCCESS in its C2HData
+// ------------------------------------------------------------------------------------------
+
+/// Connects I/O queue `qid` with Connect attributes `cattr` (bit 2: SQ flow control
+/// disabled) and returns the queue and the SQHD of the Connect completion.
+fn io_queue_cattr(port: u16, ident: &Ident, cntlid: u16, qid: u16, cattr: u8) -> (Host, u16) {
+    let mut q = Host::ic(port, ident, 0);
+    let mut s = connect_sqe(qid, 31);
+    set_cdw(&mut s, 11, 31 | (u32::from(cattr) << 16));
+    let cid = q.submit(&s, &connect_data(ident, cntlid, NQN));
+    let r = q.recv_expect("Connect completion");
+    assert_eq!(r.ty(), PDU_CAPSULE_RESP, "Connect: {r:?}");
+    assert_eq!(
+        (r.u16_at(20), r.u16_at(22) >> 1),
+        (cid, 0),
+        "Connect failed: {r:?}"
+    );
+    (q, r.u16_at(16))
+}
+
+/// Reads block `slba` and returns the flags of its C2HData PDU and, when the target sent
+/// one, the SQHD of its CapsuleResp. A second read (its data checked too) follows, so a
+/// CapsuleResp the first read should not have had shows up as an unexpected PDU.
+fn read_completion(q: &mut Host, slba: u64, want: &[u8]) -> (u8, Option<u16>) {
+    let cid = q.submit(&read_sqe(1, slba, 1), &[]);
+    let d = q.recv_expect("read data");
+    assert_eq!((d.ty(), d.u16_at(8)), (PDU_C2H_DATA, cid), "read: {d:?}");
+    assert!(d.0[d.pdo()..d.pdo() + BLOCK] == *want, "read data differ");
+    let flags = d.flags() & (FLAG_LAST | FLAG_SUCCESS);
+    let sqhd = if flags & FLAG_SUCCESS == 0 {
+        let r = q.recv_expect("read completion");
+        assert_eq!(r.ty(), PDU_CAPSULE_RESP, "read completion: {r:?}");
+        assert_eq!(
+            (r.u16_at(20), r.u16_at(22) >> 1),
+            (cid, 0),
+            "read failed: {r:?}"
+        );
+        Some(r.u16_at(16))
+    } else {
+        None
+    };
+    let again = q.read(slba, 1);
+    again.assert_ok("second read");
+    assert!(again.data == want, "second read data differ");
+    (flags, sqhd)
+}
+
+/// NVMe/TCP 1.0 (C2HData PDU flags; TP 8000/8005): a controller may end a read with SUCCESS
+/// in its last C2HData, and send no CapsuleResp, only on a queue whose host disabled SQ flow
+/// control at Connect; that Connect completes with SQHD 0xFFFF. Elsewhere every read ends
+/// with a CapsuleResp carrying the SQ head pointer. `c2h_success_always` (strata's option,
+/// SPDK's behaviour) sends SUCCESS on every queue.
+#[test]
+fn read_completions_follow_sq_flow_control() {
+    let t = start();
+    let ident = new_ident();
+    let (_a, cntlid) = admin(t.port, &ident, NQN);
+    let data = pattern(seq(), BLOCK);
+
+    let (mut q, sqhd) = io_queue_cattr(t.port, &ident, cntlid, 1, 0);
+    assert_ne!(
+        sqhd, 0xFFFF,
+        "SQ flow control on: the Connect completion has a real SQHD"
+    );
+    q.write_ic(3, &data).assert_ok("write");
+    let (flags, sqhd) = read_completion(&mut q, 3, &data);
+    assert_eq!(flags, FLAG_LAST, "SQ flow control on: no SUCCESS");
+    assert!(sqhd.is_some_and(|h| h != 0xFFFF), "SQHD {sqhd:?}");
+
+    let (mut q2, sqhd) = io_queue_cattr(t.port, &ident, cntlid, 2, 0x04);
+    assert_eq!(
+        sqhd, 0xFFFF,
+        "SQ flow control disabled: SQHD 0xFFFF at Connect"
+    );
+    let (flags, sqhd) = read_completion(&mut q2, 3, &data);
+    assert_eq!(
+        flags,
+        FLAG_LAST | FLAG_SUCCESS,
+        "SQ flow control off: SUCCESS"
+    );
+    assert_eq!(sqhd, None);
+
+    // SPDK's behaviour, asked for: SUCCESS on a queue that keeps SQ flow control on.
+    let ports = free_ports(1);
+    let t2 = Target::start(&["--no-default"]);
+    t2.rpc_ok(
+        "nvmf_create_transport",
+        json!({"trtype": "TCP", "c2h_success_always": true}),
+    );
+    let tr = t2.rpc_ok("nvmf_get_transports", json!({}));
+    assert_eq!(tr[0]["c2h_success_always"], true, "{tr}");
+    t2.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 256, "block_size": 4096}),
+    );
+    t2.rpc_ok(
+        "nvmf_create_subsystem",
+        json!({"nqn": NQN, "allow_any_host": true}),
+    );
+    t2.rpc_ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+    );
+    t2.rpc_ok(
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+            "traddr": "127.0.0.1", "trsvcid": ports[0].to_string()}}),
+    );
+    let (_a, cntlid) = admin(ports[0], &ident, NQN);
+    let (mut q, sqhd) = io_queue_cattr(ports[0], &ident, cntlid, 1, 0);
+    assert_ne!(sqhd, 0xFFFF);
+    let before = write_sqhd(&mut q, 3, &data);
+    let (flags, sqhd) = read_completion(&mut q, 3, &data);
+    assert_eq!(
+        flags,
+        FLAG_LAST | FLAG_SUCCESS,
+        "c2h_success_always: SUCCESS"
+    );
+    assert_eq!(sqhd, None);
+    // The SQ head still counts the reads answered with SUCCESS: the next CapsuleResp's SQHD
+    // is three entries on (two reads and this write; SQSIZE 31, so modulo 32).
+    let after = write_sqhd(&mut q, 4, &data);
+    assert_eq!(after, (before + 3) % 32, "SQHD {before} then {after}");
+}
+
+/// An in-capsule write of one block; returns the SQHD of its CapsuleResp.
+fn write_sqhd(q: &mut Host, slba: u64, data: &[u8]) -> u16 {
+    let mut s = rw_sqe(IO_WRITE, 1, slba, 1);
+    set_sgl(&mut s, SGL_DATA_BLOCK_OFFSET, BLOCK as u32);
+    let cid = q.submit(&s, data);
+    let r = q.recv_expect("write completion");
+    assert_eq!(r.ty(), PDU_CAPSULE_RESP, "write completion: {r:?}");
+    assert_eq!(
+        (r.u16_at(20), r.u16_at(22) >> 1),
+        (cid, 0),
+        "write failed: {r:?}"
+    );
+    r.u16_at(16)
+}

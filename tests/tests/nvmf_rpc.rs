@@ -127,6 +127,10 @@ fn default_export_is_visible() {
     assert_eq!(tr[0]["trtype"], "TCP", "{tr}");
     // Zero-copy reads are strata's default (SPDK's `zcopy`, off there by default).
     assert_eq!(tr[0]["zcopy"], true, "{tr}");
+    // SUCCESS without a CapsuleResp only where the host disabled SQ flow control (the spec's
+    // rule; SPDK's behaviour is the opt-in `c2h_success_always`).
+    assert_eq!(tr[0]["c2h_success"], true, "{tr}");
+    assert_eq!(tr[0]["c2h_success_always"], false, "{tr}");
 
     assert!(tcp_connects(port), "no TCP listener on 127.0.0.1:{port}");
     assert!(
@@ -408,6 +412,10 @@ fn transport_errors() {
         (
             json!({"trtype": "TCP", "zcopy": "yes"}),
             "zcopy not a boolean",
+        ),
+        (
+            json!({"trtype": "TCP", "c2h_success_always": 1}),
+            "c2h_success_always not a boolean",
         ),
     ] {
         let (code, msg) = t.rpc_err("nvmf_create_transport", params.clone());

@@ -64,7 +64,13 @@ pub struct TransportOptions {
     pub max_io_size: u32,
     pub io_unit_size: u32,
     pub max_aq_depth: u16,
+    /// A read's last C2HData carries SUCCESS and no CapsuleResp follows, on queues whose host
+    /// disabled SQ flow control at Connect (the spec allows SUCCESS only there).
     pub c2h_success: bool,
+    /// strata: SUCCESS also on queues that kept SQ flow control on, as SPDK's target does.
+    /// The host then gets no SQ head pointer for those reads; Linux and SPDK hosts count
+    /// their free slots themselves, but a host that waits for SQHD could stall. Off by default.
+    pub c2h_success_always: bool,
     /// Reads of a bdev that lends its memory (malloc) are sent to the host straight from it,
     /// with no copy into an I/O buffer (SPDK's `zcopy`; strata's default is on). Plain TCP
     /// connections without data digests only.
@@ -106,6 +112,7 @@ impl Default for TransportOptions {
             io_unit_size: 131072,
             max_aq_depth: 128,
             c2h_success: true,
+            c2h_success_always: false,
             zcopy: true,
             num_shared_buffers: 511,
             buf_cache_size: 32,

@@ -303,6 +303,7 @@ impl Connection {
             s.sq_size = cmd.sqsize;
             s.size_for_queue(cmd.sqsize);
             s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.c2h_success &= s.sqflow_disabled || s.c2h_success_always;
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
             s.in_capsule = opts.in_capsule_data_size;

@@ -459,7 +459,7 @@ impl IoSink for Connection {
             zcopy = r.view.is_some();
             r.state = ReqState::Sending;
             let (hd, dd) = s.digests.unwrap_or((false, false));
-            let success = s.sqflow_disabled && s.c2h_success;
+            let success = s.c2h_success;
             let ddgst = if dd {
                 s.reqs[slot as usize]
                     .buf

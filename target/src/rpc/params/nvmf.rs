@@ -93,6 +93,12 @@ pub struct CreateTransport {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zcopy: Option<bool>,
+    /// strata: set SUCCESS on a read's last C2HData even when the host kept SQ flow control
+    /// on (SPDK's behaviour; the spec allows it only with SQ flow control disabled). Default
+    /// false.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2h_success_always: Option<bool>,
 }
 impl SpdkParams for CreateTransport {
     const IGNORED: &'static [&'static str] = &[
@@ -159,6 +165,7 @@ impl CreateTransport {
                 .unwrap_or(d.max_r2t_buffers_per_host),
             enable_ktls: self.enable_ktls.unwrap_or(d.enable_ktls),
             zcopy: self.zcopy.unwrap_or(d.zcopy),
+            c2h_success_always: self.c2h_success_always.unwrap_or(d.c2h_success_always),
         })
     }
 }
