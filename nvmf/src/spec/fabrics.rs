@@ -24,6 +24,9 @@ pub struct ConnectData {
 }
 const _: () = assert!(std::mem::size_of::<ConnectData>() == 1024);
 
+/// Connect attribute (CATTR) bit: the host does not need SQ head pointer updates (TP 8005).
+pub const CATTR_SQ_FLOW_CONTROL_DISABLE: u8 = 0x04;
+
 /// Connect fields of the command (CDW10.. in SQE terms).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectCmd {

@@ -237,7 +237,7 @@ impl Connection {
             s.qid = Some(0);
             s.sq_size = cmd.sqsize;
             s.size_for_queue(cmd.sqsize);
-            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.sqflow_disabled = cmd.cattr & fabrics::CATTR_SQ_FLOW_CONTROL_DISABLE != 0;
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
             s.in_capsule = ADMIN_IN_CAPSULE;
@@ -302,7 +302,7 @@ impl Connection {
             s.qid = Some(cmd.qid);
             s.sq_size = cmd.sqsize;
             s.size_for_queue(cmd.sqsize);
-            s.sqflow_disabled = cmd.cattr & 0x04 != 0;
+            s.sqflow_disabled = cmd.cattr & fabrics::CATTR_SQ_FLOW_CONTROL_DISABLE != 0;
             s.c2h_success &= s.sqflow_disabled || s.c2h_success_always;
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
