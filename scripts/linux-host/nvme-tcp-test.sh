@@ -287,6 +287,21 @@ begin disconnect-digests
 disconnect
 ok
 
+begin connect-no-sqflow
+# SQ flow control disabled at Connect: the target ends each read with SUCCESS in its last
+# C2HData instead of a CapsuleResp (and the Connect completion carries SQHD FFFFh).
+connect --disable-sqflow
+ns1="$(wait_ns 1 15)" || fail "no block device for namespace 1 within 15 s (SQ flow control disabled)"
+ok
+
+begin fio-no-sqflow
+run_fio --name=s --filename="/dev/$ns1" --rw=randwrite --size=8m --verify=crc32c
+ok
+
+begin disconnect-no-sqflow
+disconnect
+ok
+
 step=""
 echo
 echo "ALL STEPS OK"
