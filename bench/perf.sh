@@ -15,8 +15,9 @@
 #   usage: bench/perf.sh [seconds per run, default 8] [rounds, default 2]
 # env: WORKLOADS (default "rr1 rr32 rr128 rw32 sr128k sw128k"), CLIENT=strata|spdk,
 #      SKIP_BUILD=1 (use the existing release binaries), SPDK_TRANSPORT_ARGS (e.g. --zcopy),
-#      B_PARAMS (JSON members, e.g. '"zcopy":false': also run strata with these transport
-#      options as "strata_b" and print strata/strata_b, an A/B of one option in the same run). Needs root for hugepages (SPDK's
+#      B_PARAMS (JSON members, e.g. '"zcopy":false' or '"c2h_success_always":true': also run
+#      strata with these transport options as "strata_b" and print strata/strata_b, an A/B
+#      of one option in the same run, and strata_b/SPDK). Needs root for hugepages (SPDK's
 #      memory and the same for strata); nothing else may run on the machine meanwhile.
 set -u
 cd "$(dirname "$0")/.."
@@ -164,7 +165,9 @@ def ratio(x, y, i):
 a, b, c = med("strata"), med("spdk") if "spdk" in targets else None, med("ceiling")
 vs = " ".join(ratio("strata", "spdk", i) for i in (0, 2, 3)) if a and b else "-"
 if "strata_b" in targets:
-    vs += f" (A/B: {ratio('strata', 'strata_b', 0)})"
+    # strata/strata_b: what the option alone changed; strata_b/SPDK: strata with it, against SPDK.
+    vs += f" (A/B: {ratio('strata', 'strata_b', 0)}"
+    vs += f"; strata_b/SPDK: {ratio('strata_b', 'spdk', 0)})" if b else ")"
 of = f"{ratio('strata', 'ceiling', 0)} {ratio('spdk', 'ceiling', 0) if b else '-'}"
 print(f"{w:7} | {fmt(a):32} | {fmt(b) if 'spdk' in targets else 'no SPDK build':32} | "
       f"{int(c[0]) if c else 'FAILED':<9} | {vs:34} | {of}")
