@@ -2616,33 +2616,11 @@ fn read_completions_follow_sq_flow_control() {
     assert_eq!(sqhd, None);
 
     // SPDK's behaviour, asked for: SUCCESS on a queue that keeps SQ flow control on.
-    let ports = free_ports(1);
-    let t2 = Target::start(&["--no-default"]);
-    t2.rpc_ok(
-        "nvmf_create_transport",
-        json!({"trtype": "TCP", "c2h_success_always": true}),
-    );
-    let tr = t2.rpc_ok("nvmf_get_transports", json!({}));
+    let t2 = start_with_transport(json!({"trtype": "TCP", "c2h_success_always": true}));
+    let tr = t2.t.rpc_ok("nvmf_get_transports", json!({}));
     assert_eq!(tr[0]["c2h_success_always"], true, "{tr}");
-    t2.rpc_ok(
-        "bdev_malloc_create",
-        json!({"name": "Malloc0", "num_blocks": 256, "block_size": 4096}),
-    );
-    t2.rpc_ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": NQN, "allow_any_host": true}),
-    );
-    t2.rpc_ok(
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
-    );
-    t2.rpc_ok(
-        "nvmf_subsystem_add_listener",
-        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-            "traddr": "127.0.0.1", "trsvcid": ports[0].to_string()}}),
-    );
-    let (_a, cntlid) = admin(ports[0], &ident, NQN);
-    let (mut q, sqhd) = io_queue_cattr(ports[0], &ident, cntlid, 1, 0);
+    let (_a, cntlid) = admin(t2.port, &ident, NQN);
+    let (mut q, sqhd) = io_queue_cattr(t2.port, &ident, cntlid, 1, 0);
     assert_ne!(sqhd, 0xFFFF);
     let before = write_sqhd(&mut q, 3, &data);
     let (flags, sqhd) = read_completion(&mut q, 3, &data);
