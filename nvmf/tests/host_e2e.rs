@@ -123,14 +123,19 @@ fn identify_log_pages_and_discovery() {
     let all = d
         .get_log_page(lid::DISCOVERY, 0, 1024 * (n + 1), 0)
         .unwrap();
-    let entries: Vec<String> = (0..n)
+    let entries: Vec<(String, u8)> = (0..n)
         .filter_map(|i| {
             DiscoveryLogEntry::read_from_bytes(&all[1024 * (i + 1)..1024 * (i + 2)])
                 .ok()
-                .and_then(|e| get_cstr(&e.subnqn))
+                .and_then(|e| get_cstr(&e.subnqn).map(|nqn| (nqn, e.treq)))
         })
         .collect();
-    assert!(entries.iter().any(|s| s == NQN), "{entries:?}");
+    // TREQ: secure channel not required (10b), and bit 2, SQ flow control disable supported
+    // (what makes `nvme connect-all` ask for it).
+    assert!(
+        entries.iter().any(|(s, treq)| s == NQN && *treq == 0x06),
+        "{entries:?}"
+    );
     d.disconnect().unwrap();
 }
 

@@ -38,6 +38,9 @@ struct FakeOpts {
     cpda: u8,
     /// Misbehaviour on a read of LBA 200.
     misbehave: Misbehave,
+    /// Refuse a Connect that asks for SQ flow control disabled (Connect Invalid Parameters),
+    /// as a controller without that capability may.
+    refuse_no_sq_flow: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -58,6 +61,7 @@ impl Default for FakeOpts {
             success_flag: true,
             cpda: 0,
             misbehave: Misbehave::None,
+            refuse_no_sq_flow: false,
         }
     }
 }
@@ -302,6 +306,9 @@ impl FakeConn {
                 1 => {
                     let c = ConnectCmd::from_sqe(&sqe);
                     let data = self.h2c(&sqe, icd)?;
+                    if self.opts.refuse_no_sq_flow && c.cattr & 0x04 != 0 {
+                        return self.resp(sqe.cid, 0, 0, status::CONNECT_INVALID_PARAMETERS);
+                    }
                     assert_eq!(data.len(), 1024);
                     let want_cntlid = if c.qid == 0 { 0xffff } else { 1 };
                     assert_eq!(u16::from_le_bytes([data[16], data[17]]), want_cntlid);
@@ -660,6 +667,42 @@ fn bad_data_digest_fails_only_that_command() {
     );
     // Writes (no C2HData) still work on the same connection.
     c.write_blocks(1, 0, &pattern(3, BS)).unwrap();
+}
+
+/// The host asks for SQ flow control disabled; a controller that refuses the Connect for it
+/// gets a second connection whose Connect does not ask.
+#[test]
+fn connect_falls_back_when_sq_flow_control_disable_is_refused() {
+    let params = strata_nvmf::host::ConnectParams {
+        subnqn: NQN.into(),
+        hostnqn: "nqn.2014-08.org.nvmexpress:uuid:test".into(),
+        hostid: [1; 16],
+        cntlid: 0xffff,
+        kato_ms: 0,
+        dhchap: None,
+    };
+    for (refuse, connections) in [(false, 1), (true, 2)] {
+        let fake = start_fake(FakeOpts {
+            refuse_no_sq_flow: refuse,
+            ..Default::default()
+        });
+        let (mut qp, cntlid) =
+            QueuePair::connect(fake.addr, &QueuePairOptions::default(), &params).unwrap();
+        assert_eq!(cntlid, 1);
+        assert_eq!(
+            fake.connections.load(Ordering::Relaxed),
+            connections,
+            "refuse {refuse}"
+        );
+        let c = qp
+            .exec(
+                cmd::identify(1, 0, 0),
+                DataDir::FromController(IoBuf::Heap(vec![0; 4096])),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert!(c.is_success());
+    }
 }
 
 #[test]

@@ -359,16 +359,30 @@ fn would_block(e: &std::io::Error) -> bool {
 impl QueuePair {
     /// Connects TCP, exchanges ICReq/ICResp and sends Fabrics Connect. Returns the queue pair
     /// and the controller ID from the Connect response.
+    ///
+    /// The Connect asks for SQ flow control disabled; a controller that refuses the Connect
+    /// for it (Invalid Field or Connect Invalid Parameters) is connected again, once, on a
+    /// new connection without it.
     pub fn connect(
         addr: SocketAddr,
         opts: &QueuePairOptions,
         params: &ConnectParams,
     ) -> Result<(QueuePair, u16), HostError> {
         let deadline = Instant::now() + opts.timeout;
-        let mut qp = QueuePair::start(addr, opts)?;
-        qp.run_until(deadline, |q| q.ic_done)?;
-        let cid = qp.submit_connect(params)?;
-        let c = qp.wait_cid(cid, deadline)?.into_result()?;
+        let (mut qp, c) = match Self::connect_once(addr, opts, params, deadline, true) {
+            Err(HostError::Status { sct, sc })
+                if (sct, sc) == (status::INVALID_FIELD.sct, status::INVALID_FIELD.sc)
+                    || (sct, sc)
+                        == (
+                            status::CONNECT_INVALID_PARAMETERS.sct,
+                            status::CONNECT_INVALID_PARAMETERS.sc,
+                        ) =>
+            {
+                tracing::info!(%addr, qid = opts.qid, sct, sc, "Connect with SQ flow control disabled refused: connecting with it on");
+                Self::connect_once(addr, opts, params, deadline, false)?
+            }
+            r => r?,
+        };
         // AUTHREQ ATR: the queue authenticates before anything else runs on it. A host
         // that holds a controller key accepts no controller that does not prove itself.
         if c.cqe.dw0 & (1 << 17) == 0
@@ -451,9 +465,29 @@ impl QueuePair {
         Ok(qp)
     }
 
-    /// Queues the Fabrics Connect command (after the ICResp).
-    pub fn submit_connect(&mut self, p: &ConnectParams) -> Result<u16, HostError> {
-        let sqe = cmd::connect(self.qid, self.depth - 1, p.kato_ms);
+    /// One TCP connection, ICReq/ICResp and a successful Fabrics Connect.
+    fn connect_once(
+        addr: SocketAddr,
+        opts: &QueuePairOptions,
+        params: &ConnectParams,
+        deadline: Instant,
+        no_sq_flow: bool,
+    ) -> Result<(QueuePair, Completion), HostError> {
+        let mut qp = QueuePair::start(addr, opts)?;
+        qp.run_until(deadline, |q| q.ic_done)?;
+        let cid = qp.submit_connect(params, no_sq_flow)?;
+        let c = qp.wait_cid(cid, deadline)?.into_result()?;
+        Ok((qp, c))
+    }
+
+    /// Queues the Fabrics Connect command (after the ICResp); `no_sq_flow` asks for SQ flow
+    /// control disabled.
+    pub fn submit_connect(
+        &mut self,
+        p: &ConnectParams,
+        no_sq_flow: bool,
+    ) -> Result<u16, HostError> {
+        let sqe = cmd::connect(self.qid, self.depth - 1, p.kato_ms, no_sq_flow);
         let data = cmd::connect_data(p.hostid, p.cntlid, &p.subnqn, &p.hostnqn);
         self.submit(
             sqe,

@@ -87,6 +87,11 @@ const _: () = assert!(std::mem::size_of::<DiscoveryLogHeader>() == 1024);
 
 /// TSAS security type of a TCP discovery log entry: TLS 1.3.
 pub const TCP_SECTYPE_TLS13: u8 = 2;
+/// TREQ bits 1:0, secure channel: required (01b) or not required (10b).
+pub const TREQ_SECURE_CHANNEL_REQUIRED: u8 = 0x01;
+pub const TREQ_SECURE_CHANNEL_NOT_REQUIRED: u8 = 0x02;
+/// TREQ bit 2: the controller can disable SQ flow control (Connect CATTR bit 2).
+pub const TREQ_SQ_FLOW_CONTROL_DISABLE_SUPPORTED: u8 = 0x04;
 
 /// One discovery log entry (1024 bytes).
 #[repr(C)]
@@ -98,7 +103,8 @@ pub struct DiscoveryLogEntry {
     pub adrfam: u8,
     /// 2: NVM subsystem, 3: current discovery subsystem.
     pub subtype: u8,
-    /// Transport requirements: bits 1:0 secure channel (2: not required).
+    /// Transport requirements: bits 1:0 secure channel (2: not required), bit 2 SQ flow
+    /// control disable supported.
     pub treq: u8,
     pub portid: u16,
     pub cntlid: u16,

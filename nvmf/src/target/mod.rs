@@ -510,11 +510,13 @@ impl Target {
                 };
                 e.subtype = log::SUBTYPE_NVME;
                 if self.listener_secure(l) {
-                    e.treq = 0x01; // secure channel required
+                    e.treq = log::TREQ_SECURE_CHANNEL_REQUIRED;
                     e.tsas[0] = log::TCP_SECTYPE_TLS13;
                 } else {
-                    e.treq = 0x02; // secure channel not required
+                    e.treq = log::TREQ_SECURE_CHANNEL_NOT_REQUIRED;
                 }
+                // Hosts may disable SQ flow control (`nvme connect-all` then asks for it).
+                e.treq |= log::TREQ_SQ_FLOW_CONTROL_DISABLE_SUPPORTED;
                 e.portid = i as u16;
                 e.cntlid = 0xffff;
                 e.asqsz = 32;
