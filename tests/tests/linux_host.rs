@@ -1,6 +1,7 @@
 //! NVMe/TCP against a real Linux host: a QEMU guest running Debian's stock kernel discovers,
 //! connects to and exercises a `strata-tgt` on this machine with nvme-cli and fio
-//! (`scripts/linux-host/nvme-tcp-test.sh`; see that script for the steps).
+//! (`scripts/linux-host/nvme-tcp-test.sh`; see that script for the steps), once against the
+//! embedded default and once with `c2h_success_always` (reads completed as SPDK completes them).
 //!
 //! The only allowed skip: `scripts/linux-host/install.sh` exits 3 ("SKIPPED: ...") when QEMU
 //! cannot run here at all (not x86-64, or not installed and not installable).
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use strata_tests::{rpc_bin, run_with_timeout, Target};
 
 /// apt-get may have to download ~0.7 GB on a fresh machine.
@@ -21,6 +23,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 const GUEST_TIMEOUT_SECS: u64 = 240;
 /// The subsystem of strata-tgt's embedded default config (Malloc0 as namespace 1).
 const NQN: &str = "nqn.2026-11.io.strata:default";
+const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 
 fn scripts_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -79,11 +82,49 @@ fn linux_kernel_host_over_nvme_tcp() {
     let (port, discovery_port) = (ports[0].to_string(), ports[1].to_string());
     let target = Target::start(&["--nvmf-port", &port, "--discovery-port", &discovery_port]);
 
-    // 3. One guest boot runs every step; the script's exit status is the verdict. (On a
-    //    failure the target's stderr is printed when `target` is dropped.)
+    // 3. One guest boot runs every step.
+    guest_steps(&target, &port, &discovery_port);
+    drop(target);
+
+    // 4. Again with `c2h_success_always` (SPDK's behaviour): reads on queues that keep SQ flow
+    //    control on end with SUCCESS in their C2HData and no CapsuleResp, which the kernel's
+    //    host must accept as it does from SPDK.
+    let ports = free_ports(2);
+    let (port, discovery_port) = (ports[0].to_string(), ports[1].to_string());
+    let target = Target::start(&["--no-default"]);
+    target.rpc_ok(
+        "nvmf_create_transport",
+        json!({"trtype": "TCP", "c2h_success_always": true}),
+    );
+    target.rpc_ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}),
+    );
+    target.rpc_ok(
+        "nvmf_create_subsystem",
+        json!({"nqn": NQN, "allow_any_host": true}),
+    );
+    target.rpc_ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+    );
+    for (nqn, p) in [(NQN, &port), (DISCOVERY_NQN, &discovery_port)] {
+        target.rpc_ok(
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+                "traddr": "127.0.0.1", "trsvcid": p}}),
+        );
+    }
+    guest_steps(&target, &port, &discovery_port);
+}
+
+/// One guest boot runs every step of `nvme-tcp-test.sh` against `target`; the script's exit
+/// status is the verdict. (On a failure the target's stderr is printed when `target` is
+/// dropped.)
+fn guest_steps(target: &Target, port: &str, discovery_port: &str) {
     let start = Instant::now();
     let mut cmd = Command::new(scripts_dir().join("nvme-tcp-test.sh"));
-    cmd.args(["--port", &port, "--discovery-port", &discovery_port])
+    cmd.args(["--port", port, "--discovery-port", discovery_port])
         .args(["--nqn", NQN])
         .arg("--rpc-sock")
         .arg(target.sock())
