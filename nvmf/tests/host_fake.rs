@@ -669,18 +669,33 @@ fn bad_data_digest_fails_only_that_command() {
     c.write_blocks(1, 0, &pattern(3, BS)).unwrap();
 }
 
-/// The host asks for SQ flow control disabled; a controller that refuses the Connect for it
-/// gets a second connection whose Connect does not ask.
-#[test]
-fn connect_falls_back_when_sq_flow_control_disable_is_refused() {
-    let params = strata_nvmf::host::ConnectParams {
+/// Identify Controller on a queue pair alone.
+fn identify_controller(qp: &mut QueuePair) -> strata_nvmf::host::Completion {
+    qp.exec(
+        cmd::identify(1, 0, 0),
+        DataDir::FromController(IoBuf::Heap(vec![0; 4096])),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+/// Connect parameters of an admin queue of the fake's subsystem.
+fn admin_params() -> strata_nvmf::host::ConnectParams {
+    strata_nvmf::host::ConnectParams {
         subnqn: NQN.into(),
         hostnqn: "nqn.2014-08.org.nvmexpress:uuid:test".into(),
         hostid: [1; 16],
         cntlid: 0xffff,
         kato_ms: 0,
         dhchap: None,
-    };
+    }
+}
+
+/// The host asks for SQ flow control disabled; a controller that refuses the Connect for it
+/// gets a second connection whose Connect does not ask.
+#[test]
+fn connect_falls_back_when_sq_flow_control_disable_is_refused() {
+    let params = admin_params();
     for (refuse, connections) in [(false, 1), (true, 2)] {
         let fake = start_fake(FakeOpts {
             refuse_no_sq_flow: refuse,
@@ -694,14 +709,7 @@ fn connect_falls_back_when_sq_flow_control_disable_is_refused() {
             connections,
             "refuse {refuse}"
         );
-        let c = qp
-            .exec(
-                cmd::identify(1, 0, 0),
-                DataDir::FromController(IoBuf::Heap(vec![0; 4096])),
-                Duration::from_secs(5),
-            )
-            .unwrap();
-        assert!(c.is_success());
+        assert!(identify_controller(&mut qp).is_success());
     }
 }
 
@@ -711,24 +719,11 @@ fn queue_pair_alone() {
         byte_by_byte: true,
         ..Default::default()
     });
-    let params = strata_nvmf::host::ConnectParams {
-        subnqn: NQN.into(),
-        hostnqn: "nqn.2014-08.org.nvmexpress:uuid:test".into(),
-        hostid: [1; 16],
-        cntlid: 0xffff,
-        kato_ms: 0,
-        dhchap: None,
-    };
+    let params = admin_params();
     let (mut qp, cntlid) =
         QueuePair::connect(fake.addr, &QueuePairOptions::default(), &params).unwrap();
     assert_eq!(cntlid, 1);
-    let c = qp
-        .exec(
-            cmd::identify(1, 0, 0),
-            DataDir::FromController(IoBuf::Heap(vec![0; 4096])),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let c = identify_controller(&mut qp);
     assert!(c.is_success());
     let id = IdentifyController::read_from_bytes(&c.data.unwrap().into_vec()[..]).unwrap();
     assert_eq!(id.ioccsz, 260);

@@ -429,6 +429,35 @@ impl Target {
         }
     }
 
+    /// On a target started without the embedded default: the TCP transport with `transport`
+    /// (its params), `Malloc0` of `num_blocks` 4 KiB blocks exported as namespace 1 of `nqn`
+    /// (any host) on 127.0.0.1:`port`.
+    pub fn export_malloc(&self, transport: Value, num_blocks: u64, nqn: &str, port: u16) {
+        self.rpc_ok("nvmf_create_transport", transport);
+        self.rpc_ok(
+            "bdev_malloc_create",
+            json!({"name": "Malloc0", "num_blocks": num_blocks, "block_size": 4096}),
+        );
+        self.rpc_ok(
+            "nvmf_create_subsystem",
+            json!({"nqn": nqn, "allow_any_host": true}),
+        );
+        self.rpc_ok(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": nqn, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+        );
+        self.add_tcp_listener(nqn, port);
+    }
+
+    /// A TCP listener of `nqn` on 127.0.0.1:`port`.
+    pub fn add_tcp_listener(&self, nqn: &str, port: u16) {
+        self.rpc_ok(
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+                "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+        );
+    }
+
     /// One RPC that must fail; returns `(code, message)`.
     pub fn rpc_err(&self, method: &str, params: Value) -> (i64, String) {
         match self.rpc(method, params.clone()) {

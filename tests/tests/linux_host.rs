@@ -90,31 +90,15 @@ fn linux_kernel_host_over_nvme_tcp() {
     //    control on end with SUCCESS in their C2HData and no CapsuleResp, which the kernel's
     //    host must accept as it does from SPDK.
     let ports = free_ports(2);
-    let (port, discovery_port) = (ports[0].to_string(), ports[1].to_string());
     let target = Target::start(&["--no-default"]);
-    target.rpc_ok(
-        "nvmf_create_transport",
+    target.export_malloc(
         json!({"trtype": "TCP", "c2h_success_always": true}),
+        65536,
+        NQN,
+        ports[0],
     );
-    target.rpc_ok(
-        "bdev_malloc_create",
-        json!({"name": "Malloc0", "num_blocks": 65536, "block_size": 4096}),
-    );
-    target.rpc_ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": NQN, "allow_any_host": true}),
-    );
-    target.rpc_ok(
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
-    );
-    for (nqn, p) in [(NQN, &port), (DISCOVERY_NQN, &discovery_port)] {
-        target.rpc_ok(
-            "nvmf_subsystem_add_listener",
-            json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-                "traddr": "127.0.0.1", "trsvcid": p}}),
-        );
-    }
+    target.add_tcp_listener(DISCOVERY_NQN, ports[1]);
+    let (port, discovery_port) = (ports[0].to_string(), ports[1].to_string());
     guest_steps(&target, &port, &discovery_port);
 }
 

@@ -2008,24 +2008,7 @@ fn queue_size_and_command_ids_are_enforced() {
 fn start_with_transport(transport: serde_json::Value) -> Tgt {
     let port = free_ports(1)[0];
     let t = Target::start(&["--no-default"]);
-    t.rpc_ok("nvmf_create_transport", transport);
-    t.rpc_ok(
-        "bdev_malloc_create",
-        json!({"name": "Malloc0", "num_blocks": NUM_BLOCKS, "block_size": BLOCK}),
-    );
-    t.rpc_ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": NQN, "allow_any_host": true}),
-    );
-    t.rpc_ok(
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
-    );
-    t.rpc_ok(
-        "nvmf_subsystem_add_listener",
-        json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-            "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
-    );
+    t.export_malloc(transport, NUM_BLOCKS, NQN, port);
     Tgt { t, port }
 }
 
