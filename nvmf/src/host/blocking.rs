@@ -160,11 +160,7 @@ impl BlockingController {
     pub fn compare_blocks(&mut self, nsid: u32, lba: u64, data: &[u8]) -> Result<bool, HostError> {
         match self.data_cmd(nsid, lba, data, cmd::compare) {
             Ok(()) => Ok(true),
-            Err(HostError::Status { sct, sc })
-                if sct == status::COMPARE_FAILURE.sct && sc == status::COMPARE_FAILURE.sc =>
-            {
-                Ok(false)
-            }
+            Err(e) if e.is_status(status::COMPARE_FAILURE) => Ok(false),
             Err(e) => Err(e),
         }
     }

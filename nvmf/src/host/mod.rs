@@ -61,6 +61,11 @@ impl HostError {
             sc: s.sc,
         }
     }
+
+    /// Whether this is the failed completion status `s` (type and code).
+    pub fn is_status(&self, s: Status) -> bool {
+        matches!(self, HostError::Status { sct, sc } if (*sct, *sc) == (s.sct, s.sc))
+    }
 }
 
 /// Status given to commands that were outstanding when their connection failed (path-related

@@ -370,15 +370,11 @@ impl QueuePair {
     ) -> Result<(QueuePair, u16), HostError> {
         let deadline = Instant::now() + opts.timeout;
         let (mut qp, c) = match Self::connect_once(addr, opts, params, deadline, true) {
-            Err(HostError::Status { sct, sc })
-                if (sct, sc) == (status::INVALID_FIELD.sct, status::INVALID_FIELD.sc)
-                    || (sct, sc)
-                        == (
-                            status::CONNECT_INVALID_PARAMETERS.sct,
-                            status::CONNECT_INVALID_PARAMETERS.sc,
-                        ) =>
+            Err(e)
+                if e.is_status(status::INVALID_FIELD)
+                    || e.is_status(status::CONNECT_INVALID_PARAMETERS) =>
             {
-                tracing::info!(%addr, qid = opts.qid, sct, sc, "Connect with SQ flow control disabled refused: connecting with it on");
+                tracing::info!(%addr, qid = opts.qid, error = %e, "Connect with SQ flow control disabled refused: connecting with it on");
                 Self::connect_once(addr, opts, params, deadline, false)?
             }
             r => r?,

@@ -240,7 +240,7 @@ impl Connection {
             s.sqflow_disabled = cmd.cattr & fabrics::CATTR_SQ_FLOW_CONTROL_DISABLE != 0;
             // (Admin data never goes out with SUCCESS; settled here too so the field means
             // the same on every queue.)
-            s.c2h_success &= s.sqflow_disabled || s.c2h_success_always;
+            s.c2h_success = opts.c2h_success && (s.sqflow_disabled || opts.c2h_success_always);
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
             s.in_capsule = ADMIN_IN_CAPSULE;
@@ -306,7 +306,7 @@ impl Connection {
             s.sq_size = cmd.sqsize;
             s.size_for_queue(cmd.sqsize);
             s.sqflow_disabled = cmd.cattr & fabrics::CATTR_SQ_FLOW_CONTROL_DISABLE != 0;
-            s.c2h_success &= s.sqflow_disabled || s.c2h_success_always;
+            s.c2h_success = opts.c2h_success && (s.sqflow_disabled || opts.c2h_success_always);
             s.ctrl = Some(ctrl.clone());
             s.subsys = Some(subsys.clone());
             s.in_capsule = opts.in_capsule_data_size;

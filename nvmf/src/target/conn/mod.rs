@@ -162,7 +162,6 @@ struct State {
     /// Reads end with SUCCESS in their C2HData instead of a CapsuleResp: settled at Connect
     /// from `c2h_success`, `c2h_success_always` and the host's SQ flow control choice.
     c2h_success: bool,
-    c2h_success_always: bool,
     /// Reads may borrow the bdev's memory (`zcopy`; never with TLS or data digests).
     zcopy: bool,
     /// When the connection was accepted, and the data-wait and handshake limits (ticks; 0:
@@ -309,8 +308,8 @@ impl Connection {
                 stalled: false,
                 tx_owned: 0,
                 max_io_size: opts.max_io_size,
-                c2h_success: opts.c2h_success,
-                c2h_success_always: opts.c2h_success_always,
+                // (Settled at Connect; nothing is read before it.)
+                c2h_success: false,
                 zcopy: opts.zcopy,
                 accepted: strata_reactor::clock::ticks(),
                 data_wait_ticks: ms_ticks(opts.data_wait_timeout_ms),
